@@ -1,0 +1,1 @@
+"""doctor-agent: per-host checkers streaming level-triggered state to the inspector."""

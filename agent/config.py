@@ -1,0 +1,56 @@
+"""The agent's TOML configuration, validated at start-up (errors name the file and key)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from doctor_common.config import ConfigError, Section
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host_id: str
+    endpoints: tuple[str, ...]
+    token: str | None = field(default=None, repr=False)
+    heartbeat_interval_s: float = 0.1
+    max_backoff_s: float = 2.0
+    log_level: str = "info"
+    checkers: tuple[Any, ...] = ()  # built Checker instances
+    path: str = ""
+
+
+def load_agent_config(path: Path | str) -> AgentConfig:
+    from agent.checkers import checker_class
+
+    root = Section.load(path)
+    a = root.section("agent", required=True)
+    host_id = a.str("host_id", "") or socket.gethostname()
+    endpoints = a.str_list("inspector")
+    if not endpoints:
+        raise a.error("inspector", "list at least one inspector endpoint (host:port or unix:/path)")
+    cfg = dict(
+        host_id=host_id,
+        endpoints=tuple(endpoints),
+        token=a.secret("token"),
+        heartbeat_interval_s=a.int("heartbeat_interval_ms", 100, min=10, max=60000) / 1000,
+        max_backoff_s=a.float("max_backoff_s", 2.0, min=0.1),
+        log_level=a.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+    )
+    a.done()
+    checkers = []
+    for name, section in root.table("checkers").items():
+        try:
+            cls = checker_class(name)
+        except LookupError as exc:
+            raise ConfigError(path, f"checkers.{name}", str(exc)) from None
+        try:
+            checkers.append(cls.from_config(section, host_id))
+        except ValueError as exc:
+            raise ConfigError(path, f"checkers.{name}", str(exc)) from None
+    if not checkers:
+        raise ConfigError(path, "checkers", "configure at least one checker (e.g. [checkers.nic])")
+    root.done()
+    return AgentConfig(**cfg, checkers=tuple(checkers), path=str(path))

@@ -1,0 +1,54 @@
+"""The agent's view of its host: the current level of every component and the unacknowledged edges."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+
+from agent.checkers.base import Reading
+from doctor_common.api import agent_pb2
+
+MAX_UNACKED = 10_000  # beyond this the oldest edges go: the level in Hello still heals
+
+
+class AgentState:
+    def __init__(self, host_id: str, version: str) -> None:
+        self.host_id = host_id
+        self.version = version
+        self.boot_id = uuid.uuid4().hex
+        self.sequence = 0
+        self.components: dict[str, agent_pb2.ComponentState] = {}
+        self._readings: dict[str, Reading] = {}
+        self.unacked: OrderedDict[int, agent_pb2.Event] = OrderedDict()
+        self.changed = asyncio.Event()  # set when there is something new to send
+
+    def update(self, checker: str, reading: Reading) -> agent_pb2.Event | None:
+        """Record a reading; return the event when it changed the component's level."""
+        previous = self._readings.get(reading.component)
+        if reading.same_level(previous):
+            return None
+        self._readings[reading.component] = reading
+        state = reading.to_proto(checker)
+        self.components[reading.component] = state
+        if previous is None and reading.status.name == "OK":
+            return None  # a healthy first sight is level (sent in Hello), not an edge
+        self.sequence += 1
+        event = agent_pb2.Event(sequence=self.sequence, state=state, observed_unix_nanos=reading.observed_ns)
+        self.unacked[self.sequence] = event
+        while len(self.unacked) > MAX_UNACKED:
+            self.unacked.popitem(last=False)
+        self.changed.set()
+        return event
+
+    def ack(self, sequence: int) -> None:
+        while self.unacked:
+            first = next(iter(self.unacked))
+            if first > sequence:
+                break
+            del self.unacked[first]
+
+    def hello(self) -> agent_pb2.AgentMessage:
+        return agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+            host_id=self.host_id, boot_id=self.boot_id, agent_version=self.version,
+            components=list(self.components.values()), last_sequence=self.sequence))

@@ -1,0 +1,44 @@
+"""Controller backends behind one interface; ``load_controller`` picks one by name."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+from controller_adapter.base import (
+    BackendUnavailable,
+    Bmc,
+    Controller,
+    ControllerError,
+    Host,
+    HostStatus,
+    NotFound,
+    Port,
+    Server,
+    ServerState,
+    Unsupported,
+)
+
+__all__ = [
+    "BackendUnavailable",
+    "Bmc",
+    "Controller",
+    "ControllerError",
+    "Host",
+    "HostStatus",
+    "NotFound",
+    "Port",
+    "Server",
+    "ServerState",
+    "Unsupported",
+    "backend_class",
+]
+
+
+def backend_class(name: str) -> Any:
+    """The class registered under ``doctor.controllers`` entry point ``name``."""
+    for ep in entry_points(group="doctor.controllers"):
+        if ep.name == name:
+            return ep.load()
+    known = sorted(ep.name for ep in entry_points(group="doctor.controllers"))
+    raise LookupError(f"unknown controller backend {name!r}; installed: {', '.join(known)}")

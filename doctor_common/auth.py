@@ -1,0 +1,75 @@
+"""Who is calling: bearer tokens mapped to a project, the admin role, or an agent's host.
+
+Identity never comes from a field the client fills in (DESIGN principle 6):
+the token in the ``authorization`` metadata decides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import grpc
+
+from doctor_common.grpcutil import bearer_token
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    project: str | None = None
+    admin: bool = False
+
+    def owns(self, project_id: str) -> bool:
+        return self.admin or (self.project is not None and self.project == project_id)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenAuth:
+    """Tokens are kept as SHA-256 digests and compared in constant time."""
+
+    def __init__(self, consumers: dict[str, Principal], agents: dict[str, str], allow_anonymous_agents: bool = False) -> None:
+        self._consumers = {_digest(t): p for t, p in consumers.items()}
+        self._agents = {_digest(t): h for t, h in agents.items()}
+        self.allow_anonymous_agents = allow_anonymous_agents
+
+    @staticmethod
+    def _lookup(table: dict[bytes, object], token: str) -> object | None:
+        d = _digest(token)
+        for key, value in table.items():
+            if hmac.compare_digest(key, d):
+                return value
+        return None
+
+    async def consumer(self, context: grpc.aio.ServicerContext) -> Principal:
+        token = bearer_token(context)
+        if token is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing credentials: send metadata 'authorization: Bearer <token>'")
+        principal = self._lookup(self._consumers, token)  # type: ignore[arg-type]
+        if principal is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token: ask the operator for a consumer token")
+        return principal  # type: ignore[return-value]
+
+    async def admin(self, context: grpc.aio.ServicerContext) -> Principal:
+        principal = await self.consumer(context)
+        if not principal.admin:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs an administrator token")
+        return principal
+
+    async def agent_host(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The host an agent token stands for; None when anonymous agents are allowed and no token came."""
+        token = bearer_token(context)
+        if token is None:
+            if self.allow_anonymous_agents:
+                return None
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing agent credentials: set [agent] token in the agent's config")
+        host = self._lookup(self._agents, token)  # type: ignore[arg-type]
+        if host is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent token")
+        return host  # type: ignore[return-value]

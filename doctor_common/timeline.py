@@ -1,0 +1,77 @@
+"""Per-fault stage timestamps (DESIGN principle 7) and the profiler's table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from doctor_common.api import common_pb2
+
+Stage = common_pb2.Stage
+STAGES: tuple[int, ...] = tuple(v for v in Stage.values() if v != Stage.STAGE_UNSPECIFIED)
+
+
+def now_ns() -> int:
+    """Wall clock in ns: stamps are compared across processes (and hosts)."""
+    return time.time_ns()
+
+
+def stage_name(stage: int) -> str:
+    return Stage.Name(stage).removeprefix("STAGE_").lower()
+
+
+def stamp(timeline: common_pb2.Timeline, stage: int, at_ns: int | None = None) -> None:
+    timeline.stamps.add(stage=stage, unix_nanos=at_ns if at_ns is not None else now_ns())
+
+
+def as_dict(timeline: common_pb2.Timeline) -> dict[int, int]:
+    return {s.stage: s.unix_nanos for s in timeline.stamps}
+
+
+def stage_durations(timeline: common_pb2.Timeline) -> list[tuple[int, float]]:
+    """(stage, ms since the previous stamped stage), in stage order, from OBSERVED."""
+    stamps = as_dict(timeline)
+    out: list[tuple[int, float]] = []
+    prev: int | None = None
+    for st in STAGES:
+        if st not in stamps:
+            continue
+        if prev is not None:
+            out.append((st, (stamps[st] - prev) / 1e6))
+        prev = stamps[st]
+    return out
+
+
+def total_ms(timeline: common_pb2.Timeline) -> float | None:
+    stamps = as_dict(timeline)
+    if not stamps:
+        return None
+    return (max(stamps.values()) - min(stamps.values())) / 1e6
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    if not values:
+        raise ValueError("percentile of nothing")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def profile_table(timelines: Iterable[common_pb2.Timeline]) -> list[tuple[str, float, float]]:
+    """The seeds' profiler table: (stage, median ms spent reaching it, share of total), costliest first."""
+    per_stage: dict[int, list[float]] = {}
+    for tl in timelines:
+        for st, ms in stage_durations(tl):
+            per_stage.setdefault(st, []).append(ms)
+    medians = {st: percentile(v, 50) for st, v in per_stage.items()}
+    total = sum(medians.values()) or 1.0
+    rows = [(stage_name(st), ms, 100.0 * ms / total) for st, ms in medians.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def format_table(rows: list[tuple[str, float, float]]) -> str:
+    lines = [f"{'stage':<16} {'time':>10} {'share':>7}", "-" * 35]
+    lines += [f"{name:<16} {ms:>8.2f}ms {share:>6.1f}%" for name, ms, share in rows]
+    lines.append(f"{'total':<16} {sum(r[1] for r in rows):>8.2f}ms")
+    return "\n".join(lines)

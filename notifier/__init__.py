@@ -1,0 +1,1 @@
+"""Subscriptions, filters, ownership, the sequenced notification log, and fan-out."""

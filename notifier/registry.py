@@ -1,0 +1,81 @@
+"""Live subscriptions and the fan-out to them.
+
+Each subscriber owns a bounded queue. Publishing never waits: a subscriber
+whose queue is full is marked overflowed and its stream ends with
+RESOURCE_EXHAUSTED, telling it where to resume (DESIGN principle 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from doctor_common.api import fault_pb2
+from doctor_common.auth import Principal
+from notifier.filters import Filter, view_notification
+
+log = logging.getLogger("doctor.notifier")
+
+OVERFLOW = object()  # queue sentinel: the consumer fell behind
+
+
+@dataclass(eq=False)
+class Subscriber:
+    principal: Principal
+    filter: Filter
+    limit: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    start_sequence: int = 0       # live entries start after this one
+    last_delivered: int = 0
+    delivered: int = 0
+    overflowed: bool = False
+
+    def offer(self, item: fault_pb2.FaultNotification) -> None:
+        if self.overflowed:
+            return
+        if self.queue.qsize() >= self.limit:
+            self.overflowed = True
+            self.queue.put_nowait(OVERFLOW)
+            log.warning("subscription %s (%s) fell %d notifications behind: cutting it off",
+                        self.id, self.principal.name, self.limit)
+            return
+        self.queue.put_nowait(item)
+
+
+class Registry:
+    def __init__(self, queue_limit: int = 1000) -> None:
+        self.queue_limit = queue_limit
+        self._subs: dict[str, Subscriber] = {}
+
+    def add(self, principal: Principal, flt: Filter, start_sequence: int) -> Subscriber:
+        sub = Subscriber(principal, flt, self.queue_limit, start_sequence=start_sequence)
+        self._subs[sub.id] = sub
+        return sub
+
+    def remove(self, sub: Subscriber) -> None:
+        self._subs.pop(sub.id, None)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._subs.values()))
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def fan_out(self, notification: fault_pb2.FaultNotification) -> int:
+        """Offer the notification to every subscriber that may and wants to see it; return how many got it."""
+        views: dict[tuple[Principal, Filter], fault_pb2.FaultNotification | None] = {}
+        count = 0
+        for sub in self._subs.values():
+            key = (sub.principal, sub.filter)
+            if key not in views:  # subscribers with the same identity and filter share one view
+                views[key] = view_notification(sub.principal, sub.filter, notification)
+            view = views[key]
+            if view is not None:
+                sub.offer(view)
+                count += 1
+        return count
+
+

@@ -1,0 +1,147 @@
+"""FaultManagement: the consumers' northbound (seeds 5.5), over the registry and the log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+
+from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc
+from doctor_common.auth import Principal, TokenAuth
+from doctor_common.timeline import Stage, now_ns, stamp
+from notifier.filters import Filter, FilterError, view_notification, view_resources
+from notifier.log import CursorExpired, NotificationLog
+from notifier.registry import OVERFLOW, Registry
+
+log = logging.getLogger("doctor.notifier")
+
+
+class FaultState(Protocol):
+    """What the notifier needs to know of the world; the inspector provides it."""
+
+    async def resources(self, principal: Principal) -> tuple[list[common_pb2.VirtualResourceInfo],
+                                                             list[common_pb2.PhysicalResourceInfo]]:
+        """Every resource the principal may see, with its current state and active faults."""
+        ...
+
+    def active(self) -> tuple[list[common_pb2.VirtualResourceInfo], list[common_pb2.PhysicalResourceInfo]]:
+        """Resources with active alarms."""
+        ...
+
+    async def owner_of(self, resource_id: str) -> str | None:
+        """Project owning a virtual resource; None when it does not exist."""
+        ...
+
+    async def server_host_status(self, server_id: str) -> tuple[str, int] | None: ...
+
+
+class Publisher:
+    """Append to the log, then offer to live subscribers; the log is written first so a resume finds it."""
+
+    def __init__(self, log_: NotificationLog, registry: Registry) -> None:
+        self.log = log_
+        self.registry = registry
+
+    async def publish(self, notification: fault_pb2.FaultNotification) -> int:
+        stamp(notification.timeline, Stage.STAGE_PUBLISHED)
+        seq = await self.log.append(notification)
+        self.registry.fan_out(notification)
+        return seq
+
+
+class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
+    def __init__(self, auth: TokenAuth, state: FaultState, log_: NotificationLog, registry: Registry) -> None:
+        self.auth = auth
+        self.state = state
+        self.log = log_
+        self.registry = registry
+
+    async def _filter(self, principal: Principal, f: fault_pb2.SubscribeFilter | fault_pb2.FaultQueryFilter,
+                      context: grpc.aio.ServicerContext) -> Filter:
+        try:
+            flt = Filter.from_proto(f)
+        except FilterError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not principal.admin:
+            for rid in sorted(flt.resource_ids):
+                owner = await self.state.owner_of(rid)
+                if owner is None:
+                    await context.abort(grpc.StatusCode.NOT_FOUND, f"virtual resource {rid!r} does not exist")
+                if owner != principal.project:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                        f"virtual resource {rid!r} belongs to another project")
+        return flt
+
+    async def Subscribe(self, request: fault_pb2.SubscribeRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
+        principal = await self.auth.consumer(context)
+        flt = await self._filter(principal, request.filter, context)
+        resume = request.resume_after
+        if resume > self.log.last_sequence:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"resume_after={resume} is beyond the last sequence {self.log.last_sequence}")
+        # register before reading the log: nothing published from here on can fall between the two
+        sub = self.registry.add(principal, flt, self.log.last_sequence)
+        log.info("subscription %s for %s (resume_after=%d)", sub.id, principal.name, resume)
+        try:
+            virtual, physical = await self.state.resources(principal)
+            virtual, physical = view_resources(principal, flt, virtual, physical, require_faults=False)
+            yield fault_pb2.SubscribeStreamMessage(subscribed=fault_pb2.SubscribeResponse(
+                subscription_id=sub.id, virtual_resource_info=virtual, physical_resource_info=physical,
+                last_sequence=sub.start_sequence))
+            if resume:
+                try:
+                    missed = await self.log.read(resume, sub.start_sequence)
+                except CursorExpired as exc:
+                    await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+                for n in missed:
+                    view = view_notification(principal, flt, n)
+                    if view is not None:
+                        yield self._delivered(sub, view)
+            while True:
+                item = await sub.queue.get()
+                if item is OVERFLOW:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"consumer too slow: more than {sub.limit} notifications queued; "
+                                        f"subscribe again with resume_after={sub.last_delivered}")
+                yield self._delivered(sub, item)  # type: ignore[arg-type]
+        finally:
+            self.registry.remove(sub)
+            log.info("subscription %s ended", sub.id)
+
+    @staticmethod
+    def _delivered(sub, n: fault_pb2.FaultNotification) -> fault_pb2.SubscribeStreamMessage:  # type: ignore[no-untyped-def]
+        sub.last_delivered = n.sequence
+        sub.delivered += 1
+        return fault_pb2.SubscribeStreamMessage(fault=n)
+
+    async def QueryFaults(self, request: fault_pb2.FaultQueryRequest,
+                          context: grpc.aio.ServicerContext) -> fault_pb2.FaultQueryResponse:
+        principal = await self.auth.consumer(context)
+        flt = await self._filter(principal, request.filter, context)
+        virtual, physical = self.state.active()
+        virtual, physical = view_resources(principal, flt, virtual, physical)
+        return fault_pb2.FaultQueryResponse(virtual_resource_info=virtual, physical_resource_info=physical)
+
+    async def GetServerHostStatus(self, request: fault_pb2.ServerHostStatusRequest,
+                                  context: grpc.aio.ServicerContext) -> fault_pb2.ServerHostStatusResponse:
+        principal = await self.auth.consumer(context)
+        if not request.server_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "server_id is required")
+        owner = await self.state.owner_of(request.server_id)
+        if owner is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"server {request.server_id!r} does not exist")
+        if not principal.owns(owner):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"server {request.server_id!r} belongs to another project")
+        result = await self.state.server_host_status(request.server_id)
+        if result is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"server {request.server_id!r} does not exist")
+        host, status = result  # type: ignore[misc]
+        return fault_pb2.ServerHostStatusResponse(server_id=request.server_id, host=host, host_status=status)
+
+
+def stamp_delivered(n: fault_pb2.FaultNotification) -> None:
+    """Consumers call this on receipt to close the timeline."""
+    stamp(n.timeline, Stage.STAGE_DELIVERED, now_ns())
