@@ -28,7 +28,7 @@ class Section:
     """A table of a TOML file, read key by key with types checked."""
 
     def __init__(self, path: Path, data: dict[str, Any], prefix: str = "") -> None:
-        self.path = path
+        self.file = path
         self.data = data
         self.prefix = prefix
         self._seen: set[str] = set()
@@ -50,7 +50,7 @@ class Section:
         return f"{self.prefix}{name}"
 
     def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.path, self.key(name), message)
+        return ConfigError(self.file, self.key(name), message)
 
     def _get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
         self._seen.add(name)
@@ -109,7 +109,7 @@ class Section:
         value = self.str(name, default)
         if isinstance(value, str):
             p = Path(value)
-            return p if p.is_absolute() else (self.path.parent / p)
+            return p if p.is_absolute() else (self.file.parent / p)
         return value
 
     def secret(self, name: str) -> str | None:
@@ -127,7 +127,7 @@ class Section:
 
     def section(self, name: str, *, required: bool = False) -> "Section":
         value = self._get(name, dict, _MISSING if required else {})
-        return Section(self.path, value, f"{self.key(name)}.")
+        return Section(self.file, value, f"{self.key(name)}.")
 
     def sections(self, name: str) -> list["Section"]:
         """An array of tables (``[[name]]``)."""
@@ -136,7 +136,7 @@ class Section:
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 raise self.error(f"{name}[{i}]", "expected a table")
-            out.append(Section(self.path, item, f"{self.key(name)}[{i}]."))
+            out.append(Section(self.file, item, f"{self.key(name)}[{i}]."))
         return out
 
     def table(self, name: str) -> dict[str, "Section"]:
@@ -146,7 +146,7 @@ class Section:
         for k, item in value.items():
             if not isinstance(item, dict):
                 raise self.error(f"{name}.{k}", "expected a table")
-            out[k] = Section(self.path, item, f"{self.key(name)}.{k}.")
+            out[k] = Section(self.file, item, f"{self.key(name)}.{k}.")
         return out
 
     def raw(self) -> dict[str, Any]:

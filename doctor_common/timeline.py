@@ -29,16 +29,23 @@ def as_dict(timeline: common_pb2.Timeline) -> dict[int, int]:
 
 
 def stage_durations(timeline: common_pb2.Timeline) -> list[tuple[int, float]]:
-    """(stage, ms since the previous stamped stage), in stage order, from OBSERVED."""
+    """(stage, ms it added to the chain), in stage order, from OBSERVED.
+
+    Independent stages run concurrently (servers may be updated before the host
+    is marked down), so each stage is charged only for how far it pushed the
+    latest stamp forward: the durations add up to the total, none is negative.
+    """
     stamps = as_dict(timeline)
     out: list[tuple[int, float]] = []
-    prev: int | None = None
+    latest: int | None = None
     for st in STAGES:
         if st not in stamps:
             continue
-        if prev is not None:
-            out.append((st, (stamps[st] - prev) / 1e6))
-        prev = stamps[st]
+        if latest is not None:
+            out.append((st, max(0, stamps[st] - latest) / 1e6))
+            latest = max(latest, stamps[st])
+        else:
+            latest = stamps[st]
     return out
 
 

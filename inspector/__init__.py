@@ -1,0 +1,1 @@
+"""doctor-inspector: liveness, policy, correlation, fencing and actions; serves every northbound API."""

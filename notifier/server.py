@@ -21,7 +21,7 @@ log = logging.getLogger("doctor.notifier")
 class FaultState(Protocol):
     """What the notifier needs to know of the world; the inspector provides it."""
 
-    async def resources(self, principal: Principal) -> tuple[list[common_pb2.VirtualResourceInfo],
+    async def visible_resources(self, principal: Principal) -> tuple[list[common_pb2.VirtualResourceInfo],
                                                              list[common_pb2.PhysicalResourceInfo]]:
         """Every resource the principal may see, with its current state and active faults."""
         ...
@@ -86,7 +86,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         sub = self.registry.add(principal, flt, self.log.last_sequence)
         log.info("subscription %s for %s (resume_after=%d)", sub.id, principal.name, resume)
         try:
-            virtual, physical = await self.state.resources(principal)
+            virtual, physical = await self.state.visible_resources(principal)
             virtual, physical = view_resources(principal, flt, virtual, physical, require_faults=False)
             yield fault_pb2.SubscribeStreamMessage(subscribed=fault_pb2.SubscribeResponse(
                 subscription_id=sub.id, virtual_resource_info=virtual, physical_resource_info=physical,

@@ -1,0 +1,123 @@
+"""A small asyncio client for consumers and operators (doctorctl is built on it).
+
+``subscribe`` keeps a subscription alive across disconnects: it reconnects
+with backoff and resumes after the last sequence it delivered, so a caller
+sees every notification once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from doctor_common.api import diagnostics_pb2, diagnostics_pb2_grpc, fault_pb2, fault_pb2_grpc
+from doctor_common.grpcutil import auth_metadata, channel_options
+from doctor_common.timeline import Stage, now_ns, stamp
+
+log = logging.getLogger("doctor.client")
+
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED,
+              grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED}
+
+
+def leader_hint(exc: grpc.aio.AioRpcError) -> str | None:
+    for key, value in exc.trailing_metadata() or ():
+        if key == "doctor-leader" and value:
+            return str(value)
+    return None
+
+
+class DoctorClient:
+    def __init__(self, endpoint: str, token: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.token = token
+        self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
+        self._md = auth_metadata(token)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "DoctorClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _switch(self, endpoint: str) -> None:
+        old = self._channel
+        self.endpoint = endpoint
+        self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
+        asyncio.get_running_loop().create_task(old.close())
+
+    @property
+    def faults(self) -> fault_pb2_grpc.FaultManagementStub:
+        return fault_pb2_grpc.FaultManagementStub(self._channel)
+
+    async def query_faults(self, flt: fault_pb2.FaultQueryFilter | None = None,
+                           timeout: float = 10.0) -> fault_pb2.FaultQueryResponse:
+        return await self.faults.QueryFaults(fault_pb2.FaultQueryRequest(filter=flt), metadata=self._md, timeout=timeout)
+
+    async def server_host_status(self, server_id: str, timeout: float = 10.0) -> fault_pb2.ServerHostStatusResponse:
+        return await self.faults.GetServerHostStatus(fault_pb2.ServerHostStatusRequest(server_id=server_id),
+                                                     metadata=self._md, timeout=timeout)
+
+    async def subscribe_once(self, flt: fault_pb2.SubscribeFilter | None = None,
+                             resume_after: int = 0) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
+        """One subscription stream, as the server sends it (errors propagate)."""
+        call = self.faults.Subscribe(fault_pb2.SubscribeRequest(filter=flt, resume_after=resume_after),
+                                     metadata=self._md)
+        try:
+            async for msg in call:
+                if msg.WhichOneof("kind") == "fault":
+                    stamp(msg.fault.timeline, Stage.STAGE_DELIVERED, now_ns())
+                yield msg
+        finally:
+            call.cancel()
+
+    async def subscribe(self, flt: fault_pb2.SubscribeFilter | None = None, resume_after: int = 0,
+                        max_backoff_s: float = 2.0) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
+        """Like subscribe_once, but reconnects and resumes; follows the leader hint of a follower."""
+        cursor = resume_after
+        backoff = 0.05
+        while True:
+            try:
+                async for msg in self.subscribe_once(flt, cursor):
+                    if msg.WhichOneof("kind") == "fault":
+                        cursor = msg.fault.sequence
+                    elif cursor == 0:
+                        cursor = msg.subscribed.last_sequence  # from now on, resume from the snapshot's position
+                    backoff = 0.05
+                    yield msg
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRYABLE:
+                    raise
+                leader = leader_hint(exc)
+                if leader and leader != self.endpoint:
+                    self._switch(leader)
+                    continue
+                log.info("subscription interrupted (%s); resuming after %d", exc.code().name, cursor)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+
+    # -- operators -----------------------------------------------------------------------------
+
+    async def status(self, timeout: float = 10.0) -> diagnostics_pb2.StatusReport:
+        stub = diagnostics_pb2_grpc.DiagnosticsStub(self._channel)
+        return await stub.GetStatus(diagnostics_pb2.GetStatusRequest(), metadata=self._md, timeout=timeout)
+
+    async def timelines(self, limit: int = 10, timeout: float = 10.0) -> diagnostics_pb2.GetTimelinesResponse:
+        stub = diagnostics_pb2_grpc.DiagnosticsStub(self._channel)
+        return await stub.GetTimelines(diagnostics_pb2.GetTimelinesRequest(limit=limit), metadata=self._md,
+                                       timeout=timeout)
+
+    async def hosts(self, timeout: float = 10.0) -> diagnostics_pb2.ListHostsResponse:
+        stub = diagnostics_pb2_grpc.HostsStub(self._channel)
+        return await stub.ListHosts(diagnostics_pb2.ListHostsRequest(), metadata=self._md, timeout=timeout)
+
+    async def enable_host(self, host: str, timeout: float = 10.0) -> diagnostics_pb2.HostInfo:
+        stub = diagnostics_pb2_grpc.HostsStub(self._channel)
+        return await stub.EnableHost(diagnostics_pb2.EnableHostRequest(host_id=host), metadata=self._md,
+                                     timeout=timeout)

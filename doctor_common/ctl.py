@@ -1,0 +1,153 @@
+"""doctorctl: look at and operate a running nfv-doctor (status, hosts, faults, subscribe, profile)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from doctor_common.api import common_pb2, fault_pb2
+from doctor_common.client import DoctorClient
+from doctor_common.faults import severity_from_name, severity_name
+from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
+
+
+def _when(ns: int) -> str:
+    if not ns:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _hs(v: int) -> str:
+    return common_pb2.HostStatus.Name(v).removeprefix("HOST_STATUS_")
+
+
+async def cmd_status(c: DoctorClient, args: argparse.Namespace) -> None:
+    s = await c.status()
+    print(f"node {s.node_id}  role {s.role}  leader {s.leader_endpoint or '-'}  version {s.version}  "
+          f"controller {s.controller}  protobuf {s.protobuf_implementation}  log seq {s.last_sequence}")
+    print(f"\nagents ({len(s.agents)}):")
+    for a in s.agents:
+        bad = [x.component for x in a.components if x.status != 1]
+        print(f"  {a.host_id:<16} {a.liveness:<12} {'connected' if a.connected else 'disconnected':<12} "
+              f"seq {a.last_sequence:<6} last seen {_when(a.last_seen_unix_nanos)}  {'faulty: ' + ', '.join(bad) if bad else ''}")
+    print(f"\nactive alarms ({len(s.active_alarms)}):")
+    for f in s.active_alarms:
+        print(f"  {f.fault_id[:12]} {f.managed_object_id:<16} {f.fault_type:<32} {severity_name(f.severity):<9} "
+              f"raised {_when(f.raised_time_unix_nanos)}")
+    print(f"\nsubscriptions ({len(s.subscriptions)}):")
+    for sub in s.subscriptions:
+        print(f"  {sub.subscription_id[:12]} {sub.principal:<16} queued {sub.queue_depth:<5} delivered {sub.delivered}")
+
+
+async def cmd_hosts(c: DoctorClient, args: argparse.Namespace) -> None:
+    r = await c.hosts()
+    print(f"{'host':<16} {'status':<12} {'liveness':<12} {'servers':>7}  alarms")
+    for h in r.hosts:
+        print(f"{h.host_id:<16} {_hs(h.host_status):<12} {h.liveness:<12} {h.servers:>7}  "
+              f"{', '.join(f.fault_type for f in h.active_alarms) or '-'}")
+
+
+async def cmd_enable_host(c: DoctorClient, args: argparse.Namespace) -> None:
+    h = await c.enable_host(args.host)
+    print(f"{h.host_id}: {_hs(h.host_status)}")
+
+
+def _filter(args: argparse.Namespace, cls: type) -> object:
+    f = cls(virtual_resource_id=args.resource or [], fault_type=args.type or [],
+            virtual_resource_type=args.resource_type or [])
+    if args.min_severity:
+        f.min_severity = severity_from_name(args.min_severity)
+    return f
+
+
+async def cmd_faults(c: DoctorClient, args: argparse.Namespace) -> None:
+    r = await c.query_faults(_filter(args, fault_pb2.FaultQueryFilter))  # type: ignore[arg-type]
+    if args.json:
+        print(json_format.MessageToJson(r))
+        return
+    for p in r.physical_resource_info:
+        for f in p.faults:
+            print(f"host   {p.physical_resource_id:<24} {f.fault_type:<32} {severity_name(f.severity):<9} {p.physical_resource_state}")
+    for v in r.virtual_resource_info:
+        for f in v.faults:
+            print(f"{v.virtual_resource_type:<6} {v.virtual_resource_id:<24} {f.fault_type:<32} {severity_name(f.severity):<9} "
+                  f"{v.virtual_resource_state} (host {v.physical_resource_id} {_hs(v.host_status)})")
+
+
+async def cmd_subscribe(c: DoctorClient, args: argparse.Namespace) -> None:
+    count = 0
+    async for msg in c.subscribe(_filter(args, fault_pb2.SubscribeFilter), args.resume_after):  # type: ignore[arg-type]
+        print(json_format.MessageToJson(msg, indent=None), flush=True)
+        if msg.WhichOneof("kind") == "fault":
+            count += 1
+            if args.count and count >= args.count:
+                return
+
+
+async def cmd_profile(c: DoctorClient, args: argparse.Namespace) -> None:
+    r = await c.timelines(args.last)
+    if not r.timelines:
+        print("no fault timelines yet")
+        return
+    for t in r.timelines:
+        steps = "  ".join(f"{stage_name(st)} +{ms:.2f}" for st, ms in stage_durations(t.timeline))
+        print(f"{t.fault_id[:12]} {t.host_id:<14} {t.fault_type:<28} servers {t.servers:<4} "
+              f"fenced {'yes' if t.fenced else 'NO'}  total {total_ms(t.timeline) or 0:.2f} ms\n    {steps}")
+    print(f"\nper stage, median of the last {len(r.timelines)} faults:\n")
+    print(format_table(profile_table(t.timeline for t in r.timelines)))
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        return Path(args.token_file).read_text().strip()
+    return os.environ.get("DOCTOR_TOKEN")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="doctorctl", description=__doc__)
+    p.add_argument("--endpoint", default=os.environ.get("DOCTOR_ENDPOINT", "127.0.0.1:50051"),
+                   help="inspector address (env DOCTOR_ENDPOINT)")
+    p.add_argument("--token-file", help="file holding the bearer token (or env DOCTOR_TOKEN)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="role, leader, agents, alarms, subscriptions")
+    sub.add_parser("hosts", help="hosts with their status and liveness")
+    e = sub.add_parser("enable-host", help="declare a fenced host repaired (clears its alarms)")
+    e.add_argument("host")
+    for name, helptext in (("faults", "active faults you may see"), ("subscribe", "stream notifications")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--resource", action="append", help="virtual resource id (repeatable)")
+        s.add_argument("--resource-type", action="append", choices=("server", "port"))
+        s.add_argument("--type", action="append", help="fault type pattern, e.g. 'compute.host.*' (repeatable)")
+        s.add_argument("--min-severity", help="warning, minor, major, critical ...")
+        if name == "faults":
+            s.add_argument("--json", action="store_true")
+        else:
+            s.add_argument("--resume-after", type=int, default=0)
+            s.add_argument("--count", type=int, default=0, help="exit after this many notifications")
+    pr = sub.add_parser("profile", help="per-stage latency of the last faults (the seeds' profiler)")
+    pr.add_argument("--last", type=int, default=10)
+    args = p.parse_args(argv)
+    handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
+
+    async def run() -> None:
+        async with DoctorClient(args.endpoint, _token(args)) as c:
+            await handler(c, args)
+    try:
+        asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        print(f"doctorctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,257 @@
+"""A whole small cloud on this machine, for the demo, integration tests and benches.
+
+Each host is a network namespace whose ``eth0`` is one end of a veth pair (the
+other end stays in the root namespace, where a test cuts the link), with its
+own agent process inside the namespace and its own virtual BMC process on a
+loopback UDP port. Agents reach the inspector over a unix socket, which
+crosses namespaces the way a management network survives a data-NIC failure.
+Everything is removed by ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from doctor_common.vbmc import read_state
+
+PY = sys.executable
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.002,
+                   what: str = "condition") -> Any:
+    """Poll ``predicate`` (sync or async) until truthy; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@dataclass
+class LabHost:
+    name: str
+    netns: str
+    link: str                    # root-namespace end of the veth pair: cut this
+    bmc_port: int
+    bmc_state: Path
+    agent_token: str
+    servers: list[str] = field(default_factory=list)
+    bmc_proc: asyncio.subprocess.Process | None = None
+    agent_proc: asyncio.subprocess.Process | None = None
+
+
+class Lab:
+    def __init__(self, hosts: int = 3, servers_per_host: int = 2, projects: tuple[str, ...] = ("project-a", "project-b"),
+                 unfenceable: tuple[str, ...] = (), workdir: Path | None = None, netns: bool = True,
+                 liveness_timeout_ms: int = 500, heartbeat_interval_ms: int = 100) -> None:
+        self.tag = secrets.token_hex(2)
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="doctor-lab-"))
+        self.own_dir = workdir is None
+        self.projects = projects
+        self.use_netns = netns
+        self.socket = self.dir / "agent.sock"
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.bmc_password = secrets.token_urlsafe(12)
+        self.tokens = {p: secrets.token_urlsafe(16) for p in (*projects, "admin")}
+        self.hosts: dict[str, LabHost] = {}
+        self.server_owner: dict[str, str] = {}
+        self.unfenceable = set(unfenceable)
+        self.liveness_timeout_ms = liveness_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        for i in range(1, hosts + 1):
+            name = f"compute-{i}"
+            h = LabHost(name, f"dl{self.tag}-{i}", f"dl{self.tag}h{i}", free_port(socket.SOCK_DGRAM),
+                        self.dir / f"{name}.bmc", secrets.token_urlsafe(16))
+            for j in range(servers_per_host):
+                sid = f"vm-{i}-{j + 1}"
+                h.servers.append(sid)
+                self.server_owner[sid] = projects[j % len(projects)]
+            self.hosts[name] = h
+        self.inspector: Any = None
+        self._created_netns: list[str] = []
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def write_files(self) -> Path:
+        (self.dir / "bmc.pass").write_text(self.bmc_password)
+        (self.dir / "bad.pass").write_text("not-the-password")
+        inv = []
+        for h in self.hosts.values():
+            pw = "bad.pass" if h.name in self.unfenceable else "bmc.pass"
+            inv.append(f'[[hosts]]\nname = "{h.name}"\nzone = "lab"\n[hosts.bmc]\naddress = "127.0.0.1"\n'
+                       f'port = {h.bmc_port}\nusername = "admin"\npassword_file = "{pw}"\n')
+        for h in self.hosts.values():
+            for sid in h.servers:
+                owner = self.server_owner[sid]
+                inv.append(f'[[servers]]\nid = "{sid}"\nname = "{sid}"\nhost = "{h.name}"\nproject_id = "{owner}"\n')
+                inv.append(f'[[ports]]\nid = "port-{sid}"\nhost = "{h.name}"\nproject_id = "{owner}"\ndevice_id = "{sid}"\n')
+        (self.dir / "inventory.toml").write_text("\n".join(inv))
+        consumers = "".join(
+            f'[[auth.consumers]]\nname = "{p}"\ntoken = "{t}"\n' + ('admin = true\n' if p == "admin" else f'project = "{p}"\n')
+            for p, t in self.tokens.items())
+        agents = "".join(f'[[auth.agents]]\nhost = "{h.name}"\ntoken = "{h.agent_token}"\n' for h in self.hosts.values())
+        cfg = self.dir / "inspector.toml"
+        cfg.write_text(
+            f'[inspector]\nnode_id = "lab-inspector"\nlisten = ["{self.endpoint}", "unix:{self.socket}"]\n'
+            f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nliveness_timeout_ms = {self.liveness_timeout_ms}\n'
+            f'log_level = "warning"\n\n'
+            f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n'
+            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\n\n{consumers}{agents}')
+        for h in self.hosts.values():
+            iface = "eth0" if self.use_netns else "lo"
+            (self.dir / f"{h.name}.agent.toml").write_text(
+                f'[agent]\nhost_id = "{h.name}"\ninspector = ["unix:{self.socket}"]\ntoken = "{h.agent_token}"\n'
+                f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nlog_level = "warning"\n\n'
+                f'[checkers.nic]\ninterfaces = ["{iface}"]\n')
+        return cfg
+
+    # -- parts ---------------------------------------------------------------------------------
+
+    def setup_netns(self) -> None:
+        for h in self.hosts.values():
+            ip("netns", "add", h.netns)
+            self._created_netns.append(h.netns)
+            ip("link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.netns)
+            ip("link", "set", h.link, "up")
+            ip("-n", h.netns, "link", "set", "lo", "up")
+            ip("-n", h.netns, "link", "set", "eth0", "up")
+
+    async def start_bmc(self, h: LabHost, power: str = "on") -> None:
+        env = dict(os.environ, VBMC_PASSWORD=self.bmc_password)
+        h.bmc_proc = await asyncio.create_subprocess_exec(
+            PY, "-m", "doctor_common.vbmc", "--port", str(h.bmc_port), "--state-file", str(h.bmc_state),
+            "--power", power, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        assert h.bmc_proc.stdout is not None
+        line = await asyncio.wait_for(h.bmc_proc.stdout.readline(), 15)
+        if b"listening" not in line:
+            raise RuntimeError(f"virtual BMC of {h.name} did not start: {line!r}")
+
+    async def start_agent(self, h: LabHost) -> None:
+        cmd = [PY, "-m", "agent.main", "--config", str(self.dir / f"{h.name}.agent.toml")]
+        if self.use_netns:
+            cmd = ["ip", "netns", "exec", h.netns, *cmd]
+        log = open(self.dir / f"{h.name}.agent.log", "ab")
+        h.agent_proc = await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=log)
+        log.close()
+
+    async def start(self, agents: bool = True) -> None:
+        from inspector.config import load_inspector_config
+        from inspector.core import Inspector
+
+        cfg_path = self.write_files()
+        if self.use_netns:
+            self.setup_netns()
+        await asyncio.gather(*(self.start_bmc(h) for h in self.hosts.values()))
+        self.inspector = Inspector(load_inspector_config(cfg_path))
+        await self.inspector.start()
+        if agents:
+            await asyncio.gather(*(self.start_agent(h) for h in self.hosts.values()))
+            await self.wait_agents()
+
+    async def wait_agents(self, timeout: float = 30.0) -> None:
+        def all_up() -> bool:
+            recs = self.inspector.liveness.hosts
+            return all(n in recs and recs[n].liveness == "up" and recs[n].connected for n in self.hosts)
+        await wait_for(all_up, timeout, 0.02, "every agent to connect")
+
+    # -- fault makers --------------------------------------------------------------------------
+
+    def cut_link(self, host: str) -> int:
+        """Take the root-side end of the host's link down; returns when (ns) it was cut."""
+        t = time.time_ns()
+        ip("link", "set", self.hosts[host].link, "down")
+        return t
+
+    def restore_link(self, host: str) -> None:
+        ip("link", "set", self.hosts[host].link, "up")
+
+    def freeze_agent(self, host: str) -> None:
+        proc = self.hosts[host].agent_proc
+        assert proc is not None
+        # ip netns exec execs the agent, so the pid is the agent's
+        os.kill(proc.pid, signal.SIGSTOP)
+
+    def thaw_agent(self, host: str) -> None:
+        proc = self.hosts[host].agent_proc
+        if proc is not None and proc.returncode is None:
+            os.kill(proc.pid, signal.SIGCONT)
+
+    async def kill_agent(self, host: str) -> None:
+        proc = self.hosts[host].agent_proc
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    def power(self, host: str) -> tuple[str, int]:
+        """(power state, number of power-offs) as the host's BMC last wrote them."""
+        return read_state(self.hosts[host].bmc_state)
+
+    # -- teardown ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        procs = []
+        for h in self.hosts.values():
+            for p in (h.agent_proc, h.bmc_proc):
+                if p is not None and p.returncode is None:
+                    try:
+                        os.kill(p.pid, signal.SIGCONT)
+                        p.terminate()
+                    except ProcessLookupError:
+                        pass
+                    procs.append(p)
+        for p in procs:
+            try:
+                await asyncio.wait_for(p.wait(), 5)
+            except asyncio.TimeoutError:
+                p.kill()
+                await p.wait()
+        if self.inspector is not None:
+            await self.inspector.stop(0.2)
+            self.inspector = None
+        for ns in self._created_netns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for h in self.hosts.values():
+            subprocess.run(["ip", "link", "del", h.link], capture_output=True)
+        self._created_netns.clear()
+        if self.own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def __aenter__(self) -> "Lab":
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

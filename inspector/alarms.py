@@ -1,0 +1,99 @@
+"""Active alarms (ETSI IFA 005 aligned) and the resources they affect.
+
+An alarm is raised on a physical resource (a host) with a root fault; the
+virtual resources it affects (servers, ports) carry the same fault id as
+their managed object's fault, so a consumer can tell they share one cause.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from controller_adapter.base import Port, Server
+from doctor_common.api import common_pb2
+from doctor_common.timeline import now_ns
+
+
+@dataclass
+class Alarm:
+    host: str
+    component: str          # the agent component that raised it ("" for host-level)
+    fault: common_pb2.Fault  # the root fault on the host
+    fences: bool            # a fencing incident (vs. a notify-only alarm)
+    servers: list[Server] = field(default_factory=list)
+    ports: list[Port] = field(default_factory=list)
+    admin_only: bool = False
+    fenced: bool = False
+    fencing_error: str = ""
+    timeline: common_pb2.Timeline = field(default_factory=common_pb2.Timeline)
+
+    @property
+    def id(self) -> str:
+        return self.fault.fault_id
+
+    def virtual_fault(self, resource_id: str) -> common_pb2.Fault:
+        f = common_pb2.Fault()
+        f.CopyFrom(self.fault)
+        f.is_root_cause = False
+        f.managed_object_id = resource_id
+        return f
+
+
+def new_fault(host: str, fault_type: str, severity: int, event_ns: int, probable_cause: str,
+              details: dict[str, str]) -> common_pb2.Fault:
+    now = now_ns()
+    return common_pb2.Fault(
+        fault_id=uuid.uuid4().hex, fault_type=fault_type, severity=severity, event_time_unix_nanos=event_ns,
+        probable_cause=probable_cause, is_root_cause=True, fault_details=details,
+        state=common_pb2.ALARM_STATE_FIRED, raised_time_unix_nanos=now, changed_time_unix_nanos=now,
+        managed_object_id=host, root_cause_resource_id=host)
+
+
+class AlarmStore:
+    def __init__(self) -> None:
+        self._alarms: dict[str, Alarm] = {}
+
+    def add(self, alarm: Alarm) -> None:
+        self._alarms[alarm.id] = alarm
+
+    def get(self, alarm_id: str) -> Alarm | None:
+        return self._alarms.get(alarm_id)
+
+    def clear(self, alarm_id: str) -> Alarm | None:
+        alarm = self._alarms.pop(alarm_id, None)
+        if alarm is not None:
+            now = now_ns()
+            alarm.fault.state = common_pb2.ALARM_STATE_CLEARED
+            alarm.fault.cleared_time_unix_nanos = now
+            alarm.fault.changed_time_unix_nanos = now
+        return alarm
+
+    def on_host(self, host: str) -> list[Alarm]:
+        return [a for a in self._alarms.values() if a.host == host]
+
+    def incident(self, host: str) -> Alarm | None:
+        """The host's active fencing incident, if any."""
+        return next((a for a in self._alarms.values() if a.host == host and a.fences), None)
+
+    def by_component(self, host: str, component: str) -> Alarm | None:
+        return next((a for a in self._alarms.values()
+                     if a.host == host and a.component == component and not a.fences), None)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._alarms.values()))
+
+    def __len__(self) -> int:
+        return len(self._alarms)
+
+    def faults_by_resource(self) -> dict[str, list[common_pb2.Fault]]:
+        """Virtual resource id -> the faults of every active alarm that affects it."""
+        out: dict[str, list[common_pb2.Fault]] = {}
+        for alarm in self._alarms.values():
+            if alarm.admin_only:
+                continue
+            for s in alarm.servers:
+                out.setdefault(s.id, []).append(alarm.virtual_fault(s.id))
+            for p in alarm.ports:
+                out.setdefault(p.id, []).append(alarm.virtual_fault(p.id))
+        return out

@@ -1,0 +1,114 @@
+"""The inspector's TOML configuration, validated at start-up (errors name the file and key)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller_adapter import backend_class
+from controller_adapter.base import Bmc
+from doctor_common.auth import Principal, TokenAuth
+from doctor_common.config import ConfigError, Section
+from inspector.policy import Policy, default_policy, load_policy
+
+
+@dataclass(frozen=True)
+class InspectorConfig:
+    node_id: str
+    listen: tuple[str, ...]
+    controller: Any                      # a built Controller
+    auth: TokenAuth
+    policy: Policy
+    bmcs: dict[str, Bmc] = field(default_factory=dict)
+    heartbeat_interval_ms: int = 100
+    liveness_timeout_s: float = 0.5
+    fencing_timeout_s: float = 5.0
+    fencing_poll_s: float = 0.002
+    queue_limit: int = 1000
+    retention: int = 10_000
+    resource_refresh_s: float = 30.0
+    log_level: str = "info"
+    path: str = ""
+
+
+def _bmc(s: Section) -> Bmc:
+    bmc = Bmc(address=s.str("address"), port=s.int("port", 623, min=1, max=65535),
+              username=s.str("username", "admin"), password=s.secret("password") or "")
+    s.done()
+    return bmc
+
+
+def _auth(a: Section) -> TokenAuth:
+    consumers: dict[str, Principal] = {}
+    for c in a.sections("consumers"):
+        token = c.secret("token")
+        if not token:
+            raise c.error("token", "is required (token or token_file)")
+        admin = c.bool("admin", False)
+        project = c.str("project", None)
+        if admin == (project is not None):
+            raise c.error("project", "give either project = \"...\" or admin = true")
+        consumers[token] = Principal(name=c.str("name", project or "admin"), project=project, admin=admin)
+        c.done()
+    agents: dict[str, str] = {}
+    for g in a.sections("agents"):
+        token = g.secret("token")
+        if not token:
+            raise g.error("token", "is required (token or token_file)")
+        agents[token] = g.str("host")
+        g.done()
+    anonymous = a.bool("allow_anonymous_agents", False)
+    a.done()
+    return TokenAuth(consumers, agents, anonymous)
+
+
+def load_inspector_config(path: Path | str) -> InspectorConfig:
+    root = Section.load(path)
+    i = root.section("inspector", required=True)
+    node_id = i.str("node_id", "") or socket.gethostname()
+    listen = i.str_list("listen", ["127.0.0.1:50051"])
+    if not listen:
+        raise i.error("listen", "give at least one address (host:port or unix:/path)")
+    policy_path = i.path("policy", None)
+    opts: dict[str, Any] = dict(
+        heartbeat_interval_ms=i.int("heartbeat_interval_ms", 100, min=10, max=60000),
+        liveness_timeout_s=i.int("liveness_timeout_ms", 500, min=50) / 1000,
+        log_level=i.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        resource_refresh_s=i.float("resource_refresh_s", 30.0, min=1.0),
+    )
+    if opts["liveness_timeout_s"] * 1000 < 2 * opts["heartbeat_interval_ms"]:
+        raise i.error("liveness_timeout_ms", "must be at least twice heartbeat_interval_ms")
+    i.done()
+
+    c = root.section("controller")
+    backend = c.str("backend", "embedded")
+    try:
+        cls = backend_class(backend)
+    except LookupError as exc:
+        raise c.error("backend", str(exc)) from None
+    sub = c.section(backend, required=True)
+    c.done()
+
+    f = root.section("fencing")
+    opts["fencing_timeout_s"] = f.float("timeout_s", 5.0, min=0.1)
+    opts["fencing_poll_s"] = f.int("poll_interval_ms", 2, min=1) / 1000
+    bmcs = {host: _bmc(s) for host, s in f.table("bmc").items()}
+    f.done()
+
+    n = root.section("notifier")
+    opts["queue_limit"] = n.int("queue_limit", 1000, min=1)
+    opts["retention"] = n.int("retention", 10_000, min=1)
+    n.done()
+
+    auth = _auth(root.section("auth"))
+    policy = load_policy(policy_path) if policy_path else default_policy()
+    root.done()
+    # last: the backend may open files or pools, and nothing else can fail after it
+    try:
+        controller = cls.from_config(sub)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(root.file, f"controller.{backend}", str(exc)) from None
+    return InspectorConfig(node_id=node_id, listen=tuple(listen), controller=controller, auth=auth,
+                           policy=policy, bmcs=bmcs, path=str(path), **opts)

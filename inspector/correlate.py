@@ -1,0 +1,104 @@
+"""The cached resource map: hosts, their servers and ports, with owners (the seeds' inspector guideline).
+
+Listing a host's servers from the controller at fault time is what made the
+reference pipeline slow with 50 VMs; here the map is loaded at start,
+refreshed in the background, and patched locally when we change state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+from controller_adapter.base import Controller, Host, NotFound, Port, Server, ServerState
+
+log = logging.getLogger("doctor.inspector.resources")
+
+
+class ResourceMap:
+    def __init__(self, controller: Controller, refresh_s: float = 30.0) -> None:
+        self.controller = controller
+        self.refresh_s = refresh_s
+        self.hosts: dict[str, Host] = {}
+        self.servers: dict[str, Server] = {}
+        self.ports: dict[str, Port] = {}
+        self._by_host: dict[str, set[str]] = {}
+        self._ports_by_host: dict[str, set[str]] = {}
+        self.loaded_at = 0.0
+
+    async def load(self) -> None:
+        hosts = await self.controller.list_hosts()
+        servers = await self.controller.list_servers()
+        ports: list[Port] = []
+        for chunk in await asyncio.gather(*(self.controller.ports_on_host(h.name) for h in hosts)):
+            ports.extend(chunk)
+        self.hosts = {h.name: h for h in hosts}
+        self.servers = {s.id: s for s in servers}
+        self.ports = {p.id: p for p in ports}
+        self._index()
+        self.loaded_at = time.monotonic()
+        log.info("resource map: %d hosts, %d servers, %d ports", len(hosts), len(servers), len(ports))
+
+    def _index(self) -> None:
+        self._by_host = {}
+        for s in self.servers.values():
+            self._by_host.setdefault(s.host, set()).add(s.id)
+        self._ports_by_host = {}
+        for p in self.ports.values():
+            self._ports_by_host.setdefault(p.host, set()).add(p.id)
+
+    async def refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.load()
+            except Exception as exc:  # noqa: BLE001 - keep serving the last good map
+                log.warning("resource map refresh failed, keeping the cached one: %s", exc)
+
+    def has_host(self, host: str) -> bool:
+        return host in self.hosts
+
+    async def ensure_host(self, host: str) -> Host:
+        """The host, asking the controller when the cache does not know it yet (a newly added host)."""
+        if host in self.hosts:
+            return self.hosts[host]
+        h = await self.controller.get_host(host)  # NotFound propagates
+        self.hosts[host] = h
+        for s in await self.controller.servers_on_host(host):
+            self.servers[s.id] = s
+        for p in await self.controller.ports_on_host(host):
+            self.ports[p.id] = p
+        self._index()
+        return h
+
+    def servers_on(self, host: str) -> list[Server]:
+        return [self.servers[i] for i in sorted(self._by_host.get(host, ()))]
+
+    def ports_on(self, host: str) -> list[Port]:
+        return [self.ports[i] for i in sorted(self._ports_by_host.get(host, ()))]
+
+    def owner_of(self, resource_id: str) -> str | None:
+        if resource_id in self.servers:
+            return self.servers[resource_id].project_id
+        if resource_id in self.ports:
+            return self.ports[resource_id].project_id
+        return None
+
+    def set_host(self, host: str, **changes: object) -> None:
+        if host in self.hosts:
+            self.hosts[host] = dataclasses.replace(self.hosts[host], **changes)  # type: ignore[arg-type]
+
+    def set_servers_state(self, ids: list[str], state: ServerState) -> None:
+        for sid in ids:
+            if sid in self.servers:
+                self.servers[sid] = dataclasses.replace(self.servers[sid], state=state)
+
+    def set_ports_status(self, ids: list[str], status: str) -> None:
+        for pid in ids:
+            if pid in self.ports:
+                self.ports[pid] = dataclasses.replace(self.ports[pid], data_plane_status=status)
+
+
+__all__ = ["NotFound", "ResourceMap"]

@@ -1,0 +1,76 @@
+"""Diagnostics (for SREs) and Hosts (administrators' host operations); both need an admin token."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf.internal import api_implementation
+
+from controller_adapter.base import ControllerError
+from doctor_common import __version__
+from doctor_common.api import diagnostics_pb2, diagnostics_pb2_grpc
+
+if TYPE_CHECKING:
+    from inspector.core import Inspector
+
+
+class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
+    def __init__(self, inspector: "Inspector") -> None:
+        self.i = inspector
+
+    async def GetStatus(self, request: diagnostics_pb2.GetStatusRequest,
+                        context: grpc.aio.ServicerContext) -> diagnostics_pb2.StatusReport:
+        await self.i.auth.admin(context)
+        i = self.i
+        return diagnostics_pb2.StatusReport(
+            node_id=i.cfg.node_id, role=i.role, leader_endpoint=i.leader_endpoint() or "", version=__version__,
+            started_unix_nanos=i.started_ns, protobuf_implementation=api_implementation.Type(),
+            controller=i.controller.name,
+            agents=[diagnostics_pb2.AgentInfo(
+                host_id=r.host_id, connected=r.connected, liveness=r.liveness, boot_id=r.boot_id,
+                agent_version=r.agent_version, last_seen_unix_nanos=r.last_seen_ns, peer=r.peer,
+                last_sequence=r.last_sequence, components=list(r.components.values()))
+                for r in sorted(i.liveness.hosts.values(), key=lambda r: r.host_id)],
+            active_alarms=[a.fault for a in i.alarms],
+            subscriptions=[diagnostics_pb2.SubscriptionInfo(
+                subscription_id=s.id, principal=s.principal.name, queue_depth=s.queue.qsize(), delivered=s.delivered)
+                for s in i.registry],
+            last_sequence=i.log.last_sequence)
+
+    async def GetTimelines(self, request: diagnostics_pb2.GetTimelinesRequest,
+                           context: grpc.aio.ServicerContext) -> diagnostics_pb2.GetTimelinesResponse:
+        await self.i.auth.admin(context)
+        limit = request.limit or 10
+        return diagnostics_pb2.GetTimelinesResponse(timelines=list(self.i.responder.timelines)[:limit])
+
+
+class HostsServicer(diagnostics_pb2_grpc.HostsServicer):
+    def __init__(self, inspector: "Inspector") -> None:
+        self.i = inspector
+
+    def _info(self, host: str) -> diagnostics_pb2.HostInfo:
+        i = self.i
+        h = i.resources.hosts[host]
+        rec = i.liveness.hosts.get(host)
+        return diagnostics_pb2.HostInfo(
+            host_id=host, host_status=i.responder.host_status(host), forced_down=h.forced_down, disabled=h.disabled,
+            disabled_reason=h.disabled_reason, liveness=rec.liveness if rec else "unknown",
+            servers=len(i.resources.servers_on(host)), active_alarms=[a.fault for a in i.alarms.on_host(host)])
+
+    async def ListHosts(self, request: diagnostics_pb2.ListHostsRequest,
+                        context: grpc.aio.ServicerContext) -> diagnostics_pb2.ListHostsResponse:
+        await self.i.auth.admin(context)
+        return diagnostics_pb2.ListHostsResponse(hosts=[self._info(h) for h in sorted(self.i.resources.hosts)])
+
+    async def EnableHost(self, request: diagnostics_pb2.EnableHostRequest,
+                         context: grpc.aio.ServicerContext) -> diagnostics_pb2.HostInfo:
+        await self.i.auth.admin(context)
+        if request.host_id not in self.i.resources.hosts:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"host {request.host_id!r} is not in the inventory")
+        await self.i.require_leader(context)
+        try:
+            await self.i.responder.enable_host(request.host_id)
+        except ControllerError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"controller refused: {exc}")
+        return self._info(request.host_id)

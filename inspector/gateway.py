@@ -1,0 +1,231 @@
+"""AgentGateway: the agents' streams, validated, fed into liveness and the responder.
+
+Nothing an agent sends can crash the inspector or stall other agents: every
+message is checked against limits, a bad one ends only its own stream with
+INVALID_ARGUMENT naming the field, and responses run as tasks so a slow
+fence never holds up reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import grpc
+
+from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
+from doctor_common.auth import TokenAuth
+from doctor_common.faults import severity_from_name
+from doctor_common.timeline import now_ns
+from inspector.actions import Trigger
+from inspector.liveness import HostRecord, Liveness
+
+log = logging.getLogger("doctor.inspector.gateway")
+
+MAX_ID = 255
+MAX_TEXT = 1024
+MAX_DETAILS = 64
+MAX_COMPONENTS = 1000
+MAX_BATCH = 1000
+HELLO_TIMEOUT_S = 5.0
+FAULTY = (agent_pb2.COMPONENT_STATUS_FAULT, agent_pb2.COMPONENT_STATUS_WARNING, agent_pb2.COMPONENT_STATUS_UNKNOWN)
+
+
+class BadMessage(ValueError):
+    pass
+
+
+def check_state(s: agent_pb2.ComponentState, where: str) -> None:
+    if not s.component or len(s.component) > MAX_ID:
+        raise BadMessage(f"{where}.component must be 1-{MAX_ID} characters")
+    if s.status not in agent_pb2.ComponentStatus.values() or s.status == agent_pb2.COMPONENT_STATUS_UNSPECIFIED:
+        raise BadMessage(f"{where}.status {s.status} is not a ComponentStatus")
+    if s.severity not in common_pb2.Severity.values():
+        raise BadMessage(f"{where}.severity {s.severity} is not a Severity")
+    if s.status in FAULTY and not s.fault_type:
+        raise BadMessage(f"{where}.fault_type is required when the status is not OK")
+    if len(s.fault_type) > MAX_ID or len(s.description) > MAX_TEXT or len(s.checker) > MAX_ID:
+        raise BadMessage(f"{where}: fault_type/checker over {MAX_ID} or description over {MAX_TEXT} characters")
+    if len(s.details) > MAX_DETAILS or any(len(k) > MAX_ID or len(v) > MAX_TEXT for k, v in s.details.items()):
+        raise BadMessage(f"{where}.details: at most {MAX_DETAILS} entries of {MAX_ID}/{MAX_TEXT} characters")
+
+
+def check_hello(h: agent_pb2.Hello) -> None:
+    if not h.host_id or len(h.host_id) > MAX_ID:
+        raise BadMessage(f"hello.host_id must be 1-{MAX_ID} characters")
+    if not h.boot_id or len(h.boot_id) > MAX_ID:
+        raise BadMessage(f"hello.boot_id must be 1-{MAX_ID} characters")
+    if len(h.components) > MAX_COMPONENTS:
+        raise BadMessage(f"hello.components: at most {MAX_COMPONENTS}")
+    for i, c in enumerate(h.components):
+        check_state(c, f"hello.components[{i}]")
+
+
+def trigger_from_state(host: str, s: agent_pb2.ComponentState, observed: int, sent: int, received: int) -> Trigger:
+    return Trigger(host=host, fault_type=s.fault_type, severity=s.severity, component=s.component,
+                   description=s.description, details=dict(s.details), observed_ns=observed, sent_ns=sent,
+                   received_ns=received)
+
+
+class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
+    def __init__(self, auth: TokenAuth, liveness: Liveness, known_host: Callable[[str], Any],
+                 on_state: Callable[[HostRecord, agent_pb2.ComponentState, Trigger], None],
+                 heartbeat_interval_ms: int, redirect: Callable[[], str | None] = lambda: None) -> None:
+        self.auth = auth
+        self.liveness = liveness
+        self.known_host = known_host  # coroutine: raises LookupError for an unknown host
+        self.on_state = on_state      # called for every component transition, schedules the response
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.redirect = redirect      # the leader's endpoint when this replica is a follower
+
+    async def _host_for(self, claimed: str, context: grpc.aio.ServicerContext) -> None:
+        token_host = await self.auth.agent_host(context)
+        if token_host is not None and token_host != claimed:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"this agent's token belongs to host {token_host!r}, not {claimed!r}")
+        try:
+            await self.known_host(claimed)
+        except LookupError:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"host {claimed!r} is not in the controller's inventory: add it there first")
+
+    async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
+        leader = self.redirect()
+        if leader:
+            yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
+            return
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be Hello")
+        if first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the first message on the stream must be Hello, got {first.WhichOneof('kind')}")
+        hello = first.hello
+        try:
+            check_hello(hello)
+        except BadMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._host_for(hello.host_id, context)
+
+        rec = self.liveness.record(hello.host_id)
+        stream = object()
+        await self.liveness.attach(rec, stream, hello, context.peer())
+        yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=self.heartbeat_interval_ms))
+        try:
+            self._reconcile(rec, hello)
+            async for msg in request_iterator:
+                if rec.stream is not stream:
+                    await context.abort(grpc.StatusCode.ABORTED, "a newer stream of this host took over")
+                await self.liveness.heard(rec)
+                kind = msg.WhichOneof("kind")
+                if kind == "events":
+                    acked = self._events(rec, msg.events)
+                    if acked:
+                        yield agent_pb2.GatewayMessage(ack=agent_pb2.Ack(sequence=acked))
+                elif kind == "goodbye":
+                    rec.goodbye = True
+                elif kind == "hello":
+                    raise BadMessage("Hello may be sent only once per stream")
+        except BadMessage as exc:
+            log.warning("agent %s sent a bad message: %s", hello.host_id, exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            await self.liveness.detach(rec, stream)
+
+    def _reconcile(self, rec: HostRecord, hello: agent_pb2.Hello) -> None:
+        """Level-triggered: treat every component in the Hello as if it had just changed to what it is."""
+        received = now_ns()
+        for c in hello.components:
+            previous = rec.components.get(c.component)
+            if previous is not None and previous.status == c.status and previous.fault_type == c.fault_type:
+                continue
+            rec.components[c.component] = c
+            self.on_state(rec, c, trigger_from_state(rec.host_id, c, c.since_unix_nanos or received, 0, received))
+
+    def _events(self, rec: HostRecord, batch: agent_pb2.EventBatch) -> int:
+        if len(batch.events) > MAX_BATCH:
+            raise BadMessage(f"events: at most {MAX_BATCH} per batch")
+        received = now_ns()
+        for i, e in enumerate(batch.events):
+            check_state(e.state, f"events[{i}].state")
+        acked = 0
+        for e in batch.events:
+            acked = max(acked, e.sequence)
+            if e.sequence <= rec.last_sequence:
+                continue  # a resend of something already processed
+            rec.last_sequence = e.sequence
+            rec.components[e.state.component] = e.state
+            self.on_state(rec, e.state, trigger_from_state(rec.host_id, e.state, e.observed_unix_nanos,
+                                                           e.sent_unix_nanos, received))
+        return acked
+
+    async def ReportJson(self, request: agent_pb2.JsonEventReport,
+                         context: grpc.aio.ServicerContext) -> agent_pb2.JsonEventAck:
+        """The seeds' southbound event: {"event": {...}} or {"events": [...]}."""
+        token_host = await self.auth.agent_host(context)
+        if len(request.json) > 1024 * 1024:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "json: at most 1 MiB")
+        try:
+            events = parse_json_events(request.json)
+        except (BadMessage, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"json: {exc}")
+        received = now_ns()
+        for host in {h for h, _, _ in events}:
+            await self._host_for(host, context)
+        for host, state, observed in events:
+            rec = self.liveness.record(host)
+            rec.components[state.component] = state
+            self.on_state(rec, state, trigger_from_state(host, state, observed, 0, received))
+        return agent_pb2.JsonEventAck(accepted=len(events))
+
+
+def parse_json_events(text: str) -> list[tuple[str, agent_pb2.ComponentState, int]]:
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise BadMessage("expected an object with 'event' or 'events'")
+    if "event" in doc:
+        raw = [doc["event"]]
+    elif isinstance(doc.get("events"), list):
+        raw = [e.get("event", e) if isinstance(e, dict) else e for e in doc["events"]]
+    else:
+        raise BadMessage("expected an object with 'event' or 'events'")
+    if len(raw) > MAX_BATCH:
+        raise BadMessage(f"at most {MAX_BATCH} events")
+    out = []
+    for i, ev in enumerate(raw):
+        if not isinstance(ev, dict) or not isinstance(ev.get("type"), str) or not isinstance(ev.get("time"), str):
+            raise BadMessage(f"events[{i}] needs string 'time' and 'type'")
+        details = ev.get("details") or {}
+        if not isinstance(details, dict):
+            raise BadMessage(f"events[{i}].details must be an object")
+        host = details.get("hostname")
+        if not isinstance(host, str) or not host:
+            raise BadMessage(f"events[{i}].details.hostname is required")
+        try:
+            t = datetime.fromisoformat(ev["time"])
+        except ValueError:
+            raise BadMessage(f"events[{i}].time {ev['time']!r} is not an ISO 8601 time") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        try:
+            severity = severity_from_name(str(details.get("severity", "critical")))
+        except ValueError as exc:
+            raise BadMessage(f"events[{i}].details.severity: {exc}") from None
+        status = str(details.get("status", "down")).lower()
+        ok = status in ("up", "ok", "normal", "active")
+        state = agent_pb2.ComponentState(
+            component=f"monitor:{details.get('monitor_id', 'json')}:{ev['type']}"[:MAX_ID],
+            checker=str(details.get("source", "json"))[:MAX_ID],
+            status=agent_pb2.COMPONENT_STATUS_OK if ok else agent_pb2.COMPONENT_STATUS_FAULT,
+            fault_type="" if ok else ev["type"], severity=common_pb2.SEVERITY_CLEARED if ok else severity,
+            description=str(details.get("cause", ""))[:MAX_TEXT],
+            details={str(k)[:MAX_ID]: str(v)[:MAX_TEXT] for k, v in list(details.items())[:MAX_DETAILS]})
+        check_state(state, f"events[{i}]")
+        out.append((host, state, int(t.timestamp() * 1e9)))
+    return out

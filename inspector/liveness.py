@@ -1,0 +1,103 @@
+"""Host liveness from the agents' streams (DESIGN principle 4: agent death is not host death).
+
+    unknown ──Hello──▶ up ──stream closed by the peer──▶ agent_down   (raise an agent alarm, do not fence)
+                        │ ──Goodbye, then closed──────▶ stopped      (orderly stop: nothing to raise)
+                        └──silence > timeout──────────▶ unreachable  (confirm with the BMC and fence)
+    any ──Hello or any message──▶ up
+
+Silence is measured from the last message of any kind (events, heartbeats);
+the server's HTTP/2 keepalive ends a hung stream shortly after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from doctor_common.api import agent_pb2
+from doctor_common.timeline import now_ns
+
+log = logging.getLogger("doctor.inspector.liveness")
+
+UP, AGENT_DOWN, UNREACHABLE, STOPPED, UNKNOWN = "up", "agent_down", "unreachable", "stopped", "unknown"
+
+
+@dataclass
+class HostRecord:
+    host_id: str
+    liveness: str = UNKNOWN
+    connected: bool = False
+    boot_id: str = ""
+    agent_version: str = ""
+    peer: str = ""
+    last_seen: float = 0.0          # monotonic, for timeouts
+    last_seen_ns: int = 0           # wall clock, for humans
+    last_sequence: int = 0          # highest event sequence processed for boot_id
+    components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
+    stream: object | None = None    # identity of the stream currently owning the host
+    goodbye: bool = False
+
+    def seen(self) -> None:
+        self.last_seen = time.monotonic()
+        self.last_seen_ns = now_ns()
+
+
+class Liveness:
+    """Tracks every host's agent; calls ``on_change(record, old, new)`` on every liveness transition."""
+
+    def __init__(self, timeout_s: float, on_change: Callable[[HostRecord, str, str], Awaitable[None]]) -> None:
+        self.timeout_s = timeout_s
+        self.on_change = on_change
+        self.hosts: dict[str, HostRecord] = {}
+
+    def record(self, host_id: str) -> HostRecord:
+        rec = self.hosts.get(host_id)
+        if rec is None:
+            rec = self.hosts[host_id] = HostRecord(host_id)
+        return rec
+
+    async def _set(self, rec: HostRecord, new: str) -> None:
+        old = rec.liveness
+        if old != new:
+            rec.liveness = new
+            log.info("host %s: %s -> %s", rec.host_id, old, new)
+            await self.on_change(rec, old, new)
+
+    async def attach(self, rec: HostRecord, stream: object, hello: agent_pb2.Hello, peer: str) -> None:
+        if rec.boot_id != hello.boot_id:
+            rec.last_sequence = 0  # a new agent boot numbers its events from 1 again
+        rec.stream, rec.connected, rec.goodbye = stream, True, False
+        rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
+        rec.seen()
+        await self._set(rec, UP)
+
+    async def heard(self, rec: HostRecord) -> None:
+        rec.seen()
+        if rec.liveness != UP:
+            await self._set(rec, UP)
+
+    async def detach(self, rec: HostRecord, stream: object) -> None:
+        """The stream ended. Recent traffic means the peer's kernel closed it: the agent died, not the host."""
+        if rec.stream is not stream:
+            return  # replaced by a newer stream of the same host
+        rec.stream, rec.connected = None, False
+        if rec.goodbye:
+            await self._set(rec, STOPPED)
+        elif rec.liveness == UP and time.monotonic() - rec.last_seen < self.timeout_s:
+            await self._set(rec, AGENT_DOWN)
+
+    async def watch(self) -> None:
+        """Declare silent hosts unreachable; runs until cancelled."""
+        period = max(self.timeout_s / 5, 0.01)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for rec in list(self.hosts.values()):
+                if rec.liveness == UP and now - rec.last_seen > self.timeout_s:
+                    try:
+                        await self._set(rec, UNREACHABLE)
+                    except Exception:  # noqa: BLE001 - one host's failure must not stop the watch
+                        log.exception("handling silence of host %s failed", rec.host_id)

@@ -1,0 +1,65 @@
+"""doctor-inspector: run one inspector replica from a TOML config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from google.protobuf.internal import api_implementation
+
+from doctor_common import __version__
+from doctor_common.config import ConfigError
+from doctor_common.logs import setup_logging
+from inspector.config import InspectorConfig, load_inspector_config
+from inspector.core import Inspector
+
+log = logging.getLogger("doctor.inspector")
+
+
+async def main(cfg: InspectorConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("doctor-inspector %s, protobuf %s", __version__, api_implementation.Type())
+    inspector = Inspector(cfg)
+    try:
+        await inspector.start()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except asyncio.TimeoutError:
+                dead = inspector.dead_loop()
+                if dead is not None:
+                    # a dead main loop must not leave a live-looking process
+                    log.critical("loop %s died: %r; exiting", dead.get_name(), dead.exception())
+                    return 1
+        return 0
+    finally:
+        await inspector.stop()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="doctor-inspector", description=__doc__)
+    parser.add_argument("--config", "-c", type=Path, default=Path("/etc/doctor/inspector.toml"))
+    parser.add_argument("--check-config", action="store_true", help="validate the config file and exit")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_inspector_config(args.config)
+    except ConfigError as exc:
+        print(f"doctor-inspector: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"{args.config}: ok (node {cfg.node_id}, controller {cfg.controller.name})")
+        asyncio.run(cfg.controller.close())
+        return 0
+    setup_logging(cfg.log_level)
+    return asyncio.run(main(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
