@@ -1,0 +1,57 @@
+"""A bad config file fails at start-up naming the file and the key."""
+
+from pathlib import Path
+
+import pytest
+
+from doctor_common.config import ConfigError
+from inspector.config import load_inspector_config
+
+INVENTORY = '[[hosts]]\nname = "c1"\n[[servers]]\nid = "s1"\nhost = "c1"\nproject_id = "p"\n'
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "inv.toml").write_text(INVENTORY)
+    p = tmp_path / "inspector.toml"
+    p.write_text('[inspector]\nnode_id = "n"\n[controller.embedded]\ninventory = "inv.toml"\n' + body)
+    return p
+
+
+@pytest.mark.parametrize("body, key, words", [
+    ("[fencing]\ntimeout_s = \"fast\"\n", "fencing.timeout_s", "expected a number"),
+    ("[notifier]\nqueue_limt = 5\n", "notifier.queue_limt", "unknown key"),
+    ("[[auth.consumers]]\ntoken = \"t\"\n", "auth.consumers[0].project", "either project"),
+    ("[[auth.consumers]]\nproject = \"p\"\n", "auth.consumers[0].token", "required"),
+    ("[fencing.bmc.c1]\nport = 623\n", "fencing.bmc.c1.address", "required"),
+])
+def test_bad_inspector_config_names_file_and_key(tmp_path: Path, body: str, key: str, words: str) -> None:
+    """Each mistake is reported with the file's path and the dotted key, and says what is wrong."""
+    with pytest.raises(ConfigError) as err:
+        load_inspector_config(_write(tmp_path, body))
+    assert err.value.key == key
+    assert str(tmp_path / "inspector.toml") in str(err.value) and words in str(err.value)
+
+
+def test_bad_inventory_names_the_inventory_file(tmp_path: Path) -> None:
+    """A server on an unknown host is an error in the inventory file, not the inspector's."""
+    p = _write(tmp_path, "")
+    (tmp_path / "inv.toml").write_text(INVENTORY.replace('host = "c1"', 'host = "c9"'))
+    with pytest.raises(ConfigError) as err:
+        load_inspector_config(p)
+    assert err.value.path.endswith("inv.toml") and err.value.key == "servers[0].host"
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    """Unparseable or absent files say so, with the path."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[inspector\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_inspector_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_inspector_config(tmp_path / "nope.toml")
+
+
+def test_good_config_loads(tmp_path: Path) -> None:
+    """The minimal config works and defaults are applied."""
+    cfg = load_inspector_config(_write(tmp_path, ""))
+    assert cfg.node_id == "n" and cfg.controller.name == "embedded" and cfg.liveness_timeout_s == 0.5

@@ -1,0 +1,101 @@
+"""Filters validate what consumers send; views show each principal only what is theirs."""
+
+import pytest
+
+from doctor_common.api import common_pb2, fault_pb2
+from doctor_common.auth import Principal
+from notifier.filters import Filter, FilterError, view_notification
+
+A = Principal("a", project="project-a")
+B = Principal("b", project="project-b")
+ADMIN = Principal("admin", admin=True)
+
+
+def _fault(ftype: str = "compute.host.nic.down", sev: int = common_pb2.SEVERITY_CRITICAL) -> common_pb2.Fault:
+    return common_pb2.Fault(fault_id="f1", fault_type=ftype, severity=sev, event_time_unix_nanos=100)
+
+
+def _notification(**kw) -> fault_pb2.FaultNotification:  # type: ignore[no-untyped-def]
+    f = _fault(**kw)
+    return fault_pb2.FaultNotification(
+        notification_id="n1", sequence=7,
+        virtual_resource_info=[
+            common_pb2.VirtualResourceInfo(virtual_resource_id="vm-a", virtual_resource_type="server",
+                                           project_id="project-a", faults=[f]),
+            common_pb2.VirtualResourceInfo(virtual_resource_id="port-a", virtual_resource_type="port",
+                                           project_id="project-a", faults=[f]),
+            common_pb2.VirtualResourceInfo(virtual_resource_id="vm-b", virtual_resource_type="server",
+                                           project_id="project-b", faults=[f])],
+        physical_resource_info=[common_pb2.PhysicalResourceInfo(physical_resource_id="compute-1", faults=[f])])
+
+
+def ids(n: fault_pb2.FaultNotification | None) -> set[str]:
+    assert n is not None
+    return {v.virtual_resource_id for v in n.virtual_resource_info} | {p.physical_resource_id for p in n.physical_resource_info}
+
+
+def test_consumers_see_only_their_project_and_never_the_host() -> None:
+    """Ownership: project-a gets its server and port, project-b its server; neither the physical host."""
+    n = _notification()
+    assert ids(view_notification(A, Filter(), n)) == {"vm-a", "port-a"}
+    assert ids(view_notification(B, Filter(), n)) == {"vm-b"}
+    assert view_notification(Principal("c", project="project-c"), Filter(), n) is None
+
+
+def test_admin_sees_everything_including_the_physical_fault() -> None:
+    """Administrators receive the host fault too."""
+    assert ids(view_notification(ADMIN, Filter(), _notification())) == {"vm-a", "port-a", "vm-b", "compute-1"}
+
+
+@pytest.mark.parametrize("flt, expected", [
+    (fault_pb2.SubscribeFilter(fault_type=["compute.host.*"]), {"vm-a", "port-a"}),
+    (fault_pb2.SubscribeFilter(fault_type=["compute.hypervisor.*"]), set()),
+    (fault_pb2.SubscribeFilter(virtual_resource_type=["port"]), {"port-a"}),
+    (fault_pb2.SubscribeFilter(virtual_resource_id=["vm-a"]), {"vm-a"}),
+    (fault_pb2.SubscribeFilter(min_severity=common_pb2.SEVERITY_CRITICAL), {"vm-a", "port-a"}),
+])
+def test_filter_narrows_a_consumers_view(flt: fault_pb2.SubscribeFilter, expected: set[str]) -> None:
+    """Type wildcards, resource types and ids, minimum severity narrow what project-a receives."""
+    view = view_notification(A, Filter.from_proto(flt), _notification())
+    assert (ids(view) if view else set()) == expected
+
+
+def test_min_severity_drops_warnings_but_not_their_clearing() -> None:
+    """A major-only subscriber skips a warning, yet is told when an alarm it saw clears."""
+    flt = Filter.from_proto(fault_pb2.SubscribeFilter(min_severity=common_pb2.SEVERITY_MAJOR))
+    assert view_notification(A, flt, _notification(sev=common_pb2.SEVERITY_WARNING)) is None
+    cleared = _notification(sev=common_pb2.SEVERITY_WARNING)
+    for v in cleared.virtual_resource_info:
+        v.faults[0].state = common_pb2.ALARM_STATE_CLEARED
+    assert ids(view_notification(A, flt, cleared)) == {"vm-a", "port-a"}
+
+
+def test_admin_filtering_by_resource_drops_the_physical_part() -> None:
+    """An administrator asking for one server gets that server, not the host."""
+    flt = Filter.from_proto(fault_pb2.SubscribeFilter(virtual_resource_id=["vm-b"]))
+    assert ids(view_notification(ADMIN, flt, _notification())) == {"vm-b"}
+
+
+@pytest.mark.parametrize("flt, words", [
+    (fault_pb2.SubscribeFilter(fault_type=["compute.host.[nic]"]), "may hold only"),
+    (fault_pb2.SubscribeFilter(fault_type=[""]), "empty"),
+    (fault_pb2.SubscribeFilter(virtual_resource_type=["vm"]), "unknown"),
+    (fault_pb2.SubscribeFilter(virtual_resource_id=[""]), "empty or over-long"),
+    (fault_pb2.SubscribeFilter(min_severity=42), "not a Severity"),
+    (fault_pb2.SubscribeFilter(fault_type=["x"] * 1001), "more than 1000"),
+])
+def test_bad_filters_are_rejected_with_what_to_fix(flt: fault_pb2.SubscribeFilter, words: str) -> None:
+    """Malformed filters raise FilterError whose message names the field."""
+    with pytest.raises(FilterError, match=words):
+        Filter.from_proto(flt)
+
+
+def test_query_time_range() -> None:
+    """FaultQueryFilter's event time range is applied, and an inverted range is rejected."""
+    n = _notification()
+    inside = Filter.from_proto(fault_pb2.FaultQueryFilter(event_start_unix_nanos=50, event_end_unix_nanos=150))
+    after = Filter.from_proto(fault_pb2.FaultQueryFilter(event_start_unix_nanos=101))
+    assert ids(view_notification(A, inside, n)) == {"vm-a", "port-a"}
+    assert view_notification(A, after, n) is None
+    with pytest.raises(FilterError, match="before"):
+        Filter.from_proto(fault_pb2.FaultQueryFilter(event_start_unix_nanos=5, event_end_unix_nanos=1))
