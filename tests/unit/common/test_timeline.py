@@ -35,6 +35,7 @@ def test_percentile_nearest_rank() -> None:
 
 def test_profile_table_sorted_by_cost_with_shares() -> None:
     """The seeds' profiler table: costliest stage first, shares sum to 100 %."""
-    rows = profile_table([_tl(observed=0, received=1, fenced=5), _tl(observed=0, received=3, fenced=4)])
-    assert [r[0] for r in rows] == ["fenced", "received"]
+    rows = profile_table([_tl(observed=0, received=1, fenced=5), _tl(observed=0, received=2, fenced=6),
+                         _tl(observed=0, received=1.5, fenced=3)])
+    assert [(r[0], r[1]) for r in rows] == [("fenced", 4.0), ("received", 1.5)]
     assert abs(sum(r[2] for r in rows) - 100.0) < 1e-9
