@@ -71,7 +71,7 @@ class LabHost:
 class Lab:
     def __init__(self, hosts: int = 3, servers_per_host: int = 2, projects: tuple[str, ...] = ("project-a", "project-b"),
                  unfenceable: tuple[str, ...] = (), workdir: Path | None = None, netns: bool = True,
-                 liveness_timeout_ms: int = 500, heartbeat_interval_ms: int = 100) -> None:
+                 liveness_timeout_ms: int = 500, heartbeat_interval_ms: int = 100, extra_config: str = "") -> None:
         self.tag = secrets.token_hex(2)
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="doctor-lab-"))
         self.own_dir = workdir is None
@@ -87,6 +87,8 @@ class Lab:
         self.unfenceable = set(unfenceable)
         self.liveness_timeout_ms = liveness_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.extra_config = extra_config
+        k = 0  # owners round-robin across all servers, so hosts mix projects differently
         for i in range(1, hosts + 1):
             name = f"compute-{i}"
             h = LabHost(name, f"dl{self.tag}-{i}", f"dl{self.tag}h{i}", free_port(socket.SOCK_DGRAM),
@@ -94,7 +96,8 @@ class Lab:
             for j in range(servers_per_host):
                 sid = f"vm-{i}-{j + 1}"
                 h.servers.append(sid)
-                self.server_owner[sid] = projects[j % len(projects)]
+                self.server_owner[sid] = projects[k % len(projects)]
+                k += 1
             self.hosts[name] = h
         self.inspector: Any = None
         self._created_netns: list[str] = []
@@ -125,7 +128,7 @@ class Lab:
             f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nliveness_timeout_ms = {self.liveness_timeout_ms}\n'
             f'log_level = "warning"\n\n'
             f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n'
-            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\n\n{consumers}{agents}')
+            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\n\n{self.extra_config}\n{consumers}{agents}')
         for h in self.hosts.values():
             iface = "eth0" if self.use_netns else "lo"
             (self.dir / f"{h.name}.agent.toml").write_text(

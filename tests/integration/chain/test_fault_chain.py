@@ -1,0 +1,149 @@
+"""The whole fault chain, for real: netns link cut -> agent -> inspector -> IPMI fence -> controller -> owners."""
+
+from __future__ import annotations
+
+from controller_adapter.base import HostStatus, ServerState
+from doctor_common.api import common_pb2
+from doctor_common.lab import wait_for
+from doctor_common.timeline import Stage, as_dict
+
+PROJECTS = ("project-a", "project-b", "project-c")
+
+
+async def test_nic_down_fences_marks_down_and_notifies_only_the_owners(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """Cutting compute-1's link powers its BMC off, marks it DOWN, sets its servers ERROR and its ports DOWN,
+    and notifies exactly the owners of those servers (and the administrator, with the host fault)."""
+    lab = await make_lab(hosts=3, servers_per_host=2, projects=PROJECTS)
+    consumers = {p: await make_lab.consumer(lab, p) for p in (*PROJECTS, "admin")}
+    victims = lab.hosts["compute-1"].servers  # vm-1-1 (project-a), vm-1-2 (project-b)
+    assert consumers["project-a"].snapshot is not None
+    assert {v.virtual_resource_id for v in consumers["project-a"].snapshot.virtual_resource_info} >= {"vm-1-1"}
+
+    lab.cut_link("compute-1")
+    await wait_for(lambda: consumers["project-a"].faults and consumers["project-b"].faults
+                   and consumers["admin"].faults, 10, what="notifications")
+
+    assert lab.power("compute-1") == ("off", 1), "the BMC was really powered off, once"
+    assert lab.power("compute-2")[0] == "on" and lab.power("compute-3")[0] == "on"
+    ctl = lab.inspector.controller
+    assert (await ctl.get_host("compute-1")).status == HostStatus.DOWN
+    assert {s.id: s.state for s in await ctl.servers_on_host("compute-1")} == {v: ServerState.ERROR for v in victims}
+    assert {p.data_plane_status for p in await ctl.ports_on_host("compute-1")} == {"DOWN"}
+    assert {s.state for s in await ctl.servers_on_host("compute-2")} == {ServerState.ACTIVE}
+
+    a, b = consumers["project-a"].faults[0], consumers["project-b"].faults[0]
+    assert consumers["project-a"].resource_ids() == {"vm-1-1", "port-vm-1-1"}
+    assert consumers["project-b"].resource_ids() == {"vm-1-2", "port-vm-1-2"}
+    assert not a.physical_resource_info and a.fenced
+    vm = next(v for v in a.virtual_resource_info if v.virtual_resource_id == "vm-1-1")
+    assert vm.virtual_resource_state == "error" and vm.host_status == common_pb2.HOST_STATUS_DOWN
+    assert vm.faults[0].fault_type == "compute.host.nic.down" and vm.faults[0].root_cause_resource_id == "compute-1"
+    assert a.notification_id == b.notification_id and vm.faults[0].fault_id == b.virtual_resource_info[0].faults[0].fault_id
+
+    admin = consumers["admin"].faults[0]
+    assert [p.physical_resource_id for p in admin.physical_resource_info] == ["compute-1"]
+    assert admin.physical_resource_info[0].faults[0].is_root_cause
+    assert consumers["admin"].resource_ids() == {*victims, *(f"port-{v}" for v in victims)}
+
+    stamps = as_dict(a.timeline)
+    chain = [Stage.STAGE_OBSERVED, Stage.STAGE_SENT, Stage.STAGE_RECEIVED, Stage.STAGE_CORRELATED,
+             Stage.STAGE_FENCED, Stage.STAGE_PUBLISHED, Stage.STAGE_DELIVERED]
+    assert all(s in stamps for s in [*chain, Stage.STAGE_MARKED_DOWN, Stage.STAGE_SERVERS_UPDATED])
+    assert [stamps[s] for s in chain] == sorted(stamps[s] for s in chain), "stages happen in order"
+    assert stamps[Stage.STAGE_MARKED_DOWN] >= stamps[Stage.STAGE_FENCED], "fence before you declare"
+
+    # project-c owns nothing on compute-1: it hears nothing, even after everyone else did
+    await wait_for(lambda: len(lab.inspector.registry) == 4, 5, what="subscriptions")
+    assert consumers["project-c"].faults == []
+
+
+async def test_unfenceable_host_is_reported_but_never_marked_down(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """compute-2's BMC refuses our credentials: owners hear of the fault with fenced=false, the host is not DOWN,
+    its servers are not set to error, and the BMC stays on."""
+    lab = await make_lab(hosts=2, servers_per_host=2, unfenceable=("compute-2",))
+    owner = lab.server_owner["vm-2-1"]
+    c = await make_lab.consumer(lab, owner)
+    lab.cut_link("compute-2")
+    await wait_for(lambda: c.faults, 10, what="notification")
+    n = c.faults[0]
+    assert not n.fenced and "BMC" in n.fencing_error
+    vm = next(v for v in n.virtual_resource_info if v.virtual_resource_id == "vm-2-1")
+    assert vm.host_status == common_pb2.HOST_STATUS_UNKNOWN and vm.virtual_resource_state == "normal"
+    assert vm.faults[0].fault_details["fenced"] == "false"
+    assert Stage.STAGE_FENCED not in as_dict(n.timeline)
+    host = await lab.inspector.controller.get_host("compute-2")
+    assert not host.forced_down and host.status == HostStatus.UP
+    assert {s.state for s in await lab.inspector.controller.servers_on_host("compute-2")} == {ServerState.ACTIVE}
+    assert lab.power("compute-2") == ("on", 0)
+
+
+async def test_agent_death_raises_an_agent_alarm_and_fences_nothing(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of the agent: its kernel closes the stream; the administrator gets an agent alarm on the host,
+    owners get nothing, and the host keeps running (agent death is not host death)."""
+    lab = await make_lab(hosts=1, servers_per_host=2)
+    admin = await make_lab.consumer(lab, "admin")
+    owner = await make_lab.consumer(lab, "project-a")
+    await lab.kill_agent("compute-1")
+    await wait_for(lambda: admin.faults, 10, what="agent alarm")
+    n = admin.faults[0]
+    assert not n.virtual_resource_info
+    assert n.physical_resource_info[0].faults[0].fault_type == "compute.host.agent.down"
+    assert lab.inspector.liveness.hosts["compute-1"].liveness == "agent_down"
+    assert lab.power("compute-1") == ("on", 0)
+    assert not (await lab.inspector.controller.get_host("compute-1")).forced_down
+    assert owner.faults == []
+
+    # the agent comes back: level-triggered Hello clears the alarm
+    await lab.start_agent(lab.hosts["compute-1"])
+    await wait_for(lambda: len(admin.faults) == 2, 15, what="clearing")
+    assert admin.faults[1].physical_resource_info[0].faults[0].state == common_pb2.ALARM_STATE_CLEARED
+    assert len(lab.inspector.alarms) == 0
+
+
+async def test_silent_host_is_confirmed_with_its_bmc_and_fenced(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """A frozen agent (SIGSTOP) goes silent: after the liveness timeout the host is unreachable, fenced and
+    marked down, and the owners are told."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",))
+    c = await make_lab.consumer(lab, "project-a")
+    lab.freeze_agent("compute-2")
+    try:
+        await wait_for(lambda: c.faults, 10, what="notification")
+    finally:
+        lab.thaw_agent("compute-2")
+    f = c.faults[0].virtual_resource_info[0].faults[0]
+    assert f.fault_type == "compute.host.unreachable" and c.faults[0].fenced
+    assert lab.power("compute-2") == ("off", 1)
+    assert (await lab.inspector.controller.get_host("compute-2")).status == HostStatus.DOWN
+
+
+async def test_fault_present_at_reconnect_is_acted_on(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """Level-triggered: the link fails while the agent is down; the restarted agent's Hello carries the fault
+    and the inspector fences the host."""
+    lab = await make_lab(hosts=1, servers_per_host=1, projects=("project-a",))
+    c = await make_lab.consumer(lab, "project-a")
+    h = lab.hosts["compute-1"]
+    await lab.kill_agent("compute-1")
+    await wait_for(lambda: lab.inspector.liveness.hosts["compute-1"].liveness == "agent_down", 10, what="agent down")
+    lab.cut_link("compute-1")
+    await lab.start_agent(h)
+    await wait_for(lambda: c.faults, 15, what="notification")
+    assert c.faults[0].virtual_resource_info[0].faults[0].fault_type == "compute.host.nic.down"
+    assert lab.power("compute-1") == ("off", 1)
+
+
+async def test_enable_host_clears_the_incident(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """After repair, EnableHost lifts forced-down and clears the alarm; owners are told it cleared, and
+    QueryFaults no longer lists it."""
+    lab = await make_lab(hosts=1, servers_per_host=1, projects=("project-a",))
+    c = await make_lab.consumer(lab, "project-a")
+    lab.cut_link("compute-1")
+    await wait_for(lambda: c.faults, 10, what="notification")
+    assert (await c.client.query_faults()).virtual_resource_info
+    admin = lab.tokens["admin"]
+    from doctor_common.client import DoctorClient
+    async with DoctorClient(lab.endpoint, admin) as adm:
+        info = await adm.enable_host("compute-1")
+    assert info.host_status == common_pb2.HOST_STATUS_UP and not info.active_alarms
+    await wait_for(lambda: len(c.faults) == 2, 10, what="cleared notification")
+    assert c.faults[1].virtual_resource_info[0].faults[0].state == common_pb2.ALARM_STATE_CLEARED
+    assert not (await c.client.query_faults()).virtual_resource_info
