@@ -1,0 +1,510 @@
+"""Inspector leadership through etcd (DESIGN principle 3: only the leader acts, and it can prove it).
+
+The pattern of ``aetcd/locks.py``: a lease, a create-if-absent transaction on
+``<prefix>/leader`` whose value names the candidate (node id, endpoint), and a
+watch for the key's deletion. What aetcd lacks is written here:
+
+* a keep-alive task (period = granted TTL / 4, each renewal with its own
+  deadline) and a timer that **steps the leader down** when no renewal
+  succeeded for ``granted TTL - step_down_margin_s``: the lease cannot have
+  expired yet, so nobody else can lead before we stop;
+* the fencing token: the leader key's create revision. ``Election.txn`` runs
+  a transaction only if ``create_revision(<prefix>/leader) == token`` — a
+  deposed leader's writes fail with ``NotLeader`` whatever it believes;
+* a follower loop that re-creates its watch on every round (aetcd watches die
+  on connection errors and never resume) and re-reads the key at least once
+  per TTL;
+* resuming a term: a leader that stepped down because etcd was unreachable
+  (quorum loss) and finds its key and lease still alive afterwards leads again
+  with the same token instead of letting everyone campaign.
+
+Exceptions::
+
+    EtcdError
+    ├── NotLeader        this process does not (or no longer) hold leadership
+    └── EtcdUnavailable  etcd did not answer in time (outcome unknown)
+
+Use::
+
+    async with Election(client, config, node_id="ctl-1", endpoint="10.0.0.1:50051") as election:
+        while True:
+            term = await election.wait_leader()
+            await term.run(lead(term))       # cancelled when term.lost is set
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import aetcd
+import grpc
+from aetcd import exceptions as aetcd_exc
+from aetcd import rpc
+from aetcd.rtypes import EventKind
+
+from inspector.etcd_config import EtcdConfig
+
+log = logging.getLogger("doctor.inspector.election")
+T = TypeVar("T")
+
+
+class EtcdError(Exception):
+    """Base of this package's etcd errors."""
+
+
+class NotLeader(EtcdError):
+    """The write or action needs leadership this process does not hold (any more)."""
+
+
+class EtcdUnavailable(EtcdError):
+    """etcd did not answer in time; a write may or may not have been applied."""
+
+
+TRANSIENT = (aetcd_exc.ClientError, rpc.AioRpcError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    node_id: str
+    endpoint: str
+    token: int              # create revision of the leader key: the fencing token
+    lease_id: int
+
+
+class Guard(Protocol):
+    """What a guarded writer needs: a transaction that runs only while we lead."""
+
+    async def txn(self, compare: Sequence[Any], success: Sequence[Any],
+                  failure: Sequence[Any] = ()) -> tuple[bool, list[Any]]: ...
+
+
+async def guarded_txn(client: aetcd.Client, leader_key: bytes, token: int, compare: Sequence[Any],
+                      success: Sequence[Any], failure: Sequence[Any] = ()) -> tuple[bool, list[Any]]:
+    """Run ``compare → success | failure`` nested in ``create_revision(leader_key) == token``.
+
+    Returns (whether the caller's compares held, the inner raw ``ResponseOp`` list).
+    Raises ``NotLeader`` when the leader key is absent or was created by someone
+    else, ``EtcdUnavailable`` when etcd did not answer (the outcome is unknown).
+    """
+    t = client.transactions
+    try:
+        ok, responses = await client.transaction(
+            compare=[t.create(leader_key) == token],
+            success=[t.txn(list(compare), list(success), list(failure))],
+            failure=[t.get(leader_key)])
+    except TRANSIENT as exc:
+        raise EtcdUnavailable(f"etcd transaction failed: {exc}") from exc
+    if not ok:
+        holder = responses[0][0][1] if responses and responses[0] else None
+        who = _decode(holder.value).get("node_id", "?") if holder else "nobody"
+        raise NotLeader(f"fencing token {token} is stale: the leader key is held by {who}"
+                        + (f" (token {holder.create_revision})" if holder else ""))
+    inner = responses[0].response_txn
+    return inner.succeeded, list(inner.responses)
+
+
+class TokenGuard:
+    """A guard with a fixed token and no local state (tools, tests): etcd alone decides."""
+
+    def __init__(self, client: aetcd.Client, leader_key: bytes, token: int) -> None:
+        self.client, self.leader_key, self.token = client, leader_key, token
+
+    async def txn(self, compare: Sequence[Any], success: Sequence[Any],
+                  failure: Sequence[Any] = ()) -> tuple[bool, list[Any]]:
+        return await guarded_txn(self.client, self.leader_key, self.token, compare, success, failure)
+
+
+class Term:
+    """One period of leadership. Valid until ``lost`` is set; then every action must stop."""
+
+    def __init__(self, token: int, lease_id: int, granted_ttl: int, renewed_until: float, margin: float) -> None:
+        self.token = token
+        self.lease_id = lease_id
+        self.granted_ttl = granted_ttl
+        self.margin = margin
+        self.renewed_until = renewed_until          # monotonic: the lease cannot expire before this
+        self.started = time.monotonic()
+        self.lost = asyncio.Event()
+        self.lost_at: float | None = None
+        self.reason: str | None = None
+        self.definitive = False                     # the lease or key is known to be gone
+
+    @property
+    def step_down_at(self) -> float:
+        return self.renewed_until - self.margin
+
+    @property
+    def valid(self) -> bool:
+        return not self.lost.is_set()
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise NotLeader(f"leadership (token {self.token}) was lost: {self.reason}")
+
+    def lose(self, reason: str, *, definitive: bool = False) -> None:
+        if self.lost.is_set():
+            return
+        self.lost_at, self.reason, self.definitive = time.monotonic(), reason, definitive
+        self.lost.set()
+        log.warning("stepping down (token %d): %s", self.token, reason)
+
+    async def run(self, aw: Awaitable[T]) -> T:
+        """Await ``aw``; cancel it and raise ``NotLeader`` if the term is lost first."""
+        task = asyncio.ensure_future(aw)
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled() and self.lost.is_set():
+            self.check()
+        return task.result()
+
+
+def _decode(value: bytes) -> dict[str, Any]:
+    try:
+        out = json.loads(value)
+        return out if isinstance(out, dict) else {}
+    except ValueError:
+        return {}
+
+
+class Election:
+    """Campaign for ``<prefix>/leader`` until closed; see the module docstring."""
+
+    def __init__(self, client: aetcd.Client, config: EtcdConfig, *, node_id: str, endpoint: str,
+                 on_change: Callable[["Term | None"], None] | None = None) -> None:
+        self.client = client
+        self.config = config
+        self.node_id = node_id
+        self.endpoint = endpoint
+        self.on_change = on_change
+        self.leader_key = f"{config.prefix}/leader".encode()
+        self._value = json.dumps({"node_id": node_id, "endpoint": endpoint, "pid": os.getpid()}).encode()
+        self._term: Term | None = None
+        self._last_term: Term | None = None
+        self._stale: Term | None = None      # a term lost for want of renewal that may still be resumed
+        self._leader: LeaderInfo | None = None
+        self._leading = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watch_rev = 0
+
+    # -- public API ---------------------------------------------------------
+    @property
+    def term(self) -> Term | None:
+        return self._term if self._term is not None and self._term.valid else None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.term is not None
+
+    @property
+    def token(self) -> int | None:
+        t = self.term
+        return t.token if t else None
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """The current term's ``lost`` event (the last term's when not leading; set if never led)."""
+        t = self._term or self._last_term
+        if t is None:
+            ev = asyncio.Event()
+            ev.set()
+            return ev
+        return t.lost
+
+    def current_term(self) -> Term:
+        t = self.term
+        if t is None:
+            raise NotLeader(f"{self.node_id} is not the leader" + (
+                f" (the leader is {self._leader.node_id} at {self._leader.endpoint})" if self._leader else ""))
+        return t
+
+    def leader_info(self) -> LeaderInfo | None:
+        """Who leads, as last seen (ourselves when leading); None when unknown or vacant."""
+        t = self.term
+        if t is not None:
+            return LeaderInfo(self.node_id, self.endpoint, t.token, t.lease_id)
+        return self._leader
+
+    def leader_endpoint(self) -> str | None:
+        """Where agents and consumers should go (a follower's Redirect)."""
+        info = self.leader_info()
+        return info.endpoint if info else None
+
+    async def current_leader(self) -> LeaderInfo | None:
+        """A fresh, linearizable read of the leader key."""
+        try:
+            kv = await self.client.get(self.leader_key)
+        except TRANSIENT as exc:
+            raise EtcdUnavailable(f"cannot read {self.leader_key!r}: {exc}") from exc
+        return self._info(kv) if kv else None
+
+    async def wait_leader(self, timeout: float | None = None) -> Term:
+        """Wait until this candidate leads; the term to act under."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._raise_if_dead()
+                t = self.term
+                if t is not None:
+                    return t
+                waiter = asyncio.ensure_future(self._leading.wait())
+                assert self._task is not None, "use `async with Election(...)` or start() first"
+                try:
+                    await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+
+    async def txn(self, compare: Sequence[Any], success: Sequence[Any],
+                  failure: Sequence[Any] = ()) -> tuple[bool, list[Any]]:
+        """A transaction fenced by the current term's token (see ``guarded_txn``)."""
+        term = self.current_term()
+        try:
+            return await guarded_txn(self.client, self.leader_key, term.token, compare, success, failure)
+        except NotLeader as exc:
+            term.lose(str(exc), definitive=True)
+            raise
+
+    # -- life cycle ---------------------------------------------------------
+    async def __aenter__(self) -> "Election":
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"election-{self.node_id}")
+
+    async def close(self) -> None:
+        """Stop campaigning; a leader hands over at once by revoking its lease (which deletes the key)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._term is not None:  # _lead's finally normally ended it already
+            self._end_term(self._term, "election closed", definitive=False)
+        held, self._stale = self._stale, None
+        if held is not None:
+            try:
+                await asyncio.wait_for(self.client.revoke_lease(held.lease_id), self.config.call_timeout_s)
+            except TRANSIENT as exc:
+                log.warning("could not revoke lease %x on close (it expires in %ds): %s",
+                            held.lease_id, held.granted_ttl, exc)
+
+    def _raise_if_dead(self) -> None:
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            exc = self._task.exception()
+            raise RuntimeError(f"election loop of {self.node_id} died: {exc!r}") from exc
+
+    # -- the loop -----------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = _Backoff(0.05, min(1.0, self.config.lease_ttl_s / 2))
+        while True:
+            try:
+                term = None
+                if self._stale is not None:
+                    term = await self._resume(self._stale)
+                if term is None:
+                    term = await self._campaign()
+                if term is not None:
+                    await self._lead(term)
+                else:
+                    await self._wait_vacancy()
+                backoff.reset()
+            except TRANSIENT as exc:
+                delay = backoff.next()
+                log.info("%s: etcd unavailable (%s); retrying in %.2fs", self.node_id, exc or type(exc).__name__,
+                         delay)
+                await asyncio.sleep(delay)
+
+    async def _campaign(self) -> Term | None:
+        kv = await self.client.get(self.leader_key)
+        if kv is not None:
+            self._leader = self._info(kv)
+            self._watch_rev = kv.header.revision  # not mod_revision: that one may be compacted away
+            return None
+        sent = time.monotonic()
+        lease = await self.client.lease(self.config.lease_ttl_s)
+        t = self.client.transactions
+        try:
+            ok, resp = await self.client.transaction(
+                compare=[t.create(self.leader_key) == 0],
+                success=[t.put(self.leader_key, self._value, lease=lease.id)],
+                failure=[t.get(self.leader_key)])
+        except BaseException:
+            await self._revoke_quietly(lease.id)  # the put may have been applied: the key goes with the lease
+            raise
+        if ok:
+            token = resp[0].response_put.header.revision
+            return Term(token, lease.id, lease.ttl, sent + lease.ttl, self.config.step_down_margin_s)
+        holder = resp[0][0][1] if resp and resp[0] else None
+        if holder is not None and holder.lease == lease.id:
+            # a gRPC retry applied our put twice: it is ours after all
+            return Term(holder.create_revision, lease.id, lease.ttl, sent + lease.ttl, self.config.step_down_margin_s)
+        await self._revoke_quietly(lease.id)
+        if holder is not None:
+            self._leader = self._info(holder)
+            self._watch_rev = holder.header.revision
+        return None
+
+    async def _wait_vacancy(self) -> None:
+        """Until the leader key is deleted, or one TTL passes (then the caller reads it again)."""
+        try:
+            ev = await self.client.watch_once(self.leader_key, timeout=max(1, self.config.lease_ttl_s),
+                                              start_revision=self._watch_rev + 1, kind=EventKind.DELETE)
+        except aetcd_exc.WatchTimeoutError:
+            return
+        if isinstance(ev, BaseException):  # aetcd hands stream errors over as the "event"
+            raise ev
+        self._leader = None
+
+    async def _resume(self, stale: Term) -> Term | None:
+        """After a step-down for want of renewal: lead again if our lease and key survived."""
+        sent = time.monotonic()
+        reply = await self._renew(stale.lease_id, self.config.call_timeout_s)
+        if reply.TTL <= 0:
+            self._stale = None
+            return None
+        kv = await self.client.get(self.leader_key)
+        if kv is None or kv.create_revision != stale.token or kv.lease != stale.lease_id:
+            self._stale = None
+            await self._revoke_quietly(stale.lease_id)
+            return None
+        self._stale = None
+        log.info("%s: lease %x and leader key survived; resuming with token %d", self.node_id, stale.lease_id,
+                 stale.token)
+        return Term(stale.token, stale.lease_id, stale.granted_ttl, sent + reply.TTL, self.config.step_down_margin_s)
+
+    async def _lead(self, term: Term) -> None:
+        self._term = term
+        self._leader = LeaderInfo(self.node_id, self.endpoint, term.token, term.lease_id)
+        self._arm(term)
+        log.info("%s leads with token %d (lease %x, granted TTL %ds)", self.node_id, term.token, term.lease_id,
+                 term.granted_ttl)
+        self._leading.set()
+        self._notify(term)
+        tasks = [asyncio.create_task(self._keepalive(term)), asyncio.create_task(self._watch_own_key(term))]
+        try:
+            await term.lost.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._term is term:
+                self._end_term(term, term.reason or "election closed", definitive=term.definitive)
+
+    def _end_term(self, term: Term, reason: str, *, definitive: bool) -> None:
+        term.lose(reason, definitive=definitive)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._term, self._last_term = None, term
+        self._leading.clear()
+        self._leader = None
+        if not term.definitive:
+            self._stale = term
+        self._notify(None)
+
+    def _arm(self, term: Term) -> None:
+        """(Re)set the step-down timer to the last moment the lease is certainly still ours minus the margin."""
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(term.step_down_at, term.lose,
+                                   f"no lease renewal for {term.granted_ttl - term.margin:.2f}s")
+
+    async def _keepalive(self, term: Term) -> None:
+        period = term.granted_ttl / 4
+        while term.valid:
+            sent = time.monotonic()
+            try:
+                reply = await self._renew(term.lease_id, max(0.01, term.step_down_at - sent))
+            except TRANSIENT as exc:
+                log.debug("lease %x renewal failed: %r", term.lease_id, exc)
+                await asyncio.sleep(min(0.05, period))
+                continue
+            if reply.TTL <= 0:
+                term.lose(f"lease {term.lease_id:x} expired", definitive=True)
+                return
+            term.renewed_until = max(term.renewed_until, sent + reply.TTL)
+            self._arm(term)
+            await asyncio.sleep(max(0.0, sent + period - time.monotonic()))
+
+    async def _renew(self, lease_id: int, timeout: float) -> Any:
+        """One LeaseKeepAlive round trip with its own deadline (aetcd's refresh_lease uses the client's)."""
+        await self.client.connect()
+        call = self.client.leasestub.LeaseKeepAlive(timeout=timeout, metadata=self.client.metadata)
+        try:
+            await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+            await call.done_writing()  # half-close: etcd ends the stream after its reply
+            reply = await call.read()
+        finally:
+            if not call.done():
+                call.cancel()
+        if reply is None or reply is grpc.aio.EOF:
+            raise aetcd_exc.ConnectionFailedError("keep-alive stream ended without a reply")
+        return reply
+
+    async def _watch_own_key(self, term: Term) -> None:
+        """Lose the term at once if the leader key disappears (deleted by hand, lease revoked)."""
+        while term.valid:
+            try:
+                kv = await self.client.get(self.leader_key)
+                if kv is None or kv.create_revision != term.token:
+                    term.lose("the leader key was deleted", definitive=True)
+                    return
+                ev = await self.client.watch_once(self.leader_key, timeout=max(1, term.granted_ttl),
+                                                  start_revision=kv.header.revision + 1, kind=EventKind.DELETE)
+            except aetcd_exc.WatchTimeoutError:
+                continue
+            except TRANSIENT:
+                await asyncio.sleep(0.1)  # the keep-alive decides whether we still lead
+                continue
+            if isinstance(ev, BaseException):
+                await asyncio.sleep(0.1)
+                continue
+            term.lose("the leader key was deleted", definitive=True)
+
+    # -- helpers ------------------------------------------------------------
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            await asyncio.wait_for(self.client.revoke_lease(lease_id), self.config.call_timeout_s)
+        except TRANSIENT as exc:
+            log.debug("revoking lease %x: %s (it expires by itself)", lease_id, exc)
+
+    @staticmethod
+    def _info(kv: Any) -> LeaderInfo:
+        v = _decode(kv.value)
+        return LeaderInfo(str(v.get("node_id", "?")), str(v.get("endpoint", "")), kv.create_revision, kv.lease)
+
+    def _notify(self, term: Term | None) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(term)
+            except Exception:
+                log.exception("election on_change callback failed")
+
+
+class _Backoff:
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    def next(self) -> float:
+        out = self.current
+        self.current = min(self.cap, self.current * 2)
+        return out
