@@ -1,0 +1,297 @@
+"""The OpenStack backend: the ``Controller`` interface on a real cloud, through openstacksdk.
+
+What each operation sends (compute microversion negotiated by the SDK, capped per resource)::
+
+    list_hosts / get_host      GET  /os-services?binary=nova-compute[&host=H]
+    force_down (>= 2.53)       PUT  /os-services/{uuid}            {"forced_down": true|false}
+               (2.11 - 2.52)   PUT  /os-services/force-down        {"host", "binary", "forced_down"}
+    set_disabled (>= 2.53)     PUT  /os-services/{uuid}            {"status": "disabled", "disabled_reason"} / {"status": "enabled"}
+                 (< 2.53)      PUT  /os-services/disable-log-reason | /disable | /enable
+    servers_on_host            GET  /servers/detail?host=H&all_tenants=True   (paginated)
+    list_servers               GET  /servers/detail?all_tenants=True[&project_id=P]
+    reset_servers_state        POST /servers/{id}/action           {"os-resetState": {"state": "error"}}  one per server, concurrently
+    server_host_status         GET  /servers/{id}                  (host_status from 2.16)
+    migrate_server             GET  /servers/{id}, GET /os-services, then POST os-migrateLive | migrate | evacuate
+    host_is_empty              GET  /os-services, /servers/detail?host=H, /os-migrations?host=H   concurrently
+    ports_on_host              GET  /v2.0/ports?binding:host_id=H
+    set_ports_data_plane_status GET /v2.0/extensions/data-plane-status (cached), PUT /v2.0/ports/{id} per port
+
+Every blocking SDK call runs in a bounded thread pool (``max_workers``) on one
+shared Connection (one token, pooled keep-alive connections); the SDK is
+imported there, on first use, so loading this module costs nothing. Errors are
+translated at the boundary (``_openstack_errors``); reads, PUTs of absolute
+state and os-resetState (an absolute state too) are retried on
+BackendUnavailable, migrations never. See docs/openstack.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from controller_adapter import _openstack_sdk as sdk
+from controller_adapter._openstack_errors import translate
+from controller_adapter.base import (
+    BackendUnavailable,
+    ControllerError,
+    Host,
+    HostStatus,
+    Port,
+    Server,
+    ServerState,
+    Unsupported,
+)
+from doctor_common.config import Section
+
+T = TypeVar("T")
+log = logging.getLogger("doctor.controller.openstack")
+Settings = sdk.Settings
+
+_EXTENSION_CACHE_S = 60.0  # how long the data-plane-status extension check is trusted
+_DPS_MISSING = ("Neutron lacks the 'data-plane-status' extension: enable the ML2 extension driver "
+                "(ml2_conf.ini: [ml2] extension_drivers = ...,data_plane_status) and restart neutron-server")
+
+
+class OpenStackController:
+    name = "openstack"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._pool = ThreadPoolExecutor(max_workers=self.settings.max_workers, thread_name_prefix="openstack-ctl")
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()
+        self._ids = sdk.ServiceIds()
+        self._dps: tuple[float, bool] | None = None  # (checked at, extension present)
+        self._servers: dict[str, tuple[float, list[Server]]] = {}  # host -> (fetched at, servers)
+        self._generation = 0  # bumped by our own writes to servers: a listing begun before must not be cached
+
+    @classmethod
+    def from_config(cls, cfg: Section) -> "OpenStackController":
+        """Read ``[controller.openstack]``; clouds.yaml itself is read on first use (importing the SDK)."""
+        cloud = cfg.str("cloud", None)
+        clouds_yaml = cfg.path("clouds_yaml", None)
+        if clouds_yaml is not None and not clouds_yaml.is_file():
+            raise cfg.error("clouds_yaml", f"no such file: {clouds_yaml}")
+        version = cfg.str("compute_api_version", None)
+        if version is not None and not re.fullmatch(r"2(\.\d+)?", version):
+            raise cfg.error("compute_api_version", f"expected 2 or 2.N (e.g. 2.60), got {version!r}")
+        settings = Settings(
+            cloud=cloud, clouds_yaml=clouds_yaml, compute_api_version=version,
+            timeout_s=cfg.float("timeout_s", 10.0, min=0.1),
+            max_workers=cfg.int("max_workers", 8, min=1, max=64),
+            retries=cfg.int("retries", 2, min=0, max=10),
+            server_cache_s=cfg.float("server_cache_s", 0.0, min=0.0),
+        )
+        cfg.done()
+        return cls(settings)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        with self._conn_lock:
+            if self._conn is None:
+                started = time.monotonic()
+                self._conn = sdk.connect(self.settings)
+                log.info("connected to cloud %r (compute API up to %s) in %.0f ms", self.settings.cloud or "(default)",
+                         sdk.compute_version(self._conn), (time.monotonic() - started) * 1000)
+            return self._conn
+
+    def _blocking(self, what: str, policy: str | None, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            return fn(self._connection(), *args)
+        except ControllerError:
+            raise
+        except Exception as exc:
+            err = translate(exc, what, policy)
+            if err is None:
+                raise
+            raise err from exc
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, retry: bool, policy: str | None = None) -> T:
+        """Run ``fn(conn, *args)`` on the pool; retry BackendUnavailable only when ``retry`` (safe to repeat)."""
+        loop = asyncio.get_running_loop()
+        attempts = 1 + (self.settings.retries if retry else 0)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await loop.run_in_executor(self._pool, self._blocking, what, policy, fn, args)
+            except BackendUnavailable as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("%s (attempt %d of %d, retrying)", exc, attempt, attempts)
+                await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
+        raise AssertionError("unreachable")
+
+    async def connect(self) -> None:
+        """Authenticate and discover the endpoints now (otherwise the first call does it)."""
+        await self._call("connect", lambda conn: None, retry=True)
+
+    # -- hosts -----------------------------------------------------------------------------
+
+    async def list_hosts(self) -> list[Host]:
+        found = await self._call("list compute services", sdk.services, self._ids, retry=True,
+                                 policy="os_compute_api:os-services:list")
+        return sorted((sdk.to_host(s) for s in found), key=lambda h: h.name)
+
+    async def get_host(self, host: str) -> Host:
+        svc = await self._call(f"host {host}", sdk.one_service, self._ids, host, retry=True,
+                               policy="os_compute_api:os-services:list")
+        return sdk.to_host(svc)
+
+    async def force_down(self, host: str, down: bool = True) -> None:
+        await self._call(f"force {'down' if down else 'up'} host {host}", sdk.update_service, self._ids, host,
+                         "forced_down", down, retry=True, policy="os_compute_api:os-services:update")
+
+    async def set_disabled(self, host: str, disabled: bool, reason: str = "") -> None:
+        await self._call(f"{'disable' if disabled else 'enable'} host {host}", sdk.update_service, self._ids, host,
+                         "disabled", disabled, reason, retry=True, policy="os_compute_api:os-services:update")
+
+    async def host_is_empty(self, host: str) -> bool:
+        _, servers, busy = await asyncio.gather(
+            self.get_host(host),  # NotFound for an unknown host
+            self._call(f"servers on {host}", sdk.list_servers, host, retry=True,
+                       policy="os_compute_api:servers:detail:get_all_tenants"),
+            self._call(f"migrations of {host}", sdk.busy_migrations, host, retry=True,
+                       policy="os_compute_api:os-migrations:index"))
+        return not servers and not busy
+
+    # -- servers ---------------------------------------------------------------------------
+
+    async def servers_on_host(self, host: str) -> list[Server]:
+        ttl = self.settings.server_cache_s
+        cached = self._servers.get(host)
+        if ttl > 0 and cached is not None and time.monotonic() - cached[0] < ttl:
+            return list(cached[1])
+        generation = self._generation
+        servers = await self._call(f"servers on {host}", sdk.list_servers, host, retry=True,
+                                   policy="os_compute_api:servers:detail:get_all_tenants")
+        if ttl > 0 and generation == self._generation:
+            self._servers[host] = (time.monotonic(), servers)
+        return list(servers)
+
+    async def list_servers(self, project_id: str | None = None) -> list[Server]:
+        return await self._call("list servers", sdk.list_servers, None, project_id, retry=True,
+                                policy="os_compute_api:servers:detail:get_all_tenants")
+
+    def _servers_changed(self) -> None:
+        self._generation += 1
+        self._servers.clear()
+
+    async def reset_servers_state(self, server_ids: list[str], state: ServerState) -> dict[str, ControllerError]:
+        if state not in (ServerState.ACTIVE, ServerState.ERROR):
+            raise Unsupported(f"Nova's os-resetState sets only active or error, not {state.value}")
+        ids = list(dict.fromkeys(server_ids))
+        try:
+            # os-resetState sets an absolute state: repeating it is harmless, so it is retried
+            results = await asyncio.gather(*(
+                self._call(f"reset server {sid} to {state.value}", sdk.reset_state, sid, state.value, retry=True,
+                           policy="os_compute_api:os-admin-actions:reset_state") for sid in ids),
+                return_exceptions=True)
+        finally:
+            self._servers_changed()
+        failed: dict[str, ControllerError] = {}
+        for sid, result in zip(ids, results):
+            if isinstance(result, ControllerError):
+                failed[sid] = result
+            elif isinstance(result, BaseException):
+                raise result
+        return failed
+
+    async def server_host_status(self, server_id: str) -> tuple[str, HostStatus]:
+        return await self._call(f"host status of server {server_id}", _host_status, server_id, retry=True,
+                                policy="os_compute_api:servers:show")
+
+    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True) -> None:
+        """Live (or cold) migrate; evacuate instead when the server's host is forced down (fenced)."""
+        kind = await self._call(f"plan moving server {server_id}", _plan_move, self._ids, server_id, target_host, live,
+                                retry=True, policy="os_compute_api:os-services:list")
+        policy = {"live": "os_compute_api:os-migrate-server:migrate_live", "evacuate": "os_compute_api:os-evacuate",
+                  "cold": "os_compute_api:os-migrate-server:migrate"}[kind]
+        try:
+            await self._call(f"{kind} server {server_id}", sdk.move, server_id, kind, target_host, retry=False,
+                             policy=policy)
+        finally:
+            self._servers_changed()
+
+    # -- ports -----------------------------------------------------------------------------
+
+    async def ports_on_host(self, host: str) -> list[Port]:
+        return await self._call(f"ports on {host}", sdk.ports, host, retry=True, policy="get_port:binding:host_id")
+
+    async def set_ports_data_plane_status(self, port_ids: list[str], status: str) -> dict[str, ControllerError]:
+        if status not in ("ACTIVE", "DOWN"):
+            raise ControllerError(f"data_plane_status must be ACTIVE or DOWN, not {status!r}")
+        ids = list(dict.fromkeys(port_ids))
+        if not ids:
+            return {}
+        now = time.monotonic()
+        if self._dps is None or now - self._dps[0] > _EXTENSION_CACHE_S:
+            present = await self._call("look up Neutron extension data-plane-status", sdk.has_extension,
+                                       "data-plane-status", retry=True)
+            self._dps = (now, present)
+        if not self._dps[1]:
+            raise Unsupported(_DPS_MISSING)
+        results = await asyncio.gather(*(
+            self._call(f"set data_plane_status of port {pid} to {status}", sdk.set_data_plane_status, pid, status,
+                       retry=True, policy="update_port:data_plane_status (role admin or data_plane_integrator)")
+            for pid in ids), return_exceptions=True)
+        failed: dict[str, ControllerError] = {}
+        for pid, result in zip(ids, results):
+            if isinstance(result, ControllerError):
+                failed[pid] = result
+            elif isinstance(result, BaseException):
+                raise result
+        return failed
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
+        self._pool.shutdown(wait=True)
+
+
+def _host_status(conn: Any, server_id: str) -> tuple[str, HostStatus]:
+    if not sdk.supports(conn, "2.16"):
+        raise Unsupported(f"host_status needs compute API 2.16; the cloud offers {sdk.compute_version(conn)}")
+    server = sdk.get_server(conn, server_id)
+    if server.host_status is None:
+        raise ControllerError(f"Nova did not return host_status of server {server_id}: the account needs "
+                              "os_compute_api:servers:show:host_status")
+    try:
+        status = HostStatus(server.host_status)
+    except ValueError:
+        status = HostStatus.UNKNOWN
+    return server.compute_host or "", status
+
+
+def _plan_move(conn: Any, ids: sdk.ServiceIds, server_id: str, target: str | None, live: bool) -> str:
+    """Which move Nova must do, checked up front: Nova reports a bad target only asynchronously for some moves."""
+    source = sdk.get_server(conn, server_id).compute_host
+    services = {s.host: s for s in sdk.services(conn, ids)}
+    src = services.get(source)
+    if src is not None and src.is_forced_down:
+        kind = "evacuate"  # the host is fenced and forced down: the only way off it
+    elif src is not None and src.state != "up":
+        raise ControllerError(f"server {server_id}: host {source} does not report and is not forced down; "
+                              "fence it and force it down before evacuating (two copies must be impossible)")
+    else:
+        kind = "live" if live else "cold"
+
+    def usable(s: Any) -> bool:
+        return s.status == "enabled" and s.state == "up" and not s.is_forced_down
+
+    if target is not None:
+        dest = services.get(target)
+        if dest is None or target == source or not usable(dest):
+            why = "unknown" if dest is None else "the server's own host" if target == source else "not usable"
+            raise ControllerError(f"host {target!r} cannot take server {server_id!r}: {why}")
+    elif not any(usable(s) for h, s in services.items() if h != source):
+        raise ControllerError(f"no valid host to move server {server_id!r} to")
+    return kind
+
+
+__all__ = ["OpenStackController", "Settings"]
