@@ -46,6 +46,8 @@ def load_agent_config(path: Path | str) -> AgentConfig:
             cls = checker_class(name)
         except LookupError as exc:
             raise ConfigError(path, f"checkers.{name}", str(exc)) from None
+        except Exception as exc:  # a plug-in that cannot even be imported (missing library)
+            raise ConfigError(path, f"checkers.{name}", f"cannot load the checker: {type(exc).__name__}: {exc}") from None
         try:
             checkers.append(cls.from_config(section, host_id))
         except ValueError as exc:

@@ -1,4 +1,12 @@
-"""doctor-agent: run the configured checkers and stream their state to the inspector."""
+"""doctor-agent: run the configured checkers and stream their state to the inspector.
+
+Every checker runs under a ``Supervisor``: a crash is reported as the
+component ``agent.checker:<name>`` and the checker restarts with backoff,
+never taking the others down. Under systemd (``Type=notify``) the agent says
+READY=1 once every checker has reported, and pings the watchdog only while
+every loop (each supervisor, the transport) is alive; a loop that ends makes
+the agent exit non-zero, so systemd restarts it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,9 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from agent.checkers.base import Checker, Reading, Status
+from agent.checkers.base import Checker, Reading, Status, set_beat
 from agent.config import AgentConfig, load_agent_config
 from agent.state import AgentState
 from agent.transport import AgentLink
@@ -17,54 +26,147 @@ from doctor_common import __version__
 from doctor_common.api import common_pb2
 from doctor_common.config import ConfigError
 from doctor_common.logs import setup_logging
+from doctor_common.systemd import Liveness, SystemdNotifier, watchdog
 
 log = logging.getLogger("doctor.agent")
 
+CHECKER_FAILED = "compute.host.agent.checker_failed"
+READY_TIMEOUT_S = 30.0     # READY=1 at the latest this long after start, whatever a checker does
+TRANSPORT_DEADLINE_S = 60.0  # a connect to a black-holed inspector can take ~20 s
+
+
+class Supervisor:
+    """Runs one checker forever: a crash is reported as the checker's own component and the checker restarts."""
+
+    def __init__(self, checker: Checker, state: AgentState, liveness: Liveness | None = None,
+                 max_backoff_s: float = 30.0) -> None:
+        self.checker = checker
+        self.state = state
+        self.liveness = liveness
+        self.max_backoff_s = max_backoff_s
+        self.component = f"agent.checker:{checker.name}"
+        self.restarts = 0
+        self.last_crash = ""
+        self.started = asyncio.Event()  # the checker reported (or crashed) at least once
+
+    def deadline_s(self) -> float | None:
+        limit = getattr(self.checker, "liveness_s", None)
+        return None if limit is None else max(float(limit), self.max_backoff_s + 5.0)
+
+    async def run(self) -> None:
+        loop = None
+        if self.liveness is not None:
+            loop = self.liveness.register(f"checker:{self.checker.name}", self.deadline_s(),
+                                          asyncio.current_task())  # type: ignore[arg-type]
+        beat = loop.beat if loop is not None else (lambda: None)
+        token = set_beat(beat)  # the checker's own alive() calls reach this loop's beat
+        crashed = False
+        backoff = 0.5
+        try:
+            while True:
+                try:
+                    async for reading in self.checker.watch():
+                        self.state.update(self.checker.name, reading)
+                        beat()
+                        self.started.set()
+                        if crashed:
+                            crashed = False
+                            self.state.update("agent", Reading(self.component, Status.OK,
+                                                               details={"restarts": str(self.restarts)}))
+                        backoff = 0.5
+                    raise RuntimeError("watch() returned")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # isolate: one checker's bug must not take the others down
+                    self.restarts += 1
+                    self.last_crash = f"{type(exc).__name__}: {exc}"
+                    log.exception("checker %s crashed; restarting in %.1fs", self.checker.name, backoff)
+                    crashed = True
+                    self.state.update("agent", Reading(
+                        self.component, Status.UNKNOWN, CHECKER_FAILED, common_pb2.SEVERITY_WARNING,
+                        f"checker {self.checker.name} crashed: {exc}", {"restarts": str(self.restarts)}))
+                    self.started.set()
+                beat()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+        finally:
+            token.var.reset(token)
+            if loop is not None:
+                loop.close()
+
+    def diagnostics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"restarts": self.restarts, "last_crash": self.last_crash}
+        run_stats = getattr(self.checker, "run_stats", None)
+        if callable(run_stats):
+            out["checks"] = run_stats()
+        return out
+
 
 async def supervise(checker: Checker, state: AgentState, max_backoff_s: float = 30.0) -> None:
-    """Run one checker forever: a crash is reported as the checker's own component and the checker restarts."""
-    component = f"agent.checker:{checker.name}"
-    backoff = 0.5
-    while True:
-        try:
-            async for reading in checker.watch():
-                state.update(checker.name, reading)
-                backoff = 0.5
-            raise RuntimeError("watch() returned")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # isolate: one checker's bug must not take the others down
-            log.exception("checker %s crashed; restarting in %.1fs", checker.name, backoff)
-            state.update("agent", Reading(component, Status.UNKNOWN, "compute.host.agent.checker_failed",
-                                          common_pb2.SEVERITY_WARNING, f"checker {checker.name} crashed: {exc}"))
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, max_backoff_s)
+    await Supervisor(checker, state, max_backoff_s=max_backoff_s).run()
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, notifier: SystemdNotifier | None = None,
+                 watchdog_period_s: float | None = None) -> None:
         self.cfg = cfg
         self.state = AgentState(cfg.host_id, __version__)
+        self.liveness = Liveness()
+        self.notifier = notifier if notifier is not None else SystemdNotifier(env={})
+        self.watchdog_period_s = watchdog_period_s
+        self.supervisors = [Supervisor(c, self.state, self.liveness) for c in cfg.checkers]
         self.link = AgentLink(self.state, cfg.endpoints, cfg.token, cfg.heartbeat_interval_s, cfg.max_backoff_s)
+        self.ready = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
+    async def _announce_ready(self) -> None:
+        waiting = [asyncio.create_task(s.started.wait()) for s in self.supervisors]
+        try:
+            await asyncio.wait(waiting, timeout=READY_TIMEOUT_S)
+        finally:
+            for w in waiting:
+                w.cancel()
+        late = [s.checker.name for s in self.supervisors if not s.started.is_set()]
+        status = f"{len(self.supervisors)} checkers running" + (f"; not reported yet: {', '.join(late)}" if late else "")
+        self.ready.set()
+        self.notifier.ready(status)
+        log.info("ready: %s", status)
+
     async def run(self, stop: asyncio.Event) -> None:
-        for checker in self.cfg.checkers:
-            self.tasks.append(asyncio.create_task(supervise(checker, self.state), name=f"checker-{checker.name}"))
-        self.tasks.append(asyncio.create_task(self.link.run(), name="transport"))
+        for sup in self.supervisors:
+            self.tasks.append(asyncio.create_task(sup.run(), name=f"checker-{sup.checker.name}"))
+        transport = asyncio.create_task(self.link.run(), name="transport")
+        self.link.beat = self.liveness.register("transport", TRANSPORT_DEADLINE_S, transport).beat  # type: ignore[arg-type]
+        self.tasks.append(transport)
+        self.tasks.append(asyncio.create_task(watchdog(self.notifier, self.liveness, self.watchdog_period_s),
+                                              name="watchdog"))
+        announcer = asyncio.create_task(self._announce_ready(), name="ready")
         stopper = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait([*self.tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not stopper and task.exception():
+                if task is not stopper:
                     # a dead main loop must not leave a live-looking process
-                    raise RuntimeError(f"agent loop {task.get_name()} died") from task.exception()
+                    raise RuntimeError(f"agent loop {task.get_name()} ended") from (
+                        None if task.cancelled() else task.exception())
+            self.notifier.stopping("stopping")
             await self.link.goodbye("agent stopping")
         finally:
             stopper.cancel()
+            announcer.cancel()
             for task in self.tasks:
                 task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*self.tasks, announcer, return_exceptions=True)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The agent's own health for Diagnostics: checkers (restarts, each check's runs), loops, the link."""
+        return {
+            "host_id": self.state.host_id, "boot_id": self.state.boot_id, "sequence": self.state.sequence,
+            "unacked": len(self.state.unacked), "connected": self.link.connected.is_set(),
+            "connects": self.link.connects, "ready": self.ready.is_set(),
+            "loops_not_alive": self.liveness.problems(),
+            "checkers": {s.checker.name: s.diagnostics() for s in self.supervisors},
+        }
 
 
 async def main(cfg: AgentConfig) -> None:
@@ -74,11 +176,15 @@ async def main(cfg: AgentConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("doctor-agent %s for host %s, checkers: %s", __version__, cfg.host_id,
              ", ".join(c.name for c in cfg.checkers))
-    await Agent(cfg).run(stop)
+    notifier = SystemdNotifier(unset_env=True)  # exec checks must not inherit NOTIFY_SOCKET
+    try:
+        await Agent(cfg, notifier).run(stop)
+    finally:
+        notifier.close()
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="doctor-agent", description=__doc__)
+    parser = argparse.ArgumentParser(prog="doctor-agent", description=__doc__.split("\n")[0])
     parser.add_argument("--config", "-c", type=Path, default=Path("/etc/doctor/agent.toml"))
     parser.add_argument("--check-config", action="store_true", help="validate the config file and exit")
     args = parser.parse_args(argv)
@@ -88,13 +194,13 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"doctor-agent: bad configuration: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        print(f"{args.config}: ok (host {cfg.host_id}, {len(cfg.checkers)} checkers)")
+        print(f"{args.config}: ok (host {cfg.host_id}, checkers: {', '.join(c.name for c in cfg.checkers)})")
         return 0
     setup_logging(cfg.log_level)
     try:
         asyncio.run(main(cfg))
     except RuntimeError as exc:
-        log.critical("%s", exc)
+        log.critical("%s", exc, exc_info=exc.__cause__ is not None)
         return 1
     return 0
 

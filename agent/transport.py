@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import grpc
 
@@ -28,8 +29,10 @@ _CONFIG_ERRORS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DE
 
 class AgentLink:
     def __init__(self, state: AgentState, endpoints: tuple[str, ...], token: str | None,
-                 heartbeat_interval_s: float = 0.1, max_backoff_s: float = 2.0) -> None:
+                 heartbeat_interval_s: float = 0.1, max_backoff_s: float = 2.0,
+                 beat: Callable[[], None] | None = None) -> None:
         self.state = state
+        self.beat = beat or (lambda: None)  # liveness for the watchdog: called on every turn of the loops
         self.endpoints = list(endpoints)
         self.token = token
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -44,6 +47,7 @@ class AgentLink:
         backoff = 0.05
         index = 0
         while True:
+            self.beat()
             target = self._redirect or self.endpoints[index % len(self.endpoints)]
             self._redirect = None
             try:
@@ -87,6 +91,7 @@ class AgentLink:
             reader = asyncio.create_task(self._read(call))
             try:
                 while not reader.done():
+                    self.beat()
                     self.state.changed.clear()
                     fresh = [e for s, e in self.state.unacked.items() if s > sent_up_to]
                     if fresh:

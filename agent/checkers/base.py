@@ -8,8 +8,9 @@ kernel's notifications; polling checkers wrap a probe in an interval loop.
 
 from __future__ import annotations
 
+import contextvars
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -59,9 +60,33 @@ class Reading:
         )
 
 
+_beat: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("doctor_checker_beat", default=None)
+
+
+def alive() -> None:
+    """Tell the supervisor this checker made progress (its watchdog liveness), even when nothing changed.
+
+    The supervisor sets the beat in the context of the task that iterates
+    ``watch()``; tasks a checker creates inherit it. Outside a supervisor it
+    does nothing.
+    """
+    beat = _beat.get()
+    if beat is not None:
+        beat()
+
+
+def set_beat(beat: Callable[[], None] | None) -> contextvars.Token[Callable[[], None] | None]:
+    return _beat.set(beat)
+
+
 @runtime_checkable
 class Checker(Protocol):
-    """``from_config`` builds it from its ``[checkers.NAME]`` table; ``watch`` runs until cancelled."""
+    """``from_config`` builds it from its ``[checkers.NAME]`` table; ``watch`` runs until cancelled.
+
+    A checker may also have ``liveness_s``: the longest it can go without
+    yielding or calling :func:`alive` while healthy. The agent's watchdog then
+    counts it as hung past that; without it only its task's death counts.
+    """
 
     name: str
 
