@@ -205,7 +205,8 @@ def ports(conn: Any, host: str) -> list[Port]:
 
 
 def has_extension(conn: Any, alias: str) -> bool:
-    return conn.network.find_extension(alias, ignore_missing=True) is not None
+    # one GET of the list: find_extension() would GET the alias, then the list on a 404
+    return any(e.alias == alias for e in conn.network.extensions())
 
 
 def set_data_plane_status(conn: Any, port_id: str, status: str) -> None:

@@ -158,7 +158,8 @@ class _Rule:
     pattern: re.Pattern[str]
     times: int
     status: int = 0  # answer with this status ...
-    stall_s: float = 0.0  # ... or hold the request this long first
+    stall_s: float = 0.0  # ... or hold the request this long (or until the gate opens) first
+    gate: threading.Event | None = None
 
 
 class FakeCloud:
@@ -325,10 +326,12 @@ class FakeCloud:
         with self._lock:
             self._rules.append(_Rule(method, re.compile(path_regex), times, status=status))
 
-    def stall(self, method: str, path_regex: str, seconds: float, times: int = 1) -> None:
-        """Hold the next ``times`` matching requests for ``seconds`` (a hung cloud) before answering."""
+    def stall(self, method: str, path_regex: str, seconds: float, times: int = 1) -> threading.Event:
+        """Hold the next ``times`` matching requests (a hung cloud) for ``seconds`` or until the returned gate is set."""
+        gate = threading.Event()
         with self._lock:
-            self._rules.append(_Rule(method, re.compile(path_regex), times, stall_s=seconds))
+            self._rules.append(_Rule(method, re.compile(path_regex), times, stall_s=seconds, gate=gate))
+        return gate
 
     @property
     def connections(self) -> set[int]:
@@ -351,8 +354,10 @@ class FakeCloud:
                 self._in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
-            if rule is not None and rule.stall_s:
-                self._stop.wait(rule.stall_s)
+            if rule is not None and rule.gate is not None:
+                deadline = time.monotonic() + rule.stall_s
+                while not (rule.gate.is_set() or self._stop.is_set()) and time.monotonic() < deadline:
+                    rule.gate.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             if api and self.latency_s:
                 self._stop.wait(self.latency_s)
             try:
