@@ -39,11 +39,12 @@ class Supervisor:
     """Runs one checker forever: a crash is reported as the checker's own component and the checker restarts."""
 
     def __init__(self, checker: Checker, state: AgentState, liveness: Liveness | None = None,
-                 max_backoff_s: float = 30.0) -> None:
+                 max_backoff_s: float = 30.0, initial_backoff_s: float = 0.5) -> None:
         self.checker = checker
         self.state = state
         self.liveness = liveness
         self.max_backoff_s = max_backoff_s
+        self.initial_backoff_s = min(initial_backoff_s, max_backoff_s)
         self.component = f"agent.checker:{checker.name}"
         self.restarts = 0
         self.last_crash = ""
@@ -51,7 +52,8 @@ class Supervisor:
 
     def deadline_s(self) -> float | None:
         limit = getattr(self.checker, "liveness_s", None)
-        return None if limit is None else max(float(limit), self.max_backoff_s + 5.0)
+        # silent at most: a backoff before a restart, then the checker's own limit
+        return None if limit is None else float(limit) + self.max_backoff_s
 
     async def run(self) -> None:
         loop = None
@@ -61,7 +63,7 @@ class Supervisor:
         beat = loop.beat if loop is not None else (lambda: None)
         token = set_beat(beat)  # the checker's own alive() calls reach this loop's beat
         crashed = False
-        backoff = 0.5
+        backoff = self.initial_backoff_s
         try:
             while True:
                 try:
@@ -73,7 +75,7 @@ class Supervisor:
                             crashed = False
                             self.state.update("agent", Reading(self.component, Status.OK,
                                                                details={"restarts": str(self.restarts)}))
-                        backoff = 0.5
+                        backoff = self.initial_backoff_s
                     raise RuntimeError("watch() returned")
                 except asyncio.CancelledError:
                     raise
@@ -108,13 +110,14 @@ async def supervise(checker: Checker, state: AgentState, max_backoff_s: float = 
 
 class Agent:
     def __init__(self, cfg: AgentConfig, notifier: SystemdNotifier | None = None,
-                 watchdog_period_s: float | None = None) -> None:
+                 watchdog_period_s: float | None = None, checker_backoff_s: tuple[float, float] = (0.5, 30.0)) -> None:
         self.cfg = cfg
         self.state = AgentState(cfg.host_id, __version__)
         self.liveness = Liveness()
         self.notifier = notifier if notifier is not None else SystemdNotifier(env={})
         self.watchdog_period_s = watchdog_period_s
-        self.supervisors = [Supervisor(c, self.state, self.liveness) for c in cfg.checkers]
+        first, most = checker_backoff_s
+        self.supervisors = [Supervisor(c, self.state, self.liveness, most, first) for c in cfg.checkers]
         self.link = AgentLink(self.state, cfg.endpoints, cfg.token, cfg.heartbeat_interval_s, cfg.max_backoff_s)
         self.ready = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
