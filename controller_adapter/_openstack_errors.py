@@ -20,32 +20,44 @@ _UNAVAILABLE = (502, 503, 504)
 
 
 def translate(exc: BaseException, what: str, policy: str | None = None) -> ControllerError | None:
-    """The adapter error for ``exc`` raised while doing ``what``; None when it is not an SDK error."""
+    """The adapter error for ``exc`` raised while doing ``what``; None when it is not an SDK error.
+
+    The SDK wraps keystoneauth's errors (authentication, discovery) in a bare
+    SDKException: the most telling error of the cause chain decides.
+    """
     from keystoneauth1 import exceptions as ks
     from openstack import exceptions as sdk
 
-    if isinstance(exc, sdk.HttpException):
-        status, request_id = exc.status_code, exc.request_id
-        detail = exc.details or exc.message
-        if status == 404 or isinstance(exc, sdk.NotFoundException):
-            return NotFound(f"{what}: not found: {detail}", status=status, request_id=request_id)
-        if status in _UNAVAILABLE:
-            return BackendUnavailable(f"{what}: the cloud is unavailable: {detail}", status=status, request_id=request_id)
-        if status == 403 and policy:
-            return ControllerError(f"{what}: forbidden by policy; the account needs {policy} (or the admin role)",
-                                   status=status, request_id=request_id)
-        return ControllerError(f"{what}: {detail}", status=status, request_id=request_id)
-    if isinstance(exc, ks.RetriableConnectionFailure):  # ConnectFailure, ConnectTimeout, ...
-        return BackendUnavailable(f"{what}: cannot reach the cloud: {exc}")
-    if isinstance(exc, ks.HttpError):
-        cls = BackendUnavailable if exc.http_status in _UNAVAILABLE else ControllerError
-        return cls(f"{what}: {exc.message}", status=exc.http_status, request_id=exc.request_id)
-    if isinstance(exc, ks.UnknownConnectionError):
-        return BackendUnavailable(f"{what}: cannot reach the cloud: {exc}")
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and len(chain) < 10:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    for e in chain:
+        if isinstance(e, sdk.HttpException) and e.status_code:
+            return _http(what, policy, e.status_code, e.request_id, e.details or e.message, isinstance(e, sdk.NotFoundException))
+        if isinstance(e, ks.HttpError) and e.http_status:
+            return _http(what, policy, e.http_status, e.request_id, e.message, False)
+        if isinstance(e, (ks.RetriableConnectionFailure, ks.UnknownConnectionError)):  # ConnectFailure, ConnectTimeout
+            return BackendUnavailable(f"{what}: cannot reach the cloud: {e}")
+    if isinstance(exc, sdk.NotFoundException):  # raised by the SDK itself, without a response
+        return NotFound(f"{what}: {exc}")
     if isinstance(exc, (sdk.SDKException, ks.ClientException)):
         # configuration (clouds.yaml, catalog, microversion) problems and the SDK's own refusals
         return ControllerError(f"{what}: {exc}")
     return None
+
+
+def _http(what: str, policy: str | None, status: int, request_id: str | None, detail: str,
+          not_found: bool) -> ControllerError:
+    if status == 404 or not_found:
+        return NotFound(f"{what}: not found: {detail}", status=status, request_id=request_id)
+    if status in _UNAVAILABLE:
+        return BackendUnavailable(f"{what}: the cloud is unavailable: {detail}", status=status, request_id=request_id)
+    if status == 403 and policy:
+        return ControllerError(f"{what}: forbidden by policy; the account needs {policy} (or the admin role)",
+                               status=status, request_id=request_id)
+    return ControllerError(f"{what}: {detail}", status=status, request_id=request_id)
 
 
 __all__ = ["translate"]

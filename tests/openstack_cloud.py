@@ -32,6 +32,7 @@ import itertools
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -66,6 +67,7 @@ class Recorded:
     headers: dict[str, str]  # keys lower-cased
     client_port: int
     status: int = 0
+    request_id: str = ""  # the x-openstack-request-id of the answer
 
     @property
     def service(self) -> str:
@@ -158,8 +160,19 @@ class _Rule:
     pattern: re.Pattern[str]
     times: int
     status: int = 0  # answer with this status ...
-    stall_s: float = 0.0  # ... or hold the request this long (or until the gate opens) first
-    gate: threading.Event | None = None
+    stall: "Stall | None" = None  # ... or hold the request first
+
+
+@dataclass
+class Stall:
+    """A hung cloud: ``entered`` is set when a held request arrives; ``release()`` lets them all go."""
+
+    seconds: float
+    entered: threading.Event
+    gate: threading.Event
+
+    def release(self) -> None:
+        self.gate.set()
 
 
 class FakeCloud:
@@ -173,6 +186,7 @@ class FakeCloud:
         # True: a migration finishes within the request; False: it stays "running" until complete_migrations()
         self.instant_migrations = instant_migrations
         self.latency_s = 0.0  # added to every Nova/Neutron request, outside the state lock
+        self.token = TOKEN  # the one valid token; revoke_tokens() replaces it
         self._lock = threading.Lock()
         self._services: dict[str, Service] = {}
         self._servers: dict[str, FakeServer] = {}
@@ -193,7 +207,7 @@ class FakeCloud:
     def start(self) -> "FakeCloud":
         handler = type("Handler", (_Handler,), {"cloud": self})
         self._httpd = _Server(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                          name="fake-cloud", daemon=True)
         self._thread.start()
         return self
@@ -271,6 +285,11 @@ class FakeCloud:
         """Toggle Neutron's ``data-plane-status`` extension."""
         self.data_plane_status = enabled
 
+    def revoke_tokens(self) -> None:
+        """Invalidate every token issued so far (as an expiry would): the next API call gets 401."""
+        with self._lock:
+            self.token = f"{TOKEN}-{uuid.uuid4().hex[:8]}"
+
     def set_host_alive(self, host: str, alive: bool) -> None:
         with self._lock:
             self._services[host].alive = alive
@@ -326,12 +345,12 @@ class FakeCloud:
         with self._lock:
             self._rules.append(_Rule(method, re.compile(path_regex), times, status=status))
 
-    def stall(self, method: str, path_regex: str, seconds: float, times: int = 1) -> threading.Event:
-        """Hold the next ``times`` matching requests (a hung cloud) for ``seconds`` or until the returned gate is set."""
-        gate = threading.Event()
+    def stall(self, method: str, path_regex: str, seconds: float, times: int = 1) -> Stall:
+        """Hold the next ``times`` matching requests for ``seconds``, or until released, or until stop()."""
+        stall = Stall(seconds, threading.Event(), threading.Event())
         with self._lock:
-            self._rules.append(_Rule(method, re.compile(path_regex), times, stall_s=seconds, gate=gate))
-        return gate
+            self._rules.append(_Rule(method, re.compile(path_regex), times, stall=stall))
+        return stall
 
     @property
     def connections(self) -> set[int]:
@@ -346,7 +365,7 @@ class FakeCloud:
         parts = urlsplit(raw_path)
         path = parts.path.rstrip("/") or "/"
         query = parse_qs(parts.query, keep_blank_values=True)
-        rec = Recorded(method, path, query, body, headers, client_port)
+        rec = Recorded(method, path, query, body, headers, client_port, request_id=f"req-{uuid.uuid4()}")
         rule = self._take_rule(method, path)
         api = path.startswith(("/compute", "/network"))
         if api:
@@ -354,16 +373,17 @@ class FakeCloud:
                 self._in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
-            if rule is not None and rule.gate is not None:
-                deadline = time.monotonic() + rule.stall_s
-                while not (rule.gate.is_set() or self._stop.is_set()) and time.monotonic() < deadline:
-                    rule.gate.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            if rule is not None and rule.stall is not None:
+                rule.stall.entered.set()
+                deadline = time.monotonic() + rule.stall.seconds
+                while not (rule.stall.gate.is_set() or self._stop.is_set()) and time.monotonic() < deadline:
+                    rule.stall.gate.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             if api and self.latency_s:
                 self._stop.wait(self.latency_s)
             try:
                 if rule is not None and rule.status:
                     raise HttpError(rule.status, {"error": {"code": rule.status, "message": "injected fault"}})
-                if api and path not in _VERSION_DOCS and headers.get("x-auth-token") != TOKEN:
+                if api and path not in _VERSION_DOCS and headers.get("x-auth-token") != self.token:
                     raise HttpError(401, {"error": {"code": 401, "message": "The request you have made requires authentication."}})
                 with self._lock:
                     status, extra, out = self._route(method, path, query, headers, body)
@@ -375,7 +395,7 @@ class FakeCloud:
                     self._in_flight -= 1
                 self._requests.append(replace(rec, status=status))
                 self._cond.notify_all()
-        return status, extra, out
+        return status, {"x-openstack-request-id": rec.request_id, **extra}, out
 
     def _take_rule(self, method: str, path: str) -> _Rule | None:
         with self._lock:
@@ -416,7 +436,7 @@ class FakeCloud:
             if pw != PASSWORD:
                 raise HttpError(401, {"error": {"code": 401, "message": "The request you have made requires authentication.",
                                                 "title": "Unauthorized"}})
-            return 201, {"X-Subject-Token": TOKEN}, {"token": self._token_body()}
+            return 201, {"X-Subject-Token": self.token}, {"token": self._token_body()}
         raise HttpError(404, {"error": {"code": 404, "message": f"no route for {path}"}})
 
     def _token_body(self) -> dict[str, Any]:
@@ -752,6 +772,11 @@ class _Server(ThreadingHTTPServer):
             with self._open_lock:
                 self._open.discard(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that gave up (timeout tests) leaves a broken pipe: expected, not worth a traceback
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def close_connections(self) -> None:
         """End kept-alive connections so their handler threads return."""
         with self._open_lock:
@@ -784,7 +809,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-openstack-request-id", f"req-{uuid.uuid4()}")
         for k, v in extra.items():
             self.send_header(k, v)
         self.end_headers()
@@ -793,4 +817,4 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
 
-__all__ = ["ADMIN_PROJECT", "FakeCloud", "FakePort", "FakeServer", "Migration", "Recorded", "Service"]
+__all__ = ["ADMIN_PROJECT", "FakeCloud", "FakePort", "FakeServer", "Migration", "Recorded", "Service", "Stall"]

@@ -36,7 +36,8 @@ def calls(cloud: FakeCloud) -> list[Call]:
 
 
 def of(cloud: FakeCloud, method: str, path_prefix: str) -> list[Recorded]:
-    return [r for r in cloud.requests() if r.method == method and r.path.startswith(path_prefix)]
+    """Requests with this method ("" for any) under this path."""
+    return [r for r in cloud.requests() if method in ("", r.method) and r.path.startswith(path_prefix)]
 
 
 @pytest.fixture
