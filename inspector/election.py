@@ -199,6 +199,7 @@ class Election:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watch_rev = 0
+        self._closing = False
 
     # -- public API ---------------------------------------------------------
     @property
@@ -244,12 +245,15 @@ class Election:
         return info.endpoint if info else None
 
     async def current_leader(self) -> LeaderInfo | None:
-        """A fresh, linearizable read of the leader key."""
+        """A fresh, linearizable read of the leader key (also refreshes ``leader_info()``)."""
         try:
             kv = await self.client.get(self.leader_key)
         except TRANSIENT as exc:
             raise EtcdUnavailable(f"cannot read {self.leader_key!r}: {exc}") from exc
-        return self._info(kv) if kv else None
+        info = self._info(kv) if kv else None
+        if self.term is None:
+            self._leader = info
+        return info
 
     async def wait_leader(self, timeout: float | None = None) -> Term:
         """Wait until this candidate leads; the term to act under."""
@@ -290,9 +294,15 @@ class Election:
 
     async def close(self) -> None:
         """Stop campaigning; a leader hands over at once by revoking its lease (which deletes the key)."""
-        if self._task is not None:
+        self._closing = True
+        if self._term is not None:
+            self._term.lose("election closed")
+        # grpc.aio may turn a cancellation into an RPC error the loop retries: insist, boundedly
+        for _ in range(100):
+            if self._task is None or self._task.done():
+                break
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=0.1)
         if self._term is not None:  # _lead's finally normally ended it already
             self._end_term(self._term, "election closed", definitive=False)
         held, self._stale = self._stale, None
@@ -311,7 +321,7 @@ class Election:
     # -- the loop -----------------------------------------------------------
     async def _run(self) -> None:
         backoff = _Backoff(0.05, min(1.0, self.config.lease_ttl_s / 2))
-        while True:
+        while not self._closing:
             try:
                 term = None
                 if self._stale is not None:
@@ -324,6 +334,8 @@ class Election:
                     await self._wait_vacancy()
                 backoff.reset()
             except TRANSIENT as exc:
+                if self._closing:
+                    return
                 delay = backoff.next()
                 log.info("%s: etcd unavailable (%s); retrying in %.2fs", self.node_id, exc or type(exc).__name__,
                          delay)
