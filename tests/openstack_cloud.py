@@ -817,4 +817,36 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Serve a cloud in its own process (benchmarks, demos) until stdin closes; print its stats at the end."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="A fake OpenStack cloud on 127.0.0.1 (tests, benchmarks, demos)")
+    ap.add_argument("--dir", required=True, help="directory for clouds.yaml (cloud name: fake)")
+    ap.add_argument("--compute-max", default="2.90")
+    ap.add_argument("--hosts", type=int, default=3, help="hosts c1..cN")
+    ap.add_argument("--servers", type=int, default=0, help="servers s0.. on c1, with one port each")
+    ap.add_argument("--latency-ms", type=float, default=0.0, help="added to every Nova/Neutron request")
+    args = ap.parse_args(argv)
+    cloud = FakeCloud(compute_max=args.compute_max).start()
+    try:
+        for i in range(1, args.hosts + 1):
+            cloud.add_host(f"c{i}")
+        for i in range(args.servers):
+            cloud.add_server(f"s{i}", host="c1", project_id="p1", user_id="u1")
+            cloud.add_port(f"port-{i}", host="c1", project_id="p1", device_id=f"s{i}")
+        cloud.latency_s = args.latency_ms / 1000
+        path = cloud.write_clouds_yaml(Path(args.dir))
+        print(json.dumps({"url": cloud.url, "clouds_yaml": str(path)}), flush=True)
+        sys.stdin.read()
+        print(json.dumps({"requests": len(cloud.requests()), "max_in_flight": cloud.max_in_flight,
+                          "connections": len(cloud.connections)}), flush=True)
+    finally:
+        cloud.stop()
+
+
+if __name__ == "__main__":
+    main()
+
+
 __all__ = ["ADMIN_PROJECT", "FakeCloud", "FakePort", "FakeServer", "Migration", "Recorded", "Service", "Stall"]
