@@ -1,0 +1,100 @@
+"""The ipmi checker against a real pyghmi BMC subprocess on 127.0.0.1 (RMCP+, SDR, sensor readings, SEL)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from agent.checkers.base import Status
+from agent.checkers.ipmi import UNREACHABLE, IpmiChecker
+from doctor_common.api import common_pb2
+from doctor_common.config import Section
+from tests.conftest import free_port
+
+from .conftest import Levels, Vbmc
+
+
+async def test_sensor_health_becomes_levels(vbmc: Vbmc, levels: Callable[[Any], Levels]) -> None:
+    """Healthy sensors are OK; a hot CPU is a temperature fault, a slow fan a warning, a failed PSU a fault."""
+    async with levels(IpmiChecker.from_config(vbmc.section(), "h1")) as lv:
+        now = await lv.until(lambda n: "ipmi:CPU1" in n, what="first sensor sweep")
+        assert {c for c, r in now.items()} == {"ipmi:bmc", "ipmi:CPU1 Temp", "ipmi:FAN1", "ipmi:PSU1",
+                                              "ipmi:DIMM A1", "ipmi:CPU1"}  # no voltage, no absent PSU2
+        assert all(r.status == Status.OK for r in now.values())
+        vbmc.set("CPU1 Temp", value=95)
+        vbmc.set("FAN1", value=1200)
+        vbmc.set("PSU1", states=[0, 1])
+        now = await lv.until(lambda n: n["ipmi:PSU1"].status == Status.FAULT and
+                             n["ipmi:FAN1"].status == Status.WARNING and n["ipmi:CPU1 Temp"].status == Status.FAULT)
+        cpu = now["ipmi:CPU1 Temp"]
+        assert (cpu.fault_type, cpu.severity) == ("compute.host.ipmi.temperature", common_pb2.SEVERITY_CRITICAL)
+        assert cpu.details["value"] == "95" and "upper critical threshold" in cpu.description
+        assert now["ipmi:FAN1"].fault_type == "compute.host.ipmi.fan"
+        assert now["ipmi:PSU1"].fault_type == "compute.host.ipmi.power_supply"
+        vbmc.set("CPU1 Temp", value=50)
+        await lv.until(lambda n: n["ipmi:CPU1 Temp"].status == Status.OK, what="cooled down")
+
+
+async def test_warning_is_reported_only_after_debounce(vbmc: Vbmc, levels: Callable[[Any], Levels]) -> None:
+    """With 3-of-3, a fan below its warning threshold is reported after three sweeps saw it, not at the first."""
+    checker = IpmiChecker.from_config(vbmc.section(debounce_n=3, debounce_m=3), "h1")
+    async with levels(checker) as lv:
+        await lv.until(lambda n: "ipmi:FAN1" in n)
+        vbmc.set("FAN1", value=1200)
+        await lv.until(lambda n: n["ipmi:FAN1"].status == Status.WARNING)
+        runs = checker.stats["bmc"].recent
+        saw = [i for i, r in enumerate(runs) if r.outcome == "warning"]
+        # the third sweep with the warning is the one that reported it
+        assert len(saw) >= 3 and all(r.outcome == "ok" for r in list(runs)[:saw[0]])
+
+
+async def test_sel_entries_are_followed(vbmc: Vbmc, levels: Callable[[Any], Levels]) -> None:
+    """An old SEL entry is replayed at start; new ones raise their sensor at once; deassertion and clear resolve."""
+    vbmc.log("DIMM A1", 0)  # correctable ECC, before the agent starts
+    async with levels(IpmiChecker.from_config(vbmc.section(debounce_n=2, debounce_m=2), "h1")) as lv:
+        now = await lv.until(lambda n: "ipmi:sel:DIMM A1" in n, what="replayed SEL entry")
+        assert (now["ipmi:sel:DIMM A1"].status, now["ipmi:sel:DIMM A1"].fault_type) == \
+            (Status.WARNING, "compute.host.ipmi.memory")
+        vbmc.log("CPU1", 0)  # processor IERR
+        now = await lv.until(lambda n: "ipmi:sel:CPU1" in n, what="new SEL entry")
+        assert (now["ipmi:sel:CPU1"].status, now["ipmi:sel:CPU1"].severity) == \
+            (Status.FAULT, common_pb2.SEVERITY_CRITICAL)
+        assert now["ipmi:sel:CPU1"].details["record_id"] == "2"
+        vbmc.log("CPU1", 0, deassert=True)
+        await lv.until(lambda n: n["ipmi:sel:CPU1"].status == Status.OK, what="deasserted")
+        assert lv.now["ipmi:sel:DIMM A1"].status == Status.WARNING
+        vbmc.clear_sel()
+        await lv.until(lambda n: n["ipmi:sel:DIMM A1"].status == Status.OK, what="SEL cleared")
+
+
+async def test_a_silent_bmc_is_a_warning_until_it_answers_again(vbmc: Vbmc, levels: Callable[[Any], Levels]) -> None:
+    """A frozen BMC (SIGSTOP) turns ipmi:bmc into an unreachable warning; sensors keep their level; it recovers."""
+    checker = IpmiChecker.from_config(vbmc.section(timeout_s=0.3), "h1")
+    async with levels(checker) as lv:
+        await lv.until(lambda n: "ipmi:CPU1" in n)
+        vbmc.proc.send_signal(signal.SIGSTOP)
+        try:
+            now = await lv.until(lambda n: n["ipmi:bmc"].status == Status.WARNING, what="unreachable")
+            assert (now["ipmi:bmc"].fault_type, now["ipmi:bmc"].severity) == (UNREACHABLE, common_pb2.SEVERITY_WARNING)
+            assert now["ipmi:CPU1 Temp"].status == Status.OK
+            await lv.until(lambda n: checker.stats["bmc"].failures >= 3)
+            # pyghmi is never called twice at once: abandoned calls do not pile up threads
+            assert sum(t.name == "doctor-ipmi" for t in threading.enumerate()) <= 1
+            assert any("still waiting" in r.detail for r in checker.stats["bmc"].recent)
+        finally:
+            vbmc.proc.send_signal(signal.SIGCONT)
+        await lv.until(lambda n: n["ipmi:bmc"].status == Status.OK, timeout=30, what="BMC back")
+
+
+async def test_no_bmc_at_all_is_reported_fast(tmp_path: Any, levels: Callable[[Any], Levels]) -> None:
+    """Nothing listens on the port: the warning comes at the timeout, not after pyghmi's own seconds."""
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    sec = Section(tmp_path / "agent.toml", {"address": "127.0.0.1", "port": free_port(), "password_file": str(pw),
+                                            "interval_s": 0.1, "timeout_s": 0.3, "debounce_n": 1, "debounce_m": 1},
+                  "checkers.ipmi.")
+    async with levels(IpmiChecker.from_config(sec, "h1")) as lv:
+        now = await lv.until(lambda n: "ipmi:bmc" in n, timeout=2)
+        assert now["ipmi:bmc"].fault_type == UNREACHABLE
