@@ -156,7 +156,11 @@ class Term:
         log.warning("stepping down (token %d): %s", self.token, reason)
 
     async def run(self, aw: Awaitable[T]) -> T:
-        """Await ``aw``; cancel it and raise ``NotLeader`` if the term is lost first."""
+        """Await ``aw``; cancel it and raise ``NotLeader`` if the term is lost first (or already is)."""
+        if self.lost.is_set():
+            if asyncio.iscoroutine(aw):
+                aw.close()  # never started: no "never awaited" warning
+            self.check()
         task = asyncio.ensure_future(aw)
         lost = asyncio.ensure_future(self.lost.wait())
         try:
