@@ -340,6 +340,8 @@ class Election:
             except TRANSIENT as exc:
                 if self._closing:
                     return
+                if isinstance(exc, aetcd_exc.UnauthenticatedError) and hasattr(self.client, "reset"):
+                    await self.client.reset()  # an auth token etcd forgot (expired unused): log in again
                 delay = backoff.next()
                 log.info("%s: etcd unavailable (%s); retrying in %.2fs", self.node_id, exc or type(exc).__name__,
                          delay)

@@ -175,33 +175,45 @@ class EtcdClient(aetcd.Client):
             return
         try:
             self._is_connecting = True
-            options: list[tuple[str, Any]] = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
-            if self.config.tls_server_name:
-                options.append(("grpc.ssl_target_name_override", self.config.tls_server_name))
-            target = grpc_target(self.config.endpoints)
-            creds = self._credentials()
-            self.channel = (grpc.aio.secure_channel(target, creds, options=options) if creds
-                            else grpc.aio.insecure_channel(target, options=options))
-            # a member without a raft leader refuses the call at once (UNAVAILABLE → retried elsewhere)
-            metadata: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
-            if self._username is not None and self._password is not None:
-                self.auth_stub = rpc.AuthStub(self.channel)
-                try:
-                    resp = await self.auth_stub.Authenticate(
-                        rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
-                except rpc.AioRpcError as exc:
-                    aetcd_exc._handle_exception(exc)
-                metadata += (("token", resp.token),)
-            self.metadata = metadata
-            self.kvstub = rpc.KVStub(self.channel)
-            self.clusterstub = rpc.ClusterStub(self.channel)
-            self.leasestub = rpc.LeaseStub(self.channel)
-            self.maintenancestub = rpc.MaintenanceStub(self.channel)
-            self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
-                                                  metadata=self.metadata)
-            self._connected.set()
+            await self._open()
+        except BaseException:
+            if self.channel is not None:
+                await self.channel.close()
+            self._init_channel_attrs()
+            raise
         finally:
             self._is_connecting = False
+
+    async def reset(self) -> None:
+        """Drop the channel; the next call dials and logs in again (etcd's simple auth tokens do not survive an
+        etcd restart, and aetcd never renews them)."""
+        await self.close()
+
+    async def _open(self) -> None:
+        options: list[tuple[str, Any]] = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+        if self.config.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self.config.tls_server_name))
+        target = grpc_target(self.config.endpoints)
+        creds = self._credentials()
+        self.channel = (grpc.aio.secure_channel(target, creds, options=options) if creds
+                        else grpc.aio.insecure_channel(target, options=options))
+        # a member without a raft leader refuses the call at once (UNAVAILABLE → retried elsewhere)
+        metadata: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
+        if self._username is not None and self._password is not None:
+            self.auth_stub = rpc.AuthStub(self.channel)
+            try:
+                resp = await self.auth_stub.Authenticate(
+                    rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
+            except rpc.AioRpcError as exc:
+                aetcd_exc._handle_exception(exc)
+            metadata += (("token", resp.token),)
+        self.metadata = metadata
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+        self._connected.set()
 
 
 def connect(config: EtcdConfig) -> EtcdClient:

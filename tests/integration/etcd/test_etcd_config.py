@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,39 @@ async def test_tls_with_client_certificates(needs_etcd: str, tmp_path: Path) -> 
         async with connect(EtcdConfig(**base, ca_file=tls.ca_file)) as anonymous:  # type: ignore[arg-type]
             with pytest.raises(aetcd_exc.ConnectionFailedError):  # the TLS handshake fails
                 await anonymous.get(b"/nfv-doctor-test/tls/state/k")
+
+
+async def test_username_and_password(needs_etcd: str, tmp_path: Path) -> None:
+    """With etcd authentication on, the configured user (password from a file) campaigns and writes, logs in again
+    when etcd has forgotten its auth token, and a wrong password is refused."""
+    from aetcd import rpc
+
+    # tokens unused for 1 s expire (etcd's default is 300 s; a restart forgets them too)
+    with EtcdCluster(1, extra_args=("--auth-token-ttl", "1")) as cluster:
+        base = dict(endpoints=tuple(cluster.endpoints), prefix="/nfv-doctor-test/auth", lease_ttl_s=1,
+                    call_timeout_s=1.0)
+        async with connect(EtcdConfig(**base)) as root:  # type: ignore[arg-type]
+            await root.connect()
+            auth = rpc.AuthStub(root.channel)
+            await auth.UserAdd(rpc.AuthUserAddRequest(name="root", password="rootpw"), timeout=2)
+            await auth.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=2)
+            await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=2)
+            await auth.AuthEnable(rpc.AuthEnableRequest(), timeout=2)
+        (tmp_path / "pw").write_text("rootpw\n")
+        path = write(tmp_path, f'[etcd]\nendpoints = ["{cluster.endpoints[0]}"]\nprefix = "/nfv-doctor-test/auth"\n'
+                               'username = "root"\npassword_file = "pw"\nlease_ttl_s = 1\n')
+        cfg = load_etcd_config(path)
+        async with connect(cfg) as client:
+            await client.put(b"/nfv-doctor-test/auth/probe", b"1")  # logged in
+            await asyncio.sleep(2.5)  # the fault: leave the token unused until etcd expires it (checked each 1 s)
+            with pytest.raises(aetcd_exc.UnauthenticatedError):
+                await client.get(b"/nfv-doctor-test/auth/probe")
+            async with Election(client, cfg, node_id="auth", endpoint="auth:1") as e:
+                await e.wait_leader(timeout=5)  # only after logging in again
+                await EtcdStore(client, cfg.prefix, e).put("k", b"v")
+        bad = connect(EtcdConfig(**base, username="root", password="wrong"))  # type: ignore[arg-type]
+        try:
+            with pytest.raises(aetcd_exc.ClientError, match="authentication failed"):
+                await bad.connect()
+        finally:
+            await bad.close()
