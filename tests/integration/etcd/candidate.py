@@ -64,7 +64,7 @@ async def child(args: argparse.Namespace) -> None:
             emit("ready", pid=os.getpid())
             while True:
                 term = await election.wait_leader()
-                emit("leader", token=term.token)
+                emit("leader", token=term.token, ttl=term.granted_ttl)
                 for _ in range(100):  # bounded: a write that keeps failing without losing the term
                     try:
                         await term.run(lead())
