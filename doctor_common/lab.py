@@ -221,6 +221,9 @@ class Lab:
     # -- teardown ------------------------------------------------------------------------------
 
     async def close(self) -> None:
+        if self.inspector is not None:  # first, while its BMCs still answer
+            await self.inspector.stop(0.2)
+            self.inspector = None
         procs = []
         for h in self.hosts.values():
             for p in (h.agent_proc, h.bmc_proc):
@@ -237,9 +240,6 @@ class Lab:
             except asyncio.TimeoutError:
                 p.kill()
                 await p.wait()
-        if self.inspector is not None:
-            await self.inspector.stop(0.2)
-            self.inspector = None
         for ns in self._created_netns:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for h in self.hosts.values():

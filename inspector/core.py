@@ -11,7 +11,7 @@ import grpc
 from controller_adapter.base import NotFound, ServerState
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2, diagnostics_pb2_grpc, fault_pb2_grpc
 from doctor_common.auth import Principal
-from doctor_common.grpcutil import add_health_and_reflection, server_options
+from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import now_ns
 from inspector.actions import HOST_STATUS_PROTO, Responder, Trigger
 from inspector.alarms import AlarmStore
@@ -71,7 +71,7 @@ class Inspector:
             bmc = self.responder.bmc_for(host)
             if bmc is not None:
                 self._spawn(self.fencer.warm(bmc), f"warm BMC of {host}")
-        server = grpc.aio.server(options=server_options())
+        server = grpc.aio.server(options=server_options(), interceptors=[DecodeErrorInterceptor()])
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
             self.cfg.heartbeat_interval_ms, self.leader_endpoint), server)
@@ -98,7 +98,7 @@ class Inspector:
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace)
-        self.fencer.close()
+        await self.fencer.close()
         await self.controller.close()
 
     def dead_loop(self) -> asyncio.Task[Any] | None:

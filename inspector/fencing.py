@@ -122,11 +122,17 @@ class IpmiFencer:
     async def power_on(self, bmc: Bmc) -> None:
         await self._call(bmc, lambda c: c.set_power("on"), self.timeout_s)
 
-    def close(self) -> None:
-        for cmd in list(self._commands.values()):
+    async def close(self, timeout: float = 1.0) -> None:
+        """Log out of the BMCs (best effort, bounded: a dead BMC must not hold up shutdown)."""
+        commands = list(self._commands.values())
+        self._commands.clear()
+        loop = asyncio.get_running_loop()
+
+        def logout(cmd: Any) -> None:
             try:
                 cmd.ipmi_session.logout()
-            except Exception:  # noqa: BLE001 - closing best effort
+            except Exception:  # noqa: BLE001 - the session may already be gone
                 pass
-        self._commands.clear()
+        if commands:
+            await asyncio.wait([loop.run_in_executor(self._pool, logout, c) for c in commands], timeout=timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)

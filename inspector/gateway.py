@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import grpc
 
+from controller_adapter.base import NotFound
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.auth import TokenAuth
 from doctor_common.faults import severity_from_name
@@ -77,7 +78,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                  heartbeat_interval_ms: int, redirect: Callable[[], str | None] = lambda: None) -> None:
         self.auth = auth
         self.liveness = liveness
-        self.known_host = known_host  # coroutine: raises LookupError for an unknown host
+        self.known_host = known_host  # coroutine: raises NotFound for an unknown host
         self.on_state = on_state      # called for every component transition, schedules the response
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.redirect = redirect      # the leader's endpoint when this replica is a follower
@@ -89,7 +90,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                                 f"this agent's token belongs to host {token_host!r}, not {claimed!r}")
         try:
             await self.known_host(claimed)
-        except LookupError:
+        except NotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"host {claimed!r} is not in the controller's inventory: add it there first")
 

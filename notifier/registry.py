@@ -32,6 +32,7 @@ class Subscriber:
     last_delivered: int = 0
     delivered: int = 0
     overflowed: bool = False
+    cut: asyncio.Event = field(default_factory=asyncio.Event)  # set on overflow: end the stream now
 
     def offer(self, item: fault_pb2.FaultNotification) -> None:
         if self.overflowed:
@@ -39,6 +40,7 @@ class Subscriber:
         if self.queue.qsize() >= self.limit:
             self.overflowed = True
             self.queue.put_nowait(OVERFLOW)
+            self.cut.set()  # its handler may be blocked writing to a client that does not read
             log.warning("subscription %s (%s) fell %d notifications behind: cutting it off",
                         self.id, self.principal.name, self.limit)
             return

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
@@ -13,7 +13,7 @@ from doctor_common.auth import Principal, TokenAuth
 from doctor_common.timeline import Stage, now_ns, stamp
 from notifier.filters import Filter, FilterError, view_notification, view_resources
 from notifier.log import CursorExpired, NotificationLog
-from notifier.registry import OVERFLOW, Registry
+from notifier.registry import OVERFLOW, Registry, Subscriber
 
 log = logging.getLogger("doctor.notifier")
 
@@ -74,8 +74,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                                         f"virtual resource {rid!r} belongs to another project")
         return flt
 
-    async def Subscribe(self, request: fault_pb2.SubscribeRequest,
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
+    async def Subscribe(self, request: fault_pb2.SubscribeRequest, context: grpc.aio.ServicerContext) -> None:
         principal = await self.auth.consumer(context)
         flt = await self._filter(principal, request.filter, context)
         resume = request.resume_after
@@ -85,12 +84,13 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         # register before reading the log: nothing published from here on can fall between the two
         sub = self.registry.add(principal, flt, self.log.last_sequence)
         log.info("subscription %s for %s (resume_after=%d)", sub.id, principal.name, resume)
+        cut = asyncio.create_task(sub.cut.wait())
         try:
             virtual, physical = await self.state.visible_resources(principal)
             virtual, physical = view_resources(principal, flt, virtual, physical, require_faults=False)
-            yield fault_pb2.SubscribeStreamMessage(subscribed=fault_pb2.SubscribeResponse(
+            await self._write(context, sub, cut, fault_pb2.SubscribeStreamMessage(subscribed=fault_pb2.SubscribeResponse(
                 subscription_id=sub.id, virtual_resource_info=virtual, physical_resource_info=physical,
-                last_sequence=sub.start_sequence))
+                last_sequence=sub.start_sequence)))
             if resume:
                 try:
                     missed = await self.log.read(resume, sub.start_sequence)
@@ -99,20 +99,39 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                 for n in missed:
                     view = view_notification(principal, flt, n)
                     if view is not None:
-                        yield self._delivered(sub, view)
+                        await self._write(context, sub, cut, self._delivered(sub, view))
             while True:
                 item = await sub.queue.get()
                 if item is OVERFLOW:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"consumer too slow: more than {sub.limit} notifications queued; "
-                                        f"subscribe again with resume_after={sub.last_delivered}")
-                yield self._delivered(sub, item)  # type: ignore[arg-type]
+                    await self._cut_off(context, sub)
+                await self._write(context, sub, cut, self._delivered(sub, item))  # type: ignore[arg-type]
         finally:
+            cut.cancel()
             self.registry.remove(sub)
             log.info("subscription %s ended", sub.id)
 
+    async def _write(self, context: grpc.aio.ServicerContext, sub: Subscriber, cut: "asyncio.Task[bool]",
+                     msg: fault_pb2.SubscribeStreamMessage) -> None:
+        """Write, watching for a cut-off meanwhile: a client that stops reading blocks the write forever."""
+        write = asyncio.ensure_future(context.write(msg))
+        done, _ = await asyncio.wait({write, cut}, return_when=asyncio.FIRST_COMPLETED)
+        if write not in done:
+            # stop feeding it now; HTTP/2 sends the status after the data already in flight, so the client
+            # learns where to resume as soon as it reads again (or the connection is declared dead)
+            self.registry.remove(sub)
+            while not sub.queue.empty():
+                sub.queue.get_nowait()
+            await self._cut_off(context, sub)
+        await write
+
     @staticmethod
-    def _delivered(sub, n: fault_pb2.FaultNotification) -> fault_pb2.SubscribeStreamMessage:  # type: ignore[no-untyped-def]
+    async def _cut_off(context: grpc.aio.ServicerContext, sub: Subscriber) -> None:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"consumer too slow: more than {sub.limit} notifications queued; "
+                            f"subscribe again with resume_after={sub.last_delivered}")
+
+    @staticmethod
+    def _delivered(sub: Subscriber, n: fault_pb2.FaultNotification) -> fault_pb2.SubscribeStreamMessage:
         sub.last_delivered = n.sequence
         sub.delivered += 1
         return fault_pb2.SubscribeStreamMessage(fault=n)

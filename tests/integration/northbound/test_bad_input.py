@@ -1,0 +1,219 @@
+"""Bad input gets the right status code and a message saying what to fix; the daemon keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2, fault_pb2, fault_pb2_grpc
+from doctor_common.client import DoctorClient
+from doctor_common.grpcutil import auth_metadata
+from doctor_common.lab import Lab
+
+from .conftest import GHOST_TOKEN
+
+OK = agent_pb2.COMPONENT_STATUS_OK
+
+
+def hello(host: str, boot: str = "boot-1", **kw) -> agent_pb2.AgentMessage:  # type: ignore[no-untyped-def]
+    return agent_pb2.AgentMessage(hello=agent_pb2.Hello(host_id=host, boot_id=boot, agent_version="t", **kw))
+
+
+async def agent_stream(lab: Lab, token: str | None, *msgs: agent_pb2.AgentMessage) -> grpc.aio.AioRpcError:
+    """Send these messages on a Connect stream and return the status the inspector ends it with."""
+    async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+        call = agent_pb2_grpc.AgentGatewayStub(ch).Connect(metadata=auth_metadata(token))
+        for m in msgs:
+            await call.write(m)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+            await call
+        return err.value
+
+
+async def assert_still_serving(lab: Lab) -> None:
+    async with DoctorClient(lab.endpoint, lab.tokens["admin"]) as c:
+        assert (await c.status()).role == "standalone"
+
+
+@pytest.mark.parametrize("token, code, words", [
+    (None, grpc.StatusCode.UNAUTHENTICATED, "authorization: Bearer"),
+    ("nobody-knows-me", grpc.StatusCode.UNAUTHENTICATED, "unknown token"),
+])
+async def test_consumers_without_valid_token_are_refused(lab: Lab, token, code, words) -> None:  # type: ignore[no-untyped-def]
+    """Subscribe and QueryFaults without a known bearer token: UNAUTHENTICATED, saying how to authenticate."""
+    async with DoctorClient(lab.endpoint, token) as c:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.query_faults()
+        assert err.value.code() == code and words in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in c.subscribe_once():
+                pass
+        assert err.value.code() == code
+    await assert_still_serving(lab)
+
+
+@pytest.mark.parametrize("flt, code, words", [
+    (fault_pb2.SubscribeFilter(virtual_resource_id=["vm-1-2"]), grpc.StatusCode.PERMISSION_DENIED, "another project"),
+    (fault_pb2.SubscribeFilter(virtual_resource_id=["vm-9-9"]), grpc.StatusCode.NOT_FOUND, "does not exist"),
+    (fault_pb2.SubscribeFilter(fault_type=["compute.(host)"]), grpc.StatusCode.INVALID_ARGUMENT, "wildcards"),
+    (fault_pb2.SubscribeFilter(min_severity=99), grpc.StatusCode.INVALID_ARGUMENT, "min_severity"),
+])
+async def test_bad_or_foreign_filters(lab: Lab, flt, code, words) -> None:  # type: ignore[no-untyped-def]
+    """project-a may not subscribe to project-b's server, nor to nothing, nor with a broken pattern."""
+    assert lab.server_owner["vm-1-2"] == "project-b"
+    async with DoctorClient(lab.endpoint, lab.tokens["project-a"]) as c:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in c.subscribe_once(flt):
+                pass
+        assert err.value.code() == code and words in err.value.details()
+    await assert_still_serving(lab)
+
+
+async def test_host_status_of_a_foreign_server_is_denied(lab: Lab) -> None:
+    """GetServerHostStatus answers for one's own server and refuses another project's."""
+    async with DoctorClient(lab.endpoint, lab.tokens["project-a"]) as c:
+        own = await c.server_host_status("vm-1-1")
+        assert own.host == "compute-1" and own.host_status == common_pb2.HOST_STATUS_UP
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.server_host_status("vm-1-2")
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_agent_identity_and_protocol_errors(lab: Lab) -> None:
+    """Wrong host for the token, unknown host, no Hello first, a second Hello, a bad event: each its own status."""
+    token1 = lab.hosts["compute-1"].agent_token
+    cases = [
+        ((None, hello("compute-1")), grpc.StatusCode.UNAUTHENTICATED, "missing agent credentials"),
+        ((token1, hello("compute-2")), grpc.StatusCode.PERMISSION_DENIED, "belongs to host 'compute-1'"),
+        ((GHOST_TOKEN, hello("ghost")), grpc.StatusCode.NOT_FOUND, "not in the controller's inventory"),
+        ((token1, agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat())), grpc.StatusCode.INVALID_ARGUMENT,
+         "must be Hello"),
+        ((token1, hello("")), grpc.StatusCode.INVALID_ARGUMENT, "hello.host_id"),
+        ((token1, hello("compute-1"), hello("compute-1")), grpc.StatusCode.INVALID_ARGUMENT, "only once"),
+        ((token1, hello("compute-1"), agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=[agent_pb2.Event(
+            sequence=1, state=agent_pb2.ComponentState(component="nic:eth0", status=42))]))),
+         grpc.StatusCode.INVALID_ARGUMENT, "events[0].state.status 42"),
+        ((token1, hello("compute-1", components=[agent_pb2.ComponentState(
+            component="x", status=agent_pb2.COMPONENT_STATUS_FAULT)])),
+         grpc.StatusCode.INVALID_ARGUMENT, "fault_type is required"),
+    ]
+    for (token, *msgs), code, words in cases:
+        err = await agent_stream(lab, token, *msgs)
+        assert (err.code(), words in err.details()) == (code, True), (err.code(), err.details())
+    await assert_still_serving(lab)
+
+
+async def test_undecodable_and_oversized_requests(lab: Lab) -> None:
+    """Garbage bytes get INVALID_ARGUMENT naming the message type; over 4 MiB gets RESOURCE_EXHAUSTED."""
+    md = auth_metadata(lab.tokens["admin"])
+    async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+        raw = ch.unary_unary("/doctor.v1.FaultManagement/QueryFaults")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw(b"\xff\xff\xff\xff", metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "FaultQueryRequest" in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw(b"\x00" * (5 * 1024 * 1024), metadata=md)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        raw_stream = ch.stream_stream("/doctor.v1.AgentGateway/Connect")
+        call = raw_stream(metadata=auth_metadata(lab.hosts["compute-1"].agent_token))
+        await call.write(b"\xff\xfe")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await assert_still_serving(lab)
+
+
+async def test_resent_events_are_processed_once_and_acked(lab: Lab) -> None:
+    """After a reconnect in the same boot, an agent resends unacked events: the inspector acks them all but
+    acts only on the ones it has not processed yet."""
+    token = lab.hosts["compute-1"].agent_token
+
+    def ev(seq: int, comp: str) -> agent_pb2.Event:
+        return agent_pb2.Event(sequence=seq, state=agent_pb2.ComponentState(
+            component=comp, status=agent_pb2.COMPONENT_STATUS_WARNING, fault_type="compute.host.sensor.warning",
+            severity=common_pb2.SEVERITY_WARNING))
+
+    async def session(events: list[agent_pb2.Event]) -> int:
+        async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+            call = agent_pb2_grpc.AgentGatewayStub(ch).Connect(metadata=auth_metadata(token))
+            await call.write(hello("compute-1", boot="b"))
+            await call.write(agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=events)))
+            async for msg in call:
+                if msg.WhichOneof("kind") == "ack":
+                    call.cancel()
+                    return msg.ack.sequence
+        raise AssertionError("no ack")
+
+    assert await session([ev(1, "sensor:a")]) == 1
+    assert await session([ev(1, "sensor:a"), ev(2, "sensor:b")]) == 2
+    rec = lab.inspector.liveness.hosts["compute-1"]
+    assert rec.last_sequence == 2 and set(rec.components) == {"sensor:a", "sensor:b"}
+    from doctor_common.lab import wait_for
+    await wait_for(lambda: len([a for a in lab.inspector.alarms if a.component.startswith("sensor:")]) == 2, 5,
+                   what="two sensor alarms")
+    logged = await lab.inspector.log.read(0, lab.inspector.log.last_sequence)
+    sensor = [n for n in logged if n.physical_resource_info[0].faults[0].fault_type == "compute.host.sensor.warning"]
+    assert len(sensor) == 2, "each warning notified exactly once, though event 1 was sent twice"
+
+
+async def test_slow_consumer_is_cut_off_without_delaying_others(lab: Lab) -> None:
+    """A subscriber that stops reading is ended with RESOURCE_EXHAUSTED (telling it where to resume) while a
+    reading subscriber receives every notification."""
+    token = lab.tokens["admin"]
+    agent_token = lab.hosts["compute-1"].agent_token
+    # a small HTTP/2 window, so the slow reader's backlog reaches the server's queue quickly
+    slow_ch = grpc.aio.insecure_channel(lab.endpoint, options=[("grpc.http2.bdp_probe", 0)])
+    slow = fault_pb2_grpc.FaultManagementStub(slow_ch).Subscribe(fault_pb2.SubscribeRequest(), metadata=auth_metadata(token))
+    assert (await slow.read()).WhichOneof("kind") == "subscribed"
+    fast_got: list[int] = []
+    async with DoctorClient(lab.endpoint, token) as fast:
+        async def read_fast() -> None:
+            async for msg in fast.subscribe_once():
+                if msg.WhichOneof("kind") == "fault":
+                    fast_got.append(msg.fault.sequence)
+        reader = asyncio.create_task(read_fast())
+        from doctor_common.lab import wait_for
+        await wait_for(lambda: len(lab.inspector.registry) == 2, 5, what="two subscribers")
+        total = 0
+        async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+            report = agent_pb2_grpc.AgentGatewayStub(ch).ReportJson
+            for batch in range(40):  # bursts of 25, each sent once the fast consumer has caught up
+                events = ",".join(
+                    f'{{"time": "2026-01-01T00:00:00", "type": "compute.host.sensor.warning", "details": '
+                    f'{{"hostname": "compute-1", "severity": "warning", "monitor_id": "m{batch}-{i}"}}}}'
+                    for i in range(25))
+                ack = await report(agent_pb2.JsonEventReport(json=f'{{"events": [{events}]}}'),
+                                   metadata=auth_metadata(agent_token))
+                total += ack.accepted
+                await wait_for(lambda: len(fast_got) == total, 10, what="the fast consumer to keep up")
+        # the slow subscriber is cut off; the fast one remains
+        await wait_for(lambda: len(lab.inspector.registry) == 1, 5, what="the slow subscriber to be cut off")
+        reader.cancel()
+    assert fast_got == sorted(fast_got) and len(set(fast_got)) == total
+    # the slow consumer gets what was in flight, then the status telling it where to resume
+    slow_got: list[int] = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        for _ in range(total + 1):
+            msg = await slow.read()
+            if msg is grpc.aio.EOF:
+                await slow
+            slow_got.append(msg.fault.sequence)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "resume_after=" in err.value.details()
+    cursor = int(err.value.details().rsplit("resume_after=", 1)[1])
+    assert slow_got and cursor == slow_got[-1] < total
+    await slow_ch.close()
+    # resuming there loses nothing and repeats nothing
+    async with DoctorClient(lab.endpoint, token) as again:
+        rest: list[int] = []
+        async for msg in again.subscribe_once(resume_after=cursor):
+            if msg.WhichOneof("kind") == "fault":
+                rest.append(msg.fault.sequence)
+                if msg.fault.sequence == fast_got[-1]:
+                    break
+    assert slow_got + rest == fast_got
+    await assert_still_serving(lab)
