@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -188,14 +189,34 @@ class Lab:
 
     # -- fault makers --------------------------------------------------------------------------
 
+    def _set_link(self, host: str, state: str) -> int:
+        """Set the link over netlink; in a thread, since pyroute2's sync API refuses a running event loop."""
+        from pyroute2 import IPRoute
+
+        result: list[int | BaseException] = []
+
+        def act() -> None:
+            try:
+                with IPRoute() as ipr:
+                    index = ipr.link_lookup(ifname=self.hosts[host].link)[0]
+                    t = time.time_ns()  # after the lookup: only the kernel's work is in the measured window
+                    ipr.link("set", index=index, state=state)
+                    result.append(t)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                result.append(exc)
+        worker = threading.Thread(target=act, name="lab-link")
+        worker.start()
+        worker.join(10)
+        if not result or isinstance(result[0], BaseException):
+            raise RuntimeError(f"could not set {host}'s link {state}") from (result[0] if result else None)  # type: ignore[misc]
+        return result[0]
+
     def cut_link(self, host: str) -> int:
         """Take the root-side end of the host's link down; returns when (ns) it was cut."""
-        t = time.time_ns()
-        ip("link", "set", self.hosts[host].link, "down")
-        return t
+        return self._set_link(host, "down")
 
     def restore_link(self, host: str) -> None:
-        ip("link", "set", self.hosts[host].link, "up")
+        self._set_link(host, "up")
 
     def freeze_agent(self, host: str) -> None:
         proc = self.hosts[host].agent_proc
