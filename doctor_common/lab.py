@@ -129,7 +129,7 @@ class Lab:
             f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nliveness_timeout_ms = {self.liveness_timeout_ms}\n'
             f'log_level = "warning"\n\n'
             f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n'
-            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\n\n{self.extra_config}\n{consumers}{agents}')
+            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\nipmi_retry_ms = 20  # virtual BMCs on loopback answer in ~1 ms\n\n{self.extra_config}\n{consumers}{agents}')
         for h in self.hosts.values():
             iface = "eth0" if self.use_netns else "lo"
             (self.dir / f"{h.name}.agent.toml").write_text(

@@ -26,6 +26,7 @@ class InspectorConfig:
     liveness_timeout_s: float = 0.5
     fencing_timeout_s: float = 5.0
     fencing_poll_s: float = 0.002
+    fencing_retry_s: float = 0.05
     queue_limit: int = 1000
     retention: int = 10_000
     resource_refresh_s: float = 30.0
@@ -94,6 +95,7 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
     f = root.section("fencing")
     opts["fencing_timeout_s"] = f.float("timeout_s", 5.0, min=0.1)
     opts["fencing_poll_s"] = f.int("poll_interval_ms", 2, min=1) / 1000
+    opts["fencing_retry_s"] = f.int("ipmi_retry_ms", 50, min=5, max=5000) / 1000
     bmcs = {host: _bmc(s) for host, s in f.table("bmc").items()}
     f.done()
 

@@ -44,7 +44,7 @@ class Inspector:
         self.registry = Registry(cfg.queue_limit)
         self.log = notification_log or MemoryLog(cfg.retention)
         self.publisher = Publisher(self.log, self.registry)
-        self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s)
+        self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s, retry_s=cfg.fencing_retry_s)
         self.responder = Responder(cfg.policy, self.resources, self.controller, self.fencer, self.alarms,
                                    self.publisher, cfg.bmcs)
         self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed)
