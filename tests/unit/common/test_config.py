@@ -51,7 +51,10 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         load_inspector_config(tmp_path / "nope.toml")
 
 
-def test_good_config_loads(tmp_path: Path) -> None:
+async def test_good_config_loads(tmp_path: Path) -> None:
     """The minimal config works and defaults are applied."""
     cfg = load_inspector_config(_write(tmp_path, ""))
-    assert cfg.node_id == "n" and cfg.controller.name == "embedded" and cfg.liveness_timeout_s == 0.5
+    try:
+        assert cfg.node_id == "n" and cfg.controller.name == "embedded" and cfg.liveness_timeout_s == 0.5
+    finally:
+        await cfg.controller.close()

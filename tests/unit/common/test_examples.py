@@ -1,0 +1,46 @@
+"""The example configuration files in examples/ stay valid."""
+
+import shutil
+from pathlib import Path
+
+from agent.config import load_agent_config
+from inspector.config import load_inspector_config
+from inspector.policy import load_policy
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def test_example_policy_loads() -> None:
+    """examples/policy.toml parses and its first rule fences on NIC down."""
+    policy = load_policy(EXAMPLES / "policy.toml")
+    assert policy.rules[0].fences and policy.rules[2].count == 3
+
+
+async def test_example_inspector_config_loads(tmp_path: Path) -> None:
+    """examples/inspector.toml validates once its token files exist (state redirected to a temp dir)."""
+    for name in ("inspector.toml", "inventory.toml", "policy.toml"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    text = (tmp_path / "inspector.toml").read_text()
+    text = text.replace("/var/lib/doctor/embedded.sqlite", str(tmp_path / "state.sqlite"))
+    text = text.replace("/etc/doctor/tokens/", str(tmp_path) + "/tok-")
+    (tmp_path / "inspector.toml").write_text(text)
+    inv = (tmp_path / "inventory.toml").read_text().replace("/etc/doctor/bmc/", str(tmp_path) + "/bmc-")
+    (tmp_path / "inventory.toml").write_text(inv)
+    for name in ("tok-epc-vnfm", "tok-noc", "tok-agent-compute-1", "tok-agent-compute-2",
+                 "bmc-compute-1.pass", "bmc-compute-2.pass"):
+        (tmp_path / name).write_text(name)
+    cfg = load_inspector_config(tmp_path / "inspector.toml")
+    try:
+        assert cfg.controller.name == "embedded" and cfg.fencing_retry_s == 0.05
+        assert len(await cfg.controller.list_hosts()) == 2
+    finally:
+        await cfg.controller.close()
+
+
+def test_example_agent_config_loads(tmp_path: Path) -> None:
+    """examples/agent.toml validates once its token file exists."""
+    text = (EXAMPLES / "agent.toml").read_text().replace("/etc/doctor/agent.token", str(tmp_path / "t"))
+    (tmp_path / "t").write_text("token")
+    (tmp_path / "agent.toml").write_text(text)
+    cfg = load_agent_config(tmp_path / "agent.toml")
+    assert cfg.host_id == "compute-1" and len(cfg.endpoints) == 2
