@@ -149,15 +149,20 @@ class Lab:
             ip("-n", h.netns, "link", "set", "lo", "up")
             ip("-n", h.netns, "link", "set", "eth0", "up")
 
-    async def start_bmc(self, h: LabHost, power: str = "on") -> None:
+    async def start_bmc(self, h: LabHost, power: str = "on", attempts: int = 5) -> None:
+        """Start the host's virtual BMC; a port taken since it was picked gets a fresh one."""
         env = dict(os.environ, VBMC_PASSWORD=self.bmc_password)
-        h.bmc_proc = await asyncio.create_subprocess_exec(
-            PY, "-m", "doctor_common.vbmc", "--port", str(h.bmc_port), "--state-file", str(h.bmc_state),
-            "--power", power, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        assert h.bmc_proc.stdout is not None
-        line = await asyncio.wait_for(h.bmc_proc.stdout.readline(), 15)
-        if b"listening" not in line:
-            raise RuntimeError(f"virtual BMC of {h.name} did not start: {line!r}")
+        for _ in range(attempts):
+            h.bmc_proc = await asyncio.create_subprocess_exec(
+                PY, "-m", "doctor_common.vbmc", "--port", str(h.bmc_port), "--state-file", str(h.bmc_state),
+                "--power", power, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            assert h.bmc_proc.stdout is not None
+            line = await asyncio.wait_for(h.bmc_proc.stdout.readline(), 15)
+            if b"listening" in line:
+                return
+            await h.bmc_proc.wait()
+            h.bmc_port = free_port(socket.SOCK_DGRAM)
+        raise RuntimeError(f"virtual BMC of {h.name} did not start after {attempts} attempts")
 
     async def start_agent(self, h: LabHost) -> None:
         cmd = [PY, "-m", "agent.main", "--config", str(self.dir / f"{h.name}.agent.toml")]
@@ -171,10 +176,11 @@ class Lab:
         from inspector.config import load_inspector_config
         from inspector.core import Inspector
 
+        # BMCs first: the inventory names the ports they really bound
+        await asyncio.gather(*(self.start_bmc(h) for h in self.hosts.values()))
         cfg_path = self.write_files()
         if self.use_netns:
             self.setup_netns()
-        await asyncio.gather(*(self.start_bmc(h) for h in self.hosts.values()))
         self.inspector = Inspector(load_inspector_config(cfg_path))
         await self.inspector.start()
         if agents:
