@@ -147,3 +147,27 @@ async def test_enable_host_clears_the_incident(make_lab) -> None:  # type: ignor
     await wait_for(lambda: len(c.faults) == 2, 10, what="cleared notification")
     assert c.faults[1].virtual_resource_info[0].faults[0].state == common_pb2.ALARM_STATE_CLEARED
     assert not (await c.client.query_faults()).virtual_resource_info
+
+
+async def test_doctorctl_profile_shows_the_faults_stages(make_lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After a real fault, `doctorctl profile` prints its timeline and the seeds' per-stage table over Diagnostics."""
+    import asyncio
+    import sys
+
+    lab = await make_lab(hosts=1, servers_per_host=1, projects=("project-a",))
+    c = await make_lab.consumer(lab, "project-a")
+    lab.cut_link("compute-1")
+    await wait_for(lambda: c.faults, 10, what="notification")
+    tok = tmp_path / "admin.token"
+    tok.write_text(lab.tokens["admin"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "doctor_common.ctl", "--endpoint", lab.endpoint, "--token-file", str(tok), "profile",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "compute.host.nic.down" in text and "fenced yes" in text
+    table = text.split("per stage")[1]
+    for stage in ("fenced", "marked_down", "servers_updated", "published", "received"):
+        assert stage in table
+    assert "total" in table and "%" in table
