@@ -17,6 +17,7 @@ class AgentConfig:
     token: str | None = field(default=None, repr=False)
     heartbeat_interval_s: float = 0.1
     max_backoff_s: float = 2.0
+    keepalive_ms: int = 200
     log_level: str = "info"
     checkers: tuple[Any, ...] = ()  # built Checker instances
     path: str = ""
@@ -37,6 +38,7 @@ def load_agent_config(path: Path | str) -> AgentConfig:
         token=a.secret("token"),
         heartbeat_interval_s=a.int("heartbeat_interval_ms", 100, min=10, max=60000) / 1000,
         max_backoff_s=a.float("max_backoff_s", 2.0, min=0.1),
+        keepalive_ms=a.int("keepalive_ms", 200, min=50, max=600_000),
         log_level=a.choice("log_level", ("debug", "info", "warning", "error"), "info"),
     )
     a.done()

@@ -118,7 +118,8 @@ class Agent:
         self.watchdog_period_s = watchdog_period_s
         first, most = checker_backoff_s
         self.supervisors = [Supervisor(c, self.state, self.liveness, most, first) for c in cfg.checkers]
-        self.link = AgentLink(self.state, cfg.endpoints, cfg.token, cfg.heartbeat_interval_s, cfg.max_backoff_s)
+        self.link = AgentLink(self.state, cfg.endpoints, cfg.token, cfg.heartbeat_interval_s, cfg.max_backoff_s,
+                              keepalive_ms=cfg.keepalive_ms)
         self.ready = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 

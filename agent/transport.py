@@ -30,12 +30,13 @@ _CONFIG_ERRORS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DE
 class AgentLink:
     def __init__(self, state: AgentState, endpoints: tuple[str, ...], token: str | None,
                  heartbeat_interval_s: float = 0.1, max_backoff_s: float = 2.0,
-                 beat: Callable[[], None] | None = None) -> None:
+                 beat: Callable[[], None] | None = None, keepalive_ms: int = 200) -> None:
         self.state = state
         self.beat = beat or (lambda: None)  # liveness for the watchdog: called on every turn of the loops
         self.endpoints = list(endpoints)
         self.token = token
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.keepalive_ms = keepalive_ms  # HTTP/2 pings that notice a hung inspector (and cost CPU)
         self.max_backoff_s = max_backoff_s
         self.connected = asyncio.Event()
         self.connects = 0
@@ -74,7 +75,7 @@ class AgentLink:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _session(self, target: str) -> None:
-        async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
+        async with grpc.aio.insecure_channel(target, options=channel_options(self.keepalive_ms)) as channel:
             stub = agent_pb2_grpc.AgentGatewayStub(channel)
             call = stub.Connect(metadata=auth_metadata(self.token), wait_for_ready=False)
             self._call = call
@@ -89,6 +90,8 @@ class AgentLink:
             self.connected.set()
             log.info("connected to inspector %s (boot %s, %d pending events)", target, self.state.boot_id, len(pending))
             reader = asyncio.create_task(self._read(call))
+            reader.add_done_callback(lambda _: self.state.changed.set())  # wakes the loop below
+            heartbeat = agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat())
             try:
                 while not reader.done():
                     self.beat()
@@ -99,12 +102,13 @@ class AgentLink:
                         await call.write(agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=fresh)))
                         sent_up_to = fresh[-1].sequence
                         continue
-                    waiter = asyncio.create_task(self.state.changed.wait())
-                    done, _ = await asyncio.wait({waiter, reader}, timeout=self.heartbeat_interval_s,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    if not done:
-                        await call.write(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(sent_unix_nanos=now_ns())))
+                    # no helper task per turn: an idle agent's cost is its heartbeats (docs/agent.md)
+                    try:
+                        async with asyncio.timeout(self.heartbeat_interval_s):
+                            await self.state.changed.wait()
+                    except TimeoutError:
+                        heartbeat.heartbeat.sent_unix_nanos = now_ns()
+                        await call.write(heartbeat)
                 await reader  # re-raise the stream's end
             finally:
                 reader.cancel()

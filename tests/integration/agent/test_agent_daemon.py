@@ -19,6 +19,7 @@ from agent.checkers.base import Status
 from agent.config import load_agent_config
 from agent.main import Agent
 from doctor_common.api import agent_pb2, agent_pb2_grpc
+from doctor_common.grpcutil import server_options
 
 from .conftest import Procs, Vbmc, unique
 
@@ -45,7 +46,7 @@ class Gateway(agent_pb2_grpc.AgentGatewayServicer):
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=server_options())  # as the inspector: permits the agent's pings
     gw = Gateway()
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(gw, server)
     port = server.add_insecure_port("127.0.0.1:0")
