@@ -27,7 +27,8 @@ which are crossed, ``m`` scales the one-byte raw reading); one with
 IPMI table 42-3, e.g. power supply 0 present / 1 failure / 2 predictive
 failure, memory 0 correctable ECC / 1 uncorrectable ECC, processor 0 IERR /
 7 present). ``absent`` answers "not present" (pyghmi skips the sensor),
-``unavailable`` sets the reading-unavailable bit. SEL entries name a sensor
+``unavailable`` sets the reading-unavailable bit; ``"sel_supported": false``
+makes every SEL command answer "invalid command". SEL entries name a sensor
 and an event offset; record ids are their position + 1. A SEL that is no
 longer an extension of the previous one counts as erased (Get SEL Info's
 erase time changes), as after ``ipmitool sel clear``.
@@ -73,10 +74,11 @@ _THRESHOLDS = (("lnc", 0, 0), ("lc", 1, 2), ("lnr", 2, 4), ("unc", 3, 7), ("uc",
 _THRESHOLD_ORDER = ("unr", "uc", "unc", "lnr", "lc", "lnc")  # SDR bytes 37-42
 
 
-def write_sensors(path: Path, sensors: list[dict[str, Any]], sel: list[dict[str, Any]] | None = None) -> None:
+def write_sensors(path: Path, sensors: list[dict[str, Any]], sel: list[dict[str, Any]] | None = None,
+                  **extra: Any) -> None:
     """Replace the sensors file atomically (the BMC never reads half a file)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"sensors": sensors, "sel": sel or []}))
+    tmp.write_text(json.dumps({"sensors": sensors, "sel": sel or [], **extra}))
     os.replace(tmp, path)
 
 
@@ -162,6 +164,7 @@ class VirtualBmc(ipmi_bmc.Bmc):
         self.sel: list[bytes] = []
         self._sel_keys: list[str] = []
         self.sel_added = self.sel_erased = 0
+        self.sel_supported = True
         self._write()
         self._reload()
 
@@ -191,10 +194,12 @@ class VirtualBmc(ipmi_bmc.Bmc):
             data = json.loads(self.sensors_file.read_text())
             sensors = [_Sensor(spec, i + 1) for i, spec in enumerate(data.get("sensors", []))]
             sel_specs = list(data.get("sel", []))
+            sel_supported = data.get("sel_supported", True) is not False
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"vbmc: ignoring bad {self.sensors_file}: {exc}", file=sys.stderr, flush=True)
             return
         self._file_key = key
+        self.sel_supported = sel_supported
         self.sensors = sensors
         self.sdrs = [s.sdr(i + 1) for i, s in enumerate(sensors)]
         self.sdr_stamp = zlib.crc32(b"".join(self.sdrs))  # pyghmi caches SDRs per (device, this stamp)
@@ -267,6 +272,8 @@ class VirtualBmc(ipmi_bmc.Bmc):
             return 0, [0x01, 0x00]
         if command == 0x23:  # Get SDR
             return self._record(self.sdrs, data)
+        if 0x40 <= command <= 0x48 and not self.sel_supported:
+            return 0xC1, []  # a BMC without a SEL
         if command == 0x40:  # Get SEL Info
             free = max(0, 0xFFFF - 16 * len(self.sel))
             return 0, list(struct.pack("<BHHIIB", 0x51, len(self.sel), free, self.sel_added, self.sel_erased, 0x0A))

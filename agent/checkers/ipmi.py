@@ -204,6 +204,7 @@ class _Poll:
     sensors: list[Any]
     sel_key: tuple[int, int, int] | None = None
     sel: list[dict[str, Any]] | None = None  # the whole SEL, fetched only when Get SEL Info changed
+    sel_error: str = ""  # the BMC answered the sensors but not the SEL
 
 
 class BmcCheck(Check):
@@ -215,16 +216,23 @@ class BmcCheck(Check):
         self.categories = categories
         self.ignore = set(ignore)
         self.sel = sel
+        self.sel_error = ""
 
     def _poll(self, cmd: Any) -> _Poll:  # in the worker thread
         poll = _Poll([s for s in cmd.get_sensor_data()
                       if s.name not in self.ignore and category(s.type) in self.categories])
         if self.sel is not None:
-            data = bytes(cmd.xraw_command(netfn=0x0A, command=0x40)["data"])  # Get SEL Info
-            count, _free, added, erased = struct.unpack_from("<HHII", data, 1)
-            poll.sel_key = (count, added, erased)
-            if self.sel.changed(poll.sel_key):
-                poll.sel = list(cmd.get_event_log()) if count else []
+            from pyghmi.exceptions import IpmiException
+            try:
+                data = bytes(cmd.xraw_command(netfn=0x0A, command=0x40)["data"])  # Get SEL Info
+                count, _free, added, erased = struct.unpack_from("<HHII", data, 1)
+                poll.sel_key = (count, added, erased)
+                if self.sel.changed(poll.sel_key):
+                    poll.sel = list(cmd.get_event_log()) if count else []
+            except (IpmiException, struct.error) as exc:
+                if "no longer connected" in str(exc):
+                    raise  # the session broke: the BMC, not its SEL, is the problem
+                poll.sel_error = f"{type(exc).__name__}: {exc}"
         return poll
 
     async def probe(self) -> list[Reading]:
@@ -233,6 +241,10 @@ class BmcCheck(Check):
         readings += [sensor_reading(s) for s in poll.sensors]
         if self.sel is not None and poll.sel is not None and poll.sel_key is not None:
             readings += self.sel.update(poll.sel_key, poll.sel)
+        if poll.sel_error != self.sel_error:
+            if poll.sel_error:  # said once per change: a BMC without a SEL must not flood the journal
+                log.warning("BMC %s answers sensors but not its SEL: %s", self.target, poll.sel_error)
+            self.sel_error = poll.sel_error
         return readings
 
     def failed(self, why: str) -> list[Reading]:

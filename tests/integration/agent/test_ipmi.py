@@ -11,6 +11,7 @@ from agent.checkers.base import Status
 from agent.checkers.ipmi import UNREACHABLE, IpmiChecker
 from doctor_common.api import common_pb2
 from doctor_common.config import Section
+from doctor_common.vbmc import write_sensors
 from tests.conftest import free_port
 
 from .conftest import Levels, Vbmc
@@ -98,3 +99,16 @@ async def test_no_bmc_at_all_is_reported_fast(tmp_path: Any, levels: Callable[[A
     async with levels(IpmiChecker.from_config(sec, "h1")) as lv:
         now = await lv.until(lambda n: "ipmi:bmc" in n, timeout=2)
         assert now["ipmi:bmc"].fault_type == UNREACHABLE
+
+
+async def test_a_bmc_without_a_sel_still_reports_its_sensors(vbmc: Vbmc, levels: Callable[[Any], Levels]) -> None:
+    """SEL commands refused: the BMC is not called unreachable and sensor faults still come through."""
+    write_sensors(vbmc.sensors_file, vbmc.sensors, [], sel_supported=False)
+    checker = IpmiChecker.from_config(vbmc.section(), "h1")
+    async with levels(checker) as lv:
+        await lv.until(lambda n: "ipmi:CPU1" in n)
+        next(s for s in vbmc.sensors if s["name"] == "CPU1 Temp")["value"] = 95
+        write_sensors(vbmc.sensors_file, vbmc.sensors, [], sel_supported=False)
+        now = await lv.until(lambda n: n["ipmi:CPU1 Temp"].status == Status.FAULT)
+        assert now["ipmi:bmc"].status == Status.OK and checker.stats["bmc"].failures == 0
+        assert "Invalid command" in checker.checks[0].sel_error  # type: ignore[attr-defined]
