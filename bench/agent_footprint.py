@@ -223,7 +223,6 @@ async def measure(seconds: float, only: set[str] | None = None, agent_keys: str 
                 "pss_mb": round(last.pss / 2**20, 1), "cpu_pct": round(100 * own / wall, 3),
                 "cpu_children_pct": round(100 * children / wall, 3), "ready_s": round(ready_s, 2),
                 "threads": ps.num_threads(), "events": gw.events, "heartbeats": gw.heartbeats,
-                "components": len(gw.hello.components) if gw.hello else 0,
                 "target_rss_mb": TARGET_RSS_MB, "target_cpu_pct": TARGET_CPU_PCT,
                 "ok": peak_rss / 2**20 < TARGET_RSS_MB and 100 * own / wall < TARGET_CPU_PCT,
             }
@@ -265,8 +264,7 @@ def main() -> int:
         result["server_keepalive_ms"] = args.server_keepalive_ms
     print(f"peak RSS {result['rss_mb']} MB (target < {TARGET_RSS_MB:g}), USS {result['uss_mb']} MB, "
           f"CPU {result['cpu_pct']}% of one core (target < {TARGET_CPU_PCT:g}), "
-          f"check scripts {result['cpu_children_pct']}%; {result['components']} components, "
-          f"{result['heartbeats']} heartbeats")
+          f"check scripts {result['cpu_children_pct']}%; {result['heartbeats']} heartbeats")
     print(json.dumps(result))
     return 0
 
