@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from doctor_common.systemd import SystemdNotifier
 from tests.conftest import free_port
 
 
-async def wait_until(cond, timeout: float = 5.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not cond():
             await asyncio.sleep(0.005)
