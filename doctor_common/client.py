@@ -1,15 +1,18 @@
 """A small asyncio client for consumers and operators (doctorctl is built on it).
 
 ``subscribe`` keeps a subscription alive across disconnects: it reconnects
-with backoff and resumes after the last sequence it delivered, so a caller
-sees every notification once, in order.
+with backoff and resumes after the last sequence it delivered (and names its
+subscription, so a new leader recognises it), so a caller sees every
+notification once, in order. Given several endpoints (the inspector
+replicas), it follows a follower's ``doctor-leader`` hint and otherwise moves
+on to the next endpoint when the current one fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -31,8 +34,9 @@ def leader_hint(exc: grpc.aio.AioRpcError) -> str | None:
 
 
 class DoctorClient:
-    def __init__(self, endpoint: str, token: str | None = None) -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str | Sequence[str], token: str | None = None) -> None:
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self.endpoint = self.endpoints[0]
         self.token = token
         self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
         self._md = auth_metadata(token)
@@ -52,6 +56,12 @@ class DoctorClient:
         self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
         asyncio.get_running_loop().create_task(old.close())
 
+    def _next_endpoint(self) -> None:
+        """The current endpoint failed without naming a leader: try the next replica."""
+        if len(self.endpoints) > 1:
+            i = self.endpoints.index(self.endpoint) if self.endpoint in self.endpoints else -1
+            self._switch(self.endpoints[(i + 1) % len(self.endpoints)])
+
     @property
     def faults(self) -> fault_pb2_grpc.FaultManagementStub:
         return fault_pb2_grpc.FaultManagementStub(self._channel)
@@ -64,10 +74,11 @@ class DoctorClient:
         return await self.faults.GetServerHostStatus(fault_pb2.ServerHostStatusRequest(server_id=server_id),
                                                      metadata=self._md, timeout=timeout)
 
-    async def subscribe_once(self, flt: fault_pb2.SubscribeFilter | None = None,
-                             resume_after: int = 0) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
+    async def subscribe_once(self, flt: fault_pb2.SubscribeFilter | None = None, resume_after: int = 0,
+                             subscription_id: str = "") -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
         """One subscription stream, as the server sends it (errors propagate)."""
-        call = self.faults.Subscribe(fault_pb2.SubscribeRequest(filter=flt, resume_after=resume_after),
+        call = self.faults.Subscribe(fault_pb2.SubscribeRequest(filter=flt, resume_after=resume_after,
+                                                                subscription_id=subscription_id),
                                      metadata=self._md)
         try:
             async for msg in call:
@@ -81,14 +92,17 @@ class DoctorClient:
                         max_backoff_s: float = 2.0) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
         """Like subscribe_once, but reconnects and resumes; follows the leader hint of a follower."""
         cursor = resume_after
+        subscription_id = ""
         backoff = 0.05
         while True:
             try:
-                async for msg in self.subscribe_once(flt, cursor):
+                async for msg in self.subscribe_once(flt, cursor, subscription_id):
                     if msg.WhichOneof("kind") == "fault":
                         cursor = msg.fault.sequence
-                    elif cursor == 0:
-                        cursor = msg.subscribed.last_sequence  # from now on, resume from the snapshot's position
+                    else:
+                        subscription_id = msg.subscribed.subscription_id
+                        if cursor == 0:
+                            cursor = msg.subscribed.last_sequence  # from now on, resume from the snapshot's position
                     backoff = 0.05
                     yield msg
             except grpc.aio.AioRpcError as exc:
@@ -98,6 +112,8 @@ class DoctorClient:
                 if leader and leader != self.endpoint:
                     self._switch(leader)
                     continue
+                if not leader:  # a hint naming this endpoint: it is about to lead, stay
+                    self._next_endpoint()
                 log.info("subscription interrupted (%s); resuming after %d", exc.code().name, cursor)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff_s)

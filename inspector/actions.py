@@ -1,11 +1,13 @@
 """What the leader does about a fault: policy, correlation, fencing, controller updates, notification.
 
-For a fencing rule the recovery runs: look up the host's servers and ports
-(cached) while the BMC powers the host off; once the power-off is confirmed,
-mark the host down, set its servers to error and its ports' data plane down
-concurrently; then publish one notification to the owners and administrators.
-A host that cannot be fenced is still reported, with that fact, and nothing
-is declared down (DESIGN principle 2). Every stage is stamped on the timeline.
+For a fencing rule the recovery (``inspector/recovery.py``) runs: look up
+the host's servers and ports (cached) while the BMC powers the host off; once
+the power-off is confirmed, mark the host down, set its servers to error and
+its ports' data plane down concurrently; then publish one notification to the
+owners and administrators. A host that cannot be fenced is still reported,
+with that fact, and nothing is declared down (DESIGN principle 2). Every
+stage is stamped on the timeline. Each alarm change is persisted with the
+notification announcing it (``durable.publish_ops``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from controller_adapter.base import Bmc, Controller, ControllerError, HostStatus, ServerState, Unsupported
+from typing import Any
+
+from controller_adapter.base import Bmc, Controller, HostStatus, ServerState
 from doctor_common.api import common_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.timeline import Stage, now_ns, stamp
 from inspector.alarms import Alarm, AlarmStore, new_fault
 from inspector.correlate import ResourceMap
+from inspector.durable import NullDurable
+from inspector.etcd_store import Step
 from inspector.fencing import IpmiFencer
 from inspector.policy import Policy, Rule
+from inspector.recovery import Recovery
 from notifier.server import Publisher
 
 log = logging.getLogger("doctor.inspector.actions")
@@ -52,7 +59,9 @@ class Trigger:
 
 class Responder:
     def __init__(self, policy: Policy, resources: ResourceMap, controller: Controller, fencer: IpmiFencer,
-                 alarms: AlarmStore, publisher: Publisher, bmcs: dict[str, Bmc] | None = None) -> None:
+                 alarms: AlarmStore, publisher: Publisher, bmcs: dict[str, Bmc] | None = None,
+                 durable: NullDurable | None = None) -> None:
+        self.durable = durable or NullDurable()
         self.policy = policy
         self.resources = resources
         self.controller = controller
@@ -62,6 +71,7 @@ class Responder:
         self.bmcs = bmcs or {}
         self.timelines: deque[diagnostics_pb2.FaultTimeline] = deque(maxlen=200)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.recovery = Recovery(self)
 
     def bmc_for(self, host: str) -> Bmc | None:
         """The inspector's own config wins over what the controller knows."""
@@ -70,7 +80,7 @@ class Responder:
         h = self.resources.hosts.get(host)
         return h.bmc if h else None
 
-    def _lock(self, host: str) -> asyncio.Lock:
+    def lock(self, host: str) -> asyncio.Lock:
         return self._locks.setdefault(host, asyncio.Lock())
 
     # -- entry points ----------------------------------------------------------------------
@@ -80,7 +90,7 @@ class Responder:
         if rule is None:
             log.debug("no rule acts on %s from %s", t.fault_type, t.host)
             return
-        async with self._lock(t.host):
+        async with self.lock(t.host):
             incident = self.alarms.incident(t.host)
             if incident is not None:
                 # derived from the root cause being handled: correlated, not notified again
@@ -88,28 +98,30 @@ class Responder:
                 incident.fault.changed_time_unix_nanos = now_ns()
                 return
             if rule.fences:
-                await self._recover(t, rule)
+                await self.recovery.start(t, rule)
             else:
                 await self._notify_only(t, rule)
 
     async def clear(self, host: str, component: str) -> None:
         """A component is healthy again: clear its (non-fencing) alarm."""
-        async with self._lock(host):
+        async with self.lock(host):
             alarm = self.alarms.by_component(host, component)
             if alarm is not None:
+                self.durable.check()
                 self.alarms.clear(alarm.id)
-                await self._publish(alarm, common_pb2.Timeline())
+                await self.publish(alarm, common_pb2.Timeline(), cleared=True)
 
     async def enable_host(self, host: str) -> list[Alarm]:
         """The administrator declares the host repaired: lift forced-down, clear its alarms."""
-        async with self._lock(host):
+        async with self.lock(host):
+            self.durable.check()
             await self.controller.force_down(host, False)
             self.resources.set_host(host, forced_down=False)
             cleared = []
             for alarm in self.alarms.on_host(host):
                 self.alarms.clear(alarm.id)
                 cleared.append(alarm)
-                await self._publish(alarm, common_pb2.Timeline())
+                await self.publish(alarm, common_pb2.Timeline(), cleared=True)
             return cleared
 
     # -- the two kinds of response ---------------------------------------------------------
@@ -129,86 +141,18 @@ class Responder:
                           servers=[] if admin_only else self.resources.servers_on(t.host),
                           ports=[] if admin_only else self.resources.ports_on(t.host))
             self.alarms.add(alarm)
-        tl = self._start_timeline(t)
+        tl = self.start_timeline(t)
         stamp(tl, Stage.STAGE_CORRELATED)
-        await self._publish(alarm, tl)
-
-    async def _recover(self, t: Trigger, rule: Rule) -> None:
-        tl = self._start_timeline(t)
-        fault = new_fault(t.host, t.fault_type, t.severity, t.observed_ns or now_ns(),
-                          t.description or t.fault_type, dict(t.details))
-        alarm = Alarm(t.host, t.component, fault, fences=True, timeline=tl)
-        self.alarms.add(alarm)  # QueryFaults sees it from now on
-        fencing = asyncio.create_task(self.fencer.fence(t.host, self.bmc_for(t.host)))
-        alarm.servers = self.resources.servers_on(t.host)
-        alarm.ports = self.resources.ports_on(t.host)
-        stamp(tl, Stage.STAGE_CORRELATED)
-        result = await fencing
-        alarm.fenced, alarm.fencing_error = result.ok, result.error
-        fault.fault_details["fenced"] = "true" if result.ok else "false"
-        if result.ok:
-            stamp(tl, Stage.STAGE_FENCED)
-            jobs = []
-            if "mark_down" in rule.actions:
-                jobs.append(self._mark_down(t.host, fault, tl))
-            if "reset_servers" in rule.actions and alarm.servers:
-                jobs.append(self._servers_error(alarm, tl))
-            if "ports_down" in rule.actions and alarm.ports:
-                jobs.append(self._ports_down(alarm))
-            await asyncio.gather(*jobs)
-        else:
-            fault.fault_details["fencing_error"] = result.error
-            log.error("host %s is faulty but NOT fenced: reported, not marked down (%s)", t.host, result.error)
-        await self._publish(alarm, tl)
-        self.timelines.appendleft(diagnostics_pb2.FaultTimeline(
-            fault_id=fault.fault_id, host_id=t.host, fault_type=t.fault_type, timeline=tl,
-            servers=len(alarm.servers), fenced=result.ok))
+        await self.publish(alarm, tl)
 
     @staticmethod
-    def _start_timeline(t: Trigger) -> common_pb2.Timeline:
+    def start_timeline(t: Trigger) -> common_pb2.Timeline:
         tl = common_pb2.Timeline()
         for stage, at in ((Stage.STAGE_OBSERVED, t.observed_ns), (Stage.STAGE_SENT, t.sent_ns),
                           (Stage.STAGE_RECEIVED, t.received_ns)):
             if at:
                 stamp(tl, stage, at)
         return tl
-
-    async def _mark_down(self, host: str, fault: common_pb2.Fault, tl: common_pb2.Timeline) -> None:
-        try:
-            await self.controller.force_down(host, True)
-            self.resources.set_host(host, forced_down=True)
-            stamp(tl, Stage.STAGE_MARKED_DOWN)
-        except ControllerError as exc:
-            fault.fault_details["mark_down_error"] = str(exc)
-            log.error("host %s fenced but could not be marked down: %s", host, exc)
-
-    async def _servers_error(self, alarm: Alarm, tl: common_pb2.Timeline) -> None:
-        ids = [s.id for s in alarm.servers]
-        try:
-            failed = await self.controller.reset_servers_state(ids, ServerState.ERROR)
-        except ControllerError as exc:
-            failed = {i: exc for i in ids}
-        self.resources.set_servers_state([i for i in ids if i not in failed], ServerState.ERROR)
-        alarm.servers = self.resources.servers_on(alarm.host) or alarm.servers
-        if failed:
-            alarm.fault.fault_details["servers_error_failed"] = ",".join(sorted(failed))
-            log.error("host %s: %d servers could not be set to error: %s", alarm.host, len(failed),
-                      next(iter(failed.values())))
-        stamp(tl, Stage.STAGE_SERVERS_UPDATED)
-
-    async def _ports_down(self, alarm: Alarm) -> None:
-        ids = [p.id for p in alarm.ports]
-        try:
-            failed = await self.controller.set_ports_data_plane_status(ids, "DOWN")
-        except Unsupported as exc:
-            alarm.fault.fault_details["ports_down"] = f"unsupported: {exc}"
-            return
-        except ControllerError as exc:
-            failed = {i: exc for i in ids}
-        self.resources.set_ports_status([i for i in ids if i not in failed], "DOWN")
-        alarm.ports = self.resources.ports_on(alarm.host) or alarm.ports
-        if failed:
-            alarm.fault.fault_details["ports_down_failed"] = ",".join(sorted(failed))
 
     # -- notification ----------------------------------------------------------------------
 
@@ -229,7 +173,10 @@ class Responder:
             return "maintenance"
         return "normal"
 
-    async def _publish(self, alarm: Alarm, tl: common_pb2.Timeline) -> None:
+    async def publish(self, alarm: Alarm, tl: common_pb2.Timeline, *, cleared: bool = False,
+                      step: Step | None = None, detail: dict[str, Any] | None = None) -> None:
+        """Announce the alarm's state; persist it (and the journal ``step``, if any) with the notification."""
+        ops = self.durable.publish_ops(alarm, cleared=cleared, step=step, detail=detail)
         hs = self.host_status(alarm.host)
         virtual = []
         for s in alarm.servers:
@@ -250,5 +197,5 @@ class Responder:
             event_time_unix_nanos=alarm.fault.event_time_unix_nanos, virtual_resource_info=virtual,
             physical_resource_info=[physical], fenced=alarm.fenced, fencing_error=alarm.fencing_error)
         n.timeline.CopyFrom(tl)
-        await self.publisher.publish(n)
+        await self.publisher.publish(n, also=ops)
         tl.CopyFrom(n.timeline)  # keep the published stamp for Diagnostics

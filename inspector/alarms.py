@@ -7,8 +7,11 @@ their managed object's fault, so a consumer can tell they share one cause.
 
 from __future__ import annotations
 
+import base64
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from controller_adapter.base import Port, Server
 from doctor_common.api import common_pb2
@@ -40,6 +43,27 @@ class Alarm:
         return f
 
 
+def alarm_to_json(alarm: Alarm) -> dict[str, Any]:
+    """What a new leader needs to carry on with the alarm (resources by id: it re-reads them)."""
+    return {"host": alarm.host, "component": alarm.component, "fences": alarm.fences, "admin_only": alarm.admin_only,
+            "fenced": alarm.fenced, "fencing_error": alarm.fencing_error,
+            "servers": [s.id for s in alarm.servers], "ports": [p.id for p in alarm.ports],
+            "fault": base64.b64encode(alarm.fault.SerializeToString()).decode(),
+            "timeline": base64.b64encode(alarm.timeline.SerializeToString()).decode()}
+
+
+def alarm_from_json(d: dict[str, Any], server: Callable[[str], Server | None],
+                    port: Callable[[str], Port | None]) -> Alarm:
+    """The inverse of ``alarm_to_json``; ``server``/``port`` look ids up in the current resource map."""
+    servers = [x for x in (server(i) for i in d.get("servers", [])) if x is not None]
+    ports = [x for x in (port(i) for i in d.get("ports", [])) if x is not None]
+    return Alarm(host=d["host"], component=d.get("component", ""),
+                 fault=common_pb2.Fault.FromString(base64.b64decode(d["fault"])), fences=bool(d.get("fences")),
+                 servers=servers, ports=ports, admin_only=bool(d.get("admin_only")), fenced=bool(d.get("fenced")),
+                 fencing_error=d.get("fencing_error", ""),
+                 timeline=common_pb2.Timeline.FromString(base64.b64decode(d.get("timeline", ""))))
+
+
 def new_fault(host: str, fault_type: str, severity: int, event_ns: int, probable_cause: str,
               details: dict[str, str]) -> common_pb2.Fault:
     now = now_ns()
@@ -56,6 +80,10 @@ class AlarmStore:
 
     def add(self, alarm: Alarm) -> None:
         self._alarms[alarm.id] = alarm
+
+    def replace(self, alarms: list[Alarm]) -> None:
+        """Every active alarm at once (a new term loads them from etcd; a follower holds none)."""
+        self._alarms = {a.id: a for a in alarms}
 
     def get(self, alarm_id: str) -> Alarm | None:
         return self._alarms.get(alarm_id)

@@ -11,6 +11,7 @@ from controller_adapter import backend_class
 from controller_adapter.base import Bmc
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.config import ConfigError, Section
+from inspector.etcd_config import EtcdConfig
 from inspector.policy import Policy, default_policy, load_policy
 
 
@@ -32,6 +33,11 @@ class InspectorConfig:
     resource_refresh_s: float = 30.0
     log_level: str = "info"
     path: str = ""
+    etcd: EtcdConfig | None = None       # None: standalone (not highly available)
+    advertise: str = ""                  # the endpoint consumers and tools are sent to when this replica leads
+    advertise_agents: str = ""           # the endpoint agents are redirected to (default: advertise)
+    takeover_grace_s: float = 10.0       # a new leader waits this long for agents that were connected before
+    subscription_expiry_s: float = 86400.0
 
 
 def _bmc(s: Section) -> Bmc:
@@ -65,6 +71,19 @@ def _auth(a: Section) -> TokenAuth:
     return TokenAuth(consumers, agents, anonymous)
 
 
+def _advertise(i: Section, listen: list[str]) -> str:
+    """A replicated inspector must tell agents and consumers where it is: its first TCP address, if specific."""
+    for address in listen:
+        if address.startswith("unix:"):
+            continue
+        host = address.rpartition(":")[0].strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            raise i.error("advertise", f"listen address {address!r} is a wildcard: give the address other replicas, "
+                                       "agents and consumers reach this one at (advertise = \"10.0.0.1:50051\")")
+        return address
+    raise i.error("advertise", "with [etcd], give the host:port consumers reach this replica at")
+
+
 def load_inspector_config(path: Path | str) -> InspectorConfig:
     root = Section.load(path)
     i = root.section("inspector", required=True)
@@ -81,6 +100,9 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
     )
     if opts["liveness_timeout_s"] * 1000 < 2 * opts["heartbeat_interval_ms"]:
         raise i.error("liveness_timeout_ms", "must be at least twice heartbeat_interval_ms")
+    opts["advertise"] = i.str("advertise", "")
+    opts["advertise_agents"] = i.str("advertise_agents", "")
+    opts["takeover_grace_s"] = i.int("takeover_grace_ms", 10_000, min=0) / 1000
     i.done()
 
     c = root.section("controller")
@@ -102,7 +124,13 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
     n = root.section("notifier")
     opts["queue_limit"] = n.int("queue_limit", 1000, min=1)
     opts["retention"] = n.int("retention", 10_000, min=1)
+    opts["subscription_expiry_s"] = n.float("subscription_expiry_s", 86400.0, min=1.0)
     n.done()
+
+    if "etcd" in root.data:
+        opts["etcd"] = EtcdConfig.from_section(root.section("etcd"))
+        opts["advertise"] = opts["advertise"] or _advertise(i, listen)
+        opts["advertise_agents"] = opts["advertise_agents"] or opts["advertise"]
 
     auth = _auth(root.section("auth"))
     policy = load_policy(policy_path) if policy_path else default_policy()

@@ -1,85 +1,185 @@
-"""The inspector: wires liveness, policy, resources, fencing, alarms and the notifier, and serves gRPC."""
+"""The inspector: wires liveness, policy, resources, fencing, alarms and the notifier, and serves gRPC.
+
+Two modes. Standalone (no ``[etcd]`` table): one process, always acting,
+state in memory — not highly available, and it says so at start. Replicated:
+every replica serves gRPC and campaigns in etcd; the elected one acts
+(``lead``: watches liveness, responds, takes agents and consumers), the
+others (``follow``) answer Diagnostics and health, redirect agents and send
+consumers to the leader with UNAVAILABLE and the ``doctor-leader`` trailer.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
-from controller_adapter.base import NotFound, ServerState
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2, diagnostics_pb2_grpc, fault_pb2_grpc
-from doctor_common.auth import Principal
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import now_ns
-from inspector.actions import HOST_STATUS_PROTO, Responder, Trigger
-from inspector.alarms import AlarmStore
+from inspector import crashpoint
+from inspector.actions import Responder, Trigger
+from inspector.alarms import AlarmStore, alarm_from_json
 from inspector.config import InspectorConfig
 from inspector.correlate import ResourceMap
 from inspector.diagnostics import DiagnosticsServicer, HostsServicer
+from inspector.durable import NullDurable
+from inspector.election import Term
+from inspector.faultview import FaultView
 from inspector.fencing import IpmiFencer
 from inspector.gateway import FAULTY, AgentGatewayServicer
+from inspector.leadership import Leadership
 from inspector.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from notifier.log import MemoryLog, NotificationLog
-from notifier.registry import Registry
+from notifier.registry import NOT_LEADER, Registry
 from notifier.server import FaultManagementServicer, Publisher
+from notifier.subscriptions import SubscriptionBook
 
 log = logging.getLogger("doctor.inspector")
 
 SERVICES = ("doctor.v1.AgentGateway", "doctor.v1.FaultManagement", "doctor.v1.Diagnostics", "doctor.v1.Hosts")
+LEADER_ONLY = ("doctor.v1.AgentGateway", "doctor.v1.FaultManagement", "doctor.v1.Hosts")  # NOT_SERVING on followers
 
 
 class Inspector:
-    """One inspector replica. Standalone (no etcd) it is always the leader."""
+    """One inspector replica: standalone (always acting) or one of several campaigning in etcd."""
 
     def __init__(self, cfg: InspectorConfig, notification_log: NotificationLog | None = None) -> None:
         self.cfg = cfg
         self.auth = cfg.auth
         self.controller = cfg.controller
-        self.role = "standalone"
+        self.leadership = Leadership(cfg) if cfg.etcd is not None else None
+        self.role = "follower" if self.leadership else "standalone"
+        self.acting = self.leadership is None  # only the acting leader watches, responds and takes streams
+        self.term: Term | None = None
+        self._epoch = 0
         self.started_ns = now_ns()
         self.resources = ResourceMap(self.controller, cfg.resource_refresh_s)
         self.alarms = AlarmStore()
         self.registry = Registry(cfg.queue_limit)
-        self.log = notification_log or MemoryLog(cfg.retention)
-        self.publisher = Publisher(self.log, self.registry)
-        self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s, retry_s=cfg.fencing_retry_s)
+        self.durable: Any = self.leadership.durable if self.leadership else NullDurable()
+        self.log: Any = self.leadership.log if self.leadership else (notification_log or MemoryLog(cfg.retention))
+        self.book = self.leadership.book if self.leadership else SubscriptionBook(None, cfg.subscription_expiry_s)
+        self.publisher = Publisher(self.log, self.registry, after_append=lambda _s: crashpoint.reached("after_publish"))
+        self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s)
         self.responder = Responder(cfg.policy, self.resources, self.controller, self.fencer, self.alarms,
-                                   self.publisher, cfg.bmcs)
+                                   self.publisher, cfg.bmcs, self.durable)
+        self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
         self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed)
         self.server: grpc.aio.Server | None = None
+        self.health: Any = None
         self.ports: list[int] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
 
-    # -- leadership seam: standalone today, etcd election plugs in here ------------------------
+    # -- leadership (the gateway's LeaderGate) ---------------------------------------------------
 
     def leader_endpoint(self) -> str | None:
-        return None
+        """Where consumers should go: the leader's advertised endpoint (ours while we lead)."""
+        return self.leadership.election.leader_endpoint() if self.leadership else None
+
+    def leader_token(self) -> int:
+        info = self.leadership.election.leader_info() if self.leadership else None
+        return info.token if info else 0
+
+    def epoch(self) -> int | None:
+        return self._epoch if self.acting else None
+
+    def agent_redirect(self) -> str | None:
+        if self.leadership is None:
+            return None
+        if self.acting:
+            return self.cfg.advertise_agents
+        info = self.leadership.election.leader_info()
+        if info is None or info.node_id == self.cfg.node_id:
+            return None  # nobody, or us while we load the state: the agent retries
+        return info.agent_endpoint or info.endpoint
 
     async def require_leader(self, context: grpc.aio.ServicerContext) -> None:
-        if self.role not in ("leader", "standalone"):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "not the leader",
-                                trailing_metadata=(("doctor-leader", self.leader_endpoint() or ""),))
+        if self.acting:
+            return
+        hint = self.leader_endpoint() or ""
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"not the leader: the leader is at {hint}" if hint else "not the leader; none is elected yet",
+                            trailing_metadata=(("doctor-leader", hint),))
+
+    async def lead(self, term: Term) -> None:
+        """A term begins: read what the previous leader left in etcd, then act until cancelled (term lost)."""
+        started = time.monotonic()
+        self.term = self.durable.term = term
+        await self.log.load()
+        await self.resources.load()
+        alarms, hosts, incidents = await self.durable.load()
+        self.alarms.replace([alarm_from_json(d, self.resources.servers.get, self.resources.ports.get)
+                             for d in alarms.values()])
+        await self.book.load()
+        self.liveness.reset()
+        expected = [h for h, d in hosts.items() if d.get("liveness") == UP and h in self.resources.hosts]
+        for host in expected:  # connected to the previous leader: noticed if they do not come back
+            self.liveness.expect(host, self.cfg.takeover_grace_s)
+        self._epoch += 1
+        self.acting, self.role = True, "leader"
+        await self._set_health(True)
+        for inc in incidents.values():
+            self._act(self.responder.recovery.resume(inc), f"finishing incident {inc.incident_id}")
+        self._warm_bmcs()
+        log.warning("%s leads (token %d), ready in %.0f ms: %d alarms, %d incidents to finish, %d subscriptions, "
+                    "log at %d; waiting up to %.1fs for %d agents", self.cfg.node_id, term.token,
+                    (time.monotonic() - started) * 1e3, len(self.alarms), len(incidents), len(self.book.records),
+                    self.log.last_sequence, self.cfg.takeover_grace_s, len(expected))
+        loops = [asyncio.create_task(self.liveness.watch(), name="liveness"),
+                 asyncio.create_task(self.resources.refresh_forever(), name="resources")]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()
+            raise RuntimeError("a leader loop ended")
+        finally:
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def follow(self) -> None:
+        """Not (or no longer) leading: stop acting now, end every stream so it reconnects to the leader."""
+        was = self.acting
+        self.acting, self.role, self.term = False, "follower", None
+        self.durable.term = None
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        ended = self.registry.end_all(NOT_LEADER, self.leader_endpoint() or "")
+        self.book.clear()
+        self.alarms.replace([])
+        self.liveness.reset()
+        await self._set_health(False)
+        if was:
+            log.warning("%s stopped leading: %d subscriptions ended, agents are sent away", self.cfg.node_id, ended)
+
+    async def _set_health(self, serving: bool) -> None:
+        if self.health is None:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in LEADER_ONLY:
+            await self.health.set(name, status)
 
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.resources.load()
-        for host in self.resources.hosts:
-            bmc = self.responder.bmc_for(host)
-            if bmc is not None:
-                self._spawn(self.fencer.warm(bmc), f"warm BMC of {host}")
         server = grpc.aio.server(options=server_options(), interceptors=[DecodeErrorInterceptor()])
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
-            self.cfg.heartbeat_interval_ms, self.leader_endpoint), server)
-        fault_pb2_grpc.add_FaultManagementServicer_to_server(
-            FaultManagementServicer(self.auth, self, self.log, self.registry), server)
+            self.cfg.heartbeat_interval_ms, self), server)
+        fault_pb2_grpc.add_FaultManagementServicer_to_server(FaultManagementServicer(
+            self.auth, self.view, self.log, self.registry, self.book, self.require_leader), server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(self), server)
         diagnostics_pb2_grpc.add_HostsServicer_to_server(HostsServicer(self), server)
-        await add_health_and_reflection(server, SERVICES)
+        self.health = await add_health_and_reflection(server, SERVICES)
         for address in self.cfg.listen:
             port = server.add_insecure_port(address)
             if port == 0 and not address.startswith("unix:"):
@@ -87,17 +187,32 @@ class Inspector:
             self.ports.append(port)
         await server.start()
         self.server = server
+        if self.leadership is not None:
+            await self._set_health(False)
+            self._loops = [self.leadership.start(self)]
+            e = self.leadership.config
+            log.info("inspector %s serving on %s; campaigning in etcd %s under %s (lease TTL %ds), advertising %s",
+                     self.cfg.node_id, ", ".join(self.cfg.listen), ",".join(e.endpoints), e.prefix, e.lease_ttl_s,
+                     self.cfg.advertise)
+            return
+        self._warm_bmcs()
         self._loops = [asyncio.create_task(self.liveness.watch(), name="liveness"),
                        asyncio.create_task(self.resources.refresh_forever(), name="resources")]
-        log.warning("standalone mode: one inspector, state in this process only: NOT highly available")
+        log.warning("STANDALONE MODE: one inspector, its state in this process only: NOT highly available "
+                    "(add an [etcd] table and run several replicas for that; docs/ha.md)")
         log.info("inspector %s serving on %s", self.cfg.node_id, ", ".join(self.cfg.listen))
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.leadership is not None:
+            await self.leadership.stop_campaign()  # hands over at once
         for t in [*self._loops, *self._tasks]:
             t.cancel()
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace)
+        await self.book.close()
+        if self.leadership is not None:
+            await self.leadership.close()
         await self.fencer.close()
         await self.controller.close()
 
@@ -105,84 +220,60 @@ class Inspector:
         """A main loop that ended: the daemon must exit so systemd restarts it."""
         return next((t for t in self._loops if t.done()), None)
 
+    def _warm_bmcs(self) -> None:
+        for host in self.resources.hosts:
+            bmc = self.responder.bmc_for(host)
+            if bmc is not None:
+                self._spawn(self.fencer.warm(bmc), f"warm BMC of {host}")
+
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
             self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("%s failed", what, exc_info=t.exception())
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None and type(exc).__name__ == "NotLeader":
+                log.info("%s stopped: %s", what, exc)  # the term ended: the next leader carries on
+            elif exc is not None:
+                log.error("%s failed", what, exc_info=exc)
         task.add_done_callback(done)
+
+    def _act(self, coro: Any, what: str) -> None:
+        """Respond under the current term: cancelled the moment it is lost."""
+        term = self.term
+        self._spawn(term.run(coro) if term is not None else coro, what)
 
     # -- from the agents -----------------------------------------------------------------------
 
     def _on_state(self, rec: HostRecord, state: agent_pb2.ComponentState, trigger: Trigger) -> None:
+        if not self.acting:
+            return
         if state.status in FAULTY and state.fault_type:
-            self._spawn(self.responder.fault(trigger), f"response to {trigger.fault_type} on {rec.host_id}")
+            self._act(self.responder.fault(trigger), f"response to {trigger.fault_type} on {rec.host_id}")
         elif state.status == agent_pb2.COMPONENT_STATUS_OK:
-            self._spawn(self.responder.clear(rec.host_id, state.component), f"clearing {state.component}")
+            self._act(self.responder.clear(rec.host_id, state.component), f"clearing {state.component}")
 
     async def _liveness_changed(self, rec: HostRecord, old: str, new: str) -> None:
+        if not self.acting or not self.liveness.current(rec):
+            return
+        if self.leadership is not None:
+            self._act(self.durable.save_host(rec.host_id, new, rec.boot_id), f"liveness of {rec.host_id}")
         now = now_ns()
         if new == UNREACHABLE:
-            self._spawn(self.responder.fault(Trigger(
+            self._act(self.responder.fault(Trigger(
                 rec.host_id, "compute.host.unreachable", common_pb2.SEVERITY_CRITICAL, component="agent",
                 description=f"no message from the agent for {self.cfg.liveness_timeout_s * 1000:.0f} ms",
                 details={"last_seen_unix_nanos": str(rec.last_seen_ns)}, observed_ns=now, received_ns=now)),
                 f"unreachable {rec.host_id}")
         elif new == AGENT_DOWN:
-            self._spawn(self.responder.fault(Trigger(
+            self._act(self.responder.fault(Trigger(
                 rec.host_id, "compute.host.agent.down", common_pb2.SEVERITY_MAJOR, component="agent",
                 description="the agent's stream was closed by its host: agent died, host alive",
                 observed_ns=now, received_ns=now)), f"agent down {rec.host_id}")
-        elif new in (UP, STOPPED) and old in (AGENT_DOWN, UNREACHABLE, STOPPED):
-            self._spawn(self.responder.clear(rec.host_id, "agent"), f"agent back {rec.host_id}")
-
-    # -- FaultState for the notifier -----------------------------------------------------------
-
-    def _virtual(self, visible: Any) -> list[common_pb2.VirtualResourceInfo]:
-        faults = self.alarms.faults_by_resource()
-        out = []
-        for s in self.resources.servers.values():
-            if visible(s.project_id):
-                out.append(common_pb2.VirtualResourceInfo(
-                    virtual_resource_id=s.id, virtual_resource_type="server", project_id=s.project_id,
-                    virtual_resource_state="error" if s.state == ServerState.ERROR else "normal",
-                    physical_resource_id=s.host, faults=faults.get(s.id, []),
-                    host_status=self.responder.host_status(s.host)))
-        for p in self.resources.ports.values():
-            if visible(p.project_id):
-                out.append(common_pb2.VirtualResourceInfo(
-                    virtual_resource_id=p.id, virtual_resource_type="port", project_id=p.project_id,
-                    virtual_resource_state="down" if p.data_plane_status == "DOWN" else "normal",
-                    physical_resource_id=p.host, faults=faults.get(p.id, []),
-                    host_status=self.responder.host_status(p.host)))
-        return out
-
-    def _physical(self) -> list[common_pb2.PhysicalResourceInfo]:
-        return [common_pb2.PhysicalResourceInfo(
-            physical_resource_id=h.name, physical_resource_state=self.responder.host_state(h.name), zone_id=h.zone,
-            host_status=self.responder.host_status(h.name), faults=[a.fault for a in self.alarms.on_host(h.name)])
-            for h in self.resources.hosts.values()]
-
-    async def visible_resources(self, principal: Principal) -> tuple[list[common_pb2.VirtualResourceInfo],  # type: ignore[override]
-                                                             list[common_pb2.PhysicalResourceInfo]]:
-        return self._virtual(principal.owns), self._physical() if principal.admin else []
-
-    def active(self) -> tuple[list[common_pb2.VirtualResourceInfo], list[common_pb2.PhysicalResourceInfo]]:
-        virtual = [v for v in self._virtual(lambda _p: True) if v.faults]
-        return virtual, [p for p in self._physical() if p.faults]
-
-    async def owner_of(self, resource_id: str) -> str | None:
-        return self.resources.owner_of(resource_id)
-
-    async def server_host_status(self, server_id: str) -> tuple[str, int] | None:
-        s = self.resources.servers.get(server_id)
-        if s is None:
-            try:
-                host, status = await self.controller.server_host_status(server_id)
-            except NotFound:
-                return None
-            return host, HOST_STATUS_PROTO[status]
-        return s.host, self.responder.host_status(s.host)
+        elif new in (UP, STOPPED) and (old in (AGENT_DOWN, UNREACHABLE, STOPPED)
+                                       or self.alarms.by_component(rec.host_id, "agent") is not None):
+            # the second case: an agent alarm a previous leader raised, and the agent is back
+            self._act(self.responder.clear(rec.host_id, "agent"), f"agent back {rec.host_id}")

@@ -1,4 +1,9 @@
-"""Diagnostics (for SREs) and Hosts (administrators' host operations); both need an admin token."""
+"""Diagnostics (for SREs) and Hosts (administrators' host operations); both need an admin token.
+
+Every replica answers Diagnostics (a follower with its role and the leader's
+endpoint); Hosts is the leader's (a follower answers UNAVAILABLE with the
+``doctor-leader`` trailer).
+"""
 
 from __future__ import annotations
 
@@ -34,9 +39,11 @@ class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
                 for r in sorted(i.liveness.hosts.values(), key=lambda r: r.host_id)],
             active_alarms=[a.fault for a in i.alarms],
             subscriptions=[diagnostics_pb2.SubscriptionInfo(
-                subscription_id=s.id, principal=s.principal.name, queue_depth=s.queue.qsize(), delivered=s.delivered)
-                for s in i.registry],
-            last_sequence=i.log.last_sequence)
+                subscription_id=s.id, principal=s.principal.name, queue_depth=s.queue.qsize(), delivered=s.delivered,
+                connected=True, last_delivered=s.last_delivered) for s in i.registry] + [
+                diagnostics_pb2.SubscriptionInfo(subscription_id=r.id, principal=r.name, connected=False,
+                                                 last_delivered=r.last_delivered) for r in i.book.detached()],
+            last_sequence=i.log.last_sequence, leader_token=i.leader_token())
 
     async def GetTimelines(self, request: diagnostics_pb2.GetTimelinesRequest,
                            context: grpc.aio.ServicerContext) -> diagnostics_pb2.GetTimelinesResponse:
@@ -61,6 +68,7 @@ class HostsServicer(diagnostics_pb2_grpc.HostsServicer):
     async def ListHosts(self, request: diagnostics_pb2.ListHostsRequest,
                         context: grpc.aio.ServicerContext) -> diagnostics_pb2.ListHostsResponse:
         await self.i.auth.admin(context)
+        await self.i.require_leader(context)
         return diagnostics_pb2.ListHostsResponse(hosts=[self._info(h) for h in sorted(self.i.resources.hosts)])
 
     async def EnableHost(self, request: diagnostics_pb2.EnableHostRequest,

@@ -76,6 +76,7 @@ class LeaderInfo:
     endpoint: str
     token: int              # create revision of the leader key: the fencing token
     lease_id: int
+    agent_endpoint: str = ""  # where agents should go, when not ``endpoint`` (e.g. a unix socket)
 
 
 class Guard(Protocol):
@@ -187,14 +188,18 @@ class Election:
     """Campaign for ``<prefix>/leader`` until closed; see the module docstring."""
 
     def __init__(self, client: aetcd.Client, config: EtcdConfig, *, node_id: str, endpoint: str,
-                 on_change: Callable[["Term | None"], None] | None = None) -> None:
+                 on_change: Callable[["Term | None"], None] | None = None, agent_endpoint: str = "") -> None:
         self.client = client
         self.config = config
         self.node_id = node_id
         self.endpoint = endpoint
+        self.agent_endpoint = agent_endpoint
         self.on_change = on_change
         self.leader_key = f"{config.prefix}/leader".encode()
-        self._value = json.dumps({"node_id": node_id, "endpoint": endpoint, "pid": os.getpid()}).encode()
+        value: dict[str, Any] = {"node_id": node_id, "endpoint": endpoint, "pid": os.getpid()}
+        if agent_endpoint:
+            value["agent_endpoint"] = agent_endpoint
+        self._value = json.dumps(value).encode()
         self._term: Term | None = None
         self._last_term: Term | None = None
         self._stale: Term | None = None      # a term lost for want of renewal that may still be resumed
@@ -240,7 +245,7 @@ class Election:
         """Who leads, as last seen (ourselves when leading); None when unknown or vacant."""
         t = self.term
         if t is not None:
-            return LeaderInfo(self.node_id, self.endpoint, t.token, t.lease_id)
+            return LeaderInfo(self.node_id, self.endpoint, t.token, t.lease_id, self.agent_endpoint)
         return self._leader
 
     def leader_endpoint(self) -> str | None:
@@ -407,7 +412,7 @@ class Election:
 
     async def _lead(self, term: Term) -> None:
         self._term = term
-        self._leader = LeaderInfo(self.node_id, self.endpoint, term.token, term.lease_id)
+        self._leader = LeaderInfo(self.node_id, self.endpoint, term.token, term.lease_id, self.agent_endpoint)
         self._arm(term)
         log.info("%s leads with token %d (lease %x, granted TTL %ds)", self.node_id, term.token, term.lease_id,
                  term.granted_ttl)
@@ -505,7 +510,8 @@ class Election:
     @staticmethod
     def _info(kv: Any) -> LeaderInfo:
         v = _decode(kv.value)
-        return LeaderInfo(str(v.get("node_id", "?")), str(v.get("endpoint", "")), kv.create_revision, kv.lease)
+        return LeaderInfo(str(v.get("node_id", "?")), str(v.get("endpoint", "")), kv.create_revision, kv.lease,
+                          str(v.get("agent_endpoint", "")))
 
     def _notify(self, term: Term | None) -> None:
         if self.on_change is not None:

@@ -136,12 +136,22 @@ class EtcdStore:
         return Collection(self, _check_name("collection", name), encode, decode)
 
     # -- recovery journal -----------------------------------------------------
-    async def open_incident(self, incident_id: str, data: dict[str, Any]) -> bool:
-        """Record what the incident is about; False when it was already open (data kept)."""
+    async def open_incident(self, incident_id: str, data: dict[str, Any], also: Sequence[Any] = ()) -> bool:
+        """Record what the incident is about; False when it was already open (data kept).
+
+        ``also``: more operations (e.g. a collection's ``put_op``) applied in the same transaction.
+        """
         k = self.key("recovery", _check_name("incident id", incident_id), "incident")
         t = self.client.transactions
-        ok, _ = await self.txn([t.create(k) == 0], [t.put(k, json.dumps(data, sort_keys=True).encode())])
+        ok, _ = await self.txn([t.create(k) == 0], [t.put(k, json.dumps(data, sort_keys=True).encode()), *also])
         return ok
+
+    def _step_key_value(self, incident_id: str, step: str, detail: dict[str, Any] | None) -> tuple[bytes, bytes]:
+        k = self.key("recovery", _check_name("incident id", incident_id), "step", _check_name("step", str(step)))
+        token = getattr(self.guard, "token", None)
+        rec = {"step": str(step), "node_id": self.node_id, "time_unix": time.time(), "detail": detail or {},
+               "token": token or 0}
+        return k, json.dumps(rec).encode()
 
     async def record_step(self, incident_id: str, step: str, detail: dict[str, Any] | None = None) -> bool:
         """Record that ``step`` of the incident is done: True if this call recorded it, False if it already was.
@@ -149,12 +159,16 @@ class EtcdStore:
         A retried write that had in fact been applied also answers False: either
         way the step is recorded exactly once.
         """
-        k = self.key("recovery", _check_name("incident id", incident_id), "step", _check_name("step", str(step)))
-        token = getattr(self.guard, "token", None)
-        rec = {"step": str(step), "node_id": self.node_id, "time_unix": time.time(), "detail": detail or {}}
+        k, v = self._step_key_value(incident_id, step, detail)
         t = self.client.transactions
-        ok, _ = await self.txn([t.create(k) == 0], [t.put(k, json.dumps({**rec, "token": token or 0}).encode())])
+        ok, _ = await self.txn([t.create(k) == 0], [t.put(k, v)])
         return ok
+
+    def step_op(self, incident_id: str, step: str, detail: dict[str, Any] | None = None) -> Any:
+        """The put of a step record, to apply inside another fenced transaction (e.g. the log append that
+        *is* the step): the step is then recorded if and only if that transaction is applied."""
+        k, v = self._step_key_value(incident_id, step, detail)
+        return self.client.transactions.put(k, v)
 
     async def steps(self, incident_id: str) -> list[StepRecord]:
         """The incident's recorded steps in the order they were recorded."""
@@ -205,8 +219,14 @@ class Collection(Generic[T]):
         return self.store.key(self.name, _check_name("id", item_id))
 
     async def put(self, item_id: str, item: T) -> None:
-        t = self.store.client.transactions
-        await self.store.txn([], [t.put(self._key(item_id), self.encode(item))])
+        await self.store.txn([], [self.put_op(item_id, item)])
+
+    def put_op(self, item_id: str, item: T) -> Any:
+        """The put as an operation for another fenced transaction."""
+        return self.store.client.transactions.put(self._key(item_id), self.encode(item))
+
+    def delete_op(self, item_id: str) -> Any:
+        return self.store.client.transactions.delete(self._key(item_id))
 
     async def delete(self, item_id: str) -> None:
         t = self.store.client.transactions

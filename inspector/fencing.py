@@ -20,6 +20,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Any, Callable, TypeVar
 
 from controller_adapter.base import Bmc
@@ -102,6 +103,43 @@ class IpmiFencer:
 
     async def fence(self, host: str, bmc: Bmc | None) -> FenceResult:
         """Power the host off and confirm; never raises."""
+        sent = await self.power_off(host, bmc)
+        if not sent.ok or sent.already_off:
+            return sent
+        confirmed = await self.confirm_off(host, bmc)
+        return FenceResult(confirmed.ok, error=confirmed.error, elapsed_ms=sent.elapsed_ms + confirmed.elapsed_ms)
+
+    async def power_off(self, host: str, bmc: Bmc | None) -> FenceResult:
+        """Send the power-off unless the BMC already says off (then ``already_off``); never raises."""
+        async def run(remaining: Callable[[], float]) -> FenceResult:
+            assert bmc is not None
+            if await self.power_state(bmc, remaining()) == "off":
+                return FenceResult(True, already_off=True)
+            response = await self._call(
+                bmc, lambda c: c.raw_command(netfn=_CHASSIS_NETFN, command=_CHASSIS_CONTROL, data=[_POWER_DOWN]),
+                remaining())
+            if isinstance(response, dict) and response.get("error"):
+                raise FencingError(f"BMC refused power-off: {response['error']}")
+            self.power_offs_sent += 1
+            return FenceResult(True)
+        return await self._bounded(host, bmc, "send the power-off", run)
+
+    async def confirm_off(self, host: str, bmc: Bmc | None) -> FenceResult:
+        """Poll the power state until the BMC says off; never raises."""
+        async def run(remaining: Callable[[], float]) -> FenceResult:
+            assert bmc is not None
+            while await self.power_state(bmc, remaining()) != "off":
+                await asyncio.sleep(self.poll_interval_s)
+                remaining()
+            return FenceResult(True)
+        result = await self._bounded(host, bmc, "confirm power off", run)
+        if result.ok:
+            log.info("fenced %s: BMC %s:%d confirms power off", host, bmc.address, bmc.port)  # type: ignore[union-attr]
+        return result
+
+    async def _bounded(self, host: str, bmc: Bmc | None, what: str,
+                       run: Callable[[Callable[[], float]], Awaitable[FenceResult]]) -> FenceResult:
+        """``run`` within ``timeout_s``, every failure turned into a FenceResult naming the BMC."""
         started = time.perf_counter()
         if bmc is None:
             return FenceResult(False, error=f"no BMC is configured for host {host}")
@@ -114,21 +152,10 @@ class IpmiFencer:
             return left
 
         try:
-            state = await self.power_state(bmc, remaining())
-            if state == "off":
-                return FenceResult(True, already_off=True, elapsed_ms=(time.perf_counter() - started) * 1e3)
-            await self._call(bmc, self._raw(_CHASSIS_CONTROL, (_POWER_DOWN,)), remaining())
-            self.power_offs_sent += 1
-            while True:
-                if await self.power_state(bmc, remaining()) == "off":
-                    break
-                await asyncio.sleep(self.poll_interval_s)
-                remaining()
-            elapsed = (time.perf_counter() - started) * 1e3
-            log.info("fenced %s: BMC %s:%d confirms power off (%.1f ms)", host, bmc.address, bmc.port, elapsed)
-            return FenceResult(True, elapsed_ms=elapsed)
+            result = await run(remaining)
+            return FenceResult(result.ok, result.already_off, elapsed_ms=(time.perf_counter() - started) * 1e3)
         except asyncio.TimeoutError:
-            error = f"BMC {bmc.address}:{bmc.port} did not confirm power off within {self.timeout_s:.1f}s"
+            error = f"BMC {bmc.address}:{bmc.port} did not {what} within {self.timeout_s:.1f}s"
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal
             error = f"BMC {bmc.address}:{bmc.port}: {type(exc).__name__}: {exc}"
         log.error("cannot fence %s: %s", host, error)

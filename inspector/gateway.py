@@ -4,6 +4,12 @@ Nothing an agent sends can crash the inspector or stall other agents: every
 message is checked against limits, a bad one ends only its own stream with
 INVALID_ARGUMENT naming the field, and responses run as tasks so a slow
 fence never holds up reading.
+
+Only the leader takes agents. A follower answers with a Redirect to the
+leader (or UNAVAILABLE while none is known). A stream belongs to the term it
+was opened in: when that term ends, the stream's next message (a heartbeat at
+the latest) is answered with a Redirect, and the agent reconnects and says
+Hello to whoever leads now — that Hello is what a new term is derived from.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import grpc
 
@@ -72,16 +78,43 @@ def trigger_from_state(host: str, s: agent_pb2.ComponentState, observed: int, se
                    received_ns=received)
 
 
+class LeaderGate(Protocol):
+    def epoch(self) -> int | None:
+        """The current term's number while this replica acts as leader; None otherwise."""
+        ...
+
+    def agent_redirect(self) -> str | None:
+        """Where agents should connect (the leader's agent endpoint); None when no leader is known."""
+        ...
+
+    async def require_leader(self, context: grpc.aio.ServicerContext) -> None:
+        """Abort UNAVAILABLE (with the ``doctor-leader`` hint) unless this replica acts as leader."""
+        ...
+
+
+class Standalone:
+    """Always the leader, one term."""
+
+    def epoch(self) -> int | None:
+        return 0
+
+    def agent_redirect(self) -> str | None:
+        return None
+
+    async def require_leader(self, context: grpc.aio.ServicerContext) -> None:
+        return None
+
+
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, auth: TokenAuth, liveness: Liveness, known_host: Callable[[str], Any],
                  on_state: Callable[[HostRecord, agent_pb2.ComponentState, Trigger], None],
-                 heartbeat_interval_ms: int, redirect: Callable[[], str | None] = lambda: None) -> None:
+                 heartbeat_interval_ms: int, gate: LeaderGate | None = None) -> None:
         self.auth = auth
         self.liveness = liveness
         self.known_host = known_host  # coroutine: raises NotFound for an unknown host
         self.on_state = on_state      # called for every component transition, schedules the response
         self.heartbeat_interval_ms = heartbeat_interval_ms
-        self.redirect = redirect      # the leader's endpoint when this replica is a follower
+        self.gate = gate or Standalone()
 
     async def _host_for(self, claimed: str, context: grpc.aio.ServicerContext) -> None:
         token_host = await self.auth.agent_host(context)
@@ -96,10 +129,13 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
 
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
-        leader = self.redirect()
-        if leader:
-            yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
-            return
+        epoch = self.gate.epoch()
+        if epoch is None:
+            leader = self.gate.agent_redirect()
+            if leader:
+                yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
+                return
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader is elected yet: try again")
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, asyncio.TimeoutError):
@@ -113,6 +149,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         except BadMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._host_for(hello.host_id, context)
+        if self.gate.epoch() != epoch:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "leadership changed while connecting: reconnect")
 
         rec = self.liveness.record(hello.host_id)
         stream = object()
@@ -121,6 +159,12 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         try:
             self._reconcile(rec, hello)
             async for msg in request_iterator:
+                if self.gate.epoch() != epoch:  # the term this stream was opened in is over
+                    leader = self.gate.agent_redirect()
+                    if leader:
+                        yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
+                        return
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica stopped leading: reconnect")
                 if rec.stream is not stream:
                     await context.abort(grpc.StatusCode.ABORTED, "a newer stream of this host took over")
                 await self.liveness.heard(rec)
@@ -170,6 +214,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                          context: grpc.aio.ServicerContext) -> agent_pb2.JsonEventAck:
         """The seeds' southbound event: {"event": {...}} or {"events": [...]}."""
         token_host = await self.auth.agent_host(context)
+        await self.gate.require_leader(context)
         if len(request.json) > 1024 * 1024:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "json: at most 1 MiB")
         try:

@@ -53,6 +53,23 @@ class Liveness:
         self.on_change = on_change
         self.hosts: dict[str, HostRecord] = {}
 
+    def reset(self) -> None:
+        """Forget every host (a new term re-derives them from the agents' Hello; older streams are orphaned)."""
+        self.hosts = {}
+
+    def expect(self, host_id: str, grace_s: float) -> HostRecord:
+        """A host whose agent was connected to the previous leader: counted UP, silent for now, and declared
+        unreachable if its agent has not come back within ``grace_s`` plus the timeout (so a host that
+        died during a failover is still noticed)."""
+        rec = self.record(host_id)
+        rec.liveness = UP
+        rec.seen()
+        rec.last_seen += grace_s
+        return rec
+
+    def current(self, rec: HostRecord) -> bool:
+        return self.hosts.get(rec.host_id) is rec
+
     def record(self, host_id: str) -> HostRecord:
         rec = self.hosts.get(host_id)
         if rec is None:
@@ -81,8 +98,8 @@ class Liveness:
 
     async def detach(self, rec: HostRecord, stream: object) -> None:
         """The stream ended. Recent traffic means the peer's kernel closed it: the agent died, not the host."""
-        if rec.stream is not stream:
-            return  # replaced by a newer stream of the same host
+        if rec.stream is not stream or not self.current(rec):
+            return  # replaced by a newer stream of the same host, or a record of an earlier term
         rec.stream, rec.connected = None, False
         if rec.goodbye:
             await self._set(rec, STOPPED)

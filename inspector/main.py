@@ -14,6 +14,7 @@ from google.protobuf.internal import api_implementation
 from doctor_common import __version__
 from doctor_common.config import ConfigError
 from doctor_common.logs import setup_logging
+from inspector import crashpoint
 from inspector.config import InspectorConfig, load_inspector_config
 from inspector.core import Inspector
 
@@ -54,10 +55,18 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"doctor-inspector: bad configuration: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        print(f"{args.config}: ok (node {cfg.node_id}, controller {cfg.controller.name})")
+        e = cfg.etcd
+        mode = (f"replicated: etcd {','.join(e.endpoints)} under {e.prefix}, advertising {cfg.advertise}" if e
+                else "standalone, NOT highly available")
+        print(f"{args.config}: ok (node {cfg.node_id}, controller {cfg.controller.name}, {mode})")
         asyncio.run(cfg.controller.close())
         return 0
     setup_logging(cfg.log_level)
+    try:
+        crashpoint.arm_from_env()  # test hooks; never set in production
+    except ValueError as exc:
+        print(f"doctor-inspector: {exc}", file=sys.stderr)
+        return 2
     return asyncio.run(main(cfg))
 
 

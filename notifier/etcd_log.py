@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aetcd
@@ -75,7 +76,9 @@ class EtcdLog:
     refresh = load
 
     # -- append ---------------------------------------------------------------
-    async def append(self, notification: fault_pb2.FaultNotification) -> int:
+    async def append(self, notification: fault_pb2.FaultNotification, *, also: Sequence[Any] = ()) -> int:
+        """``also``: more (fenced) operations applied in the same transaction as the entry, e.g. the recovery
+        journal's "notify" step, so the step is recorded if and only if the notification is in the log."""
         if self.guard is None:
             raise NotLeader("this log is read-only (no leadership guard)")
         t = self.client.transactions
@@ -87,7 +90,7 @@ class EtcdLog:
                 notification.sequence = seq
                 blob = notification.SerializeToString(deterministic=True)
                 compare = [t.value(self.last_key) == str(expected)] if expected else [t.version(self.last_key) == 0]
-                success = [t.put(self.last_key, str(seq).encode()), t.put(self.entry_key(seq), blob)]
+                success = [t.put(self.last_key, str(seq).encode()), t.put(self.entry_key(seq), blob), *also]
                 if seq > self.retention:
                     success.append(t.delete(self.entry_key(0), range_end=self.entry_key(seq - self.retention + 1)))
                 try:

@@ -8,7 +8,8 @@ continues the sequence.
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from doctor_common.api import fault_pb2
 
@@ -28,8 +29,11 @@ class NotificationLog(Protocol):
     @property
     def last_sequence(self) -> int: ...
 
-    async def append(self, notification: fault_pb2.FaultNotification) -> int:
-        """Assign the next sequence number to the notification, store it, return the number."""
+    async def append(self, notification: fault_pb2.FaultNotification, *, also: Sequence[Any] = ()) -> int:
+        """Assign the next sequence number to the notification, store it, return the number.
+
+        ``also``: storage operations to apply atomically with it (the etcd log's; none in memory).
+        """
         ...
 
     async def read(self, after: int, up_to: int) -> list[fault_pb2.FaultNotification]:
@@ -51,7 +55,9 @@ class MemoryLog:
     def first_sequence(self) -> int:
         return self._entries[0].sequence if self._entries else self._last + 1
 
-    async def append(self, notification: fault_pb2.FaultNotification) -> int:
+    async def append(self, notification: fault_pb2.FaultNotification, *, also: Sequence[Any] = ()) -> int:
+        if also:
+            raise ValueError("MemoryLog cannot apply storage operations")
         self._last += 1
         notification.sequence = self._last
         self._entries.append(notification)

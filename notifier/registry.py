@@ -2,7 +2,9 @@
 
 Each subscriber owns a bounded queue. Publishing never waits: a subscriber
 whose queue is full is marked overflowed and its stream ends with
-RESOURCE_EXHAUSTED, telling it where to resume (DESIGN principle 5).
+RESOURCE_EXHAUSTED, telling it where to resume (DESIGN principle 5). A
+replica that stops leading ends every stream the same way (``end_all``), with
+UNAVAILABLE and the new leader's address.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from notifier.filters import Filter, view_notification
 
 log = logging.getLogger("doctor.notifier")
 
-OVERFLOW = object()  # queue sentinel: the consumer fell behind
+OVERFLOW = object()  # queue sentinel: the stream must end (the consumer fell behind, or see ``ended_by``)
+
+FELL_BEHIND, NOT_LEADER, REPLACED = "fell_behind", "not_leader", "replaced"
 
 
 @dataclass(eq=False)
@@ -33,14 +37,23 @@ class Subscriber:
     delivered: int = 0
     overflowed: bool = False
     cut: asyncio.Event = field(default_factory=asyncio.Event)  # set on overflow: end the stream now
+    ended_by: str = ""            # why the stream must end: FELL_BEHIND, NOT_LEADER or REPLACED
+    leader_hint: str = ""         # with NOT_LEADER: where the consumer should go
+
+    def end(self, reason: str, leader_hint: str = "") -> None:
+        """End the stream now (its handler may be blocked writing to a client that does not read)."""
+        if self.ended_by:
+            return
+        self.ended_by, self.leader_hint = reason, leader_hint
+        self.overflowed = reason == FELL_BEHIND
+        self.queue.put_nowait(OVERFLOW)
+        self.cut.set()
 
     def offer(self, item: fault_pb2.FaultNotification) -> None:
-        if self.overflowed:
+        if self.ended_by:
             return
         if self.queue.qsize() >= self.limit:
-            self.overflowed = True
-            self.queue.put_nowait(OVERFLOW)
-            self.cut.set()  # its handler may be blocked writing to a client that does not read
+            self.end(FELL_BEHIND)
             log.warning("subscription %s (%s) fell %d notifications behind: cutting it off",
                         self.id, self.principal.name, self.limit)
             return
@@ -52,13 +65,31 @@ class Registry:
         self.queue_limit = queue_limit
         self._subs: dict[str, Subscriber] = {}
 
-    def add(self, principal: Principal, flt: Filter, start_sequence: int) -> Subscriber:
+    def add(self, principal: Principal, flt: Filter, start_sequence: int, sub_id: str = "") -> Subscriber:
+        """A live subscriber; ``sub_id`` resumes a known subscription (a stream still open under it is ended)."""
         sub = Subscriber(principal, flt, self.queue_limit, start_sequence=start_sequence)
+        if sub_id:
+            sub.id = sub_id
+            old = self._subs.get(sub_id)
+            if old is not None:
+                old.end(REPLACED)
         self._subs[sub.id] = sub
         return sub
 
     def remove(self, sub: Subscriber) -> None:
-        self._subs.pop(sub.id, None)
+        if self._subs.get(sub.id) is sub:
+            del self._subs[sub.id]
+
+    def get(self, sub_id: str) -> Subscriber | None:
+        return self._subs.get(sub_id)
+
+    def end_all(self, reason: str, leader_hint: str = "") -> int:
+        """End every live stream (this replica stopped leading); returns how many."""
+        subs = list(self._subs.values())
+        self._subs.clear()
+        for sub in subs:
+            sub.end(reason, leader_hint)
+        return len(subs)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._subs.values()))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 
@@ -12,8 +13,9 @@ from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.timeline import Stage, now_ns, stamp
 from notifier.filters import Filter, FilterError, view_notification, view_resources
-from notifier.log import CursorExpired, NotificationLog
-from notifier.registry import OVERFLOW, Registry, Subscriber
+from notifier.log import CursorExpired, MemoryLog, NotificationLog
+from notifier.registry import FELL_BEHIND, NOT_LEADER, OVERFLOW, Registry, Subscriber
+from notifier.subscriptions import SubscriptionBook
 
 log = logging.getLogger("doctor.notifier")
 
@@ -38,25 +40,58 @@ class FaultState(Protocol):
 
 
 class Publisher:
-    """Append to the log, then offer to live subscribers; the log is written first so a resume finds it."""
+    """Append to the log, then offer to live subscribers; the log is written first so a resume finds it.
 
-    def __init__(self, log_: NotificationLog, registry: Registry) -> None:
+    One publication at a time, so live subscribers receive entries in sequence
+    order. The append is shielded from the caller's cancellation (a leader
+    losing its term): a write already sent is seen through to its answer —
+    applied, or refused by the fencing token — instead of being abandoned with
+    an unknown outcome.
+    """
+
+    def __init__(self, log_: NotificationLog, registry: Registry,
+                 after_append: Callable[[int], None] | None = None) -> None:
         self.log = log_
         self.registry = registry
+        self.after_append = after_append or (lambda _seq: None)  # a test hook (inspector/crashpoint.py)
+        self._shield = not isinstance(log_, MemoryLog)  # an in-memory append cannot be left half-done
+        self._lock = asyncio.Lock()
 
-    async def publish(self, notification: fault_pb2.FaultNotification) -> int:
+    async def publish(self, notification: fault_pb2.FaultNotification, also: Sequence[Any] = ()) -> int:
         stamp(notification.timeline, Stage.STAGE_PUBLISHED)
-        seq = await self.log.append(notification)
-        self.registry.fan_out(notification)
+        async with self._lock:
+            if self._shield:
+                task = asyncio.ensure_future(self._append(notification, also))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: logged in _append
+                seq = await asyncio.shield(task)
+            else:
+                seq = await self._append(notification, also)
+            self.after_append(seq)
+            self.registry.fan_out(notification)
         return seq
+
+    async def _append(self, notification: fault_pb2.FaultNotification, also: Sequence[Any]) -> int:
+        try:
+            return await self.log.append(notification, also=also) if also else await self.log.append(notification)
+        except Exception as exc:
+            log.warning("notification %s not appended: %s: %s", notification.notification_id, type(exc).__name__, exc)
+            raise
+
+
+async def _always(_context: grpc.aio.ServicerContext) -> None:
+    return None
 
 
 class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
-    def __init__(self, auth: TokenAuth, state: FaultState, log_: NotificationLog, registry: Registry) -> None:
+    def __init__(self, auth: TokenAuth, state: FaultState, log_: NotificationLog, registry: Registry,
+                 book: SubscriptionBook | None = None,
+                 gate: Callable[[grpc.aio.ServicerContext], Awaitable[None]] = _always) -> None:
         self.auth = auth
         self.state = state
         self.log = log_
         self.registry = registry
+        self.book = book or SubscriptionBook()
+        self.gate = gate  # aborts UNAVAILABLE with the leader's address on a replica that does not lead
 
     async def _filter(self, principal: Principal, f: fault_pb2.SubscribeFilter | fault_pb2.FaultQueryFilter,
                       context: grpc.aio.ServicerContext) -> Filter:
@@ -76,16 +111,26 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
 
     async def Subscribe(self, request: fault_pb2.SubscribeRequest, context: grpc.aio.ServicerContext) -> None:
         principal = await self.auth.consumer(context)
+        await self.gate(context)
         flt = await self._filter(principal, request.filter, context)
         resume = request.resume_after
         if resume > self.log.last_sequence:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE,
                                 f"resume_after={resume} is beyond the last sequence {self.log.last_sequence}")
+        known = self.book.resumable(request.subscription_id, principal) if request.subscription_id else None
         # register before reading the log: nothing published from here on can fall between the two
-        sub = self.registry.add(principal, flt, self.log.last_sequence)
-        log.info("subscription %s for %s (resume_after=%d)", sub.id, principal.name, resume)
+        sub = self.registry.add(principal, flt, self.log.last_sequence, known.id if known else "")
+        sub.last_delivered = resume or sub.start_sequence  # where to resume if cut off before any delivery
+        log.info("subscription %s for %s (resume_after=%d%s)", sub.id, principal.name, resume,
+                 ", resumed" if known else "")
         cut = asyncio.create_task(sub.cut.wait())
         try:
+            try:
+                await self.book.attach(sub, request.filter.SerializeToString(deterministic=True))
+            except Exception as exc:  # noqa: BLE001 - not leading any more, or etcd refused: the client retries
+                self.registry.remove(sub)
+                await self.gate(context)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot record the subscription: {exc}")
             virtual, physical = await self.state.visible_resources(principal)
             virtual, physical = view_resources(principal, flt, virtual, physical, require_faults=False)
             await self._write(context, sub, cut, fault_pb2.SubscribeStreamMessage(subscribed=fault_pb2.SubscribeResponse(
@@ -108,6 +153,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         finally:
             cut.cancel()
             self.registry.remove(sub)
+            self.book.detach(sub)
             log.info("subscription %s ended", sub.id)
 
     async def _write(self, context: grpc.aio.ServicerContext, sub: Subscriber, cut: "asyncio.Task[bool]",
@@ -126,6 +172,12 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
 
     @staticmethod
     async def _cut_off(context: grpc.aio.ServicerContext, sub: Subscriber) -> None:
+        if sub.ended_by == NOT_LEADER:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"this replica stopped leading; subscribe again with resume_after={sub.last_delivered} "
+                                "at the leader", trailing_metadata=(("doctor-leader", sub.leader_hint),))
+        if sub.ended_by and sub.ended_by != FELL_BEHIND:
+            await context.abort(grpc.StatusCode.ABORTED, f"subscription {sub.id} was resumed by a newer stream")
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"consumer too slow: more than {sub.limit} notifications queued; "
                             f"subscribe again with resume_after={sub.last_delivered}")
@@ -139,6 +191,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
     async def QueryFaults(self, request: fault_pb2.FaultQueryRequest,
                           context: grpc.aio.ServicerContext) -> fault_pb2.FaultQueryResponse:
         principal = await self.auth.consumer(context)
+        await self.gate(context)
         flt = await self._filter(principal, request.filter, context)
         virtual, physical = self.state.active()
         virtual, physical = view_resources(principal, flt, virtual, physical)
@@ -147,6 +200,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
     async def GetServerHostStatus(self, request: fault_pb2.ServerHostStatusRequest,
                                   context: grpc.aio.ServicerContext) -> fault_pb2.ServerHostStatusResponse:
         principal = await self.auth.consumer(context)
+        await self.gate(context)
         if not request.server_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "server_id is required")
         owner = await self.state.owner_of(request.server_id)

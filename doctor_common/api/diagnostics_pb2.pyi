@@ -35,19 +35,23 @@ class AgentInfo(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., connected: _Optional[bool] = ..., liveness: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., last_seen_unix_nanos: _Optional[int] = ..., peer: _Optional[str] = ..., last_sequence: _Optional[int] = ..., components: _Optional[_Iterable[_Union[_agent_pb2.ComponentState, _Mapping]]] = ...) -> None: ...
 
 class SubscriptionInfo(_message.Message):
-    __slots__ = ("subscription_id", "principal", "queue_depth", "delivered")
+    __slots__ = ("subscription_id", "principal", "queue_depth", "delivered", "connected", "last_delivered")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_DELIVERED_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     principal: str
     queue_depth: int
     delivered: int
-    def __init__(self, subscription_id: _Optional[str] = ..., principal: _Optional[str] = ..., queue_depth: _Optional[int] = ..., delivered: _Optional[int] = ...) -> None: ...
+    connected: bool
+    last_delivered: int
+    def __init__(self, subscription_id: _Optional[str] = ..., principal: _Optional[str] = ..., queue_depth: _Optional[int] = ..., delivered: _Optional[int] = ..., connected: _Optional[bool] = ..., last_delivered: _Optional[int] = ...) -> None: ...
 
 class StatusReport(_message.Message):
-    __slots__ = ("node_id", "role", "leader_endpoint", "version", "started_unix_nanos", "protobuf_implementation", "controller", "agents", "active_alarms", "subscriptions", "last_sequence")
+    __slots__ = ("node_id", "role", "leader_endpoint", "version", "started_unix_nanos", "protobuf_implementation", "controller", "agents", "active_alarms", "subscriptions", "last_sequence", "leader_token")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +63,7 @@ class StatusReport(_message.Message):
     ACTIVE_ALARMS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     leader_endpoint: str
@@ -70,7 +75,8 @@ class StatusReport(_message.Message):
     active_alarms: _containers.RepeatedCompositeFieldContainer[_common_pb2.Fault]
     subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionInfo]
     last_sequence: int
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., leader_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., started_unix_nanos: _Optional[int] = ..., protobuf_implementation: _Optional[str] = ..., controller: _Optional[str] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., active_alarms: _Optional[_Iterable[_Union[_common_pb2.Fault, _Mapping]]] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionInfo, _Mapping]]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    leader_token: int
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., leader_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., started_unix_nanos: _Optional[int] = ..., protobuf_implementation: _Optional[str] = ..., controller: _Optional[str] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., active_alarms: _Optional[_Iterable[_Union[_common_pb2.Fault, _Mapping]]] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionInfo, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., leader_token: _Optional[int] = ...) -> None: ...
 
 class GetTimelinesRequest(_message.Message):
     __slots__ = ("limit",)

@@ -20,12 +20,14 @@ class SubscribeFilter(_message.Message):
     def __init__(self, virtual_resource_type: _Optional[_Iterable[str]] = ..., virtual_resource_id: _Optional[_Iterable[str]] = ..., fault_type: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[_common_pb2.Severity, str]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("filter", "resume_after")
+    __slots__ = ("filter", "resume_after", "subscription_id")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     filter: SubscribeFilter
     resume_after: int
-    def __init__(self, filter: _Optional[_Union[SubscribeFilter, _Mapping]] = ..., resume_after: _Optional[int] = ...) -> None: ...
+    subscription_id: str
+    def __init__(self, filter: _Optional[_Union[SubscribeFilter, _Mapping]] = ..., resume_after: _Optional[int] = ..., subscription_id: _Optional[str] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
     __slots__ = ("subscription_id", "virtual_resource_info", "physical_resource_info", "last_sequence")

@@ -1,0 +1,126 @@
+"""What the leader keeps in etcd, so a new leader carries on: alarms, host liveness, the recovery journal.
+
+``EtcdDurable`` writes through ``EtcdStore`` (every write fenced by the
+term's token); ``NullDurable`` is the standalone inspector's: nothing
+outlives the process. The responder calls the same methods either way.
+
+* ``check()`` before every external action (IPMI, controller): raises
+  ``NotLeader`` once the term is lost — the responses also run under
+  ``Term.run``, which cancels them, but a check right before the action closes
+  the window.
+* Alarm changes are written in the same transaction as the notification that
+  announces them (``publish_ops``), and a recovery's "notify" step too: the
+  step is recorded if and only if the notification is in the log, so a new
+  leader never announces an incident twice nor misses one.
+* Writes are shielded from the caller's cancellation: a write already sent is
+  seen through to etcd's answer (applied, or refused by the fencing token,
+  which is logged) rather than abandoned with an unknown outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+from inspector.alarms import Alarm, alarm_to_json
+from inspector.election import NotLeader, Term
+from inspector.etcd_store import EtcdStore, Incident, Step, json_codec
+
+log = logging.getLogger("doctor.inspector.durable")
+T = TypeVar("T")
+
+
+class NullDurable:
+    """Standalone: always acting, nothing persisted."""
+
+    def check(self) -> None:
+        return None
+
+    async def open_incident(self, alarm: Alarm, actions: Sequence[str]) -> None:
+        return None
+
+    async def step(self, incident_id: str, step: Step, detail: dict[str, Any]) -> None:
+        return None
+
+    async def close_incident(self, incident_id: str) -> None:
+        return None
+
+    def publish_ops(self, alarm: Alarm, *, cleared: bool = False, step: Step | None = None,
+                    detail: dict[str, Any] | None = None) -> list[Any]:
+        return []
+
+    async def save_host(self, host: str, liveness: str, boot_id: str) -> None:
+        return None
+
+
+class EtcdDurable(NullDurable):
+    def __init__(self, store: EtcdStore) -> None:
+        self.store = store
+        self.alarms = store.collection("alarms", *json_codec())
+        self.hosts = store.collection("hosts", *json_codec())
+        self.term: Term | None = None
+        self._host_locks: dict[str, asyncio.Lock] = {}
+
+    def check(self) -> None:
+        term = self.term
+        if term is None:
+            raise NotLeader("this replica does not lead")
+        term.check()
+
+    async def _write(self, aw: Awaitable[T], what: str) -> T:
+        self.check()
+        task = asyncio.ensure_future(aw)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # the outcome is logged below
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: _log_refusal(t, what))
+            raise
+        except NotLeader as exc:
+            log.warning("%s refused: %s", what, exc)
+            raise
+
+    # -- the recovery journal ------------------------------------------------------------------
+
+    async def open_incident(self, alarm: Alarm, actions: Sequence[str]) -> None:
+        data = {"alarm_id": alarm.id, "host": alarm.host, "actions": sorted(actions)}
+        await self._write(self.store.open_incident(alarm.id, data, also=[self.alarms.put_op(alarm.id,
+                                                                                            alarm_to_json(alarm))]),
+                          f"opening incident {alarm.id}")
+
+    async def step(self, incident_id: str, step: Step, detail: dict[str, Any]) -> None:
+        await self._write(self.store.record_step(incident_id, step, detail), f"journal step {step} of {incident_id}")
+
+    async def close_incident(self, incident_id: str) -> None:
+        await self._write(self.store.close_incident(incident_id), f"closing incident {incident_id}")
+
+    def publish_ops(self, alarm: Alarm, *, cleared: bool = False, step: Step | None = None,
+                    detail: dict[str, Any] | None = None) -> list[Any]:
+        self.check()
+        ops = [self.alarms.delete_op(alarm.id) if cleared else self.alarms.put_op(alarm.id, alarm_to_json(alarm))]
+        if step is not None:
+            ops.append(self.store.step_op(alarm.id, step, detail))
+        return ops
+
+    # -- hosts -----------------------------------------------------------------------------------
+
+    async def save_host(self, host: str, liveness: str, boot_id: str) -> None:
+        lock = self._host_locks.setdefault(host, asyncio.Lock())
+        async with lock:  # one write per host at a time: the last transition is the one that stays
+            await self._write(self.hosts.put(host, {"liveness": liveness, "boot_id": boot_id}),
+                              f"liveness of {host}")
+
+    # -- a new term reads everything -----------------------------------------------------------
+
+    async def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Incident]]:
+        """(alarms, hosts, open incidents) as the previous leader left them."""
+        alarms, hosts, incidents = await asyncio.gather(self.alarms.items(), self.hosts.items(),
+                                                        self.store.incidents())
+        return alarms, hosts, incidents
+
+
+def _log_refusal(task: "asyncio.Task[Any]", what: str) -> None:
+    if not task.cancelled() and isinstance(task.exception(), NotLeader):
+        log.warning("%s refused: %s", what, task.exception())
