@@ -65,7 +65,7 @@ class Inspector:
         self.log: Any = self.leadership.log if self.leadership else (notification_log or MemoryLog(cfg.retention))
         self.book = self.leadership.book if self.leadership else SubscriptionBook(None, cfg.subscription_expiry_s)
         self.publisher = Publisher(self.log, self.registry, after_append=lambda _s: crashpoint.reached("after_publish"))
-        self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s)
+        self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s, retry_s=cfg.fencing_retry_s)
         self.responder = Responder(cfg.policy, self.resources, self.controller, self.fencer, self.alarms,
                                    self.publisher, cfg.bmcs, self.durable)
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Awaitable
 from typing import Any, Callable, TypeVar
 
 from controller_adapter.base import Bmc
@@ -115,11 +115,7 @@ class IpmiFencer:
             assert bmc is not None
             if await self.power_state(bmc, remaining()) == "off":
                 return FenceResult(True, already_off=True)
-            response = await self._call(
-                bmc, lambda c: c.raw_command(netfn=_CHASSIS_NETFN, command=_CHASSIS_CONTROL, data=[_POWER_DOWN]),
-                remaining())
-            if isinstance(response, dict) and response.get("error"):
-                raise FencingError(f"BMC refused power-off: {response['error']}")
+            await self._call(bmc, self._raw(_CHASSIS_CONTROL, (_POWER_DOWN,)), remaining())
             self.power_offs_sent += 1
             return FenceResult(True)
         return await self._bounded(host, bmc, "send the power-off", run)
