@@ -38,7 +38,7 @@ class DoctorClient:
         self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self.endpoint = self.endpoints[0]
         self.token = token
-        self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
+        self._channel = grpc.aio.insecure_channel(self.endpoint, options=channel_options())
         self._md = auth_metadata(token)
 
     async def close(self) -> None:
@@ -100,9 +100,10 @@ class DoctorClient:
                     if msg.WhichOneof("kind") == "fault":
                         cursor = msg.fault.sequence
                     else:
+                        if msg.subscribed.subscription_id != subscription_id and cursor == 0:
+                            # a new subscription starts at its snapshot; a resumed one replays from the cursor
+                            cursor = msg.subscribed.last_sequence
                         subscription_id = msg.subscribed.subscription_id
-                        if cursor == 0:
-                            cursor = msg.subscribed.last_sequence  # from now on, resume from the snapshot's position
                     backoff = 0.05
                     yield msg
             except grpc.aio.AioRpcError as exc:

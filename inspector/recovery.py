@@ -62,9 +62,9 @@ class Recovery:
             await r.durable.close_incident(incident.incident_id)
             return
         done = {s.step: s.detail for s in incident.steps}
-        log.warning("finishing incident %s on %s begun by %s: %s still to do", incident.incident_id, alarm.host,
+        log.warning("finishing incident %s on %s begun by %s: %s", incident.incident_id, alarm.host,
                     ", ".join(sorted({s.node_id for s in incident.steps})) or "a previous leader",
-                    ", ".join(incident.pending()))
+                    (", ".join(incident.pending()) + " still to do") if incident.pending() else "only closing it")
         async with r.lock(alarm.host):
             await self.run(alarm, incident.data.get("actions") or sorted(FENCE_ALL), done)
 

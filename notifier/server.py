@@ -120,7 +120,10 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         known = self.book.resumable(request.subscription_id, principal) if request.subscription_id else None
         # register before reading the log: nothing published from here on can fall between the two
         sub = self.registry.add(principal, flt, self.log.last_sequence, known.id if known else "")
-        sub.last_delivered = resume or sub.start_sequence  # where to resume if cut off before any delivery
+        # a recognised subscription resumes even from 0 (its snapshot was taken before anything was logged);
+        # resume_after=0 on a new one means "from now on"
+        replay = bool(resume or known)
+        sub.last_delivered = resume if replay else sub.start_sequence  # where to resume if cut off before any delivery
         log.info("subscription %s for %s (resume_after=%d%s)", sub.id, principal.name, resume,
                  ", resumed" if known else "")
         cut = asyncio.create_task(sub.cut.wait())
@@ -136,7 +139,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
             await self._write(context, sub, cut, fault_pb2.SubscribeStreamMessage(subscribed=fault_pb2.SubscribeResponse(
                 subscription_id=sub.id, virtual_resource_info=virtual, physical_resource_info=physical,
                 last_sequence=sub.start_sequence)))
-            if resume:
+            if replay:
                 try:
                     missed = await self.log.read(resume, sub.start_sequence)
                 except CursorExpired as exc:

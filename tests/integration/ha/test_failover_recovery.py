@@ -1,0 +1,74 @@
+"""SIGKILL the leading inspector at exact points of a recovery: the next leader finishes it, each step once.
+
+The leader (replica 0) runs with the test hook ``DOCTOR_TEST_CRASH_AT`` (see
+``inspector/crashpoint.py``) and kills itself right after the named point of
+the recovery that cutting compute-1's link starts; replica 1 then takes over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from doctor_common.api import common_pb2
+from doctor_common.client import DoctorClient
+from doctor_common.halab import HaLab
+from doctor_common.lab import wait_for
+from tests.etcd_cluster import EtcdCluster
+from tests.integration.ha.conftest import assert_delivered_exactly_once, keys_under, read_log
+
+PROJECTS = ("project-a", "project-b", "project-c")  # servers: vm-1-1 a, vm-1-2 b, vm-2-1 c, vm-2-2 a
+
+# what the replica that takes over still has to do, by crash point
+LEFT_TO_DO = {
+    "before_fence": "fence, confirm_off, mark_down, servers_error, notify still to do",
+    "after_fence": "mark_down, servers_error, notify still to do",
+    "after_publish": "only closing it",
+}
+
+
+async def host_info(lab: HaLab, replica: int, host: str) -> Any:
+    async with DoctorClient(lab.replicas[replica].endpoint, lab.tokens["admin"]) as c:
+        return next(h for h in (await c.hosts()).hosts if h.host_id == host)
+
+
+@pytest.mark.parametrize("point", ["before_fence", "after_fence", "after_publish"])
+async def test_leader_killed_mid_recovery_the_next_one_finishes_it_once(
+        point: str, ha: Any, shared_etcd: EtcdCluster, needs_root: None) -> None:
+    """The leader dies (SIGKILL) before fencing / after fencing, before marking down / after publishing, before
+    any consumer read: the next leader finishes the journalled incident. Exactly one power-off reaches the
+    BMC, the host ends DOWN, the log holds one notification of the fault, and every consumer receives every
+    notification it may see exactly once, in order (project-c owns nothing on compute-1: it hears nothing)."""
+    lab = await ha(shared_etcd, first_env={"DOCTOR_TEST_CRASH_AT": point}, hosts=2, projects=PROJECTS)
+    consumers = [await ha.consumer(lab, p) for p in (*PROJECTS, "admin")]
+    assert await lab.leader() == 0
+
+    lab.cut_link("compute-1")
+    proc = lab.replicas[0].proc
+    assert proc is not None
+    await wait_for(lambda: proc.returncode is not None, 10, 0.01, "the leader to kill itself")
+    assert proc.returncode == -9 and f"TEST HOOK: SIGKILL at {point}" in lab.replica_log(0)
+    assert await lab.wait_leader(exclude=(0,)) == 1
+
+    admin = consumers[-1]
+    await wait_for(lambda: admin.faults, 10, 0.01, "the notification from the new leader")
+    await assert_delivered_exactly_once(lab, consumers)
+    assert consumers[2].faults == [], "project-c owns nothing on compute-1"
+    assert {c.snapshots[0].subscription_id for c in consumers} == {c.snapshots[-1].subscription_id
+                                                                  for c in consumers}, "subscriptions recognised"
+
+    assert lab.power("compute-1") == ("off", 1), "exactly one power-off reached the BMC"
+    assert lab.power("compute-2") == ("on", 0)
+    info = await host_info(lab, 1, "compute-1")
+    assert info.forced_down and info.host_status == common_pb2.HOST_STATUS_DOWN
+
+    log = await read_log(lab)
+    roots = [n for n in log for p in n.physical_resource_info for f in p.faults
+             if p.physical_resource_id == "compute-1" and f.fault_type == "compute.host.nic.down"]
+    assert len(roots) == 1 and roots[0].fenced, "the fault is announced once, fenced"
+    assert LEFT_TO_DO[point] in lab.replica_log(1)
+
+    async def journal_closed() -> bool:
+        return await keys_under(lab, "recovery") == []
+    await wait_for(journal_closed, 5, 0.05, "the incident's journal to be closed")
