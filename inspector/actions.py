@@ -114,6 +114,7 @@ class Responder:
     async def enable_host(self, host: str) -> list[Alarm]:
         """The administrator declares the host repaired: lift forced-down, clear its alarms."""
         async with self.lock(host):
+            await self.durable.confirm()  # etcd proves we lead (fencing token) before the controller is told
             self.durable.check()
             await self.controller.force_down(host, False)
             self.resources.set_host(host, forced_down=False)

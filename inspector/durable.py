@@ -38,6 +38,9 @@ class NullDurable:
     def check(self) -> None:
         return None
 
+    async def confirm(self) -> None:
+        return None
+
     async def open_incident(self, alarm: Alarm, actions: Sequence[str]) -> None:
         return None
 
@@ -81,6 +84,10 @@ class EtcdDurable(NullDurable):
         except NotLeader as exc:
             log.warning("%s refused: %s", what, exc)
             raise
+
+    async def confirm(self) -> None:
+        """Prove leadership with a fenced no-op write (before an action no journal write precedes)."""
+        await self._write(self.store.txn([], []), "leadership proof")
 
     # -- the recovery journal ------------------------------------------------------------------
 

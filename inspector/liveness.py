@@ -107,11 +107,23 @@ class Liveness:
             await self._set(rec, AGENT_DOWN)
 
     async def watch(self) -> None:
-        """Declare silent hosts unreachable; runs until cancelled."""
+        """Declare silent hosts unreachable; runs until cancelled.
+
+        If this loop itself was held up (the process frozen, a long pause), the hosts' messages of that time
+        are still unread in the sockets: the stall is not counted as their silence.
+        """
         period = max(self.timeout_s / 5, 0.01)
+        last = time.monotonic()
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            stall, last = now - last - period, now
+            if stall > self.timeout_s / 2:
+                log.warning("liveness watch held up %.0f ms (this process did not run): not the hosts' silence",
+                            stall * 1e3)
+                for rec in self.hosts.values():
+                    rec.last_seen += stall
+                continue
             for rec in list(self.hosts.values()):
                 if rec.liveness == UP and now - rec.last_seen > self.timeout_s:
                     try:

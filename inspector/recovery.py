@@ -12,7 +12,9 @@ host down twice is harmless. The notify step is recorded in the same etcd
 transaction that appends the notification, so it happens exactly once.
 Before each external action the term is checked (``durable.check()``), and
 the whole response runs under ``Term.run``, which cancels it the moment the
-term is lost.
+term is lost. A new incident's first act is a fenced etcd write (opening its
+journal): a leader that was frozen and deposed meanwhile is refused by etcd
+before it can send a power-off.
 """
 
 from __future__ import annotations
