@@ -5,6 +5,12 @@ inside, a virtual BMC on a loopback port), the inspector with the embedded
 controller, and one consumer per project plus an administrator. It cuts
 compute-1's link, prints what each consumer received and the fault's
 per-stage latency, then removes everything it created.
+
+Then the same cloud with two inspector replicas on a one-member etcd
+(Debian's etcd, a temporary directory, loopback ports): it SIGKILLs the
+leader, cuts compute-2's link while nobody leads, and shows the other replica
+taking over and the fault still reaching its owners, once. Without etcd it
+says so and the standalone run is the whole demo.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 
 from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.client import DoctorClient
+from doctor_common.halab import HaLab, LocalEtcd
 from doctor_common.lab import Lab, wait_for
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
 
@@ -113,12 +120,85 @@ async def run() -> int:
         say("   removed the namespaces, links, processes and files the demo created")
 
 
+async def _follow(client: DoctorClient, snapshots: list[str], inbox: list[fault_pb2.FaultNotification]) -> None:
+    """A consumer given every replica: it reconnects, follows the leader and resumes by itself."""
+    async for msg in client.subscribe(max_backoff_s=0.2):
+        if msg.WhichOneof("kind") == "subscribed":
+            snapshots.append(msg.subscribed.subscription_id)
+        else:
+            inbox.append(msg.fault)
+
+
+async def run_ha() -> int:
+    if LocalEtcd.binary() is None:
+        say("\n== replicated inspectors: skipped, etcd is not installed (apt-get install etcd-server);\n"
+            "   the standalone run above is the whole demo")
+        return 0
+    say("\n== replicated: one etcd member, two inspector replicas; the leader is SIGKILLed, then a link cut")
+    etcd = LocalEtcd()
+    lab: HaLab | None = None
+    clients: list[DoctorClient] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await etcd.start()
+        lab = HaLab(etcd.endpoints, replicas=2, hosts=3, servers_per_host=2, projects=PROJECTS)
+        await lab.start()
+        old = await lab.status(0)
+        assert old is not None and old.role == "leader"
+        say(f"   etcd on {etcd.endpoints[0]}; replica-0 on {lab.replicas[0].endpoint} leads (fencing token "
+            f"{old.leader_token}), replica-1 on {lab.replicas[1].endpoint} follows; agents list both")
+        snapshots: dict[str, list[str]] = {}
+        inboxes: dict[str, list[fault_pb2.FaultNotification]] = {}
+        for who in (*PROJECTS, "admin"):
+            clients.append(DoctorClient(lab.endpoints, lab.tokens[who]))
+            snapshots[who], inboxes[who] = [], []
+            tasks.append(asyncio.create_task(_follow(clients[-1], snapshots[who], inboxes[who])))
+        await wait_for(lambda: all(snapshots.values()), 10, what="the subscriptions")
+        t0 = time.monotonic()
+        await lab.kill_replica(0)
+        say("   +0.000 s  SIGKILL replica-0, the leader: no goodbye, its lease simply stops being renewed")
+        lab.cut_link("compute-2")
+        say(f"   +{time.monotonic() - t0:.3f} s  cut compute-2's link while nobody leads: its agent holds the event")
+        await lab.wait_leader(exclude=(0,))
+        new = await lab.status(1)
+        assert new is not None
+        say(f"   +{time.monotonic() - t0:.3f} s  replica-1 leads (token {new.leader_token}): state read from etcd, "
+            "agents and consumers reconnect to it")
+        expected = {lab.server_owner[s] for s in lab.hosts["compute-2"].servers} | {"admin"}
+        await wait_for(lambda: all(inboxes[w] for w in expected), 15, what="the owners' notifications")
+        say(f"   +{time.monotonic() - t0:.3f} s  the owners of compute-2's servers hold the notification")
+        for who, inbox in inboxes.items():
+            resumed = "same subscription" if len(set(snapshots[who])) == 1 else "NEW subscription"
+            got = ", ".join(f"seq {n.sequence} fenced={n.fenced}" for n in inbox) or "nothing (owns nothing there)"
+            say(f"   {who:<10} {got}; reconnected {len(snapshots[who]) - 1}x, {resumed}")
+        async with DoctorClient(lab.replicas[1].endpoint, lab.tokens["admin"]) as c:
+            host = next(h for h in (await c.hosts()).hosts if h.host_id == "compute-2")
+        power, offs = lab.power("compute-2")
+        say(f"   BMC of compute-2: power {power} ({offs} power-off); host_status {_hs(host.host_status)}")
+        bystanders = [w for w in inboxes if w not in expected]
+        ok = (power == "off" and offs == 1 and host.forced_down and all(len(inboxes[w]) == 1 for w in expected)
+              and not any(inboxes[w] for w in bystanders) and all(len(set(v)) == 1 for v in snapshots.values()))
+        say("\n== " + ("done: the leader died, the other replica took over, the owners were told once"
+                        if ok else "UNEXPECTED RESULT: see above"))
+        return 0 if ok else 1
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in clients:
+            await c.close()
+        if lab is not None:
+            await lab.close()
+        await etcd.stop()
+        say("   removed the replicas, etcd and everything else the replicated run created")
+
+
 def main() -> int:
     if os.geteuid() != 0:
         say("make demo needs root: it creates network namespaces and veth links (one per simulated host).\n"
             "Run it as root, e.g. `sudo make demo`.")
         return 2
-    return asyncio.run(run())
+    return asyncio.run(run()) or asyncio.run(run_ha())
 
 
 if __name__ == "__main__":
