@@ -49,19 +49,23 @@ def connect(settings: Settings) -> Any:
         options["compute_api_version"] = settings.compute_api_version
     region = config.get_one(cloud=settings.cloud, **options)
     conn = openstack.connection.Connection(config=region)
-    # one pooled keep-alive connection per worker, so concurrent calls reuse connections
-    http = conn.session.session
-    old = http.get_adapter("https://")
-    pool = TCPKeepAliveAdapter(pool_maxsize=max(10, settings.max_workers),
-                               tls_ciphers=getattr(old, "tls_ciphers", None),
-                               tls_min_version=getattr(old, "tls_min_version", None))
-    http.mount("https://", pool)
-    http.mount("http://", pool)
-    # authenticate and discover both endpoints now, on one thread: the proxies are created lazily
-    # and unsynchronised inside the SDK
-    conn.authorize()
-    conn.compute.get_endpoint_data()
-    conn.network.get_endpoint_data()
+    try:
+        # one pooled keep-alive connection per worker, so concurrent calls reuse connections
+        http = conn.session.session
+        old = http.get_adapter("https://")
+        pool = TCPKeepAliveAdapter(pool_maxsize=max(10, settings.max_workers),
+                                   tls_ciphers=getattr(old, "tls_ciphers", None),
+                                   tls_min_version=getattr(old, "tls_min_version", None))
+        http.mount("https://", pool)
+        http.mount("http://", pool)
+        # authenticate and discover both endpoints now, on one thread: the proxies are created lazily
+        # and unsynchronised inside the SDK
+        conn.authorize()
+        conn.compute.get_endpoint_data()
+        conn.network.get_endpoint_data()
+    except BaseException:
+        conn.close()  # the next call starts afresh; do not leak this one's sockets
+        raise
     return conn
 
 

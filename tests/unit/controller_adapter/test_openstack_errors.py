@@ -178,3 +178,12 @@ async def test_not_found_keeps_the_cause(make_cloud: MakeCloud, make_controller:
         await ctl.server_host_status("ghost")
     assert isinstance(info.value.__cause__, sdk_exceptions.NotFoundException)
     assert info.value.status == 404 and info.value.request_id
+
+
+async def test_failed_connect_is_retried_afresh(make_cloud: MakeCloud, make_controller: MakeController) -> None:
+    """Keystone answering 503 at start-up is BackendUnavailable, retried with a new connection, and then works."""
+    cloud = seed(make_cloud())
+    cloud.fail("POST", r"/auth/tokens$", 503)
+    ctl = await make_controller(cloud, connect=False, retries=1)
+    assert [h.name for h in await ctl.list_hosts()] == ["c1", "c2", "c3"]
+    assert [r.status for r in of(cloud, "POST", "/identity/v3/auth/tokens")] == [503, 201]
