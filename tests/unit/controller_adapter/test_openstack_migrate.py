@@ -157,10 +157,10 @@ async def test_host_is_empty(make_cloud: MakeCloud, make_controller: MakeControl
     ctl = await make_controller(cloud)
     assert await ctl.host_is_empty("c1") is False
     assert await ctl.host_is_empty("c3") is True
-    got = sorted((c[1], str(c[2])) for c in calls(cloud) if "c3" in str(c[2]))
-    assert got == [("/compute/v2.1/os-migrations", "{'host': ['c3']}"),
-                   ("/compute/v2.1/os-services", "{'binary': ['nova-compute'], 'host': ['c3']}"),
-                   ("/compute/v2.1/servers/detail", "{'host': ['c3'], 'all_tenants': ['True']}")]
+    got = sorted((c[0], c[1], str(c[2]), c[3], c[4]) for c in calls(cloud) if "c3" in str(c[2]))
+    assert got == [("GET", "/compute/v2.1/os-migrations", "{'host': ['c3']}", None, "2.80"),
+                   ("GET", "/compute/v2.1/os-services", "{'binary': ['nova-compute'], 'host': ['c3']}", None, "2.69"),
+                   ("GET", "/compute/v2.1/servers/detail", "{'host': ['c3'], 'all_tenants': ['True']}", None, "2.90")]
     cloud.add_migration("s4", "c2", "c3", status="pre-migrating")
     assert await ctl.host_is_empty("c3") is False
     cloud.complete_migrations()
