@@ -37,6 +37,22 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+# pyghmi routes replies by BMC address through process-wide tables, so a BMC
+# address that an earlier (now dead) session used must not come back in the
+# same process: its replies would go to the stale session.
+_BMC_PORTS_USED: set[int] = set()
+
+
+def fresh_bmc_port() -> int:
+    """A free loopback UDP port never handed out to a BMC before in this process."""
+    for _ in range(100):
+        port = free_port(socket.SOCK_DGRAM)
+        if port not in _BMC_PORTS_USED:
+            _BMC_PORTS_USED.add(port)
+            return port
+    raise RuntimeError("no fresh UDP port for a virtual BMC")
+
+
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.002,
                    what: str = "condition") -> Any:
     """Poll ``predicate`` (sync or async) until truthy; raise TimeoutError naming ``what``."""
@@ -92,7 +108,7 @@ class Lab:
         k = 0  # owners round-robin across all servers, so hosts mix projects differently
         for i in range(1, hosts + 1):
             name = f"compute-{i}"
-            h = LabHost(name, f"dl{self.tag}-{i}", f"dl{self.tag}h{i}", free_port(socket.SOCK_DGRAM),
+            h = LabHost(name, f"dl{self.tag}-{i}", f"dl{self.tag}h{i}", fresh_bmc_port(),
                         self.dir / f"{name}.bmc", secrets.token_urlsafe(16))
             for j in range(servers_per_host):
                 sid = f"vm-{i}-{j + 1}"
@@ -161,7 +177,7 @@ class Lab:
             if b"listening" in line:
                 return
             await h.bmc_proc.wait()
-            h.bmc_port = free_port(socket.SOCK_DGRAM)
+            h.bmc_port = fresh_bmc_port()
         raise RuntimeError(f"virtual BMC of {h.name} did not start after {attempts} attempts")
 
     async def start_agent(self, h: LabHost) -> None:
