@@ -61,8 +61,8 @@ class AgentLink:
                     backoff = self.max_backoff_s
                 else:
                     log.warning("stream to %s ended: %s %s", target, code.name, exc.details() or "")
-            except (ConnectionError, OSError) as exc:
-                log.warning("stream to %s failed: %s", target, exc)
+            except (ConnectionError, OSError, asyncio.InvalidStateError) as exc:  # the last: ended under a write
+                log.warning("stream to %s failed: %s", target, exc or type(exc).__name__)
             finally:
                 self.connected.clear()
                 self._call = None
