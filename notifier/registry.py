@@ -102,6 +102,10 @@ class Registry:
         views: dict[tuple[Principal, Filter], fault_pb2.FaultNotification | None] = {}
         count = 0
         for sub in self._subs.values():
+            if notification.sequence <= sub.start_sequence:
+                # logged before the subscriber registered (the log's counter had moved, the fan-out had not
+                # happened yet): its replay from the log delivers it; offering it live would repeat it
+                continue
             key = (sub.principal, sub.filter)
             if key not in views:  # subscribers with the same identity and filter share one view
                 views[key] = view_notification(sub.principal, sub.filter, notification)

@@ -72,3 +72,28 @@ async def test_leader_killed_mid_recovery_the_next_one_finishes_it_once(
     async def journal_closed() -> bool:
         return await keys_under(lab, "recovery") == []
     await wait_for(journal_closed, 5, 0.05, "the incident's journal to be closed")
+
+
+async def test_a_host_that_dies_during_the_takeover_is_still_noticed(
+        ha: Any, shared_etcd: EtcdCluster, needs_root: None) -> None:
+    """compute-2's agent falls silent (SIGSTOP) just as the leader is SIGKILLed, so it never says Hello to the
+    next one. The new leader expects every host the old one had up (kept in etcd), gives them the takeover
+    grace, then declares compute-2 unreachable: fenced once, notified once. compute-1, back in time, is left on."""
+    lab = await ha(shared_etcd, hosts=2, takeover_grace_ms=1500)
+    admin = await ha.consumer(lab, "admin")
+
+    async def both_up_in_etcd() -> bool:
+        return await keys_under(lab, "hosts") == ["hosts/compute-1", "hosts/compute-2"]
+    await wait_for(both_up_in_etcd, 5, 0.02, "the leader to record both hosts up")
+    lab.freeze_agent("compute-2")
+    await lab.kill_replica(0)
+    assert await lab.wait_leader(exclude=(0,)) == 1
+    assert "waiting up to 1.5s for 2 agents" in lab.replica_log(1)
+
+    await wait_for(lambda: admin.faults, 15, 0.01, "compute-2 to be declared unreachable")
+    await assert_delivered_exactly_once(lab, [admin])
+    [n] = admin.faults
+    [host] = n.physical_resource_info
+    assert host.physical_resource_id == "compute-2" and host.faults[0].fault_type == "compute.host.unreachable"
+    assert n.fenced and lab.power("compute-2") == ("off", 1)
+    assert lab.power("compute-1") == ("on", 0)
