@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from controller_adapter.base import Bmc
+from doctor_common.ipmi_session import discard
 
 log = logging.getLogger("doctor.inspector.fencing")
 T = TypeVar("T")
@@ -75,7 +76,8 @@ class IpmiFencer:
                 try:
                     return fn(cmd)
                 except Exception:
-                    self._commands.pop(key, None)  # a broken session is not reused
+                    self._commands.pop(key, None)  # a broken session is not reused...
+                    discard(cmd)  # ...nor left in pyghmi's process-wide tables
                     raise
 
             return await asyncio.wait_for(loop.run_in_executor(self._pool, run), timeout)
@@ -161,16 +163,11 @@ class IpmiFencer:
         await self._call(bmc, self._raw(_CHASSIS_CONTROL, (_POWER_UP,)), self.timeout_s)
 
     async def close(self, timeout: float = 1.0) -> None:
-        """Log out of the BMCs (best effort, bounded: a dead BMC must not hold up shutdown)."""
+        """Log out of the BMCs and make pyghmi forget the sessions (bounded: a dead BMC must not hold up
+        shutdown, and must not leave keepalives running in this process)."""
         commands = list(self._commands.values())
         self._commands.clear()
-        loop = asyncio.get_running_loop()
-
-        def logout(cmd: Any) -> None:
-            try:
-                cmd.ipmi_session.logout()
-            except Exception:  # noqa: BLE001 - the session may already be gone
-                pass
         if commands:
-            await asyncio.wait([loop.run_in_executor(self._pool, logout, c) for c in commands], timeout=timeout)
+            per = max(timeout / len(commands), 0.05)
+            await asyncio.gather(*(asyncio.to_thread(discard, c, wait_s=per) for c in commands))
         self._pool.shutdown(wait=False, cancel_futures=True)

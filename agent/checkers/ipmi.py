@@ -21,7 +21,7 @@ import asyncio
 import logging
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from agent.checkers.base import Reading, Status
 from agent.checkers.polling import Check, PollingChecker, Schedule
 from doctor_common.api import common_pb2
 from doctor_common.config import Section
+from doctor_common.ipmi_session import discard
 
 log = logging.getLogger("doctor.agent.ipmi")
 T = TypeVar("T")
@@ -187,7 +188,9 @@ class BmcWorker:
                     self._command = self._connect()
                 result = fn(self._command)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-                self._command = None  # pyghmi drops a broken session; the next call logs in again
+                if self._command is not None:  # not reused, and not left in pyghmi's process-wide tables
+                    discard(self._command)
+                self._command = None  # the next call logs in again
                 error = exc
             try:
                 loop.call_soon_threadsafe(settle, result, error)
@@ -197,6 +200,12 @@ class BmcWorker:
         self._busy = fut
         threading.Thread(target=work, name="doctor-ipmi", daemon=True).start()
         return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+
+    def close(self) -> None:
+        """Forget the session (bounded: a call stuck on a dead BMC may hold it)."""
+        cmd, self._command = self._command, None
+        if cmd is not None:
+            discard(cmd, wait_s=0.5)
 
 
 @dataclass
@@ -260,6 +269,14 @@ class IpmiChecker(PollingChecker):
 
     def __init__(self, check: BmcCheck) -> None:
         super().__init__([check])
+        self.bmc = check
+
+    async def watch(self) -> AsyncIterator[Reading]:
+        try:
+            async for reading in super().watch():
+                yield reading
+        finally:
+            self.bmc.worker.close()
 
     @classmethod
     def from_config(cls, cfg: Section, host_id: str) -> "IpmiChecker":

@@ -1,0 +1,47 @@
+"""Make pyghmi forget a session for good.
+
+pyghmi keeps every logged-in session in process-wide tables (keepalives,
+waiting sessions, reply routing by BMC address). A session whose BMC died or
+that we abandoned stays there: its keepalives and retries run inside whatever
+thread next waits for a reply, and a later session to the same address can
+have its replies routed to it. Fencing then stalled for seconds once enough
+dead sessions had piled up in one process. Every abandoned ``Command`` goes
+through ``discard``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+def _forget(cmd: Any) -> None:
+    session = getattr(cmd, "ipmi_session", None)
+    if session is None:
+        return
+    try:
+        session.logout()  # close-session without retry; leaves the keepalive table
+    except Exception:  # noqa: BLE001 - the BMC may be gone
+        pass
+    try:
+        session._mark_broken()  # pyghmi's own cleanup of its class-level tables
+    except Exception:  # noqa: BLE001
+        pass
+    handlers = type(session).bmc_handlers
+    for addr, by_port in list(handlers.items()):
+        for port, owner in list(by_port.items()):
+            if owner is session:
+                del by_port[port]
+        if not by_port:
+            handlers.pop(addr, None)
+
+
+def discard(cmd: Any, *, wait_s: float | None = None) -> None:
+    """Forget ``cmd``'s session. With ``wait_s``, in a daemon thread joined at most that long
+    (a logout can queue behind a stuck call on the same session)."""
+    if wait_s is None:
+        _forget(cmd)
+        return
+    worker = threading.Thread(target=_forget, args=(cmd,), name="ipmi-discard", daemon=True)
+    worker.start()
+    worker.join(wait_s)
