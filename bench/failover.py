@@ -17,7 +17,9 @@ re-subscribed to it; "all" is the last of the three. The killed replica is
 restarted before the next run. At the end each consumer's notifications are
 compared with the etcd log: every one it may see, once, in order
 (``lost_notifications``, gaps, duplicates). Agents and consumers cap their
-reconnect backoff at 0.3 s here (the agent's default is 2 s).
+reconnect backoff at ``--backoff`` seconds (default 2, the agent's and
+``DoctorClient``'s own default): while nobody leads they retry with a growing
+backoff, so the cap bounds how long after the new leader they are back.
 
 In both phases the kill comes at a random moment (uniform over half a TTL,
 i.e. two lease renewal periods) so the renewal phase is sampled fairly. Two
@@ -132,14 +134,14 @@ async def scenario(*, fast: bool, ttl: int, runs: int, rng: random.Random) -> di
 class Watcher:
     """A consumer with every replica's address; notes when each (re)subscription was answered."""
 
-    def __init__(self, lab: HaLab, who: str) -> None:
-        self.who, self.client = who, DoctorClient(lab.endpoints, lab.tokens[who])
+    def __init__(self, lab: HaLab, who: str, backoff: float) -> None:
+        self.who, self.client, self.backoff = who, DoctorClient(lab.endpoints, lab.tokens[who]), backoff
         self.subscribed_at: list[float] = []
         self.first: fault_pb2.SubscribeResponse | None = None
         self.seqs: list[int] = []
 
     async def run(self) -> None:
-        async for msg in self.client.subscribe(max_backoff_s=0.3):
+        async for msg in self.client.subscribe(max_backoff_s=self.backoff):
             if msg.WhichOneof("kind") == "subscribed":
                 self.subscribed_at.append(time.monotonic())
                 self.first = self.first or msg.subscribed
@@ -172,12 +174,12 @@ async def monitor(lab: HaLab, stop: asyncio.Event) -> int:
             await ch.close()
 
 
-async def system_scenario(*, fast: bool, ttl: int, runs: int, rng: random.Random) -> dict[str, Any]:
+async def system_scenario(*, fast: bool, ttl: int, runs: int, rng: random.Random, backoff: float) -> dict[str, Any]:
     cluster = EtcdCluster(3, fast=fast)
     cluster.start()
-    lab = HaLab(cluster.endpoints, replicas=3, hosts=3, netns=False, lease_ttl_s=ttl,
-                call_timeout_s=1.0 if fast else 2.5, takeover_grace_ms=5000)
-    watchers = [Watcher(lab, who) for who in ("admin", "project-a", "project-b", "admin")]
+    lab = HaLab(cluster.endpoints, replicas=3, hosts=3, netns=False, lease_ttl_s=ttl, agent_max_backoff_s=backoff,
+                call_timeout_s=1.0 if fast else 2.5, takeover_grace_ms=10_000)
+    watchers = [Watcher(lab, who, backoff) for who in ("admin", "project-a", "project-b", "admin")]
     tasks: list[asyncio.Task[Any]] = []
     stop = asyncio.Event()
     times: dict[str, list[float]] = {"leader": [], "agents": [], "consumers": [], "all": []}
@@ -228,7 +230,7 @@ async def system_scenario(*, fast: bool, ttl: int, runs: int, rng: random.Random
         cluster.stop()
     med = {k: round(statistics.median(v), 3) for k, v in times.items()}
     return {"ttl_s": ttl, "etcd_timing": "fast (heartbeat 50 ms, election 250 ms)" if fast else "default",
-            "runs": runs, "median_s": med["all"], "max_s": round(max(times["all"]), 3),
+            "client_backoff_cap_s": backoff, "runs": runs, "median_s": med["all"], "max_s": round(max(times["all"]), 3),
             "min_s": round(min(times["all"]), 3), "leader_median_s": med["leader"],
             "agents_median_s": med["agents"], "consumers_median_s": med["consumers"],
             "reports_sent": sent, "notifications": len(entries), "lost_notifications": lost,
@@ -240,6 +242,7 @@ async def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer runs per configuration (about a minute in all)")
     p.add_argument("--runs", type=int, default=None, help="phase 1 runs per configuration")
     p.add_argument("--system-runs", type=int, default=None, help="phase 2 runs per configuration")
+    p.add_argument("--backoff", type=float, default=2.0, help="agents' and consumers' reconnect backoff cap (s)")
     p.add_argument("--seed", type=int, default=1, help="of the random kill moments")
     args = p.parse_args()
     rng = random.Random(args.seed)
@@ -255,8 +258,9 @@ async def main() -> None:
         election.append(r)
     system: list[dict[str, Any]] = []
     for fast, ttl, label in configs:
-        print(f"phase 2, inspector replicas + agents + consumers, {label}: {system_runs} failovers", flush=True)
-        r = await system_scenario(fast=fast, ttl=ttl, runs=system_runs, rng=rng)
+        print(f"phase 2, inspector replicas + agents + consumers, {label}, reconnect backoff cap {args.backoff} s: "
+              f"{system_runs} failovers", flush=True)
+        r = await system_scenario(fast=fast, ttl=ttl, runs=system_runs, rng=rng, backoff=args.backoff)
         print(f"  all reconnected: median {r['median_s']:.3f} s, max {r['max_s']:.3f} s (leader acting: median "
               f"{r['leader_median_s']:.3f} s; agents {r['agents_median_s']:.3f} s; consumers "
               f"{r['consumers_median_s']:.3f} s); {r['notifications']} notifications, "

@@ -34,6 +34,7 @@ from inspector.fencing import IpmiFencer
 from inspector.gateway import FAULTY, AgentGatewayServicer
 from inspector.leadership import Leadership
 from inspector.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
+from inspector.redirects import Redirector
 from notifier.log import MemoryLog, NotificationLog
 from notifier.registry import NOT_LEADER, Registry
 from notifier.server import FaultManagementServicer, Publisher
@@ -70,6 +71,9 @@ class Inspector:
                                    self.publisher, cfg.bmcs, self.durable)
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
         self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed)
+        hold_s = cfg.etcd.lease_ttl_s + 1.5 if cfg.etcd else 0.0  # a dead leader is named at most this long
+        self.agent_redirects = Redirector(self._leader_agent_endpoint, lambda: self.acting, cfg.advertise_agents, hold_s)
+        self.consumer_redirects = Redirector(self.leader_endpoint, lambda: self.acting, cfg.advertise, hold_s)
         self.server: grpc.aio.Server | None = None
         self.health: Any = None
         self.ports: list[int] = []
@@ -89,20 +93,29 @@ class Inspector:
     def epoch(self) -> int | None:
         return self._epoch if self.acting else None
 
+    def _leader_agent_endpoint(self) -> str | None:
+        info = self.leadership.election.leader_info() if self.leadership else None
+        return (info.agent_endpoint or info.endpoint) if info else None
+
     def agent_redirect(self) -> str | None:
+        """Where a stream whose term ended goes: the leader (ourselves if we lead again), if known."""
         if self.leadership is None:
             return None
-        if self.acting:
-            return self.cfg.advertise_agents
-        info = self.leadership.election.leader_info()
-        if info is None or info.node_id == self.cfg.node_id:
-            return None  # nobody, or us while we load the state: the agent retries
-        return info.agent_endpoint or info.endpoint
+        leader = self._leader_agent_endpoint()
+        return None if leader == self.cfg.advertise_agents and not self.acting else leader
 
-    async def require_leader(self, context: grpc.aio.ServicerContext) -> None:
+    async def agent_target(self, host_id: str) -> str | None:
+        return await self.agent_redirects.target(f"agent:{host_id}") if self.leadership else None
+
+    async def require_leader(self, context: grpc.aio.ServicerContext, key: str = "") -> None:
+        """Unless acting, abort UNAVAILABLE naming the leader. ``key`` (a subscription id) identifies a client
+        that may be held while the election settles (``inspector/redirects.py``) — and served, if we lead then."""
         if self.acting:
             return
-        hint = self.leader_endpoint() or ""
+        hint = (await self.consumer_redirects.target(f"sub:{key}") if key and self.leadership else None)
+        if self.acting:
+            return
+        hint = hint or self.leader_endpoint() or ""
         await context.abort(grpc.StatusCode.UNAVAILABLE,
                             f"not the leader: the leader is at {hint}" if hint else "not the leader; none is elected yet",
                             trailing_metadata=(("doctor-leader", hint),))
@@ -211,6 +224,8 @@ class Inspector:
         if self.server is not None:
             await self.server.stop(grace)
         await self.book.close()
+        await self.agent_redirects.close()
+        await self.consumer_redirects.close()
         if self.leadership is not None:
             await self.leadership.close()
         await self.fencer.close()

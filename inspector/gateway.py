@@ -5,8 +5,9 @@ message is checked against limits, a bad one ends only its own stream with
 INVALID_ARGUMENT naming the field, and responses run as tasks so a slow
 fence never holds up reading.
 
-Only the leader takes agents. A follower answers with a Redirect to the
-leader (or UNAVAILABLE while none is known). A stream belongs to the term it
+Only the leader takes agents. A follower answers the Hello with a Redirect
+to the leader (or UNAVAILABLE while none is known; ``inspector/redirects.py``
+on why it may hold the stream a moment first). A stream belongs to the term it
 was opened in: when that term ends, the stream's next message (a heartbeat at
 the latest) is answered with a Redirect, and the agent reconnects and says
 Hello to whoever leads now — that Hello is what a new term is derived from.
@@ -87,7 +88,11 @@ class LeaderGate(Protocol):
         """Where agents should connect (the leader's agent endpoint); None when no leader is known."""
         ...
 
-    async def require_leader(self, context: grpc.aio.ServicerContext) -> None:
+    async def agent_target(self, host_id: str) -> str | None:
+        """Where to send this host's agent now (a follower may hold it while the election settles)."""
+        ...
+
+    async def require_leader(self, context: grpc.aio.ServicerContext, key: str = "") -> None:
         """Abort UNAVAILABLE (with the ``doctor-leader`` hint) unless this replica acts as leader."""
         ...
 
@@ -101,7 +106,10 @@ class Standalone:
     def agent_redirect(self) -> str | None:
         return None
 
-    async def require_leader(self, context: grpc.aio.ServicerContext) -> None:
+    async def agent_target(self, host_id: str) -> str | None:
+        return None
+
+    async def require_leader(self, context: grpc.aio.ServicerContext, key: str = "") -> None:
         return None
 
 
@@ -130,12 +138,6 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
         epoch = self.gate.epoch()
-        if epoch is None:
-            leader = self.gate.agent_redirect()
-            if leader:
-                yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
-                return
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader is elected yet: try again")
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, asyncio.TimeoutError):
@@ -149,7 +151,15 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         except BadMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._host_for(hello.host_id, context)
-        if self.gate.epoch() != epoch:
+        if epoch is None:  # a follower: send it to the leader (held here while that is still being decided)
+            leader = await self.gate.agent_target(hello.host_id)
+            epoch = self.gate.epoch()
+            if epoch is None:
+                if leader:
+                    yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
+                    return
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader is elected yet: try again")
+        elif self.gate.epoch() != epoch:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "leadership changed while connecting: reconnect")
 
         rec = self.liveness.record(hello.host_id)

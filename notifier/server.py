@@ -78,20 +78,20 @@ class Publisher:
             raise
 
 
-async def _always(_context: grpc.aio.ServicerContext) -> None:
+async def _always(_context: grpc.aio.ServicerContext, key: str = "") -> None:
     return None
 
 
 class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
     def __init__(self, auth: TokenAuth, state: FaultState, log_: NotificationLog, registry: Registry,
                  book: SubscriptionBook | None = None,
-                 gate: Callable[[grpc.aio.ServicerContext], Awaitable[None]] = _always) -> None:
+                 gate: Callable[..., Awaitable[None]] = _always) -> None:
         self.auth = auth
         self.state = state
         self.log = log_
         self.registry = registry
         self.book = book or SubscriptionBook()
-        self.gate = gate  # aborts UNAVAILABLE with the leader's address on a replica that does not lead
+        self.gate = gate  # (context, key=""): aborts UNAVAILABLE with the leader's address unless leading
 
     async def _filter(self, principal: Principal, f: fault_pb2.SubscribeFilter | fault_pb2.FaultQueryFilter,
                       context: grpc.aio.ServicerContext) -> Filter:
@@ -111,7 +111,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
 
     async def Subscribe(self, request: fault_pb2.SubscribeRequest, context: grpc.aio.ServicerContext) -> None:
         principal = await self.auth.consumer(context)
-        await self.gate(context)
+        await self.gate(context, request.subscription_id)  # a resuming subscription may be held a moment
         flt = await self._filter(principal, request.filter, context)
         resume = request.resume_after
         if resume > self.log.last_sequence:
