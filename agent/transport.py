@@ -41,6 +41,7 @@ class AgentLink:
         self.connected = asyncio.Event()
         self.connects = 0
         self._redirect: str | None = None
+        self._accepted = False
         self._call: grpc.aio.StreamStreamCall | None = None
         self._stopping = False
 
@@ -51,6 +52,7 @@ class AgentLink:
             self.beat()
             target = self._redirect or self.endpoints[index % len(self.endpoints)]
             self._redirect = None
+            self._accepted = False
             try:
                 await self._session(target)
                 backoff = 0.05
@@ -66,6 +68,8 @@ class AgentLink:
             finally:
                 self.connected.clear()
                 self._call = None
+                if self._accepted:  # a leader had taken the stream: only consecutive failures grow the backoff
+                    backoff = 0.05
             if self._stopping:
                 return
             if self._redirect:
@@ -134,8 +138,10 @@ class AgentLink:
                 log.info("inspector redirects to leader %s", msg.redirect.leader_endpoint)
                 self._redirect = msg.redirect.leader_endpoint or None
                 raise ConnectionError("redirected")
-            elif kind == "config" and msg.config.heartbeat_interval_ms:
-                self.heartbeat_interval_s = msg.config.heartbeat_interval_ms / 1000
+            elif kind == "config":
+                self._accepted = True  # the inspector took the stream (only a leader sends its config)
+                if msg.config.heartbeat_interval_ms:
+                    self.heartbeat_interval_s = msg.config.heartbeat_interval_ms / 1000
 
     async def goodbye(self, reason: str) -> None:
         """Orderly stop: tell the inspector, so it does not raise an agent-down alarm."""

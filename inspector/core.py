@@ -34,7 +34,7 @@ from inspector.fencing import IpmiFencer
 from inspector.gateway import FAULTY, AgentGatewayServicer
 from inspector.leadership import Leadership
 from inspector.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
-from inspector.redirects import Redirector
+from inspector.redirects import LeaderProbe, Redirector
 from notifier.log import MemoryLog, NotificationLog
 from notifier.registry import NOT_LEADER, Registry
 from notifier.server import FaultManagementServicer, Publisher
@@ -72,8 +72,11 @@ class Inspector:
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
         self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed)
         hold_s = cfg.etcd.lease_ttl_s + 1.5 if cfg.etcd else 0.0  # a dead leader is named at most this long
-        self.agent_redirects = Redirector(self._leader_agent_endpoint, lambda: self.acting, cfg.advertise_agents, hold_s)
-        self.consumer_redirects = Redirector(self.leader_endpoint, lambda: self.acting, cfg.advertise, hold_s)
+        self.probe = LeaderProbe(self.leader_endpoint)
+        self.agent_redirects = Redirector(self._leader_agent_endpoint, lambda: self.acting, cfg.advertise_agents,
+                                          hold_s, self.probe.alive)
+        self.consumer_redirects = Redirector(self.leader_endpoint, lambda: self.acting, cfg.advertise, hold_s,
+                                             self.probe.alive)
         self.server: grpc.aio.Server | None = None
         self.health: Any = None
         self.ports: list[int] = []
@@ -226,6 +229,7 @@ class Inspector:
         await self.book.close()
         await self.agent_redirects.close()
         await self.consumer_redirects.close()
+        await self.probe.close()
         if self.leadership is not None:
             await self.leadership.close()
         await self.fencer.close()

@@ -5,11 +5,12 @@ When the leader dies, the followers keep naming it until its lease expires
 comes back; each failure grows its reconnect backoff (the agent's and
 ``DoctorClient``'s cap at 2 s), so without help it returns seconds after a
 new leader was elected (``bench/failover.py`` measured agents back 2–3.6 s
-after the new leader with TTL 2). A follower therefore remembers where it
-sent each client (an agent by host, a consumer by subscription id) and
-*holds* a client that comes back while the same leader is still named — or
-while no leader is known, or this replica is about to act — its call left
-open, unanswered, until the election moves on; then it sends the client
+after the new leader with TTL 2). A follower therefore *holds* a client —
+its call left open, unanswered — while the leader it would name is evidently
+gone: it does not answer a health check (``LeaderProbe``, cached briefly), or
+this client already came back from it (an agent is known by its host, a
+consumer by its subscription id); and while no leader is known, or this
+replica is about to act. When the election moves on it sends the client
 straight to the new leader, or serves it if this replica now leads.
 
 One task polls the election's view (two local attributes, every 10 ms)
@@ -20,18 +21,58 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 POLL_S = 0.01
 
 
+class LeaderProbe:
+    """Does the named leader answer a health check? One probe at a time, its answer kept ``keep_s``."""
+
+    def __init__(self, endpoint: Callable[[], str | None], timeout_s: float = 0.25, keep_s: float = 0.1) -> None:
+        self.endpoint, self.timeout_s, self.keep_s = endpoint, timeout_s, keep_s
+        self._channel: tuple[str, grpc.aio.Channel] | None = None
+        self._last: tuple[str, bool, float] | None = None
+        self._lock = asyncio.Lock()
+
+    async def alive(self) -> bool:
+        async with self._lock:  # a reconnect storm shares one probe
+            target = self.endpoint()
+            if target is None:
+                return False
+            last = self._last
+            if last is not None and last[0] == target and time.monotonic() - last[2] < self.keep_s:
+                return last[1]
+            if self._channel is None or self._channel[0] != target:
+                await self.close()
+                self._channel = (target, grpc.aio.insecure_channel(target))
+            try:
+                r = await health_pb2_grpc.HealthStub(self._channel[1]).Check(
+                    health_pb2.HealthCheckRequest(), timeout=self.timeout_s)
+                ok = r.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError:
+                ok = False
+                await self.close()  # a channel that failed would wait out its reconnect backoff next time
+            self._last = (target, ok, time.monotonic())
+            return ok
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel[1], None
+            await channel.close()
+
+
 class Redirector:
     def __init__(self, leader: Callable[[], str | None], acting: Callable[[], bool], own: str,
-                 hold_s: float) -> None:
+                 hold_s: float, alive: Callable[[], Awaitable[bool]]) -> None:
         self.leader = leader          # the endpoint the election names (ours while we lead)
         self.acting = acting          # this replica acts as leader (its state is loaded)
         self.own = own
         self.hold_s = hold_s
+        self.alive = alive            # does the named leader answer?
         self._sent: dict[str, tuple[str, float]] = {}
         self._changed = asyncio.Event()
         self._held = 0
@@ -42,7 +83,7 @@ class Redirector:
         named = self.leader()
         sent = self._sent.get(key)
         came_back = sent is not None and sent[0] == named and time.monotonic() - sent[1] < self.hold_s
-        if not self.acting() and (named is None or named == self.own or came_back):
+        if not self.acting() and (named is None or named == self.own or came_back or not await self.alive()):
             await self._hold(named)
         if self.acting():
             return None
