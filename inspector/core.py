@@ -128,7 +128,10 @@ class Inspector:
         started = time.monotonic()
         self.term = self.durable.term = term
         await self.log.load()
-        await self.resources.load()
+        try:
+            await self.resources.load()
+        except Exception as exc:  # noqa: BLE001 - a controller outage must not stop a takeover: the map is cached
+            log.warning("could not refresh the resource map at takeover, using the cached one: %s", exc)
         alarms, hosts, incidents = await self.durable.load()
         self.alarms.replace([alarm_from_json(d, self.resources.servers.get, self.resources.ports.get)
                              for d in alarms.values()])
@@ -226,10 +229,8 @@ class Inspector:
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace)
-        await self.book.close()
-        await self.agent_redirects.close()
-        await self.consumer_redirects.close()
-        await self.probe.close()
+        for closing in (self.book, self.agent_redirects, self.consumer_redirects, self.probe):
+            await closing.close()
         if self.leadership is not None:
             await self.leadership.close()
         await self.fencer.close()
