@@ -7,7 +7,6 @@ continues the sequence.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -70,4 +69,4 @@ class MemoryLog:
         if after + 1 < self.first_sequence:
             raise CursorExpired(after, self.first_sequence)
         start = after + 1 - self.first_sequence
-        return list(itertools.islice(self._entries, start, start + (up_to - after)))
+        return [e for e in list(self._entries)[start:] if e.sequence <= up_to]
