@@ -155,7 +155,7 @@ class BmcBusy(Exception):
 
 
 class BmcWorker:
-    """One pyghmi ``Command`` per BMC, used by one call at a time, each call in a daemon thread.
+    """One BMC session (``SensorClient``) per BMC, used by one call at a time, each call in a daemon thread.
 
     A daemon thread, not an executor: a call stuck on a dead BMC must neither
     block the next poll's decision nor keep the process from exiting.
@@ -163,7 +163,7 @@ class BmcWorker:
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
-        self._command: Any = None
+        self._client: Any = None
         self._busy: asyncio.Future[Any] | None = None
 
     async def call(self, fn: Callable[[Any], T], timeout_s: float) -> T:
@@ -184,13 +184,13 @@ class BmcWorker:
         def work() -> None:
             result, error = None, None
             try:
-                if self._command is None:
-                    self._command = self._connect()
-                result = fn(self._command)
+                if self._client is None:
+                    self._client = self._connect()
+                result = fn(self._client)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-                if self._command is not None:  # not reused, and not left in pyghmi's process-wide tables
-                    discard(self._command)
-                self._command = None  # the next call logs in again
+                if self._client is not None:  # not reused, and not left in pyghmi's process-wide tables
+                    discard(self._client)
+                self._client = None  # the next call logs in again
                 error = exc
             try:
                 loop.call_soon_threadsafe(settle, result, error)
@@ -203,9 +203,9 @@ class BmcWorker:
 
     def close(self) -> None:
         """Forget the session (bounded: a call stuck on a dead BMC may hold it)."""
-        cmd, self._command = self._command, None
-        if cmd is not None:
-            discard(cmd, wait_s=0.5)
+        client, self._client = self._client, None
+        if client is not None:
+            discard(client, wait_s=0.5)
 
 
 @dataclass
@@ -292,14 +292,14 @@ class IpmiChecker(PollingChecker):
             target = f"{address}:{port}"
 
             def connect() -> Any:
-                from pyghmi.ipmi.command import Command  # heavy: only when an ipmi checker runs
-                return Command(bmc=address, userid=username, password=password, port=port)
+                from agent.checkers.ipmi_client import SensorClient  # pyghmi: only when an ipmi checker runs
+                return SensorClient.lan(address, port, username, password)
         else:
-            target = "/dev/ipmi0"
+            target = cfg.str("device", "/dev/ipmi0")
 
             def connect() -> Any:
-                from pyghmi.ipmi.command import Command
-                return Command()  # no bmc: pyghmi's local interface on /dev/ipmi0
+                from agent.checkers.ipmi_client import SensorClient
+                return SensorClient.local(target)
         schedule = Schedule.read(cfg, DEFAULT)
         categories = tuple(cfg.str_list("categories", list(DEFAULT_CATEGORIES)))
         for i, c in enumerate(categories):

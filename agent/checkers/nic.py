@@ -1,20 +1,22 @@
 """``nic``: link state of the configured interfaces from kernel netlink events (no polling).
 
 A link counts as up when the kernel says its operational state is UP (carrier
-present and administratively up). A slow reconciliation dump re-reads every
-link in case a netlink datagram was dropped (ENOBUFS under a burst).
+present and administratively up). Every ``reconcile_s`` the checker asks the
+kernel for each watched link again, in case a netlink datagram was dropped
+(ENOBUFS under a burst, which also triggers an immediate re-read).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import itertools
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
-
+from agent.checkers import rtnetlink
 from agent.checkers.base import Reading, Status
 from doctor_common.api import common_pb2
 from doctor_common.config import Section
@@ -23,7 +25,7 @@ from doctor_common.timeline import now_ns
 log = logging.getLogger("doctor.agent.nic")
 
 FAULT_TYPE = "compute.host.nic.down"
-RTM_NEWLINK, RTM_DELLINK = 16, 17
+RECV_BYTES = 1 << 16  # a link message with every attribute is ~1.5 KB; the kernel batches several
 
 
 class NicChecker:
@@ -35,6 +37,7 @@ class NicChecker:
         self.interfaces = list(interfaces)
         self.netns = netns
         self.reconcile_s = reconcile_s
+        self._sequence = itertools.count(1)
 
     @classmethod
     def from_config(cls, cfg: Section, host_id: str) -> "NicChecker":
@@ -45,73 +48,63 @@ class NicChecker:
         cfg.done()
         return checker
 
-    def _reading(self, ifname: str, msg: Any | None, observed_ns: int) -> Reading:
+    def _reading(self, ifname: str, link: rtnetlink.Link | None, observed_ns: int) -> Reading:
         component = f"nic:{ifname}"
-        if msg is None or msg.get("header", {}).get("type") == RTM_DELLINK:
+        if link is None or link.deleted:
             return Reading(component, Status.FAULT, FAULT_TYPE, common_pb2.SEVERITY_CRITICAL,
                            f"{ifname} is absent", {"interface": ifname, "operstate": "ABSENT"}, observed_ns)
-        oper = msg.get("operstate") or "UNKNOWN"
-        if oper == "UP":
-            return Reading(component, Status.OK, details={"interface": ifname, "operstate": oper},
+        if link.operstate == "UP":
+            return Reading(component, Status.OK, details={"interface": ifname, "operstate": link.operstate},
                            observed_ns=observed_ns)
-        carrier = msg.get("carrier")
         return Reading(component, Status.FAULT, FAULT_TYPE, common_pb2.SEVERITY_CRITICAL,
-                       f"{ifname} is {oper.lower()}", {"interface": ifname, "operstate": oper,
-                                                       "carrier": str(carrier) if carrier is not None else ""},
-                       observed_ns)
+                       f"{ifname} is {link.operstate.lower()}",
+                       {"interface": ifname, "operstate": link.operstate,
+                        "carrier": str(link.carrier) if link.carrier is not None else ""}, observed_ns)
 
-    async def _dump(self, ipr: AsyncIPRoute) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        async for msg in await ipr.link("dump"):
-            name = msg.get("ifname")
-            if name in self.interfaces:
-                found[name] = msg
-        return found
+    def _ask(self, sock: socket.socket, asked: dict[int, str]) -> None:
+        """Request every watched link (answers come in order with the events on the same socket)."""
+        for ifname in self.interfaces:
+            if ifname in asked.values():
+                continue  # the last question is still unanswered
+            seq = next(self._sequence)
+            try:
+                sock.send(rtnetlink.get_link_request(ifname, seq))
+            except BlockingIOError:
+                return  # the kernel's queue is full: the next reconciliation asks again
+            asked[seq] = ifname
 
     async def watch(self) -> AsyncIterator[Reading]:
-        events = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
-        queries = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
+        sock = rtnetlink.open_socket(rtnetlink.RTMGRP_LINK, self.netns)
+        loop = asyncio.get_running_loop()
+        asked: dict[int, str] = {}  # request sequence -> link name
         try:
-            await events.bind(groups=RTMGRP_LINK)
-            now = now_ns()
-            found = await self._dump(queries)
-            for ifname in self.interfaces:
-                yield self._reading(ifname, found.get(ifname), now)
-            queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-            async def listen() -> None:
-                while True:  # get() ends after each netlink datagram
-                    async for msg in events.get():
-                        queue.put_nowait((now_ns(), msg))
-
-            async def reconcile() -> None:
-                while True:
-                    await asyncio.sleep(self.reconcile_s)
-                    stamp = now_ns()
-                    for ifname, msg in (await self._dump(queries)).items():
-                        queue.put_nowait((stamp, msg))
-                    for ifname in set(self.interfaces) - set(found):
-                        queue.put_nowait((stamp, {"ifname": ifname, "header": {"type": RTM_DELLINK}}))
-
-            tasks = [asyncio.create_task(listen()), asyncio.create_task(reconcile())]
-            for task in tasks:  # a dead helper must end the watch, not leave it waiting
-                task.add_done_callback(lambda t: t.cancelled() or queue.put_nowait((0, t.exception())))
-            try:
-                while True:
-                    observed, msg = await queue.get()
-                    if isinstance(msg, BaseException):
-                        raise msg
-                    ifname = msg.get("ifname")
-                    if ifname in self.interfaces:
-                        if msg.get("header", {}).get("type") == RTM_DELLINK:
-                            found.pop(ifname, None)
-                        else:
-                            found[ifname] = msg
-                        yield self._reading(ifname, msg, observed)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            self._ask(sock, asked)
+            next_reconcile = loop.time() + self.reconcile_s
+            while True:
+                try:
+                    async with asyncio.timeout_at(next_reconcile):
+                        data = await loop.sock_recv(sock, RECV_BYTES)
+                except TimeoutError:
+                    next_reconcile = loop.time() + self.reconcile_s
+                    self._ask(sock, asked)
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    log.warning("netlink events were dropped (ENOBUFS): reading every watched link again")
+                    self._ask(sock, asked)
+                    continue
+                observed = now_ns()
+                for msg in rtnetlink.decode(data):
+                    if isinstance(msg, rtnetlink.Error):
+                        ifname = asked.pop(msg.sequence, None)
+                        if ifname is not None and msg.errno == errno.ENODEV:
+                            yield self._reading(ifname, None, observed)
+                        elif ifname is not None:
+                            log.warning("reading link %s failed: %s", ifname, os.strerror(msg.errno))
+                        continue
+                    asked.pop(msg.sequence, None)
+                    if msg.ifname in self.interfaces:
+                        yield self._reading(msg.ifname, msg, observed)
         finally:
-            events.close()
-            queries.close()
+            sock.close()

@@ -44,3 +44,31 @@ async def test_carrier_loss_and_return(veth: tuple[str, str], levels: Callable[[
         assert now["nic:eth0"].fault_type == FAULT_TYPE and now["nic:eth0"].details["operstate"] != "UP"
         ip("link", "set", peer, "up")
         await lv.until(lambda n: n["nic:eth0"].status == Status.OK, what="carrier back")
+
+
+async def test_absent_link_then_created_then_deleted(veth: tuple[str, str],
+                                                     levels: Callable[[Any], Levels]) -> None:
+    """A watched link that does not exist is a fault; created and up, it is OK at once (an event, not the
+    reconciliation: reconcile_s is long); deleted, it is absent again. (A veth: no dummy module here.)"""
+    ns, _ = veth
+    async with levels(NicChecker(["eth0", "dummy7"], netns=ns, reconcile_s=30)) as lv:
+        now = await lv.until(lambda n: "nic:dummy7" in n and "nic:eth0" in n)
+        assert now["nic:dummy7"].status == Status.FAULT and now["nic:dummy7"].details["operstate"] == "ABSENT"
+        assert now["nic:eth0"].status == Status.OK
+        ip("-n", ns, "link", "add", "dummy7", "type", "veth", "peer", "name", "dummy7p")
+        ip("-n", ns, "link", "set", "dummy7p", "up")
+        ip("-n", ns, "link", "set", "dummy7", "up")
+        await lv.until(lambda n: n["nic:dummy7"].status == Status.OK, what="dummy7 up")
+        ip("-n", ns, "link", "del", "dummy7")
+        now = await lv.until(lambda n: n["nic:dummy7"].status == Status.FAULT, what="dummy7 deleted")
+        assert now["nic:dummy7"].details["operstate"] == "ABSENT"
+        assert now["nic:eth0"].status == Status.OK
+
+
+async def test_reconciliation_reads_the_link_again(veth: tuple[str, str],
+                                                   levels: Callable[[Any], Levels]) -> None:
+    """Each reconciliation answers with the link's level again (what repairs a dropped event)."""
+    ns, _ = veth
+    async with levels(NicChecker(["eth0"], netns=ns, reconcile_s=0.1)) as lv:
+        await lv.until(lambda n: sum(r.component == "nic:eth0" for r in lv.history) >= 3,
+                       what="three readings of eth0")
