@@ -15,9 +15,9 @@ class AgentConfig:
     host_id: str
     endpoints: tuple[str, ...]
     token: str | None = field(default=None, repr=False)
-    heartbeat_interval_s: float = 0.1
+    heartbeat_interval_s: float = 0.5
     max_backoff_s: float = 2.0
-    keepalive_ms: int = 200
+    keepalive_ms: int = 1000
     log_level: str = "info"
     checkers: tuple[Any, ...] = ()  # built Checker instances
     path: str = ""
@@ -36,9 +36,9 @@ def load_agent_config(path: Path | str) -> AgentConfig:
         host_id=host_id,
         endpoints=tuple(endpoints),
         token=a.secret("token"),
-        heartbeat_interval_s=a.int("heartbeat_interval_ms", 100, min=10, max=60000) / 1000,
+        heartbeat_interval_s=a.int("heartbeat_interval_ms", 500, min=10, max=60000) / 1000,
         max_backoff_s=a.float("max_backoff_s", 2.0, min=0.1),
-        keepalive_ms=a.int("keepalive_ms", 200, min=50, max=600_000),
+        keepalive_ms=a.int("keepalive_ms", 1000, min=50, max=600_000),
         log_level=a.choice("log_level", ("debug", "info", "warning", "error"), "info"),
     )
     a.done()

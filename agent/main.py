@@ -207,7 +207,3 @@ def cli(argv: list[str] | None = None) -> int:
         log.critical("%s", exc, exc_info=exc.__cause__ is not None)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

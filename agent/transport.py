@@ -29,8 +29,8 @@ _CONFIG_ERRORS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DE
 
 class AgentLink:
     def __init__(self, state: AgentState, endpoints: tuple[str, ...], token: str | None,
-                 heartbeat_interval_s: float = 0.1, max_backoff_s: float = 2.0,
-                 beat: Callable[[], None] | None = None, keepalive_ms: int = 200) -> None:
+                 heartbeat_interval_s: float = 0.5, max_backoff_s: float = 2.0,
+                 beat: Callable[[], None] | None = None, keepalive_ms: int = 1000) -> None:
         self.state = state
         self.beat = beat or (lambda: None)  # liveness for the watchdog: called on every turn of the loops
         self.endpoints = list(endpoints)

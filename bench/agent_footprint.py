@@ -1,15 +1,25 @@
 """How much a compute node pays for the agent: peak RSS and CPU share with every checker at default intervals.
 
-The agent (a real ``doctor-agent`` process) runs nic, ipmi, hypervisor and
-exec at their default intervals against real counterparts: a virtual BMC
-with a handful of sensors, processes named like libvirtd, nova-compute and a
-VM's qemu, a listening libvirt socket, a trivial check script; its nic is a
-veth end in a network namespace when root, else ``lo``. It streams to a
-minimal real AgentGateway (gRPC on a unix socket) that acks its events.
+The agent (a real ``doctor-agent`` process, started as its unit starts it)
+runs nic, ipmi, hypervisor and exec at their default intervals against real
+counterparts: processes named like libvirtd, nova-compute and a VM's qemu, a
+listening libvirt socket, a trivial check script; its nic is a veth end in a
+network namespace when root, else ``lo``. It streams to a minimal real
+AgentGateway (gRPC on a unix socket) that acks its events, keeping the
+inspector's default keepalive.
+
+The ipmi checker runs twice over, one run each:
+- in-band, the default on a compute node (no ``address``): pyghmi on
+  ``/dev/ipmi0``. This machine has no IPMI device, so every poll fails at
+  open and reports the BMC unreachable; the code and libraries loaded are the
+  in-band ones, the BMC traffic is missing.
+- over the LAN to a virtual BMC with a handful of sensors and a SEL (real
+  RMCP+ traffic). pyghmi's LAN session imports ``cryptography`` for AES.
 
 CPU is measured after the agent said READY=1 (start-up imports excluded),
 RSS is the peak over the whole run. Targets: RSS < 40 MB, CPU < 0.5 % of one
-core. The last line printed is one JSON object.
+core, for the default configuration. The last line printed is one JSON
+object: the default (in-band) figures, and the LAN run's as ``lan_*``.
 
     .venv/bin/python bench/agent_footprint.py [--quick] [--seconds N]
 """
@@ -36,11 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.grpcutil import server_options  # noqa: E402
+from inspector.config import InspectorConfig  # noqa: E402
 from doctor_common.vbmc import write_sensors  # noqa: E402
 
 PY = sys.executable
 TARGET_RSS_MB = 40.0
 TARGET_CPU_PCT = 0.5
+# what the inspector tells and does by default: its ConfigHint's heartbeat interval, its keepalive pings
+HEARTBEAT_MS = InspectorConfig.__dataclass_fields__["heartbeat_interval_ms"].default
+SERVER_KEEPALIVE_MS = 1000
 SENSORS = [
     {"name": "CPU1 Temp", "type": "temperature", "value": 45, "unc": 80, "uc": 90},
     {"name": "CPU2 Temp", "type": "temperature", "value": 47, "unc": 80, "uc": 90},
@@ -57,7 +71,8 @@ SENSORS = [
 
 
 class Gateway(agent_pb2_grpc.AgentGatewayServicer):
-    def __init__(self) -> None:
+    def __init__(self, heartbeat_ms: int) -> None:
+        self.heartbeat_ms = heartbeat_ms
         self.events = 0
         self.heartbeats = 0
         self.hello: agent_pb2.Hello | None = None
@@ -68,6 +83,7 @@ class Gateway(agent_pb2_grpc.AgentGatewayServicer):
             kind = msg.WhichOneof("kind")
             if kind == "hello":
                 self.hello = msg.hello
+                yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=self.heartbeat_ms))
             elif kind == "heartbeat":
                 self.heartbeats += 1
             elif kind == "events":
@@ -82,9 +98,10 @@ def run(*cmd: str) -> None:
 class Host:
     """The agent's world: namespace (when root), BMC, hypervisor-like processes, socket, script."""
 
-    def __init__(self, tmp: Path, only: set[str] | None = None) -> None:
+    def __init__(self, tmp: Path, only: set[str] | None = None, ipmi: str = "local") -> None:
         self.tmp = tmp
         self.only = only
+        self.ipmi = ipmi
         self.netns = f"doctor-bench-{os.getpid()}" if os.geteuid() == 0 else None
         self.procs: list[subprocess.Popen[bytes]] = []
         self.tag = f"{os.getpid()}"
@@ -113,9 +130,13 @@ class Host:
         sensors = self.tmp / "sensors.json"
         write_sensors(sensors, SENSORS)
         port = 16000 + os.getpid() % 20000
-        bmc = self.start(self.wrap([PY, "-m", "doctor_common.vbmc", "--port", str(port), "--password-file", str(pw),
-                                    "--sensors-file", str(sensors)]), stdout=subprocess.PIPE)
-        assert bmc.stdout is not None and b"listening" in bmc.stdout.readline()
+        if self.ipmi == "lan":
+            bmc = self.start(self.wrap([PY, "-m", "doctor_common.vbmc", "--port", str(port), "--password-file",
+                                        str(pw), "--sensors-file", str(sensors)]), stdout=subprocess.PIPE)
+            assert bmc.stdout is not None and b"listening" in bmc.stdout.readline()
+            ipmi = f'address = "127.0.0.1"\nport = {port}\npassword_file = "{pw}"\n'
+        else:
+            ipmi = ""  # in-band: /dev/ipmi0
         self.start(["bash", "-c", f"exec -a libvirtd-{self.tag} sleep 100000"])
         self.start(["bash", "-c", f"exec -a nova-compute-{self.tag} sleep 100000"])
         qemu = self.start(["bash", "-c", f"exec -a qemu-system-bench-{self.tag} sleep 100000"])
@@ -139,10 +160,7 @@ log_level = "warning"
 interfaces = ["{iface}"]
 
 [checkers.ipmi]
-address = "127.0.0.1"
-port = {port}
-password_file = "{pw}"
-
+{ipmi}
 [checkers.hypervisor]
 libvirt_processes = ["libvirtd-{self.tag}"]
 nova_compute_processes = ["nova-compute-{self.tag}"]
@@ -175,14 +193,15 @@ argv = ["{check}"]
 
 
 async def measure(seconds: float, only: set[str] | None = None, agent_keys: str = "",
-                  server_keepalive_ms: int = 200) -> dict[str, object]:
+                  server_keepalive_ms: int = SERVER_KEEPALIVE_MS, ipmi: str = "local",
+                  heartbeat_ms: int = HEARTBEAT_MS) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="doctor-bench-agent-") as tmpdir:
         tmp = Path(tmpdir)
-        host = Host(tmp, only)
+        host = Host(tmp, only, ipmi)
         host.extra = agent_keys
         # as the inspector: its keepalive pings the agent, and it permits the agent's pings
         server = grpc.aio.server(options=server_options(keepalive_ms=server_keepalive_ms))
-        gw = Gateway()
+        gw = Gateway(heartbeat_ms)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(gw, server)
         server.add_insecure_port(f"unix:{tmp / 'gw.sock'}")
         await server.start()
@@ -194,7 +213,7 @@ async def measure(seconds: float, only: set[str] | None = None, agent_keys: str 
             cfg = host.setup()
             env = dict(os.environ, NOTIFY_SOCKET=str(tmp / "notify"))
             t_start = time.monotonic()
-            agent = subprocess.Popen(host.wrap([PY, "-m", "agent.main", "--config", cfg]), env=env,
+            agent = subprocess.Popen(host.wrap([PY, "-m", "agent", "--config", cfg]), env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             ps = psutil.Process(agent.pid)
             loop = asyncio.get_running_loop()
@@ -219,6 +238,7 @@ async def measure(seconds: float, only: set[str] | None = None, agent_keys: str 
             last = samples[-1]
             return {
                 "bench": "agent_footprint", "seconds": round(wall, 1), "netns": host.netns is not None,
+                "ipmi": "in-band" if ipmi == "local" else "lan", "heartbeat_ms": heartbeat_ms,
                 "rss_mb": round(peak_rss / 2**20, 1), "uss_mb": round(last.uss / 2**20, 1),
                 "pss_mb": round(last.pss / 2**20, 1), "cpu_pct": round(100 * own / wall, 3),
                 "cpu_children_pct": round(100 * children / wall, 3), "ready_s": round(ready_s, 2),
@@ -242,29 +262,39 @@ async def measure(seconds: float, only: set[str] | None = None, agent_keys: str 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="measure 15 s instead of 60 s")
+    p.add_argument("--quick", action="store_true", help="measure 15 s per run instead of 60 s")
     p.add_argument("--seconds", type=float, help="measurement window after READY (default 60, --quick 15)")
+    p.add_argument("--ipmi", choices=("both", "local", "lan"), default="both",
+                   help="which ipmi runs: in-band (local, the default config), LAN, or both (default)")
     p.add_argument("--only", help="what-if: comma-separated checkers to run (default: all four)")
-    p.add_argument("--heartbeat-ms", type=int, help="what-if: the agent's heartbeat_interval_ms (default 100)")
-    p.add_argument("--keepalive-ms", type=int, help="what-if: the agent's keepalive_ms (default 200)")
-    p.add_argument("--server-keepalive-ms", type=int, default=200,
-                   help="what-if: the gateway's keepalive pings (the inspector's: 200)")
+    p.add_argument("--heartbeat-ms", type=int, default=HEARTBEAT_MS,
+                   help=f"what-if: the inspector's heartbeat interval (default {HEARTBEAT_MS})")
+    p.add_argument("--keepalive-ms", type=int, help="what-if: the agent's keepalive_ms (default 1000)")
+    p.add_argument("--server-keepalive-ms", type=int, default=SERVER_KEEPALIVE_MS,
+                   help=f"what-if: the gateway's keepalive pings (the inspector's: {SERVER_KEEPALIVE_MS})")
     args = p.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
-    keys = "".join(f"{k} = {v}\n" for k, v in (("heartbeat_interval_ms", args.heartbeat_ms),
-                                               ("keepalive_ms", args.keepalive_ms)) if v is not None)
-    print(f"agent footprint: {args.only or 'every checker'} at default intervals for {seconds:g}s after READY ...",
-          flush=True)
-    result = asyncio.run(measure(seconds, set(args.only.split(",")) if args.only else None, keys,
-                                 args.server_keepalive_ms))
-    for name in ("only", "heartbeat_ms", "keepalive_ms"):
+    keys = f"keepalive_ms = {args.keepalive_ms}\n" if args.keepalive_ms is not None else ""
+    only = set(args.only.split(",")) if args.only else None
+    runs = ["local", "lan"] if args.ipmi == "both" else [args.ipmi]
+    results = {}
+    for ipmi in runs:
+        print(f"agent footprint, ipmi {'in-band' if ipmi == 'local' else 'over the LAN'}: "
+              f"{args.only or 'every checker'} at default intervals for {seconds:g}s after READY ...", flush=True)
+        r = asyncio.run(measure(seconds, only, keys, args.server_keepalive_ms, ipmi, args.heartbeat_ms))
+        print(f"  peak RSS {r['rss_mb']} MB (target < {TARGET_RSS_MB:g}), USS {r['uss_mb']} MB, "
+              f"CPU {r['cpu_pct']}% of one core (target < {TARGET_CPU_PCT:g}), "
+              f"check scripts {r['cpu_children_pct']}%; {r['heartbeats']} heartbeats", flush=True)
+        results[ipmi] = r
+    result = dict(results[runs[0]])
+    if len(runs) == 2:
+        lan = results["lan"]
+        result.update({f"lan_{k}": lan[k] for k in ("rss_mb", "uss_mb", "cpu_pct", "ok")})
+    for name in ("only", "keepalive_ms"):
         if getattr(args, name) is not None:
             result[name] = getattr(args, name)
-    if args.server_keepalive_ms != 200:
+    if args.server_keepalive_ms != SERVER_KEEPALIVE_MS:
         result["server_keepalive_ms"] = args.server_keepalive_ms
-    print(f"peak RSS {result['rss_mb']} MB (target < {TARGET_RSS_MB:g}), USS {result['uss_mb']} MB, "
-          f"CPU {result['cpu_pct']}% of one core (target < {TARGET_CPU_PCT:g}), "
-          f"check scripts {result['cpu_children_pct']}%; {result['heartbeats']} heartbeats")
     print(json.dumps(result))
     return 0
 

@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def server_options(keepalive_ms: int = 200, ping_timeout_ms: int = 500) -> list[tuple[str, int]]:
+def server_options(keepalive_ms: int = 1000, ping_timeout_ms: int = 1000) -> list[tuple[str, int]]:
     return [
-        # the server's own keepalive is what notices a hung or cut-off peer
+        # the server's own keepalive is what ends a hung or cut-off peer's transport
         ("grpc.keepalive_time_ms", keepalive_ms),
         ("grpc.keepalive_timeout_ms", ping_timeout_ms),
         ("grpc.http2.ping_timeout_ms", ping_timeout_ms),
@@ -36,7 +36,7 @@ def server_options(keepalive_ms: int = 200, ping_timeout_ms: int = 500) -> list[
     ]
 
 
-def channel_options(keepalive_ms: int = 200, ping_timeout_ms: int = 500) -> list[tuple[str, int]]:
+def channel_options(keepalive_ms: int = 1000, ping_timeout_ms: int = 500) -> list[tuple[str, int]]:
     return [
         ("grpc.keepalive_time_ms", keepalive_ms),
         ("grpc.keepalive_timeout_ms", ping_timeout_ms),

@@ -181,7 +181,7 @@ class Lab:
         raise RuntimeError(f"virtual BMC of {h.name} did not start after {attempts} attempts")
 
     async def start_agent(self, h: LabHost) -> None:
-        cmd = [PY, "-m", "agent.main", "--config", str(self.dir / f"{h.name}.agent.toml")]
+        cmd = [PY, "-m", "agent", "--config", str(self.dir / f"{h.name}.agent.toml")]
         if self.use_netns:
             cmd = ["ip", "netns", "exec", h.netns, *cmd]
         log = open(self.dir / f"{h.name}.agent.log", "ab")

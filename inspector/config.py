@@ -23,8 +23,8 @@ class InspectorConfig:
     auth: TokenAuth
     policy: Policy
     bmcs: dict[str, Bmc] = field(default_factory=dict)
-    heartbeat_interval_ms: int = 100
-    liveness_timeout_s: float = 0.5
+    heartbeat_interval_ms: int = 500
+    liveness_timeout_s: float = 1.5
     fencing_timeout_s: float = 5.0
     fencing_poll_s: float = 0.002
     fencing_retry_s: float = 0.05
@@ -93,8 +93,8 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
         raise i.error("listen", "give at least one address (host:port or unix:/path)")
     policy_path = i.path("policy", None)
     opts: dict[str, Any] = dict(
-        heartbeat_interval_ms=i.int("heartbeat_interval_ms", 100, min=10, max=60000),
-        liveness_timeout_s=i.int("liveness_timeout_ms", 500, min=50) / 1000,
+        heartbeat_interval_ms=i.int("heartbeat_interval_ms", 500, min=10, max=60000),
+        liveness_timeout_s=i.int("liveness_timeout_ms", 1500, min=50) / 1000,
         log_level=i.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         resource_refresh_s=i.float("resource_refresh_s", 30.0, min=1.0),
     )

@@ -190,7 +190,10 @@ class Inspector:
 
     async def start(self) -> None:
         await self.resources.load()
-        server = grpc.aio.server(options=server_options(), interceptors=[DecodeErrorInterceptor()])
+        # the keepalive only ends dead transports; silence is judged by heartbeats, so a ping must not end a
+        # silent host's stream before the liveness timeout (that would read as agent death: no fencing)
+        keepalive = server_options(ping_timeout_ms=max(1000, int(2000 * self.cfg.liveness_timeout_s)))
+        server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
             self.cfg.heartbeat_interval_ms, self), server)

@@ -280,7 +280,8 @@ class IpmiChecker(PollingChecker):
 
     @classmethod
     def from_config(cls, cfg: Section, host_id: str) -> "IpmiChecker":
-        interface = cfg.choice("interface", ("lan", "local"), "lan")
+        # in-band by default: the host reads its own BMC with no credentials and no route to the BMC network
+        interface = cfg.choice("interface", ("lan", "local"), "lan" if "address" in cfg.data else "local")
         if interface == "lan":
             address = cfg.str("address")
             port = cfg.int("port", 623, min=1, max=65535)

@@ -23,7 +23,7 @@ from doctor_common.grpcutil import server_options
 
 from .conftest import Procs, Vbmc, unique
 
-AGENT = [sys.executable, "-m", "agent.main"]
+AGENT = [sys.executable, "-m", "agent"]
 
 
 class Gateway(agent_pb2_grpc.AgentGatewayServicer):

@@ -7,10 +7,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from agent.checkers.base import Status
 from agent.checkers.ipmi import UNREACHABLE, IpmiChecker
 from doctor_common.api import common_pb2
-from doctor_common.config import Section
+from doctor_common.config import ConfigError, Section
 from doctor_common.vbmc import write_sensors
 from tests.conftest import free_port
 
@@ -112,3 +114,25 @@ async def test_a_bmc_without_a_sel_still_reports_its_sensors(vbmc: Vbmc, levels:
         now = await lv.until(lambda n: n["ipmi:CPU1 Temp"].status == Status.FAULT)
         assert now["ipmi:bmc"].status == Status.OK and checker.stats["bmc"].failures == 0
         assert "Invalid command" in checker.checks[0].sel_error  # type: ignore[attr-defined]
+
+
+async def test_in_band_is_the_default_and_a_missing_device_is_a_warning(
+        tmp_path: Any, levels: Callable[[Any], Levels]) -> None:
+    """No address: the checker reads the host's own BMC through the kernel's IPMI device. Without the
+    device (no ipmi_devintf, as on this machine) the BMC is reported unreachable, naming the device."""
+    device = tmp_path / "ipmi0"  # absent
+    sec = Section(tmp_path / "agent.toml", {"device": str(device), "interval_s": 0.1, "timeout_s": 1.0,
+                                            "debounce_n": 1, "debounce_m": 1}, "checkers.ipmi.")
+    checker = IpmiChecker.from_config(sec, "h1")
+    assert checker.bmc.target == str(device)
+    async with levels(checker) as lv:
+        now = await lv.until(lambda n: "ipmi:bmc" in n, timeout=5)
+        bmc = now["ipmi:bmc"]
+        assert (bmc.status, bmc.fault_type) == (Status.WARNING, UNREACHABLE)
+        assert str(device) in bmc.description and "No such file" in bmc.description
+
+
+def test_in_band_refuses_lan_keys(tmp_path: Any) -> None:
+    sec = Section(tmp_path / "agent.toml", {"interface": "local", "address": "10.0.0.9"}, "checkers.ipmi.")
+    with pytest.raises(ConfigError, match=r"checkers\.ipmi\.address: unknown key"):
+        IpmiChecker.from_config(sec, "h1")
