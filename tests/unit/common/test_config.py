@@ -55,6 +55,6 @@ async def test_good_config_loads(tmp_path: Path) -> None:
     """The minimal config works and defaults are applied."""
     cfg = load_inspector_config(_write(tmp_path, ""))
     try:
-        assert cfg.node_id == "n" and cfg.controller.name == "embedded" and cfg.liveness_timeout_s == 0.5
+        assert cfg.node_id == "n" and cfg.controller.name == "embedded" and cfg.liveness_timeout_s == 1.5
     finally:
         await cfg.controller.close()
