@@ -201,3 +201,51 @@ argv = ["true"]
         res = subprocess.run([*AGENT, "--config", str(bad), "--check-config"], capture_output=True, text=True,
                              timeout=60)
         assert res.returncode == 2 and f"{bad}: {key}:" in res.stderr, (key, res.stderr)
+
+
+# What the daemon must not load (docs/agent.md, "Footprint"): each was megabytes of RSS. (grpc itself imports
+# the grpc_health and grpc_reflection packages, empty, to alias them; their services are the heavy part.)
+HEAVY = ("pyroute2", "pyghmi.ipmi.command", "importlib.metadata", "grpc_health.v1", "grpc_reflection.v1alpha")
+
+
+@pytest.mark.parametrize("ipmi", ["lan", "local"])
+def test_the_daemon_keeps_heavy_modules_out(tmp_path: Path, notify: Any, vbmc: Vbmc, ipmi: str) -> None:
+    """Every checker running (READY=1 comes after each reported once): none of the heavy modules was imported,
+    Python's ssl (and its libssl) is not mapped; in-band, not even the LAN session's cryptography is loaded."""
+    sock, path = notify
+    check = tmp_path / "check"
+    check.write_text("#!/bin/sh\necho OK\n")
+    check.chmod(0o755)
+    bmc = (f'address = "127.0.0.1"\nport = {vbmc.port}\npassword_file = "{vbmc.password_file}"\n' if ipmi == "lan"
+           else f'device = "{tmp_path / "ipmi0"}"\n')
+    cfg = write_config(tmp_path, f"127.0.0.1:{_closed_port()}", f'''
+[checkers.nic]
+interfaces = ["lo"]
+[checkers.ipmi]
+{bmc}[checkers.hypervisor]
+libvirt_processes = ["{unique("libvirtd")}"]
+[checkers.exec.commands.ok]
+argv = ["{check}"]
+''')
+    env = dict(os.environ, NOTIFY_SOCKET=path, PYTHONPROFILEIMPORTTIME="1")
+    proc = subprocess.Popen([*AGENT, "--config", str(cfg)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        while not sock.recv(4096).startswith(b"READY=1"):
+            pass
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode()
+        proc.stderr.close()
+    imported = {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    assert "pyghmi.ipmi.sdr" in imported and "agent.checkers.rtnetlink" in imported  # the checkers did run
+    loaded = sorted(m for m in imported if m in HEAVY or m.startswith(tuple(f"{h}." for h in HEAVY)))
+    assert loaded == []
+    assert ("cryptography" in imported) == (ipmi == "lan")
+    assert "/_ssl." not in maps and "/libssl.so" not in maps  # the import was refused, not only logged
