@@ -27,7 +27,9 @@ def _forget(cmd: Any) -> None:
         session._mark_broken()  # pyghmi's own cleanup of its class-level tables
     except Exception:  # noqa: BLE001
         pass
-    handlers = type(session).bmc_handlers
+    handlers = getattr(type(session), "bmc_handlers", None)
+    if handlers is None:
+        return  # an in-band session (/dev/ipmi0) has no routing tables
     for addr, by_port in list(handlers.items()):
         for port, owner in list(by_port.items()):
             if owner is session:

@@ -62,10 +62,12 @@ class NicChecker:
                         "carrier": str(link.carrier) if link.carrier is not None else ""}, observed_ns)
 
     def _ask(self, sock: socket.socket, asked: dict[int, str]) -> None:
-        """Request every watched link (answers come in order with the events on the same socket)."""
+        """Request every watched link (answers come in order with the events on the same socket).
+
+        Earlier questions are forgotten: their answers may have been dropped with the events (ENOBUFS); a
+        late answer to one is still a valid link message, and a late "no such link" is ignored."""
+        asked.clear()
         for ifname in self.interfaces:
-            if ifname in asked.values():
-                continue  # the last question is still unanswered
             seq = next(self._sequence)
             try:
                 sock.send(rtnetlink.get_link_request(ifname, seq))

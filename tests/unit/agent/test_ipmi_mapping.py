@@ -110,3 +110,18 @@ def test_oem_and_informational_entries_raise_nothing() -> None:
     sel = SelTracker()
     assert sel.update((2, 10, 0), [{"record_id": 1, "oemdata": b"\x01"},
                                    entry(2, "PSU1", "Present", 0, kind="Power Supply")]) == []
+
+
+def test_discarding_an_in_band_session_is_harmless() -> None:
+    """An in-band session has none of the LAN session's tables: forgetting it must not raise in the worker."""
+    from doctor_common.ipmi_session import discard
+
+    class LocalSession:  # the shape of pyghmi's localsession.Session: no logout tables, no bmc_handlers
+        def logout(self) -> None:
+            raise OSError("device gone")
+
+    class Client:
+        ipmi_session = LocalSession()
+
+    discard(Client())
+    discard(Client(), wait_s=1.0)
