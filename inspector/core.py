@@ -239,6 +239,10 @@ class Inspector:
         await self.fencer.close()
         await self.controller.close()
 
+    def main_loops(self) -> list[asyncio.Task[Any]]:
+        """The loops the replica lives by (leadership, or liveness and friends when standalone)."""
+        return list(self._loops)
+
     def dead_loop(self) -> asyncio.Task[Any] | None:
         """A main loop that ended: the daemon must exit so systemd restarts it."""
         return next((t for t in self._loops if t.done()), None)

@@ -1,4 +1,9 @@
-"""doctor-inspector: run one inspector replica from a TOML config."""
+"""doctor-inspector: run one inspector replica from a TOML config.
+
+Under systemd (``Type=notify``) it says READY=1 once it serves, pings the
+watchdog only while every main loop runs and the supervising loop turns (a
+blocked event loop pings nothing), and says STOPPING=1 on the way out.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,14 @@ from google.protobuf.internal import api_implementation
 from doctor_common import __version__
 from doctor_common.config import ConfigError
 from doctor_common.logs import setup_logging
+from doctor_common.systemd import Liveness, SystemdNotifier, watchdog
 from inspector import crashpoint
 from inspector.config import InspectorConfig, load_inspector_config
 from inspector.core import Inspector
 
 log = logging.getLogger("doctor.inspector")
+
+SUPERVISE_S = 1.0  # how often the supervising loop looks for a dead main loop
 
 
 async def main(cfg: InspectorConfig) -> int:
@@ -28,11 +36,20 @@ async def main(cfg: InspectorConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     log.info("doctor-inspector %s, protobuf %s", __version__, api_implementation.Type())
     inspector = Inspector(cfg)
+    notifier = SystemdNotifier()
+    dog: asyncio.Task[None] | None = None
     try:
         await inspector.start()
+        liveness = Liveness()
+        for task in inspector.main_loops():
+            liveness.register(task.get_name(), task=task)
+        turning = liveness.register("main", deadline_s=SUPERVISE_S * 5)
+        dog = asyncio.create_task(watchdog(notifier, liveness), name="watchdog")
+        notifier.ready(f"serving on {', '.join(cfg.listen)}")
         while not stop.is_set():
+            turning.beat()
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), SUPERVISE_S)
             except asyncio.TimeoutError:
                 dead = inspector.dead_loop()
                 if dead is not None:
@@ -41,7 +58,11 @@ async def main(cfg: InspectorConfig) -> int:
                     return 1
         return 0
     finally:
+        notifier.stopping()
+        if dog is not None:
+            dog.cancel()
         await inspector.stop()
+        notifier.close()
 
 
 def cli(argv: list[str] | None = None) -> int:
