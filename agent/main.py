@@ -104,10 +104,6 @@ class Supervisor:
         return out
 
 
-async def supervise(checker: Checker, state: AgentState, max_backoff_s: float = 30.0) -> None:
-    await Supervisor(checker, state, max_backoff_s=max_backoff_s).run()
-
-
 class Agent:
     def __init__(self, cfg: AgentConfig, notifier: SystemdNotifier | None = None,
                  watchdog_period_s: float | None = None, checker_backoff_s: tuple[float, float] = (0.5, 30.0)) -> None:

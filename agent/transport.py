@@ -29,10 +29,9 @@ _CONFIG_ERRORS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DE
 
 class AgentLink:
     def __init__(self, state: AgentState, endpoints: tuple[str, ...], token: str | None,
-                 heartbeat_interval_s: float = 0.5, max_backoff_s: float = 2.0,
-                 beat: Callable[[], None] | None = None, keepalive_ms: int = 1000) -> None:
+                 heartbeat_interval_s: float = 0.5, max_backoff_s: float = 2.0, keepalive_ms: int = 1000) -> None:
         self.state = state
-        self.beat = beat or (lambda: None)  # liveness for the watchdog: called on every turn of the loops
+        self.beat: Callable[[], None] = lambda: None  # liveness for the watchdog: called on every turn of the loops
         self.endpoints = list(endpoints)
         self.token = token
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -94,7 +93,8 @@ class AgentLink:
             self.connected.set()
             log.info("connected to inspector %s (boot %s, %d pending events)", target, self.state.boot_id, len(pending))
             reader = asyncio.create_task(self._read(call))
-            reader.add_done_callback(lambda _: self.state.changed.set())  # wakes the loop below
+            # wakes the loop below; the reader's error is read even when a failed write ends the loop first
+            reader.add_done_callback(lambda t: self.state.changed.set() or t.cancelled() or t.exception())
             heartbeat = agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat())
             try:
                 while not reader.done():

@@ -1,4 +1,4 @@
-"""Controller backends behind one interface; ``load_controller`` picks one by name."""
+"""Controller backends behind one interface; ``backend_class`` picks one by name."""
 
 from __future__ import annotations
 

@@ -251,7 +251,7 @@ class OpenStackController:
         conn, self._conn = self._conn, None
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
-        self._pool.shutdown(wait=True)
+        await asyncio.to_thread(self._pool.shutdown)  # waits for calls in flight, off the event loop
 
 
 def _host_status(conn: Any, server_id: str) -> tuple[str, HostStatus]:

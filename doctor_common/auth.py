@@ -7,7 +7,6 @@ the token in the ``authorization`` metadata decides it.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass
 
 import grpc
@@ -39,11 +38,7 @@ class TokenAuth:
 
     @staticmethod
     def _lookup(table: dict[bytes, object], token: str) -> object | None:
-        d = _digest(token)
-        for key, value in table.items():
-            if hmac.compare_digest(key, d):
-                return value
-        return None
+        return table.get(_digest(token))  # keyed by SHA-256: a lookup's timing says nothing usable of the token
 
     async def consumer(self, context: grpc.aio.ServicerContext) -> Principal:
         token = bearer_token(context)

@@ -40,9 +40,11 @@ class DoctorClient:
         self.token = token
         self._channel = grpc.aio.insecure_channel(self.endpoint, options=channel_options())
         self._md = auth_metadata(token)
+        self._closing: set[asyncio.Task[None]] = set()  # channels left behind by a switch of replica
 
     async def close(self) -> None:
         await self._channel.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def __aenter__(self) -> "DoctorClient":
         return self
@@ -54,7 +56,9 @@ class DoctorClient:
         old = self._channel
         self.endpoint = endpoint
         self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
-        asyncio.get_running_loop().create_task(old.close())
+        closing = asyncio.get_running_loop().create_task(old.close())
+        self._closing.add(closing)  # held until done: a task nobody references can be collected mid-close
+        closing.add_done_callback(self._closing.discard)
 
     def _next_endpoint(self) -> None:
         """The current endpoint failed without naming a leader: try the next replica."""

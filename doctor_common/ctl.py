@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from doctor_common.api import common_pb2, fault_pb2
+from doctor_common.api import agent_pb2, fault_pb2
 from doctor_common.client import DoctorClient
-from doctor_common.faults import severity_from_name, severity_name
+from doctor_common.faults import host_status_name, severity_from_name, severity_name
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
 
 
@@ -24,17 +24,13 @@ def _when(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _hs(v: int) -> str:
-    return common_pb2.HostStatus.Name(v).removeprefix("HOST_STATUS_")
-
-
 async def cmd_status(c: DoctorClient, args: argparse.Namespace) -> None:
     s = await c.status()
     print(f"node {s.node_id}  role {s.role}  leader {s.leader_endpoint or '-'}  version {s.version}  "
           f"controller {s.controller}  protobuf {s.protobuf_implementation}  log seq {s.last_sequence}")
     print(f"\nagents ({len(s.agents)}):")
     for a in s.agents:
-        bad = [x.component for x in a.components if x.status != 1]
+        bad = [x.component for x in a.components if x.status != agent_pb2.COMPONENT_STATUS_OK]
         print(f"  {a.host_id:<16} {a.liveness:<12} {'connected' if a.connected else 'disconnected':<12} "
               f"seq {a.last_sequence:<6} last seen {_when(a.last_seen_unix_nanos)}  {'faulty: ' + ', '.join(bad) if bad else ''}")
     print(f"\nactive alarms ({len(s.active_alarms)}):")
@@ -50,13 +46,13 @@ async def cmd_hosts(c: DoctorClient, args: argparse.Namespace) -> None:
     r = await c.hosts()
     print(f"{'host':<16} {'status':<12} {'liveness':<12} {'servers':>7}  alarms")
     for h in r.hosts:
-        print(f"{h.host_id:<16} {_hs(h.host_status):<12} {h.liveness:<12} {h.servers:>7}  "
+        print(f"{h.host_id:<16} {host_status_name(h.host_status):<12} {h.liveness:<12} {h.servers:>7}  "
               f"{', '.join(f.fault_type for f in h.active_alarms) or '-'}")
 
 
 async def cmd_enable_host(c: DoctorClient, args: argparse.Namespace) -> None:
     h = await c.enable_host(args.host)
-    print(f"{h.host_id}: {_hs(h.host_status)}")
+    print(f"{h.host_id}: {host_status_name(h.host_status)}")
 
 
 def _filter(args: argparse.Namespace, cls: type) -> object:
@@ -78,7 +74,7 @@ async def cmd_faults(c: DoctorClient, args: argparse.Namespace) -> None:
     for v in r.virtual_resource_info:
         for f in v.faults:
             print(f"{v.virtual_resource_type:<6} {v.virtual_resource_id:<24} {f.fault_type:<32} {severity_name(f.severity):<9} "
-                  f"{v.virtual_resource_state} (host {v.physical_resource_id} {_hs(v.host_status)})")
+                  f"{v.virtual_resource_state} (host {v.physical_resource_id} {host_status_name(v.host_status)})")
 
 
 async def cmd_subscribe(c: DoctorClient, args: argparse.Namespace) -> None:

@@ -20,8 +20,9 @@ import os
 import sys
 import time
 
-from doctor_common.api import common_pb2, fault_pb2
+from doctor_common.api import fault_pb2
 from doctor_common.client import DoctorClient
+from doctor_common.faults import host_status_name, severity_name
 from doctor_common.halab import HaLab, LocalEtcd
 from doctor_common.lab import Lab, wait_for
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
@@ -31,10 +32,6 @@ PROJECTS = ("project-a", "project-b", "project-c")
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def _hs(v: int) -> str:
-    return common_pb2.HostStatus.Name(v).removeprefix("HOST_STATUS_")
 
 
 async def _consume(client: DoctorClient, inbox: list[fault_pb2.FaultNotification], ready: asyncio.Event) -> None:
@@ -85,11 +82,11 @@ async def run() -> int:
             say(f"   {who:<10} notification {n.notification_id[:12]}… seq {n.sequence} fenced={n.fenced}")
             for p in n.physical_resource_info:
                 f = p.faults[0]
-                say(f"     host   {p.physical_resource_id:<12} {p.physical_resource_state:<6} {_hs(p.host_status):<5} "
-                    f"{f.fault_type} ({common_pb2.Severity.Name(f.severity).removeprefix('SEVERITY_').lower()}, root cause)")
+                say(f"     host   {p.physical_resource_id:<12} {p.physical_resource_state:<6} {host_status_name(p.host_status):<5} "
+                    f"{f.fault_type} ({severity_name(f.severity)}, root cause)")
             for v in n.virtual_resource_info:
                 say(f"     {v.virtual_resource_type:<6} {v.virtual_resource_id:<12} {v.virtual_resource_state:<6} "
-                    f"host {v.physical_resource_id} {_hs(v.host_status)}  {v.faults[0].fault_type}: {v.faults[0].probable_cause}")
+                    f"host {v.physical_resource_id} {host_status_name(v.host_status)}  {v.faults[0].fault_type}: {v.faults[0].probable_cause}")
 
         ctl = lab.inspector.controller
         host = await ctl.get_host("compute-1")
@@ -174,7 +171,7 @@ async def run_ha() -> int:
         async with DoctorClient(lab.replicas[1].endpoint, lab.tokens["admin"]) as c:
             host = next(h for h in (await c.hosts()).hosts if h.host_id == "compute-2")
         power, offs = lab.power("compute-2")
-        say(f"   BMC of compute-2: power {power} ({offs} power-off); host_status {_hs(host.host_status)}")
+        say(f"   BMC of compute-2: power {power} ({offs} power-off); host_status {host_status_name(host.host_status)}")
         bystanders = [w for w in inboxes if w not in expected]
         ok = (power == "off" and offs == 1 and host.forced_down and all(len(inboxes[w]) == 1 for w in expected)
               and not any(inboxes[w] for w in bystanders) and all(len(set(v)) == 1 for v in snapshots.values()))

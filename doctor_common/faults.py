@@ -30,6 +30,10 @@ def severity_name(value: int) -> str:
     return Severity.Name(value).removeprefix("SEVERITY_").lower() if value in Severity.values() else str(value)
 
 
+def host_status_name(value: int) -> str:
+    return common_pb2.HostStatus.Name(value).removeprefix("HOST_STATUS_")
+
+
 def check_pattern(pattern: str) -> str:
     """Validate a fault-type glob such as ``compute.host.*``; raise ValueError saying what is wrong."""
     if not pattern:

@@ -20,12 +20,10 @@ def _forget(cmd: Any) -> None:
     if session is None:
         return
     try:
-        session.logout()  # close-session without retry; leaves the keepalive table
-    except Exception:  # noqa: BLE001 - the BMC may be gone
-        pass
-    try:
-        session._mark_broken()  # pyghmi's own cleanup of its class-level tables
-    except Exception:  # noqa: BLE001
+        # pyghmi's own teardown: close-session without retry, then out of the keepalive, waiting and
+        # routing tables. Not logout() first: each logout lowers pyghmi's per-socket session count again.
+        session._mark_broken()
+    except Exception:  # noqa: BLE001 - the BMC may be gone; the routing table is cleared below anyway
         pass
     handlers = getattr(type(session), "bmc_handlers", None)
     if handlers is None:

@@ -28,7 +28,7 @@ from inspector.config import InspectorConfig
 from inspector.correlate import ResourceMap
 from inspector.diagnostics import DiagnosticsServicer, HostsServicer
 from inspector.durable import NullDurable
-from inspector.election import Term
+from inspector.election import NotLeader, Term
 from inspector.faultview import FaultView
 from inspector.fencing import IpmiFencer
 from inspector.gateway import FAULTY, AgentGatewayServicer
@@ -240,12 +240,9 @@ class Inspector:
         await self.controller.close()
 
     def main_loops(self) -> list[asyncio.Task[Any]]:
-        """The loops the replica lives by (leadership, or liveness and friends when standalone)."""
+        """The loops the replica lives by (leadership, or liveness and friends when standalone): one that ends
+        must end the daemon, so systemd restarts it."""
         return list(self._loops)
-
-    def dead_loop(self) -> asyncio.Task[Any] | None:
-        """A main loop that ended: the daemon must exit so systemd restarts it."""
-        return next((t for t in self._loops if t.done()), None)
 
     def _warm_bmcs(self) -> None:
         for host in self.resources.hosts:
@@ -262,7 +259,7 @@ class Inspector:
             if t.cancelled():
                 return
             exc = t.exception()
-            if exc is not None and type(exc).__name__ == "NotLeader":
+            if isinstance(exc, NotLeader):
                 log.info("%s stopped: %s", what, exc)  # the term ended: the next leader carries on
             elif exc is not None:
                 log.error("%s failed", what, exc_info=exc)
@@ -280,7 +277,9 @@ class Inspector:
             return
         if state.status in FAULTY and state.fault_type:
             self._act(self.responder.fault(trigger), f"response to {trigger.fault_type} on {rec.host_id}")
-        elif state.status == agent_pb2.COMPONENT_STATUS_OK:
+        elif (state.status == agent_pb2.COMPONENT_STATUS_OK
+              and self.alarms.by_component(rec.host_id, state.component) is not None):
+            # most OK readings (every healthy component of every Hello) have nothing to clear: no task for them
             self._act(self.responder.clear(rec.host_id, state.component), f"clearing {state.component}")
 
     async def _liveness_changed(self, rec: HostRecord, old: str, new: str) -> None:

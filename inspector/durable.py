@@ -24,6 +24,7 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
+from doctor_common.shielded import start_shielded
 from inspector.alarms import Alarm, alarm_to_json
 from inspector.election import NotLeader, Term
 from inspector.etcd_store import EtcdStore, Incident, Step, json_codec
@@ -74,8 +75,7 @@ class EtcdDurable(NullDurable):
 
     async def _write(self, aw: Awaitable[T], what: str) -> T:
         self.check()
-        task = asyncio.ensure_future(aw)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # the outcome is logged below
+        task = start_shielded(aw)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -1,8 +1,8 @@
 """doctor-inspector: run one inspector replica from a TOML config.
 
 Under systemd (``Type=notify``) it says READY=1 once it serves, pings the
-watchdog only while every main loop runs and the supervising loop turns (a
-blocked event loop pings nothing), and says STOPPING=1 on the way out.
+watchdog while its event loop turns (a blocked loop pings nothing), exits
+non-zero the moment a main loop ends, and says STOPPING=1 on the way out.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from inspector.core import Inspector
 
 log = logging.getLogger("doctor.inspector")
 
-SUPERVISE_S = 1.0  # how often the supervising loop looks for a dead main loop
-
 
 async def main(cfg: InspectorConfig) -> int:
     stop = asyncio.Event()
@@ -38,29 +36,26 @@ async def main(cfg: InspectorConfig) -> int:
     inspector = Inspector(cfg)
     notifier = SystemdNotifier()
     dog: asyncio.Task[None] | None = None
+    stopped = asyncio.create_task(stop.wait(), name="stop")
     try:
         await inspector.start()
-        liveness = Liveness()
-        for task in inspector.main_loops():
-            liveness.register(task.get_name(), task=task)
-        turning = liveness.register("main", deadline_s=SUPERVISE_S * 5)
-        dog = asyncio.create_task(watchdog(notifier, liveness), name="watchdog")
+        # the pings stop when the event loop blocks; a main loop that ends exits the daemon below
+        dog = asyncio.create_task(watchdog(notifier, Liveness()), name="watchdog")
         notifier.ready(f"serving on {', '.join(cfg.listen)}")
-        while not stop.is_set():
-            turning.beat()
-            try:
-                await asyncio.wait_for(stop.wait(), SUPERVISE_S)
-            except asyncio.TimeoutError:
-                dead = inspector.dead_loop()
-                if dead is not None:
-                    # a dead main loop must not leave a live-looking process
-                    log.critical("loop %s died: %r; exiting", dead.get_name(), dead.exception())
-                    return 1
+        loops = inspector.main_loops()
+        await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
+        dead = next((t for t in loops if t.done()), None)
+        if dead is not None and not stop.is_set():
+            # a dead main loop must not leave a live-looking process
+            log.critical("loop %s died: %r; exiting", dead.get_name(), dead.cancelled() or dead.exception())
+            return 1
         return 0
     finally:
         notifier.stopping()
-        if dog is not None:
-            dog.cancel()
+        for task in (stopped, dog):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (stopped, dog) if t is not None), return_exceptions=True)
         await inspector.stop()
         notifier.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any, Protocol
 
 from doctor_common.api import fault_pb2
@@ -68,5 +69,5 @@ class MemoryLog:
             return []
         if after + 1 < self.first_sequence:
             raise CursorExpired(after, self.first_sequence)
-        start = after + 1 - self.first_sequence
-        return [e for e in list(self._entries)[start:] if e.sequence <= up_to]
+        start = after + 1 - self.first_sequence  # sequences are contiguous: positions follow from them
+        return list(islice(self._entries, start, start + up_to - after))

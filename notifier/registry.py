@@ -35,17 +35,19 @@ class Subscriber:
     start_sequence: int = 0       # live entries start after this one
     last_delivered: int = 0
     delivered: int = 0
-    overflowed: bool = False
     cut: asyncio.Event = field(default_factory=asyncio.Event)  # set on overflow: end the stream now
     ended_by: str = ""            # why the stream must end: FELL_BEHIND, NOT_LEADER or REPLACED
     leader_hint: str = ""         # with NOT_LEADER: where the consumer should go
+
+    @property
+    def overflowed(self) -> bool:
+        return self.ended_by == FELL_BEHIND
 
     def end(self, reason: str, leader_hint: str = "") -> None:
         """End the stream now (its handler may be blocked writing to a client that does not read)."""
         if self.ended_by:
             return
         self.ended_by, self.leader_hint = reason, leader_hint
-        self.overflowed = reason == FELL_BEHIND
         self.queue.put_nowait(OVERFLOW)
         self.cut.set()
 

@@ -11,6 +11,7 @@ import grpc
 
 from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc
 from doctor_common.auth import Principal, TokenAuth
+from doctor_common.shielded import shielded
 from doctor_common.timeline import Stage, now_ns, stamp
 from notifier.filters import Filter, FilterError, view_notification, view_resources
 from notifier.log import CursorExpired, MemoryLog, NotificationLog
@@ -61,9 +62,7 @@ class Publisher:
         stamp(notification.timeline, Stage.STAGE_PUBLISHED)
         async with self._lock:
             if self._shield:
-                task = asyncio.ensure_future(self._append(notification, also))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: logged in _append
-                seq = await asyncio.shield(task)
+                seq = await shielded(self._append(notification, also))  # errors are logged in _append
             else:
                 seq = await self._append(notification, also)
             self.after_append(seq)
@@ -170,6 +169,8 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
             self.registry.remove(sub)
             while not sub.queue.empty():
                 sub.queue.get_nowait()
+            write.cancel()  # not left pending with an error nobody reads
+            write.add_done_callback(lambda w: w.cancelled() or w.exception())
             await self._cut_off(context, sub)
         await write
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from doctor_common.auth import Principal
+from doctor_common.shielded import shielded
 from notifier.registry import Subscriber
 
 log = logging.getLogger("doctor.notifier.subscriptions")
@@ -106,7 +107,7 @@ class SubscriptionBook:
                                                                                old.last_delivered if old else 0),
                                  connected=True)
         if self.store is not None:
-            await asyncio.shield(self.store.put(sub.id, rec.to_json()))
+            await shielded(self.store.put(sub.id, rec.to_json()))
         if epoch == self.epoch:
             self.records[sub.id] = rec
             self._live[sub.id] = sub

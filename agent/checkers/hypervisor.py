@@ -217,10 +217,9 @@ class HypervisorChecker(PollingChecker):
         qemu_min = cfg.int("qemu_min", 0, min=0)
         if (pid_dir or qemu_min) and not qemu:
             raise cfg.error("qemu_processes", "list the qemu process names to check qemu_pid_dir/qemu_min")
-        for key, value in (("libvirt_sockets", sockets),):
-            for i, p in enumerate(value):
-                if not p.startswith("/"):
-                    raise cfg.error(f"{key}[{i}]", f"expected an absolute path, got {p!r}")
+        for i, p in enumerate(sockets):
+            if not p.startswith("/"):
+                raise cfg.error(f"libvirt_sockets[{i}]", f"expected an absolute path, got {p!r}")
         cfg.done()
         checks: list[Check] = []
         if libvirt or nova or pid_dir or qemu_min:

@@ -166,7 +166,7 @@ class BmcWorker:
         self._client: Any = None
         self._busy: asyncio.Future[Any] | None = None
 
-    async def call(self, fn: Callable[[Any], T], timeout_s: float) -> T:
+    async def call(self, fn: Callable[[Any], T]) -> T:
         if self._busy is not None and not self._busy.done():
             raise BmcBusy("an earlier call is still waiting for the BMC")
         loop = asyncio.get_running_loop()
@@ -199,7 +199,7 @@ class BmcWorker:
 
         self._busy = fut
         threading.Thread(target=work, name="doctor-ipmi", daemon=True).start()
-        return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        return await asyncio.shield(fut)  # the caller's run timeout bounds the wait; the thread runs on
 
     def close(self) -> None:
         """Forget the session (bounded: a call stuck on a dead BMC may hold it)."""
@@ -245,7 +245,7 @@ class BmcCheck(Check):
         return poll
 
     async def probe(self) -> list[Reading]:
-        poll = await self.worker.call(self._poll, self.schedule.timeout_s)
+        poll = await self.worker.call(self._poll)
         readings = [Reading("ipmi:bmc", Status.OK, details={"bmc": self.target})]
         readings += [sensor_reading(s) for s in poll.sensors]
         if self.sel is not None and poll.sel is not None and poll.sel_key is not None:
