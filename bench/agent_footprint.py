@@ -48,6 +48,7 @@ from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.grpcutil import server_options  # noqa: E402
 from inspector.config import InspectorConfig  # noqa: E402
 from doctor_common.vbmc import write_sensors  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 PY = sys.executable
 TARGET_RSS_MB = 40.0
@@ -129,7 +130,7 @@ class Host:
         pw.write_text("bench-secret\n")
         sensors = self.tmp / "sensors.json"
         write_sensors(sensors, SENSORS)
-        port = 16000 + os.getpid() % 20000
+        port = free_port(socket.SOCK_DGRAM)
         if self.ipmi == "lan":
             bmc = self.start(self.wrap([PY, "-m", "doctor_common.vbmc", "--port", str(port), "--password-file",
                                         str(pw), "--sensors-file", str(sensors)]), stdout=subprocess.PIPE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -43,3 +44,27 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+NOTIFY_LIMIT = 500  # sd_notify messages read while waiting for one: bounds a loop that pings forever
+
+
+def notify_until(recv: Callable[[], str], prefix: str, limit: int = NOTIFY_LIMIT) -> list[str]:
+    """sd_notify messages read up to and including the first that starts with ``prefix`` (each ``recv`` has its
+    own timeout); AssertionError after ``limit`` others."""
+    seen = []
+    for _ in range(limit):
+        seen.append(recv())
+        if seen[-1].startswith(prefix):
+            return seen
+    raise AssertionError(f"no {prefix!r} in {limit} messages; last: {seen[-3:]}")
+
+
+async def anotify_until(recv: Callable[[], Awaitable[str]], prefix: str, limit: int = NOTIFY_LIMIT) -> list[str]:
+    """``notify_until`` for an asynchronous ``recv``."""
+    seen = []
+    for _ in range(limit):
+        seen.append(await recv())
+        if seen[-1].startswith(prefix):
+            return seen
+    raise AssertionError(f"no {prefix!r} in {limit} messages; last: {seen[-3:]}")

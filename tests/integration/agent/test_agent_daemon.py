@@ -20,6 +20,7 @@ from agent.config import load_agent_config
 from agent.main import Agent
 from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.grpcutil import server_options
+from tests.conftest import free_port, notify_until
 
 from .conftest import Procs, Vbmc, unique
 
@@ -140,20 +141,18 @@ def test_doctor_agent_is_a_notify_service(tmp_path: Path, notify: Any) -> None:
     check = tmp_path / "check"
     check.write_text(f"#!/bin/sh\nenv > {env_dump}\necho OK\n")
     check.chmod(0o755)
-    cfg = write_config(tmp_path, f"127.0.0.1:{_closed_port()}",
+    cfg = write_config(tmp_path, f"127.0.0.1:{free_port()}",
                        f'[checkers.nic]\ninterfaces = ["lo"]\n[checkers.exec.commands.env]\nargv = ["{check}"]\n')
     env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
     proc = subprocess.Popen([*AGENT, "--config", str(cfg)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        messages = [sock.recv(4096).decode()]
-        while not messages[-1].startswith("READY=1"):
-            messages.append(sock.recv(4096).decode())
+        messages = notify_until(lambda: sock.recv(4096).decode(), "READY=1")
         assert "STATUS=2 checkers running" in messages[-1]
         assert [sock.recv(4096).decode() for _ in range(3)] == ["WATCHDOG=1"] * 3  # every ~0.2 s
         proc.send_signal(signal.SIGTERM)
-        while not (msg := sock.recv(4096).decode()).startswith("STOPPING=1"):
-            assert msg == "WATCHDOG=1"
+        *pings, _ = notify_until(lambda: sock.recv(4096).decode(), "STOPPING=1")
+        assert set(pings) <= {"WATCHDOG=1"}
         assert proc.wait(15) == 0
     finally:
         if proc.poll() is None:
@@ -165,14 +164,6 @@ def test_doctor_agent_is_a_notify_service(tmp_path: Path, notify: Any) -> None:
     assert "Traceback" not in stderr, stderr
     inherited = env_dump.read_text()
     assert "NOTIFY_SOCKET" not in inherited and "WATCHDOG_USEC" not in inherited
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_check_config_validates_every_checker(tmp_path: Path) -> None:
@@ -218,7 +209,7 @@ def test_the_daemon_keeps_heavy_modules_out(tmp_path: Path, notify: Any, vbmc: V
     check.chmod(0o755)
     bmc = (f'address = "127.0.0.1"\nport = {vbmc.port}\npassword_file = "{vbmc.password_file}"\n' if ipmi == "lan"
            else f'device = "{tmp_path / "ipmi0"}"\n')
-    cfg = write_config(tmp_path, f"127.0.0.1:{_closed_port()}", f'''
+    cfg = write_config(tmp_path, f"127.0.0.1:{free_port()}", f'''
 [checkers.nic]
 interfaces = ["lo"]
 [checkers.ipmi]
@@ -231,8 +222,7 @@ argv = ["{check}"]
     proc = subprocess.Popen([*AGENT, "--config", str(cfg)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        while not sock.recv(4096).startswith(b"READY=1"):
-            pass
+        notify_until(lambda: sock.recv(4096).decode(), "READY=1")
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

@@ -53,8 +53,10 @@ async def test_each_daemon_dying_is_its_own_fault(tmp_path: Path, procs: Procs, 
         assert (r.status, r.fault_type, r.severity) == (Status.FAULT, LIBVIRTD_DOWN, common_pb2.SEVERITY_MAJOR)
 
         procs.named(libvirtd)  # systemd restarted it: a new pid is found by a fresh scan
-        procs.unix_server(sock.with_name("sock2"))
-        await lv.until(lambda n: n["hypervisor:libvirtd"].status == Status.OK, what="libvirtd back")
+        sock.unlink()  # and it listens on its socket again
+        procs.unix_server(sock)
+        await lv.until(lambda n: n["hypervisor:libvirtd"].status == Status.OK and
+                       n["hypervisor:socket"].status == Status.OK, what="libvirtd and its socket back")
 
 
 async def test_healthy_host_needs_no_process_scan(procs: Procs, section: Callable[..., Section],

@@ -11,12 +11,9 @@ import pytest
 
 from agent.checkers.base import Status
 from agent.checkers.nic import FAULT_TYPE, NicChecker
+from doctor_common.lab import ip
 
 from .conftest import Levels
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 @pytest.fixture

@@ -103,9 +103,10 @@ async def test_term_run_cancels_work_when_leadership_is_lost(candidates: list[El
     """Work run under a term is cancelled when the term is lost and the caller gets NotLeader."""
     leader = await first_leader(candidates)
     term = leader.current_term()
-    cancelled = asyncio.Event()
+    cancelled, working = asyncio.Event(), asyncio.Event()
 
     async def work() -> None:
+        working.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -113,7 +114,7 @@ async def test_term_run_cancels_work_when_leadership_is_lost(candidates: list[El
             raise
 
     runner = asyncio.create_task(term.run(work()))
-    await asyncio.sleep(0)  # let the work start
+    await asyncio.wait_for(working.wait(), 1.0)
     await admin.delete(f"{prefix}/leader".encode())
     with pytest.raises(NotLeader):
         await asyncio.wait_for(runner, 1.0)

@@ -52,8 +52,7 @@ def test_truncated_and_foreign_messages_are_skipped_not_fatal() -> None:
     finally:
         sock.close()
     assert [m.ifname for m in rtnetlink.decode(whole) if isinstance(m, rtnetlink.Link)] == ["lo"]
-    for cut in (3, 16, 20, 40, len(whole) - 1):
-        assert all(isinstance(m, (rtnetlink.Link, rtnetlink.Error)) for m in rtnetlink.decode(whole[:cut]))
-    assert list(rtnetlink.decode(whole[:len(whole) - 1])) == []  # the header's length no longer fits
+    for cut in (3, 16, 20, 40, len(whole) - 1):  # the header's length no longer fits: nothing, and no error
+        assert list(rtnetlink.decode(whole[:cut])) == []
     done = rtnetlink._NLMSGHDR.pack(20, rtnetlink.NLMSG_DONE, 2, 1, 0) + b"\0" * 4
     assert list(rtnetlink.decode(done + whole)) == list(rtnetlink.decode(whole))

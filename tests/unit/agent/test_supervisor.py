@@ -15,7 +15,7 @@ from agent.config import AgentConfig
 from agent.main import CHECKER_FAILED, Agent, Supervisor
 from agent.state import AgentState
 from doctor_common.systemd import SystemdNotifier
-from tests.conftest import free_port
+from tests.conftest import anotify_until, free_port
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -115,13 +115,11 @@ async def test_ready_then_watchdog_until_a_checker_hangs(notify: tuple[socket.so
     stop = asyncio.Event()
     run = asyncio.create_task(agent.run(stop))
     try:
-        while (msg := await receive(sock)) == "WATCHDOG=1":
-            pass  # pings may start while the checkers start up
+        *early, msg = await anotify_until(lambda: receive(sock), "READY=1")
+        assert set(early) <= {"WATCHDOG=1"}  # pings may start while the checkers start up
         assert msg.startswith("READY=1\nSTATUS=2 checkers running")
-        pings = 0
-        while (msg := await receive(sock)) == "WATCHDOG=1":
-            pings += 1
-        assert pings >= 2  # the hung checker's deadline is 0.25 s, pings come every 20 ms
+        *pings, msg = await anotify_until(lambda: receive(sock), "STATUS=")
+        assert set(pings) <= {"WATCHDOG=1"} and len(pings) >= 2  # the hung checker's deadline is 0.25 s, pings come every 20 ms
         assert msg.startswith("STATUS=loops not alive: checker:hangs: silent for")
         with pytest.raises(asyncio.TimeoutError):
             await receive(sock, timeout=0.3)  # 15 periods, not one ping

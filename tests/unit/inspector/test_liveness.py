@@ -46,6 +46,7 @@ async def test_silence_means_unreachable_and_traffic_brings_it_back() -> None:
         assert rec.liveness == UP and [c[2] for c in changes] == [UP, UNREACHABLE, UP]
     finally:
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 async def test_a_replaced_stream_closing_changes_nothing() -> None:
