@@ -20,10 +20,15 @@ def _forget(cmd: Any) -> None:
     if session is None:
         return
     try:
-        # pyghmi's own teardown: close-session without retry, then out of the keepalive, waiting and
-        # routing tables. Not logout() first: each logout lowers pyghmi's per-socket session count again.
-        session._mark_broken()
-    except Exception:  # noqa: BLE001 - the BMC may be gone; the routing table is cleared below anyway
+        # close-session without retry first: sending it puts the session back on pyghmi's waiting list,
+        # which _mark_broken() then empties (the other order left it there, retried by whoever waits next).
+        # pyghmi's per-socket session count goes negative on the way; only its socket sharing reads it.
+        session.logout()
+    except Exception:  # noqa: BLE001 - the BMC may be gone
+        pass
+    try:
+        session._mark_broken()  # pyghmi's own cleanup of its class-level tables
+    except Exception:  # noqa: BLE001
         pass
     handlers = getattr(type(session), "bmc_handlers", None)
     if handlers is None:
