@@ -11,8 +11,12 @@ through ``discard``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def _forget(cmd: Any) -> None:
@@ -50,3 +54,37 @@ def discard(cmd: Any, *, wait_s: float | None = None) -> None:
     worker = threading.Thread(target=_forget, args=(cmd,), name="ipmi-discard", daemon=True)
     worker.start()
     worker.join(wait_s)
+
+
+def start_in_daemon_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":
+    """Run a blocking pyghmi call in its own daemon thread; its outcome settles the returned future.
+
+    Not a thread pool: a call stuck on a dead BMC (pyghmi gives up after ~28 s, or never when its tables are
+    confused) must neither hold a pool worker nor keep the process from exiting, as a pool's threads are
+    joined at interpreter exit. An outcome nobody awaits any more is retrieved, not reported as lost.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return  # the caller gave up (timeout, cancellation)
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def work() -> None:
+        result, error = None, None
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the event loop is gone (stopping)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return fut

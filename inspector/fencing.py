@@ -19,12 +19,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from controller_adapter.base import Bmc
-from doctor_common.ipmi_session import discard
+from doctor_common.ipmi_session import discard, start_in_daemon_thread
 
 log = logging.getLogger("doctor.inspector.fencing")
 T = TypeVar("T")
@@ -46,12 +45,10 @@ class FencingError(Exception):
 
 
 class IpmiFencer:
-    def __init__(self, timeout_s: float = 5.0, poll_interval_s: float = 0.002, max_workers: int = 16,
-                 retry_s: float = 0.05) -> None:
+    def __init__(self, timeout_s: float = 5.0, poll_interval_s: float = 0.002, retry_s: float = 0.05) -> None:
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.poll_interval_s = poll_interval_s
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ipmi")
         self._commands: dict[tuple[str, int, str], Any] = {}
         self._locks: dict[tuple[str, int, str], asyncio.Lock] = {}
         self.power_offs_sent = 0
@@ -64,8 +61,6 @@ class IpmiFencer:
         key = self._key(bmc)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # concurrent calls on one pyghmi session are 70-200x slower
-            loop = asyncio.get_running_loop()
-
             def run() -> T:
                 cmd = self._commands.get(key)
                 if cmd is None:
@@ -80,7 +75,7 @@ class IpmiFencer:
                     discard(cmd)  # ...nor left in pyghmi's process-wide tables
                     raise
 
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, run), timeout)
+            return await asyncio.wait_for(start_in_daemon_thread(run, "ipmi-fence"), timeout)
 
     def _raw(self, command: int, data: tuple[int, ...] = ()) -> Callable[[Any], dict[str, Any]]:
         def call(cmd: Any) -> dict[str, Any]:
@@ -170,4 +165,3 @@ class IpmiFencer:
         if commands:
             per = max(timeout / len(commands), 0.05)
             await asyncio.gather(*(asyncio.to_thread(discard, c, wait_s=per) for c in commands))
-        self._pool.shutdown(wait=False, cancel_futures=True)

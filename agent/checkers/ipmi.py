@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +28,7 @@ from agent.checkers.base import Reading, Status
 from agent.checkers.polling import Check, PollingChecker, Schedule
 from doctor_common.api import common_pb2
 from doctor_common.config import Section
-from doctor_common.ipmi_session import discard
+from doctor_common.ipmi_session import discard, start_in_daemon_thread
 
 log = logging.getLogger("doctor.agent.ipmi")
 T = TypeVar("T")
@@ -169,37 +168,20 @@ class BmcWorker:
     async def call(self, fn: Callable[[Any], T]) -> T:
         if self._busy is not None and not self._busy.done():
             raise BmcBusy("an earlier call is still waiting for the BMC")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # an abandoned failure is not "unretrieved"
 
-        def settle(result: Any, exc: BaseException | None) -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-
-        def work() -> None:
-            result, error = None, None
+        def work() -> T:
             try:
                 if self._client is None:
                     self._client = self._connect()
-                result = fn(self._client)
-            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                return fn(self._client)
+            except BaseException:
                 if self._client is not None:  # not reused, and not left in pyghmi's process-wide tables
                     discard(self._client)
                 self._client = None  # the next call logs in again
-                error = exc
-            try:
-                loop.call_soon_threadsafe(settle, result, error)
-            except RuntimeError:
-                pass  # the event loop is gone (agent stopping)
+                raise
 
-        self._busy = fut
-        threading.Thread(target=work, name="doctor-ipmi", daemon=True).start()
-        return await asyncio.shield(fut)  # the caller's run timeout bounds the wait; the thread runs on
+        self._busy = start_in_daemon_thread(work, "doctor-ipmi")
+        return await asyncio.shield(self._busy)  # the caller's run timeout bounds the wait; the thread runs on
 
     def close(self) -> None:
         """Forget the session (bounded: a call stuck on a dead BMC may hold it)."""
