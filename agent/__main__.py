@@ -1,10 +1,10 @@
 """``doctor-agent`` / ``python -m agent``: the daemon's entry point.
 
 Python's ``ssl`` module is kept out before anything imports asyncio: the agent
-never uses it (gRPC carries its own TLS), and asyncio imports it, with
-libssl and libcrypto, only to offer TLS streams: about 4 MB of the agent's
-40 MB budget. Library code and tests that import ``agent.main`` are not
-affected.
+never uses it (its stream to the inspector is plain HTTP/2 on a host network
+or a unix socket), and asyncio and grpclib import it, with libssl and
+libcrypto, only to offer TLS: about 4 MB of the agent's 40 MB budget. Library
+code and tests that import ``agent.main`` are not affected.
 """
 
 from __future__ import annotations

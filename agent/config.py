@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.endpoint import parse_endpoint
 from doctor_common.config import ConfigError, Section
 
 
@@ -32,6 +33,11 @@ def load_agent_config(path: Path | str) -> AgentConfig:
     endpoints = a.str_list("inspector")
     if not endpoints:
         raise a.error("inspector", "list at least one inspector endpoint (host:port or unix:/path)")
+    for endpoint in endpoints:
+        try:
+            parse_endpoint(endpoint)
+        except ValueError as exc:
+            raise a.error("inspector", str(exc)) from None
     cfg = dict(
         host_id=host_id,
         endpoints=tuple(endpoints),

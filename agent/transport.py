@@ -4,6 +4,11 @@ Reconnects with capped exponential backoff and jitter; every (re)connect sends
 the whole current state first (level-triggered), then every event the
 inspector has not acknowledged yet, in sequence order. A Redirect from a
 follower switches to the leader it names.
+
+The stream is gRPC (``AgentGateway/Connect``) spoken by grpclib, a gRPC client
+in pure asyncio: no C-core, hence no event-engine threads waking up after
+every heartbeat and keepalive, and a third of grpcio's memory (docs/agent.md,
+Footprint). The inspector serves it with grpcio like any other client.
 """
 
 from __future__ import annotations
@@ -12,19 +17,40 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import NoReturn
 
-import grpc
+from grpclib.client import Channel, Stream
+from grpclib.config import Configuration
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
+from agent.endpoint import parse_endpoint
 from agent.state import AgentState
-from doctor_common.api import agent_pb2, agent_pb2_grpc
-from doctor_common.grpcutil import auth_metadata, channel_options
+from doctor_common.api import agent_pb2
 from doctor_common.timeline import now_ns
 
 log = logging.getLogger("doctor.agent.transport")
 
+CONNECT = f"/{agent_pb2.DESCRIPTOR.services_by_name['AgentGateway'].full_name}/Connect"
+CONNECT_TIMEOUT_S = 5.0   # TCP connect and the stream's headers; a black-holed inspector is left after this
+PING_TIMEOUT_S = 0.5      # a keepalive ping unanswered this long ends the connection
+
 # a status that no retry can fix until someone changes a configuration
-_CONFIG_ERRORS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                  grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT}
+_CONFIG_ERRORS = {Status.UNAUTHENTICATED, Status.PERMISSION_DENIED, Status.NOT_FOUND, Status.INVALID_ARGUMENT}
+# what ends a stream without a gRPC status: the connection lost, a reset, a frame we cannot take, our own timeout
+_STREAM_ENDED = (ConnectionError, OSError, StreamTerminatedError, ProtocolError, TimeoutError)
+
+
+def open_channel(target: str, keepalive_ms: int) -> Channel:
+    """A grpclib channel to ``host:port``, ``[v6]:port`` or ``unix:/path``, pinging every ``keepalive_ms``."""
+    host, port, path = parse_endpoint(target)
+    keepalive_s = keepalive_ms / 1000
+    config = Configuration(
+        _keepalive_time=keepalive_s, _keepalive_timeout=PING_TIMEOUT_S, _keepalive_permit_without_calls=True,
+        _http2_max_pings_without_data=0, _http2_min_sent_ping_interval_without_data=keepalive_s)
+    if path is not None:
+        return Channel(path=path, config=config)
+    return Channel(host, port, config=config)
 
 
 class AgentLink:
@@ -33,15 +59,16 @@ class AgentLink:
         self.state = state
         self.beat: Callable[[], None] = lambda: None  # liveness for the watchdog: called on every turn of the loops
         self.endpoints = list(endpoints)
-        self.token = token
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.keepalive_ms = keepalive_ms  # HTTP/2 pings that notice a hung inspector (and cost CPU)
+        self.keepalive_ms = keepalive_ms  # HTTP/2 pings that notice a hung inspector
         self.max_backoff_s = max_backoff_s
         self.connected = asyncio.Event()
         self.connects = 0
         self._redirect: str | None = None
         self._accepted = False
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self._stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage] | None = None
+        self._writing = asyncio.Lock()  # one message at a time on the stream (the goodbye comes from outside)
         self._stopping = False
 
     async def run(self) -> None:
@@ -55,18 +82,17 @@ class AgentLink:
             try:
                 await self._session(target)
                 backoff = 0.05
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code in _CONFIG_ERRORS:
-                    log.error("inspector %s refused this agent: %s: %s", target, code.name, exc.details())
+            except GRPCError as exc:
+                if exc.status in _CONFIG_ERRORS:
+                    log.error("inspector %s refused this agent: %s: %s", target, exc.status.name, exc.message)
                     backoff = self.max_backoff_s
                 else:
-                    log.warning("stream to %s ended: %s %s", target, code.name, exc.details() or "")
-            except (ConnectionError, OSError, asyncio.InvalidStateError) as exc:  # the last: ended under a write
+                    log.warning("stream to %s ended: %s %s", target, exc.status.name, exc.message or "")
+            except _STREAM_ENDED as exc:
                 log.warning("stream to %s failed: %s", target, exc or type(exc).__name__)
             finally:
                 self.connected.clear()
-                self._call = None
+                self._stream = None
                 if self._accepted:  # a leader had taken the stream: only consecutive failures grow the backoff
                     backoff = 0.05
             if self._stopping:
@@ -78,45 +104,60 @@ class AgentLink:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _session(self, target: str) -> None:
-        async with grpc.aio.insecure_channel(target, options=channel_options(self.keepalive_ms)) as channel:
-            stub = agent_pb2_grpc.AgentGatewayStub(channel)
-            call = stub.Connect(metadata=auth_metadata(self.token), wait_for_ready=False)
-            self._call = call
-            await call.write(self.state.hello())
-            sent_up_to = 0
-            pending = [e for e in self.state.unacked.values()]
-            if pending:
-                self._stamp_sent(pending)
-                await call.write(agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=pending)))
-                sent_up_to = pending[-1].sequence
-            self.connects += 1
-            self.connected.set()
-            log.info("connected to inspector %s (boot %s, %d pending events)", target, self.state.boot_id, len(pending))
-            reader = asyncio.create_task(self._read(call))
-            # wakes the loop below; the reader's error is read even when a failed write ends the loop first
-            reader.add_done_callback(lambda t: self.state.changed.set() or t.cancelled() or t.exception())
-            heartbeat = agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat())
-            try:
-                while not reader.done():
-                    self.beat()
-                    self.state.changed.clear()
-                    fresh = [e for s, e in self.state.unacked.items() if s > sent_up_to]
-                    if fresh:
-                        self._stamp_sent(fresh)
-                        await call.write(agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=fresh)))
-                        sent_up_to = fresh[-1].sequence
-                        continue
-                    # no helper task per turn: an idle agent's cost is its heartbeats (docs/agent.md)
-                    try:
-                        async with asyncio.timeout(self.heartbeat_interval_s):
-                            await self.state.changed.wait()
-                    except TimeoutError:
-                        heartbeat.heartbeat.sent_unix_nanos = now_ns()
-                        await call.write(heartbeat)
-                await reader  # re-raise the stream's end
-            finally:
-                reader.cancel()
-                call.cancel()
+        channel = open_channel(target, self.keepalive_ms)
+        try:
+            stream = channel.request(CONNECT, Cardinality.STREAM_STREAM, agent_pb2.AgentMessage,
+                                     agent_pb2.GatewayMessage, metadata=self.metadata)
+            async with stream:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await stream.send_request()
+                self._stream = stream
+                await self._write(stream, self.state.hello())
+                sent_up_to = 0
+                pending = [e for e in self.state.unacked.values()]
+                if pending:
+                    self._stamp_sent(pending)
+                    await self._write(stream, agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=pending)))
+                    sent_up_to = pending[-1].sequence
+                self.connects += 1
+                self.connected.set()
+                log.info("connected to inspector %s (boot %s, %d pending events)", target, self.state.boot_id,
+                         len(pending))
+                await self._stream_loop(stream, sent_up_to)
+        finally:
+            channel.close()
+
+    async def _stream_loop(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage],
+                           sent_up_to: int) -> None:
+        reader = asyncio.create_task(self._read(stream))
+        # wakes the loop below; the reader's error is read even when a failed write ends the loop first
+        reader.add_done_callback(lambda t: self.state.changed.set() or t.cancelled() or t.exception())
+        heartbeat = agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat())
+        try:
+            while not reader.done():
+                self.beat()
+                self.state.changed.clear()
+                fresh = [e for s, e in self.state.unacked.items() if s > sent_up_to]
+                if fresh:
+                    self._stamp_sent(fresh)
+                    await self._write(stream, agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=fresh)))
+                    sent_up_to = fresh[-1].sequence
+                    continue
+                # no helper task per turn: an idle agent's cost is its heartbeats (docs/agent.md)
+                try:
+                    async with asyncio.timeout(self.heartbeat_interval_s):
+                        await self.state.changed.wait()
+                except TimeoutError:
+                    heartbeat.heartbeat.sent_unix_nanos = now_ns()
+                    await self._write(stream, heartbeat)
+            await reader  # re-raise the stream's end
+        finally:
+            reader.cancel()
+
+    async def _write(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage],
+                     msg: agent_pb2.AgentMessage, end: bool = False) -> None:
+        async with self._writing:
+            await stream.send_message(msg, end=end)
 
     @staticmethod
     def _stamp_sent(events: list[agent_pb2.Event]) -> None:
@@ -125,12 +166,11 @@ class AgentLink:
             if not e.sent_unix_nanos:
                 e.sent_unix_nanos = now
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage]) -> None:
         while True:
-            msg = await call.read()
-            if msg is grpc.aio.EOF:
-                await call  # raises AioRpcError carrying the server's status
-                raise ConnectionError("inspector closed the stream")
+            msg = await stream.recv_message()  # raises GRPCError when the inspector ends with an error status
+            if msg is None:
+                await self._closed_by_inspector(stream)
             kind = msg.WhichOneof("kind")
             if kind == "ack":
                 self.state.ack(msg.ack.sequence)
@@ -143,13 +183,22 @@ class AgentLink:
                 if msg.config.heartbeat_interval_ms:
                     self.heartbeat_interval_s = msg.config.heartbeat_interval_ms / 1000
 
+    async def _closed_by_inspector(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage]) -> NoReturn:
+        """The inspector ended the stream: raise its status (GRPCError), or ConnectionError if it was OK."""
+        async with self._writing:
+            if not self._stopping:  # a goodbye has already ended our side
+                await stream.end()  # grpclib hands out the trailers only once both sides are done
+        await stream.recv_trailing_metadata()
+        raise ConnectionError("inspector closed the stream")
+
     async def goodbye(self, reason: str) -> None:
         """Orderly stop: tell the inspector, so it does not raise an agent-down alarm."""
         self._stopping = True
-        call = self._call
-        if call is not None and self.connected.is_set():
+        stream = self._stream
+        if stream is not None and self.connected.is_set():
             try:
-                await asyncio.wait_for(call.write(agent_pb2.AgentMessage(goodbye=agent_pb2.Goodbye(reason=reason))), 1.0)
-                await asyncio.wait_for(call.done_writing(), 1.0)
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError, asyncio.InvalidStateError) as exc:
+                async with asyncio.timeout(1.0):
+                    await self._write(stream, agent_pb2.AgentMessage(goodbye=agent_pb2.Goodbye(reason=reason)),
+                                      end=True)
+            except (GRPCError, *_STREAM_ENDED) as exc:
                 log.debug("goodbye not delivered: %s", exc)

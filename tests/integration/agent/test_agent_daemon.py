@@ -194,9 +194,9 @@ argv = ["true"]
         assert res.returncode == 2 and f"{bad}: {key}:" in res.stderr, (key, res.stderr)
 
 
-# What the daemon must not load (docs/agent.md, "Footprint"): each was megabytes of RSS. (grpc itself imports
-# the grpc_health and grpc_reflection packages, empty, to alias them; their services are the heavy part.)
-HEAVY = ("pyroute2", "pyghmi.ipmi.command", "importlib.metadata", "grpc_health.v1", "grpc_reflection.v1alpha")
+# What the daemon must not load (docs/agent.md, "Footprint"): each was megabytes of RSS, grpcio 10 MB and
+# five threads (the agent speaks gRPC with grpclib).
+HEAVY = ("pyroute2", "pyghmi.ipmi.command", "importlib.metadata", "grpc", "grpc_health", "grpc_reflection")
 
 
 @pytest.mark.parametrize("ipmi", ["lan", "local"])
@@ -235,6 +235,7 @@ argv = ["{check}"]
         proc.stderr.close()
     imported = {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
     assert "pyghmi.ipmi.sdr" in imported and "agent.checkers.rtnetlink" in imported  # the checkers did run
+    assert "grpclib.client" in imported
     loaded = sorted(m for m in imported if m in HEAVY or m.startswith(tuple(f"{h}." for h in HEAVY)))
     assert loaded == []
     assert ("cryptography" in imported) == (ipmi == "lan")

@@ -1,0 +1,51 @@
+"""A minimal AgentGateway in its own process, so a test can freeze it (SIGSTOP) like a hung inspector.
+
+    python -m tests.integration.agent.gateway --listen unix:/path/gw.sock
+
+Prints ``listening`` once serving, then one line per message it receives
+(``hello <host>``, ``events <seq> ...``, ``heartbeat``, ``goodbye <reason>``);
+acks every batch of events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from doctor_common.api import agent_pb2, agent_pb2_grpc
+from doctor_common.grpcutil import server_options
+
+
+class Gateway(agent_pb2_grpc.AgentGatewayServicer):
+    async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
+        async for msg in request_iterator:
+            kind = msg.WhichOneof("kind")
+            if kind == "hello":
+                print("hello", msg.hello.host_id, flush=True)
+                yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=100))
+            elif kind == "events":
+                print("events", *(e.sequence for e in msg.events.events), flush=True)
+                yield agent_pb2.GatewayMessage(ack=agent_pb2.Ack(sequence=msg.events.events[-1].sequence))
+            elif kind == "goodbye":
+                print("goodbye", msg.goodbye.reason, flush=True)
+            else:
+                print(kind, flush=True)
+
+
+async def serve(listen: str) -> None:
+    server = grpc.aio.server(options=server_options())
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(Gateway(), server)
+    server.add_insecure_port(listen)
+    await server.start()
+    print("listening", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--listen", required=True, help="a gRPC address: unix:/path or 127.0.0.1:port")
+    asyncio.run(serve(p.parse_args().listen))

@@ -1,0 +1,195 @@
+"""The agent's stream (grpclib) against real grpcio gateways: a frozen inspector, statuses, goodbye, redirects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.checkers.base import Reading, Status
+from agent.state import AgentState
+from agent.transport import AgentLink
+from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
+from doctor_common.grpcutil import server_options
+
+GATEWAY = [sys.executable, "-m", "tests.integration.agent.gateway"]
+
+
+class Gateway:
+    """tests/integration/agent/gateway.py in its own process, read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, endpoint: str) -> None:
+        self.proc = proc
+        self.endpoint = endpoint
+
+    async def expect(self, prefix: str, timeout: float = 10.0) -> str:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.proc.stdout.readline()).decode()
+                assert line, f"gateway exited before saying {prefix!r}"
+                if line.startswith(prefix):
+                    return line.strip()
+
+
+@asynccontextmanager
+async def gateway_process(sock: Path) -> AsyncIterator[Gateway]:
+    proc = await asyncio.create_subprocess_exec(*GATEWAY, "--listen", f"unix:{sock}",
+                                                stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        gw = Gateway(proc, f"unix:{sock}")
+        await gw.expect("listening", 30.0)
+        yield gw
+    finally:
+        proc.send_signal(signal.SIGCONT)  # a stopped process does not act on SIGKILL until continued
+        proc.kill()
+        await proc.wait()
+
+
+def fault(component: str = "nic:eth0") -> Reading:
+    return Reading(component, Status.FAULT, "compute.host.nic.link_down", common_pb2.SEVERITY_CRITICAL, "link down")
+
+
+@asynccontextmanager
+async def running(link: AgentLink) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(link.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_frozen_inspector_is_left_for_the_next_and_nothing_is_lost(tmp_path: Path) -> None:
+    """SIGSTOP the inspector the agent streams to: its keepalive pings go unanswered, the agent moves to the
+    next endpoint, and an event raised while the first was frozen arrives there."""
+    async with gateway_process(tmp_path / "a.sock") as a, gateway_process(tmp_path / "b.sock") as b:
+        state = AgentState("compute-1", "test")
+        link = AgentLink(state, (a.endpoint, b.endpoint), None, heartbeat_interval_s=0.1, keepalive_ms=200)
+        async with running(link):
+            assert await a.expect("hello") == "hello compute-1"
+            a.proc.send_signal(signal.SIGSTOP)
+            sequence = state.update("nic", fault()).sequence  # type: ignore[union-attr]
+            assert await b.expect("hello") == "hello compute-1"
+            assert await b.expect("events") == f"events {sequence}"
+            async with asyncio.timeout(5):
+                while state.unacked:  # b acked it
+                    await asyncio.sleep(0.01)
+            assert link.connects == 2
+
+
+Handler = Callable[[AsyncIterator[agent_pb2.AgentMessage], grpc.aio.ServicerContext],
+                   AsyncIterator[agent_pb2.GatewayMessage]]
+
+
+@asynccontextmanager
+async def gateway_in_process(connect: Handler) -> AsyncIterator[str]:
+    servicer = agent_pb2_grpc.AgentGatewayServicer()
+    servicer.Connect = connect  # type: ignore[method-assign]
+    server = grpc.aio.server(options=server_options())
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 10.0) -> logging.LogRecord:
+    async with asyncio.timeout(timeout):
+        while True:
+            for record in caplog.records:
+                if text in record.getMessage():
+                    return record
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("code, logged, level", [
+    (grpc.StatusCode.UNAUTHENTICATED, "refused this agent: UNAUTHENTICATED: unknown token for compute-1",
+     logging.ERROR),
+    (grpc.StatusCode.FAILED_PRECONDITION, "ended: FAILED_PRECONDITION unknown token for compute-1", logging.WARNING),
+])
+async def test_the_inspectors_status_is_logged_and_retried(caplog: pytest.LogCaptureFixture, code: grpc.StatusCode,
+                                                          logged: str, level: int) -> None:
+    """The inspector's status and message reach the agent's log; a configuration error is an ERROR."""
+    calls = 0
+
+    async def connect(requests: AsyncIterator[agent_pb2.AgentMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
+        nonlocal calls
+        calls += 1
+        first = await anext(aiter(requests))
+        await context.abort(code, f"unknown token for {first.hello.host_id}")
+        yield agent_pb2.GatewayMessage()  # never reached: makes this a generator
+
+    caplog.set_level(logging.INFO, "doctor.agent.transport")
+    async with gateway_in_process(connect) as endpoint:
+        link = AgentLink(AgentState("compute-1", "test"), (endpoint,), "a-token", max_backoff_s=0.2)
+        async with running(link):
+            record = await wait_for_log(caplog, logged)
+            assert record.levelno == level
+            async with asyncio.timeout(10):
+                while calls < 2:  # it tries again
+                    await asyncio.sleep(0.01)
+
+
+async def test_goodbye_reaches_the_inspector_and_ends_the_stream(caplog: pytest.LogCaptureFixture) -> None:
+    """goodbye() sends Goodbye and half-closes: the inspector's request stream ends; the link stops."""
+    seen: list[str] = []
+    ended = asyncio.Event()
+
+    async def connect(requests: AsyncIterator[agent_pb2.AgentMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
+        async for msg in requests:
+            seen.append(msg.WhichOneof("kind"))
+            if msg.WhichOneof("kind") == "hello":
+                yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=50))
+        ended.set()
+
+    async with gateway_in_process(connect) as endpoint:
+        link = AgentLink(AgentState("compute-1", "test"), (endpoint,), None)
+        async with running(link) as task:
+            async with asyncio.timeout(10):
+                await link.connected.wait()
+                while "heartbeat" not in seen:
+                    await asyncio.sleep(0.01)
+            await link.goodbye("agent stopping")
+            async with asyncio.timeout(10):
+                await ended.wait()
+                await task  # run() returns once the stream is over
+    assert seen[0] == "hello" and seen[-1] == "goodbye"
+
+
+async def test_a_redirect_is_followed_at_once() -> None:
+    """A follower's Redirect sends the agent to the leader it names, without the backoff."""
+    hellos: list[str] = []
+    leader_endpoint = ""
+
+    async def follower(requests: AsyncIterator[agent_pb2.AgentMessage],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
+        await anext(aiter(requests))
+        hellos.append("follower")
+        yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader_endpoint))
+
+    async def leader(requests: AsyncIterator[agent_pb2.AgentMessage],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
+        await anext(aiter(requests))
+        hellos.append("leader")
+        yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=50))
+        async for _ in requests:
+            pass
+
+    async with gateway_in_process(follower) as f, gateway_in_process(leader) as leader_endpoint:
+        link = AgentLink(AgentState("compute-1", "test"), (f,), None, max_backoff_s=30)
+        async with running(link):
+            async with asyncio.timeout(10):
+                while hellos != ["follower", "leader"]:
+                    await asyncio.sleep(0.01)

@@ -1,0 +1,45 @@
+"""Inspector endpoints: what the agent accepts, and a bad one fails at start naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_agent_config
+from agent.endpoint import parse_endpoint
+from doctor_common.config import ConfigError
+
+
+@pytest.mark.parametrize("target, parsed", [
+    ("127.0.0.1:50051", ("127.0.0.1", 50051, None)),
+    ("inspector.example:7000", ("inspector.example", 7000, None)),
+    ("dns:///inspector.example:7000", ("inspector.example", 7000, None)),
+    ("[::1]:50051", ("::1", 50051, None)),
+    ("unix:/run/doctor/agent.sock", (None, None, "/run/doctor/agent.sock")),
+    ("unix:///run/doctor/agent.sock", (None, None, "/run/doctor/agent.sock")),
+])
+def test_endpoints_the_agent_understands(target: str, parsed: tuple[object, ...]) -> None:
+    assert parse_endpoint(target) == parsed
+
+
+@pytest.mark.parametrize("target, says", [
+    ("inspector.example", "expected host:port"),
+    ("::1:50051", "expected host:port"),
+    ("[not-v6]:1", "is not an IPv6 address"),
+    ("host:http", "'http' is not a number from 1 to 65535"),
+    ("host:70000", "'70000' is not a number"),
+    ("unix:", "unix: needs a socket path"),
+])
+def test_bad_endpoints_say_what_is_expected(target: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_endpoint(target)
+
+
+def test_a_bad_endpoint_in_the_config_names_file_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[agent]\nhost_id = "h1"\ninspector = ["10.0.0.1:50051", "10.0.0.2"]\n[checkers.nic]\n'
+                   'interfaces = ["lo"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_agent_config(cfg)
+    assert str(err.value).startswith(f"{cfg}: agent.inspector: endpoint '10.0.0.2': expected host:port")
