@@ -33,6 +33,9 @@ def server_options(keepalive_ms: int = 1000, ping_timeout_ms: int = 1000) -> lis
         ("grpc.server.max_pending_requests_hard_limit", 40000),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # no bandwidth probes: what a server receives is small (heartbeats, events, requests), and a probe would
+        # answer every agent's heartbeat with a PING it must parse and acknowledge (docs/agent.md, Footprint)
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
