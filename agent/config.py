@@ -19,6 +19,7 @@ class AgentConfig:
     heartbeat_interval_s: float = 0.5
     max_backoff_s: float = 2.0
     keepalive_ms: int = 1000
+    health_interval_s: float = 30.0
     log_level: str = "info"
     checkers: tuple[Any, ...] = ()  # built Checker instances
     path: str = ""
@@ -45,6 +46,7 @@ def load_agent_config(path: Path | str) -> AgentConfig:
         heartbeat_interval_s=a.int("heartbeat_interval_ms", 500, min=10, max=60000) / 1000,
         max_backoff_s=a.float("max_backoff_s", 2.0, min=0.1),
         keepalive_ms=a.int("keepalive_ms", 1000, min=50, max=600_000),
+        health_interval_s=a.float("health_interval_s", 30.0, min=0.1),
         log_level=a.choice("log_level", ("debug", "info", "warning", "error"), "info"),
     )
     a.done()

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from agent.checkers.base import Checker, Reading, Status, set_beat
+from agent.checkers.polling import MAX_DETAIL
 from agent.config import AgentConfig, load_agent_config
 from agent.state import AgentState
 from agent.transport import AgentLink
 from doctor_common import __version__
-from doctor_common.api import common_pb2
+from doctor_common.api import agent_pb2, common_pb2
 from doctor_common.config import ConfigError
 from doctor_common.logs import setup_logging
 from doctor_common.systemd import Liveness, SystemdNotifier, watchdog
+from doctor_common.timeline import now_ns
 
 log = logging.getLogger("doctor.agent")
 
@@ -96,6 +98,13 @@ class Supervisor:
             if loop is not None:
                 loop.close()
 
+    def health(self) -> agent_pb2.CheckerHealth:
+        """What Diagnostics shows of this checker: crashes, and each check's runs (polling checkers)."""
+        stats = getattr(self.checker, "stats", None)
+        checks = [s.to_proto(name) for name, s in stats.items()] if isinstance(stats, dict) else []
+        return agent_pb2.CheckerHealth(checker=self.checker.name, restarts=self.restarts,
+                                       last_crash=self.last_crash[:MAX_DETAIL], checks=checks)
+
     def diagnostics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"restarts": self.restarts, "last_crash": self.last_crash}
         run_stats = getattr(self.checker, "run_stats", None)
@@ -115,7 +124,7 @@ class Agent:
         first, most = checker_backoff_s
         self.supervisors = [Supervisor(c, self.state, self.liveness, most, first) for c in cfg.checkers]
         self.link = AgentLink(self.state, cfg.endpoints, cfg.token, cfg.heartbeat_interval_s, cfg.max_backoff_s,
-                              keepalive_ms=cfg.keepalive_ms)
+                              keepalive_ms=cfg.keepalive_ms, health=self.health, health_interval_s=cfg.health_interval_s)
         self.ready = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -157,6 +166,12 @@ class Agent:
             for task in self.tasks:
                 task.cancel()
             await asyncio.gather(*self.tasks, announcer, return_exceptions=True)
+
+    def health(self) -> agent_pb2.AgentHealth:
+        """The agent's own health as it reports it to the inspector (Diagnostics shows the latest)."""
+        return agent_pb2.AgentHealth(
+            checkers=[s.health() for s in self.supervisors], collected_unix_nanos=now_ns(),
+            loops_not_alive=[f"{name}: {why}"[:MAX_DETAIL] for name, why in sorted(self.liveness.problems().items())])
 
     def diagnostics(self) -> dict[str, Any]:
         """The agent's own health for Diagnostics: checkers (restarts, each check's runs), loops, the link."""

@@ -55,7 +55,8 @@ def open_channel(target: str, keepalive_ms: int) -> Channel:
 
 class AgentLink:
     def __init__(self, state: AgentState, endpoints: tuple[str, ...], token: str | None,
-                 heartbeat_interval_s: float = 0.5, max_backoff_s: float = 2.0, keepalive_ms: int = 1000) -> None:
+                 heartbeat_interval_s: float = 0.5, max_backoff_s: float = 2.0, keepalive_ms: int = 1000,
+                 health: Callable[[], agent_pb2.AgentHealth] | None = None, health_interval_s: float = 30.0) -> None:
         self.state = state
         self.beat: Callable[[], None] = lambda: None  # liveness for the watchdog: called on every turn of the loops
         self.endpoints = list(endpoints)
@@ -63,6 +64,8 @@ class AgentLink:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.keepalive_ms = keepalive_ms  # HTTP/2 pings that notice a hung inspector
         self.max_backoff_s = max_backoff_s
+        self.health = health  # the agent's own health, sent after Hello and then in place of a heartbeat
+        self.health_interval_s = health_interval_s
         self.connected = asyncio.Event()
         self.connects = 0
         self._redirect: str | None = None
@@ -119,6 +122,8 @@ class AgentLink:
                     self._stamp_sent(pending)
                     await self._write(stream, agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=pending)))
                     sent_up_to = pending[-1].sequence
+                if self.health is not None:
+                    await self._write(stream, agent_pb2.AgentMessage(health=self.health()))
                 self.connects += 1
                 self.connected.set()
                 log.info("connected to inspector %s (boot %s, %d pending events)", target, self.state.boot_id,
@@ -133,6 +138,8 @@ class AgentLink:
         # wakes the loop below; the reader's error is read even when a failed write ends the loop first
         reader.add_done_callback(lambda t: self.state.changed.set() or t.cancelled() or t.exception())
         heartbeat = agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat())
+        clock = asyncio.get_running_loop()
+        health_due = clock.time() + self.health_interval_s
         try:
             while not reader.done():
                 self.beat()
@@ -148,6 +155,10 @@ class AgentLink:
                     async with asyncio.timeout(self.heartbeat_interval_s):
                         await self.state.changed.wait()
                 except TimeoutError:
+                    if self.health is not None and clock.time() >= health_due:
+                        health_due = clock.time() + self.health_interval_s
+                        await self._write(stream, agent_pb2.AgentMessage(health=self.health()))
+                        continue  # any message tells the inspector the agent lives: this one stands for a heartbeat
                     heartbeat.heartbeat.sent_unix_nanos = now_ns()
                     await self._write(stream, heartbeat)
             await reader  # re-raise the stream's end

@@ -33,6 +33,8 @@ async def cmd_status(c: DoctorClient, args: argparse.Namespace) -> None:
         bad = [x.component for x in a.components if x.status != agent_pb2.COMPONENT_STATUS_OK]
         print(f"  {a.host_id:<16} {a.liveness:<12} {'connected' if a.connected else 'disconnected':<12} "
               f"seq {a.last_sequence:<6} last seen {_when(a.last_seen_unix_nanos)}  {'faulty: ' + ', '.join(bad) if bad else ''}")
+        if args.checks:
+            _print_health(a.health if a.HasField("health") else None)
     print(f"\nactive alarms ({len(s.active_alarms)}):")
     for f in s.active_alarms:
         print(f"  {f.fault_id[:12]} {f.managed_object_id:<16} {f.fault_type:<32} {severity_name(f.severity):<9} "
@@ -40,6 +42,25 @@ async def cmd_status(c: DoctorClient, args: argparse.Namespace) -> None:
     print(f"\nsubscriptions ({len(s.subscriptions)}):")
     for sub in s.subscriptions:
         print(f"  {sub.subscription_id[:12]} {sub.principal:<16} queued {sub.queue_depth:<5} delivered {sub.delivered}")
+
+
+def _print_health(h: agent_pb2.AgentHealth | None) -> None:
+    """The agent's own report: per checker its crashes, per check its runs (``status --checks``)."""
+    if h is None:
+        print("      (no health report from this agent yet)")
+        return
+    print(f"      reported {_when(h.collected_unix_nanos)}"
+          + (f"  loops not alive: {'; '.join(h.loops_not_alive)}" if h.loops_not_alive else ""))
+    for c in h.checkers:
+        crashed = f"  restarts {c.restarts}, last crash: {c.last_crash}" if c.restarts else ""
+        if not c.checks:
+            print(f"      {c.checker:<28}{crashed or '  (event-driven: no runs)'}")
+        for k in c.checks:
+            last = k.recent[-1] if k.recent else None
+            tail = f"last {last.outcome} at {_when(last.started_unix_nanos)}" if last else "not run yet"
+            detail = f" ({last.detail})" if last and last.detail else ""
+            print(f"      {c.checker + '/' + k.check:<28} runs {k.runs:<6} failures {k.failures:<4} "
+                  f"mean {k.mean_duration_ms:7.1f} ms  {tail}{detail}{crashed}")
 
 
 async def cmd_hosts(c: DoctorClient, args: argparse.Namespace) -> None:
@@ -112,7 +133,8 @@ def cli(argv: list[str] | None = None) -> int:
                    help="inspector address (env DOCTOR_ENDPOINT)")
     p.add_argument("--token-file", help="file holding the bearer token (or env DOCTOR_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="role, leader, agents, alarms, subscriptions")
+    st = sub.add_parser("status", help="role, leader, agents, alarms, subscriptions")
+    st.add_argument("--checks", action="store_true", help="also each agent's checkers: runs, failures, crashes")
     sub.add_parser("hosts", help="hosts with their status and liveness")
     e = sub.add_parser("enable-host", help="declare a fenced host repaired (clears its alarms)")
     e.add_argument("host")

@@ -35,7 +35,7 @@ class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
             agents=[diagnostics_pb2.AgentInfo(
                 host_id=r.host_id, connected=r.connected, liveness=r.liveness, boot_id=r.boot_id,
                 agent_version=r.agent_version, last_seen_unix_nanos=r.last_seen_ns, peer=r.peer,
-                last_sequence=r.last_sequence, components=list(r.components.values()))
+                last_sequence=r.last_sequence, components=list(r.components.values()), health=r.health)
                 for r in sorted(i.liveness.hosts.values(), key=lambda r: r.host_id)],
             active_alarms=[a.fault for a in i.alarms],
             subscriptions=[diagnostics_pb2.SubscriptionInfo(

@@ -39,6 +39,8 @@ MAX_TEXT = 1024
 MAX_DETAILS = 64
 MAX_COMPONENTS = 1000
 MAX_BATCH = 1000
+MAX_CHECKERS = 64     # per AgentHealth, and checks per checker
+MAX_RUNS = 8          # recent runs per check
 HELLO_TIMEOUT_S = 5.0
 FAULTY = (agent_pb2.COMPONENT_STATUS_FAULT, agent_pb2.COMPONENT_STATUS_WARNING, agent_pb2.COMPONENT_STATUS_UNKNOWN)
 
@@ -60,6 +62,26 @@ def check_state(s: agent_pb2.ComponentState, where: str) -> None:
         raise BadMessage(f"{where}: fault_type/checker over {MAX_ID} or description over {MAX_TEXT} characters")
     if len(s.details) > MAX_DETAILS or any(len(k) > MAX_ID or len(v) > MAX_TEXT for k, v in s.details.items()):
         raise BadMessage(f"{where}.details: at most {MAX_DETAILS} entries of {MAX_ID}/{MAX_TEXT} characters")
+
+
+def check_health(h: agent_pb2.AgentHealth) -> None:
+    if len(h.checkers) > MAX_CHECKERS or len(h.loops_not_alive) > MAX_CHECKERS:
+        raise BadMessage(f"health: at most {MAX_CHECKERS} checkers and {MAX_CHECKERS} loops_not_alive")
+    if any(len(t) > MAX_TEXT for t in h.loops_not_alive):
+        raise BadMessage(f"health.loops_not_alive: at most {MAX_TEXT} characters each")
+    for i, c in enumerate(h.checkers):
+        where = f"health.checkers[{i}]"
+        if not c.checker or len(c.checker) > MAX_ID or len(c.last_crash) > MAX_TEXT:
+            raise BadMessage(f"{where}: checker must be 1-{MAX_ID} characters, last_crash at most {MAX_TEXT}")
+        if len(c.checks) > MAX_CHECKERS:
+            raise BadMessage(f"{where}.checks: at most {MAX_CHECKERS}")
+        for j, k in enumerate(c.checks):
+            if not k.check or len(k.check) > MAX_ID or len(k.recent) > MAX_RUNS:
+                raise BadMessage(f"{where}.checks[{j}]: check must be 1-{MAX_ID} characters, at most {MAX_RUNS} "
+                                 f"recent runs")
+            if any(len(r.outcome) > MAX_ID or len(r.detail) > MAX_TEXT for r in k.recent):
+                raise BadMessage(f"{where}.checks[{j}].recent: outcome over {MAX_ID} or detail over {MAX_TEXT} "
+                                 f"characters")
 
 
 def check_hello(h: agent_pb2.Hello) -> None:
@@ -183,6 +205,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                     acked = self._events(rec, msg.events)
                     if acked:
                         yield agent_pb2.GatewayMessage(ack=agent_pb2.Ack(sequence=acked))
+                elif kind == "health":
+                    check_health(msg.health)
+                    rec.health = msg.health
                 elif kind == "goodbye":
                     rec.goodbye = True
                 elif kind == "hello":

@@ -37,6 +37,7 @@ class HostRecord:
     last_seen_ns: int = 0           # wall clock, for humans
     last_sequence: int = 0          # highest event sequence processed for boot_id
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
+    health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
     stream: object | None = None    # identity of the stream currently owning the host
     goodbye: bool = False
 
@@ -86,6 +87,7 @@ class Liveness:
     async def attach(self, rec: HostRecord, stream: object, hello: agent_pb2.Hello, peer: str) -> None:
         if rec.boot_id != hello.boot_id:
             rec.last_sequence = 0  # a new agent boot numbers its events from 1 again
+            rec.health = None      # and counts its checkers' runs afresh
         rec.stream, rec.connected, rec.goodbye = stream, True, False
         rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
         rec.seen()

@@ -25,9 +25,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from agent.checkers.base import Reading, Status, alive
-from doctor_common.api import common_pb2
+from doctor_common.api import agent_pb2, common_pb2
 from doctor_common.config import Section
 from doctor_common.timeline import now_ns
+
+MAX_DETAIL = 1024  # characters of a run's detail in AgentHealth (the inspector's limit for a text)
 
 log = logging.getLogger("doctor.agent.polling")
 
@@ -107,6 +109,15 @@ class CheckStats:
     @property
     def last(self) -> RunRecord | None:
         return self.recent[-1] if self.recent else None
+
+    def to_proto(self, check: str, recent: int = 8) -> agent_pb2.CheckRuns:
+        """This check's runs as the agent reports them in AgentHealth (the ``recent`` latest runs)."""
+        return agent_pb2.CheckRuns(
+            check=check, runs=self.runs, failures=self.failures,
+            mean_duration_ms=1000 * self.total_s / self.runs if self.runs else 0.0,
+            recent=[agent_pb2.CheckRun(started_unix_nanos=r.started_unix_ns, duration_ms=1000 * r.duration_s,
+                                       outcome=r.outcome, detail=r.detail[:MAX_DETAIL])
+                    for r in list(self.recent)[-recent:]])
 
     def as_dict(self) -> dict[str, Any]:
         return {"runs": self.runs, "failures": self.failures,

@@ -92,17 +92,67 @@ class Goodbye(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class CheckRun(_message.Message):
+    __slots__ = ("started_unix_nanos", "duration_ms", "outcome", "detail")
+    STARTED_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    started_unix_nanos: int
+    duration_ms: float
+    outcome: str
+    detail: str
+    def __init__(self, started_unix_nanos: _Optional[int] = ..., duration_ms: _Optional[float] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class CheckRuns(_message.Message):
+    __slots__ = ("check", "runs", "failures", "mean_duration_ms", "recent")
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FIELD_NUMBER: _ClassVar[int]
+    check: str
+    runs: int
+    failures: int
+    mean_duration_ms: float
+    recent: _containers.RepeatedCompositeFieldContainer[CheckRun]
+    def __init__(self, check: _Optional[str] = ..., runs: _Optional[int] = ..., failures: _Optional[int] = ..., mean_duration_ms: _Optional[float] = ..., recent: _Optional[_Iterable[_Union[CheckRun, _Mapping]]] = ...) -> None: ...
+
+class CheckerHealth(_message.Message):
+    __slots__ = ("checker", "restarts", "last_crash", "checks")
+    CHECKER_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CRASH_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    checker: str
+    restarts: int
+    last_crash: str
+    checks: _containers.RepeatedCompositeFieldContainer[CheckRuns]
+    def __init__(self, checker: _Optional[str] = ..., restarts: _Optional[int] = ..., last_crash: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[CheckRuns, _Mapping]]] = ...) -> None: ...
+
+class AgentHealth(_message.Message):
+    __slots__ = ("checkers", "collected_unix_nanos", "loops_not_alive")
+    CHECKERS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTED_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    LOOPS_NOT_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    checkers: _containers.RepeatedCompositeFieldContainer[CheckerHealth]
+    collected_unix_nanos: int
+    loops_not_alive: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, checkers: _Optional[_Iterable[_Union[CheckerHealth, _Mapping]]] = ..., collected_unix_nanos: _Optional[int] = ..., loops_not_alive: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "events", "heartbeat", "goodbye")
+    __slots__ = ("hello", "events", "heartbeat", "goodbye", "health")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     events: EventBatch
     heartbeat: Heartbeat
     goodbye: Goodbye
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., events: _Optional[_Union[EventBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+    health: AgentHealth
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., events: _Optional[_Union[EventBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., health: _Optional[_Union[AgentHealth, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("sequence",)

@@ -52,7 +52,8 @@ class AgentGatewayServicer:
     def Connect(self, request_iterator, context):
         """One long-lived stream per agent. The agent opens with Hello (its full
         current state: the inspector reconciles, DESIGN principle 1), then sends
-        EventBatch and Heartbeat; the inspector answers Ack (cumulative),
+        EventBatch and Heartbeat, and its own health (AgentHealth) after Hello and
+        every health interval; the inspector answers Ack (cumulative),
         Redirect (from a follower) and Config hints.
         Identity: a bearer token in the "authorization" metadata maps to a host.
         """

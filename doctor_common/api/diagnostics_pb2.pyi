@@ -13,7 +13,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("host_id", "connected", "liveness", "boot_id", "agent_version", "last_seen_unix_nanos", "peer", "last_sequence", "components")
+    __slots__ = ("host_id", "connected", "liveness", "boot_id", "agent_version", "last_seen_unix_nanos", "peer", "last_sequence", "components", "health")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     LIVENESS_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class AgentInfo(_message.Message):
     PEER_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     connected: bool
     liveness: str
@@ -32,7 +33,8 @@ class AgentInfo(_message.Message):
     peer: str
     last_sequence: int
     components: _containers.RepeatedCompositeFieldContainer[_agent_pb2.ComponentState]
-    def __init__(self, host_id: _Optional[str] = ..., connected: _Optional[bool] = ..., liveness: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., last_seen_unix_nanos: _Optional[int] = ..., peer: _Optional[str] = ..., last_sequence: _Optional[int] = ..., components: _Optional[_Iterable[_Union[_agent_pb2.ComponentState, _Mapping]]] = ...) -> None: ...
+    health: _agent_pb2.AgentHealth
+    def __init__(self, host_id: _Optional[str] = ..., connected: _Optional[bool] = ..., liveness: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., last_seen_unix_nanos: _Optional[int] = ..., peer: _Optional[str] = ..., last_sequence: _Optional[int] = ..., components: _Optional[_Iterable[_Union[_agent_pb2.ComponentState, _Mapping]]] = ..., health: _Optional[_Union[_agent_pb2.AgentHealth, _Mapping]] = ...) -> None: ...
 
 class SubscriptionInfo(_message.Message):
     __slots__ = ("subscription_id", "principal", "queue_depth", "delivered", "connected", "last_delivered")

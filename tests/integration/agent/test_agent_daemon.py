@@ -28,11 +28,12 @@ AGENT = [sys.executable, "-m", "agent"]
 
 
 class Gateway(agent_pb2_grpc.AgentGatewayServicer):
-    """A minimal real AgentGateway: keeps the Hello and the events, acks every batch."""
+    """A minimal real AgentGateway: keeps the Hello, the events and the latest health report; acks every batch."""
 
     def __init__(self) -> None:
         self.hello: agent_pb2.Hello | None = None
         self.events: list[agent_pb2.Event] = []
+        self.health: agent_pb2.AgentHealth | None = None
 
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
@@ -43,6 +44,8 @@ class Gateway(agent_pb2_grpc.AgentGatewayServicer):
             elif kind == "events":
                 self.events.extend(msg.events.events)
                 yield agent_pb2.GatewayMessage(ack=agent_pb2.Ack(sequence=msg.events.events[-1].sequence))
+            elif kind == "health":
+                self.health = msg.health
 
 
 @pytest.fixture
@@ -65,15 +68,16 @@ async def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
-def write_config(tmp_path: Path, endpoint: str, body: str) -> Path:
+def write_config(tmp_path: Path, endpoint: str, body: str, agent: str = "") -> Path:
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'[agent]\nhost_id = "compute-1"\ninspector = ["{endpoint}"]\nlog_level = "warning"\n' + body)
+    cfg.write_text(f'[agent]\nhost_id = "compute-1"\ninspector = ["{endpoint}"]\nlog_level = "warning"\n{agent}' + body)
     return cfg
 
 
 async def test_every_checker_reaches_the_inspector(tmp_path: Path, vbmc: Vbmc, procs: Procs,
                                                    gateway: tuple[Gateway, str]) -> None:
-    """nic, ipmi, hypervisor and exec levels arrive in Hello; a script turning critical arrives as an event."""
+    """nic, ipmi, hypervisor and exec levels arrive in Hello; a script turning critical arrives as an event;
+    the agent reports its checkers' runs (AgentHealth) on the stream."""
     gw, endpoint = gateway
     libvirtd = unique("libvirtd")
     procs.named(libvirtd)
@@ -99,7 +103,7 @@ qemu_pid_dir = ""
 interval_s = 0.05
 [checkers.exec.commands.probe]
 argv = ["{check}"]
-''')
+''', agent="health_interval_s = 0.1\n")
     agent = Agent(load_agent_config(cfg))
     stop = asyncio.Event()
     run = asyncio.create_task(agent.run(stop))
@@ -118,6 +122,14 @@ argv = ["{check}"]
         await wait_for(lambda: not agent.state.unacked, what="acks")
         diag = agent.diagnostics()
         assert diag["checkers"]["ipmi"]["checks"]["bmc"]["runs"] >= 1 and diag["loops_not_alive"] == {}
+        # the report on the stream says what the last exec runs said: status 2 is a fault
+        await wait_for(lambda: gw.health is not None and any(
+            k.check == "probe" and k.recent and k.recent[-1].outcome == "fault"
+            for c in gw.health.checkers for k in c.checks), what="a health report with the fault run")
+        assert gw.health is not None
+        checkers = {c.checker: c for c in gw.health.checkers}
+        assert set(checkers) == {"nic", "ipmi", "hypervisor", "exec"} and not checkers["nic"].checks
+        assert {k.check for k in checkers["ipmi"].checks} >= {"bmc"} and gw.health.loops_not_alive == []
     finally:
         stop.set()
         await asyncio.wait_for(run, 10)

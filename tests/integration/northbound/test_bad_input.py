@@ -100,6 +100,10 @@ async def test_agent_identity_and_protocol_errors(lab: Lab) -> None:
         ((token1, hello("compute-1", components=[agent_pb2.ComponentState(
             component="x", status=agent_pb2.COMPONENT_STATUS_FAULT)])),
          grpc.StatusCode.INVALID_ARGUMENT, "fault_type is required"),
+        ((token1, hello("compute-1"), agent_pb2.AgentMessage(health=agent_pb2.AgentHealth(checkers=[
+            agent_pb2.CheckerHealth(checker="exec", checks=[agent_pb2.CheckRuns(
+                check="raid", recent=[agent_pb2.CheckRun(outcome="ok")] * 9)])]))),
+         grpc.StatusCode.INVALID_ARGUMENT, "health.checkers[0].checks[0]: check must be 1-255 characters, at most 8"),
     ]
     for (token, *msgs), code, words in cases:
         err = await agent_stream(lab, token, *msgs)

@@ -11,8 +11,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from agent.state import AgentState
+from agent.transport import AgentLink
+from doctor_common.api import agent_pb2
 from doctor_common.client import DoctorClient
 from doctor_common.lab import Lab
+from doctor_common.timeline import now_ns
 
 
 async def test_status_needs_an_admin_token(lab: Lab) -> None:
@@ -67,3 +71,45 @@ async def test_doctorctl_against_a_live_inspector(lab: Lab, tmp_path) -> None:  
     bad.write_text("nope")
     out = await run("--token-file", str(bad), "status")
     assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr
+
+
+async def test_an_agents_own_health_reaches_diagnostics(lab: Lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real agent stream (AgentLink) reports its checkers' runs: GetStatus carries the latest report and
+    `doctorctl status --checks` prints it per check."""
+    runs = agent_pb2.CheckRuns(check="raid", runs=3, failures=1, mean_duration_ms=12.5, recent=[
+        agent_pb2.CheckRun(started_unix_nanos=now_ns(), duration_ms=10000.0, outcome="timeout",
+                           detail="timed out after 10s")])
+    reports = 0
+
+    def health() -> agent_pb2.AgentHealth:
+        nonlocal reports
+        reports += 1
+        return agent_pb2.AgentHealth(collected_unix_nanos=now_ns(), checkers=[
+            agent_pb2.CheckerHealth(checker="exec", restarts=reports, last_crash="RuntimeError: boom", checks=[runs]),
+            agent_pb2.CheckerHealth(checker="nic")])
+
+    link = AgentLink(AgentState("compute-1", "test"), (f"unix:{lab.socket}",), lab.hosts["compute-1"].agent_token,
+                     health=health, health_interval_s=0.05)
+    task = asyncio.create_task(link.run())
+    try:
+        async with DoctorClient(lab.endpoint, lab.tokens["admin"]) as c:
+            async with asyncio.timeout(10):
+                while True:  # the report after Hello, then one in place of a heartbeat: the latest one is kept
+                    agent = next((a for a in (await c.status()).agents if a.host_id == "compute-1"), None)
+                    if agent is not None and agent.health.checkers and agent.health.checkers[0].restarts >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+        exec_health = agent.health.checkers[0]
+        assert (exec_health.checker, exec_health.checks[0]) == ("exec", runs)
+        tok = tmp_path / "admin.token"
+        tok.write_text(lab.tokens["admin"])
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "doctor_common.ctl", "--endpoint",
+                                      lab.endpoint, "--token-file", str(tok), "status", "--checks"],
+                                      capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        line = next(x for x in out.stdout.splitlines() if "exec/raid" in x)
+        assert "runs 3" in line and "failures 1" in line and "last timeout" in line and "timed out after 10s" in line
+        assert "event-driven" in next(x for x in out.stdout.splitlines() if x.strip().startswith("nic"))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
