@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.endpoint import parse_endpoint
+from doctor_common.endpoint import parse_endpoint
 from doctor_common.config import ConfigError, Section
 
 
@@ -34,6 +34,10 @@ def load_agent_config(path: Path | str) -> AgentConfig:
     endpoints = a.str_list("inspector")
     if not endpoints:
         raise a.error("inspector", "list at least one inspector endpoint (host:port or unix:/path)")
+    token = a.secret("token")
+    if token is not None and not (token.isascii() and token.isprintable() and token.strip() == token and token):
+        raise a.error("token_file" if a.data.get("token") is None else "token",
+                      "the token must be printable ASCII (it travels as an HTTP/2 header)")
     for endpoint in endpoints:
         try:
             parse_endpoint(endpoint)
@@ -42,7 +46,7 @@ def load_agent_config(path: Path | str) -> AgentConfig:
     cfg = dict(
         host_id=host_id,
         endpoints=tuple(endpoints),
-        token=a.secret("token"),
+        token=token,
         heartbeat_interval_s=a.int("heartbeat_interval_ms", 500, min=10, max=60000) / 1000,
         max_backoff_s=a.float("max_backoff_s", 2.0, min=0.1),
         keepalive_ms=a.int("keepalive_ms", 1000, min=50, max=600_000),

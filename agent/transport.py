@@ -23,17 +23,21 @@ from grpclib.client import Channel, Stream
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.stream import recv_message
 
-from agent.endpoint import parse_endpoint
 from agent.state import AgentState
 from doctor_common.api import agent_pb2
+from doctor_common.endpoint import parse_endpoint
 from doctor_common.timeline import now_ns
 
 log = logging.getLogger("doctor.agent.transport")
 
 CONNECT = f"/{agent_pb2.DESCRIPTOR.services_by_name['AgentGateway'].full_name}/Connect"
-CONNECT_TIMEOUT_S = 5.0   # TCP connect and the stream's headers; a black-holed inspector is left after this
-PING_TIMEOUT_S = 0.5      # a keepalive ping unanswered this long ends the connection
+CONNECT_TIMEOUT_S = 5.0   # TCP connect and sending the stream's headers; a black-holed inspector is left after this
+# A ping unanswered this long closes the connection. (grpclib closes the asyncio transport; with bytes still
+# buffered asyncio reports the loss only once they drain. The inspector's 64 KiB stream window keeps what the
+# agent sends inside the kernel's buffers, so the loss is reported at once: measured, docs/agent.md.)
+PING_TIMEOUT_S = 0.5
 
 # a status that no retry can fix until someone changes a configuration
 _CONFIG_ERRORS = {Status.UNAUTHENTICATED, Status.PERMISSION_DENIED, Status.NOT_FOUND, Status.INVALID_ARGUMENT}
@@ -73,6 +77,7 @@ class AgentLink:
         self._stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage] | None = None
         self._writing = asyncio.Lock()  # one message at a time on the stream (the goodbye comes from outside)
         self._stopping = False
+        self._ended = False  # our side of the stream is closed (the goodbye went out): nothing more to write
 
     async def run(self) -> None:
         backoff = 0.05
@@ -81,7 +86,7 @@ class AgentLink:
             self.beat()
             target = self._redirect or self.endpoints[index % len(self.endpoints)]
             self._redirect = None
-            self._accepted = False
+            self._accepted = self._ended = False
             try:
                 await self._session(target)
                 backoff = 0.05
@@ -92,7 +97,14 @@ class AgentLink:
                 else:
                     log.warning("stream to %s ended: %s %s", target, exc.status.name, exc.message or "")
             except _STREAM_ENDED as exc:
-                log.warning("stream to %s failed: %s", target, exc or type(exc).__name__)
+                if self._redirect:  # a follower sent us on: nothing failed
+                    log.debug("%s redirected this agent to %s", target, self._redirect)
+                else:
+                    log.warning("stream to %s failed: %s", target, exc or type(exc).__name__)
+            except ValueError as exc:  # an endpoint (a redirect's) or a header grpclib cannot use
+                log.error("cannot stream to %s: %s", target, exc)
+            except Exception:  # a bug or a library surprise ends this session, never the transport loop
+                log.exception("stream to %s failed unexpectedly", target)
             finally:
                 self.connected.clear()
                 self._stream = None
@@ -164,11 +176,15 @@ class AgentLink:
             await reader  # re-raise the stream's end
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def _write(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage],
                      msg: agent_pb2.AgentMessage, end: bool = False) -> None:
         async with self._writing:
+            if self._ended:
+                return  # after our goodbye only the inspector's end of the stream is awaited
             await stream.send_message(msg, end=end)
+            self._ended = end
 
     @staticmethod
     def _stamp_sent(events: list[agent_pb2.Event]) -> None:
@@ -179,26 +195,48 @@ class AgentLink:
 
     async def _read(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage]) -> None:
         while True:
-            msg = await stream.recv_message()  # raises GRPCError when the inspector ends with an error status
+            try:
+                msg = await stream.recv_message()  # raises GRPCError when the inspector ends with an error status
+            except StreamTerminatedError:
+                await self._read_what_came_with_the_reset(stream)
+                raise
             if msg is None:
                 await self._closed_by_inspector(stream)
-            kind = msg.WhichOneof("kind")
-            if kind == "ack":
-                self.state.ack(msg.ack.sequence)
-            elif kind == "redirect":
-                log.info("inspector redirects to leader %s", msg.redirect.leader_endpoint)
-                self._redirect = msg.redirect.leader_endpoint or None
-                raise ConnectionError("redirected")
-            elif kind == "config":
-                self._accepted = True  # the inspector took the stream (only a leader sends its config)
-                if msg.config.heartbeat_interval_ms:
-                    self.heartbeat_interval_s = msg.config.heartbeat_interval_ms / 1000
+            self._handle(msg)
+
+    async def _read_what_came_with_the_reset(self, stream: Stream[agent_pb2.AgentMessage,
+                                                                  agent_pb2.GatewayMessage]) -> None:
+        """Messages that arrived together with the stream's end and reset.
+
+        grpcio ends a stream the client still writes to with its last messages, the trailers and RST_STREAM in
+        one write; grpclib then cancels the pending read and the messages, a Redirect among them, stay unread.
+        Once the trailers are in, reading the buffer cannot block. (grpclib internals: pinned below 0.5.)
+        """
+        h2_stream = stream._stream
+        if h2_stream is None or h2_stream.trailers is None:
+            return
+        while (msg := await recv_message(h2_stream, stream._codec, agent_pb2.GatewayMessage)) is not None:
+            self._handle(msg)  # type: ignore[arg-type]
+
+    def _handle(self, msg: agent_pb2.GatewayMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "ack":
+            self.state.ack(msg.ack.sequence)
+        elif kind == "redirect":
+            log.info("inspector redirects to leader %s", msg.redirect.leader_endpoint)
+            self._redirect = msg.redirect.leader_endpoint or None
+            raise ConnectionError("redirected")
+        elif kind == "config":
+            self._accepted = True  # the inspector took the stream (only a leader sends its config)
+            if msg.config.heartbeat_interval_ms:
+                self.heartbeat_interval_s = msg.config.heartbeat_interval_ms / 1000
 
     async def _closed_by_inspector(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage]) -> NoReturn:
         """The inspector ended the stream: raise its status (GRPCError), or ConnectionError if it was OK."""
         async with self._writing:
-            if not self._stopping:  # a goodbye has already ended our side
+            if not self._ended:  # our goodbye may have ended our side already
                 await stream.end()  # grpclib hands out the trailers only once both sides are done
+                self._ended = True
         await stream.recv_trailing_metadata()
         raise ConnectionError("inspector closed the stream")
 

@@ -11,6 +11,7 @@ from controller_adapter import backend_class
 from controller_adapter.base import Bmc
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.config import ConfigError, Section
+from doctor_common.endpoint import parse_endpoint
 from inspector.etcd_config import EtcdConfig
 from inspector.policy import Policy, default_policy, load_policy
 
@@ -131,6 +132,10 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
         opts["etcd"] = EtcdConfig.from_section(root.section("etcd"))
         opts["advertise"] = opts["advertise"] or _advertise(i, listen)
         opts["advertise_agents"] = opts["advertise_agents"] or opts["advertise"]
+        try:  # agents are redirected here: it must be something they can dial
+            parse_endpoint(opts["advertise_agents"])
+        except ValueError as exc:
+            raise i.error("advertise_agents" if i.data.get("advertise_agents") else "advertise", str(exc)) from None
 
     auth = _auth(root.section("auth"))
     policy = load_policy(policy_path) if policy_path else default_policy()

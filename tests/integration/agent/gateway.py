@@ -1,10 +1,11 @@
 """A minimal AgentGateway in its own process, so a test can freeze it (SIGSTOP) like a hung inspector.
 
-    python -m tests.integration.agent.gateway --listen unix:/path/gw.sock
+    python -m tests.integration.agent.gateway --listen unix:/path/gw.sock [--redirect-to ENDPOINT]
 
 Prints ``listening`` once serving, then one line per message it receives
 (``hello <host>``, ``events <seq> ...``, ``heartbeat``, ``goodbye <reason>``);
-acks every batch of events.
+acks every batch of events. With ``--redirect-to`` it answers every Hello as
+a follower does: a Redirect, then the end of the stream.
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ from doctor_common.grpcutil import server_options
 
 
 class Gateway(agent_pb2_grpc.AgentGatewayServicer):
+    def __init__(self, redirect_to: str | None) -> None:
+        self.redirect_to = redirect_to
+
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
         async for msg in request_iterator:
             kind = msg.WhichOneof("kind")
             if kind == "hello":
                 print("hello", msg.hello.host_id, flush=True)
+                if self.redirect_to:
+                    yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=self.redirect_to))
+                    return
                 yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=100))
             elif kind == "events":
                 print("events", *(e.sequence for e in msg.events.events), flush=True)
@@ -36,9 +43,9 @@ class Gateway(agent_pb2_grpc.AgentGatewayServicer):
                 print(kind, flush=True)
 
 
-async def serve(listen: str) -> None:
+async def serve(listen: str, redirect_to: str | None) -> None:
     server = grpc.aio.server(options=server_options())
-    agent_pb2_grpc.add_AgentGatewayServicer_to_server(Gateway(), server)
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(Gateway(redirect_to), server)
     server.add_insecure_port(listen)
     await server.start()
     print("listening", flush=True)
@@ -48,4 +55,6 @@ async def serve(listen: str) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--listen", required=True, help="a gRPC address: unix:/path or 127.0.0.1:port")
-    asyncio.run(serve(p.parse_args().listen))
+    p.add_argument("--redirect-to", help="act as a follower: redirect every agent to this endpoint")
+    args = p.parse_args()
+    asyncio.run(serve(args.listen, args.redirect_to))

@@ -110,6 +110,8 @@ def write(tmp_path: Path, inspector: str, etcd: str) -> Path:
     ('listen = ["127.0.0.1:50051"]', '[etcd]\nprefix = "nfv"\n', "etcd.prefix"),
     ('listen = ["127.0.0.1:50051"]', '[etcd]\nttl = 2\n', "etcd.ttl"),
     ('listen = ["127.0.0.1:50051"]', '[etcd]\nca_file = "missing.pem"\n', "etcd.ca_file"),
+    ('listen = ["127.0.0.1:50051"]\nadvertise_agents = "unix-abstract:doctor"', "[etcd]\n", "inspector.advertise_agents"),
+    ('listen = ["127.0.0.1:50051"]\nadvertise = "inspector-1"', "[etcd]\n", "inspector.advertise"),
 ])
 def test_bad_etcd_configuration_names_file_and_key(tmp_path: Path, inspector: str, etcd: str, key: str) -> None:
     """A replicated inspector's configuration is checked at start-up; each error names the file and the key."""
