@@ -16,7 +16,6 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from agent.checkers.base import Checker, Reading, Status, set_beat
 from agent.checkers.polling import MAX_DETAIL
@@ -105,13 +104,6 @@ class Supervisor:
         return agent_pb2.CheckerHealth(checker=self.checker.name, restarts=self.restarts,
                                        last_crash=self.last_crash[:MAX_DETAIL], checks=checks)
 
-    def diagnostics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"restarts": self.restarts, "last_crash": self.last_crash}
-        run_stats = getattr(self.checker, "run_stats", None)
-        if callable(run_stats):
-            out["checks"] = run_stats()
-        return out
-
 
 class Agent:
     def __init__(self, cfg: AgentConfig, notifier: SystemdNotifier | None = None,
@@ -173,15 +165,6 @@ class Agent:
             checkers=[s.health() for s in self.supervisors], collected_unix_nanos=now_ns(),
             loops_not_alive=[f"{name}: {why}"[:MAX_DETAIL] for name, why in sorted(self.liveness.problems().items())])
 
-    def diagnostics(self) -> dict[str, Any]:
-        """The agent's own health for Diagnostics: checkers (restarts, each check's runs), loops, the link."""
-        return {
-            "host_id": self.state.host_id, "boot_id": self.state.boot_id, "sequence": self.state.sequence,
-            "unacked": len(self.state.unacked), "connected": self.link.connected.is_set(),
-            "connects": self.link.connects, "ready": self.ready.is_set(),
-            "loops_not_alive": self.liveness.problems(),
-            "checkers": {s.checker.name: s.diagnostics() for s in self.supervisors},
-        }
 
 
 async def main(cfg: AgentConfig) -> None:

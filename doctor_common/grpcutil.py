@@ -6,12 +6,9 @@ import inspect
 import logging
 from collections.abc import Iterable
 
-from typing import TYPE_CHECKING
-
 import grpc
-
-if TYPE_CHECKING:  # servers only: the agent, a client, does not load them (docs/agent.md, footprint)
-    from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +54,6 @@ async def add_health_and_reflection(
     server: grpc.aio.Server, service_names: Iterable[str]
 ) -> health.aio.HealthServicer:
     """Serve grpc.health.v1 (every service SERVING) and v1alpha server reflection."""
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
-
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     names = list(service_names)

@@ -4,8 +4,8 @@ A polling checker is a set of ``Check``s, each with its own ``Schedule``
 (``interval_s``, ``timeout_s``, ``debounce_n`` of ``debounce_m``). Every run
 is bounded by the timeout; a run that times out or raises becomes
 ``Check.failed(why)`` readings instead of ending the checker. Each run's
-duration and outcome go to ``CheckStats`` (``PollingChecker.run_stats()``,
-for Diagnostics).
+duration and outcome go to ``CheckStats`` (``PollingChecker.stats``; the
+agent reports them in AgentHealth, for Diagnostics).
 
 Debounce is masakari's: the last M samples of a component sit in a
 ``deque(maxlen=M)`` and a new level is reported only once N of them agree
@@ -21,8 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from agent.checkers.base import Reading, Status, alive
 from doctor_common.api import agent_pb2, common_pb2
@@ -119,12 +118,6 @@ class CheckStats:
                                        outcome=r.outcome, detail=r.detail[:MAX_DETAIL])
                     for r in list(self.recent)[-recent:]])
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"runs": self.runs, "failures": self.failures,
-                "mean_s": self.total_s / self.runs if self.runs else 0.0,
-                "last": asdict(self.last) if self.last else None,
-                "recent": [asdict(r) for r in self.recent]}
-
 
 class Check(abc.ABC):
     """One probe on its own schedule, reporting one or more components."""
@@ -169,10 +162,6 @@ class PollingChecker:
     @property
     def liveness_s(self) -> float:
         return max(c.schedule.liveness_s for c in self.checks)
-
-    def run_stats(self) -> dict[str, dict[str, Any]]:
-        """Each check's runs (durations, outcomes) for Diagnostics."""
-        return {name: s.as_dict() for name, s in self.stats.items()}
 
     async def run_once(self, check: Check) -> list[Reading]:
         """One timed run of ``check``; failures become ``check.failed()`` readings."""

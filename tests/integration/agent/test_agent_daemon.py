@@ -120,8 +120,6 @@ argv = ["{check}"]
         assert (event.state.status, event.state.fault_type, event.state.description) == \
             (Status.FAULT, "compute.host.exec.probe", "state 2")
         await wait_for(lambda: not agent.state.unacked, what="acks")
-        diag = agent.diagnostics()
-        assert diag["checkers"]["ipmi"]["checks"]["bmc"]["runs"] >= 1 and diag["loops_not_alive"] == {}
         # the report on the stream says what the last exec runs said: status 2 is a fault
         await wait_for(lambda: gw.health is not None and any(
             k.check == "probe" and k.recent and k.recent[-1].outcome == "fault"

@@ -63,7 +63,7 @@ async def test_a_command_past_its_timeout_is_killed_with_its_children(
     r = now["exec:hang"]
     assert (r.status, r.severity) == (Status.UNKNOWN, common_pb2.SEVERITY_INDETERMINATE)
     assert "timed out after 0.3s" in r.description
-    assert c.run_stats()["hang"]["last"]["outcome"] == "timeout"
+    assert c.stats["hang"].last is not None and c.stats["hang"].last.outcome == "timeout"
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 2
     async with asyncio.timeout(5):  # SIGKILL is sent; the child's exit may take a moment
@@ -93,7 +93,7 @@ async def test_flapping_script_is_debounced(tmp_path: Path, section: Callable[..
     async with levels(c) as lv:
         await lv.until(lambda n: "exec:flap" in n and n["exec:flap"].status == Status.FAULT)
     assert [r.status for r in lv.history] == [Status.OK, Status.FAULT]
-    outcomes = [r["outcome"] for r in c.run_stats()["flap"]["recent"]]
+    outcomes = [r.outcome for r in c.stats["flap"].recent]
     assert outcomes[:4] == ["ok", "fault", "ok", "fault"]
 
 

@@ -82,11 +82,11 @@ async def test_each_run_is_timed_and_its_outcome_recorded() -> None:
     checker = Checker([check])
     check.last["c"] = ok()
     results = [await checker.run_once(check) for _ in range(4)]
-    stats = checker.run_stats()["scripted"]
-    assert [r["outcome"] for r in stats["recent"]] == ["ok", "warning", "error", "timeout"]
-    assert stats["runs"] == 4 and stats["failures"] == 2
-    assert "RuntimeError: boom" in stats["recent"][2]["detail"]
-    assert 0.05 <= stats["recent"][3]["duration_s"] < 1.0
+    stats = checker.stats["scripted"]
+    assert [r.outcome for r in stats.recent] == ["ok", "warning", "error", "timeout"]
+    assert stats.runs == 4 and stats.failures == 2
+    assert "RuntimeError: boom" in stats.recent[2].detail
+    assert 0.05 <= stats.recent[3].duration_s < 1.0
     assert results[2][0].status == Status.UNKNOWN and results[3][0].status == Status.UNKNOWN
     assert "timed out after 0.05s" in results[3][0].description
 

@@ -123,7 +123,7 @@ async def test_ready_then_watchdog_until_a_checker_hangs(notify: tuple[socket.so
         assert msg.startswith("STATUS=loops not alive: checker:hangs: silent for")
         with pytest.raises(asyncio.TimeoutError):
             await receive(sock, timeout=0.3)  # 15 periods, not one ping
-        assert "checker:hangs" in agent.diagnostics()["loops_not_alive"]
+        assert any(line.startswith("checker:hangs: ") for line in agent.health().loops_not_alive)
         assert not run.done()  # hung is systemd's to judge: it kills and restarts us
     finally:
         stop.set()
@@ -159,7 +159,7 @@ def test_cli_exits_non_zero_when_a_loop_dies(tmp_path: Path, monkeypatch: pytest
 
 
 async def test_diagnostics_expose_each_checks_runs() -> None:
-    """Supervisor diagnostics carry a polling checker's run records (for the Diagnostics service)."""
+    """A supervisor's health report carries a polling checker's runs (for the Diagnostics service)."""
     from agent.checkers.exec import ExecChecker
     from doctor_common.config import Section
 
@@ -169,9 +169,11 @@ async def test_diagnostics_expose_each_checks_runs() -> None:
     sup = Supervisor(checker, state)
     task = asyncio.create_task(sup.run())
     try:
-        await wait_until(lambda: sup.diagnostics()["checks"]["t"]["runs"] == 1)
-        last = sup.diagnostics()["checks"]["t"]["last"]
-        assert last["outcome"] == "ok" and last["duration_s"] > 0
+        await wait_until(lambda: sup.health().checks[0].runs == 1)
+        health = sup.health()
+        assert (health.checker, health.checks[0].check) == ("exec", "t")
+        last = health.checks[0].recent[-1]
+        assert last.outcome == "ok" and last.duration_ms > 0
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
