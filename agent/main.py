@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 from agent.checkers.base import Checker, Reading, Status, set_beat
-from agent.checkers.polling import MAX_DETAIL
 from agent.config import AgentConfig, load_agent_config
 from agent.state import AgentState
 from agent.transport import AgentLink
 from doctor_common import __version__
+from doctor_common.agent_limits import MAX_TEXT
 from doctor_common.api import agent_pb2, common_pb2
 from doctor_common.config import ConfigError
 from doctor_common.logs import setup_logging
@@ -102,7 +102,7 @@ class Supervisor:
         stats = getattr(self.checker, "stats", None)
         checks = [s.to_proto(name) for name, s in stats.items()] if isinstance(stats, dict) else []
         return agent_pb2.CheckerHealth(checker=self.checker.name, restarts=self.restarts,
-                                       last_crash=self.last_crash[:MAX_DETAIL], checks=checks)
+                                       last_crash=self.last_crash[:MAX_TEXT], checks=checks)
 
 
 class Agent:
@@ -163,7 +163,7 @@ class Agent:
         """The agent's own health as it reports it to the inspector (Diagnostics shows the latest)."""
         return agent_pb2.AgentHealth(
             checkers=[s.health() for s in self.supervisors], collected_unix_nanos=now_ns(),
-            loops_not_alive=[f"{name}: {why}"[:MAX_DETAIL] for name, why in sorted(self.liveness.problems().items())])
+            loops_not_alive=[f"{name}: {why}"[:MAX_TEXT] for name, why in sorted(self.liveness.problems().items())])
 
 
 

@@ -40,11 +40,9 @@ class DoctorClient:
         self.token = token
         self._channel = grpc.aio.insecure_channel(self.endpoint, options=channel_options())
         self._md = auth_metadata(token)
-        self._closing: set[asyncio.Task[None]] = set()  # channels left behind by a switch of replica
 
     async def close(self) -> None:
         await self._channel.close()
-        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def __aenter__(self) -> "DoctorClient":
         return self
@@ -52,19 +50,17 @@ class DoctorClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _switch(self, endpoint: str) -> None:
+    async def _switch(self, endpoint: str) -> None:
         old = self._channel
         self.endpoint = endpoint
         self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
-        closing = asyncio.get_running_loop().create_task(old.close())
-        self._closing.add(closing)  # held until done: a task nobody references can be collected mid-close
-        closing.add_done_callback(self._closing.discard)
+        await old.close()
 
-    def _next_endpoint(self) -> None:
+    async def _next_endpoint(self) -> None:
         """The current endpoint failed without naming a leader: try the next replica."""
         if len(self.endpoints) > 1:
             i = self.endpoints.index(self.endpoint) if self.endpoint in self.endpoints else -1
-            self._switch(self.endpoints[(i + 1) % len(self.endpoints)])
+            await self._switch(self.endpoints[(i + 1) % len(self.endpoints)])
 
     @property
     def faults(self) -> fault_pb2_grpc.FaultManagementStub:
@@ -115,10 +111,10 @@ class DoctorClient:
                     raise
                 leader = leader_hint(exc)
                 if leader and leader != self.endpoint:
-                    self._switch(leader)
+                    await self._switch(leader)
                     continue
                 if not leader:  # a hint naming this endpoint: it is about to lead, stay
-                    self._next_endpoint()
+                    await self._next_endpoint()
                 log.info("subscription interrupted (%s); resuming after %d", exc.code().name, cursor)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff_s)

@@ -31,7 +31,9 @@ def severity_name(value: int) -> str:
 
 
 def host_status_name(value: int) -> str:
-    return common_pb2.HostStatus.Name(value).removeprefix("HOST_STATUS_")
+    """UP, DOWN, ... (a value a newer server may send shows as its number)."""
+    values = common_pb2.HostStatus.values()
+    return common_pb2.HostStatus.Name(value).removeprefix("HOST_STATUS_") if value in values else str(value)
 
 
 def check_pattern(pattern: str) -> str:

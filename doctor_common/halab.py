@@ -80,10 +80,6 @@ class HaLab(Lab):
 
     def write_files(self) -> Path:
         super().write_files()  # inventory, BMC password, the single-inspector files (rewritten below)
-        consumers = "".join(
-            f'[[auth.consumers]]\nname = "{p}"\ntoken = "{t}"\n' + ('admin = true\n' if p == "admin" else f'project = "{p}"\n')
-            for p, t in self.tokens.items())
-        agents = "".join(f'[[auth.agents]]\nhost = "{h.name}"\ntoken = "{h.agent_token}"\n' for h in self.hosts.values())
         for r in self.replicas:
             r.config.write_text(
                 f'[inspector]\nnode_id = "{r.node_id}"\nlisten = ["{r.endpoint}", "unix:{r.socket}"]\n'
@@ -92,17 +88,9 @@ class HaLab(Lab):
                 f'takeover_grace_ms = {self.takeover_grace_ms}\nlog_level = "info"\n\n'
                 f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n'
                 f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\nipmi_retry_ms = 20\n\n'
-                f'{self.etcd_table()}\n{self.extra_config}\n{consumers}{agents}')
-        sockets = ", ".join(f'"unix:{r.socket}"' for r in self.replicas)
-        # without namespaces there is no link of the host's own to watch (lo's operstate is "unknown", which
-        # the nic checker rightly reports): a trivial command check stands in
-        checker = ('[checkers.nic]\ninterfaces = ["eth0"]\n' if self.use_netns
-                   else '[checkers.exec.commands.alive]\nargv = ["true"]\n')
-        for h in self.hosts.values():
-            (self.dir / f"{h.name}.agent.toml").write_text(
-                f'[agent]\nhost_id = "{h.name}"\ninspector = [{sockets}]\ntoken = "{h.agent_token}"\n'
-                f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nmax_backoff_s = {self.agent_max_backoff_s}\n'
-                f'log_level = "info"\n\n{checker}')
+                f'{self.etcd_table()}\n{self.extra_config}\n{self.auth_tables()}')
+        self.write_agent_files([f"unix:{r.socket}" for r in self.replicas],
+                               f"max_backoff_s = {self.agent_max_backoff_s}\n", log_level="info")
         return self.replicas[0].config
 
     # -- replicas ------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _forget(cmd: Any) -> None:
+def discard(cmd: Any) -> None:
+    """Log out of ``cmd``'s session and make pyghmi forget it (blocking: call it off the event loop)."""
     session = getattr(cmd, "ipmi_session", None)
     if session is None:
         return
@@ -43,17 +44,6 @@ def _forget(cmd: Any) -> None:
                 del by_port[port]
         if not by_port:
             handlers.pop(addr, None)
-
-
-def discard(cmd: Any, *, wait_s: float | None = None) -> None:
-    """Forget ``cmd``'s session. With ``wait_s``, in a daemon thread joined at most that long
-    (a logout can queue behind a stuck call on the same session)."""
-    if wait_s is None:
-        _forget(cmd)
-        return
-    worker = threading.Thread(target=_forget, args=(cmd,), name="ipmi-discard", daemon=True)
-    worker.start()
-    worker.join(wait_s)
 
 
 def start_in_daemon_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":

@@ -135,24 +135,35 @@ class Lab:
                 inv.append(f'[[servers]]\nid = "{sid}"\nname = "{sid}"\nhost = "{h.name}"\nproject_id = "{owner}"\n')
                 inv.append(f'[[ports]]\nid = "port-{sid}"\nhost = "{h.name}"\nproject_id = "{owner}"\ndevice_id = "{sid}"\n')
         (self.dir / "inventory.toml").write_text("\n".join(inv))
-        consumers = "".join(
-            f'[[auth.consumers]]\nname = "{p}"\ntoken = "{t}"\n' + ('admin = true\n' if p == "admin" else f'project = "{p}"\n')
-            for p, t in self.tokens.items())
-        agents = "".join(f'[[auth.agents]]\nhost = "{h.name}"\ntoken = "{h.agent_token}"\n' for h in self.hosts.values())
         cfg = self.dir / "inspector.toml"
         cfg.write_text(
             f'[inspector]\nnode_id = "lab-inspector"\nlisten = ["{self.endpoint}", "unix:{self.socket}"]\n'
             f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nliveness_timeout_ms = {self.liveness_timeout_ms}\n'
             f'log_level = "warning"\n\n'
             f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n'
-            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\nipmi_retry_ms = 20  # virtual BMCs on loopback answer in ~1 ms\n\n{self.extra_config}\n{consumers}{agents}')
-        for h in self.hosts.values():
-            iface = "eth0" if self.use_netns else "lo"
-            (self.dir / f"{h.name}.agent.toml").write_text(
-                f'[agent]\nhost_id = "{h.name}"\ninspector = ["unix:{self.socket}"]\ntoken = "{h.agent_token}"\n'
-                f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nlog_level = "warning"\n\n'
-                f'[checkers.nic]\ninterfaces = ["{iface}"]\n')
+            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\nipmi_retry_ms = 20  # virtual BMCs on loopback answer in ~1 ms\n\n{self.extra_config}\n{self.auth_tables()}')
+        self.write_agent_files([f"unix:{self.socket}"])
         return cfg
+
+    def auth_tables(self) -> str:
+        """[[auth.consumers]] for every project and admin, [[auth.agents]] for every host."""
+        consumers = "".join(
+            f'[[auth.consumers]]\nname = "{p}"\ntoken = "{t}"\n' + ('admin = true\n' if p == "admin" else f'project = "{p}"\n')
+            for p, t in self.tokens.items())
+        return consumers + "".join(f'[[auth.agents]]\nhost = "{h.name}"\ntoken = "{h.agent_token}"\n'
+                                   for h in self.hosts.values())
+
+    def write_agent_files(self, inspectors: list[str], agent_keys: str = "", log_level: str = "warning") -> None:
+        """Each host's agent.toml. Without namespaces there is no link of the host's own to watch (lo's operstate
+        is "unknown", which the nic checker rightly reports): a trivial command check stands in."""
+        checker = ('[checkers.nic]\ninterfaces = ["eth0"]\n' if self.use_netns
+                   else '[checkers.exec.commands.alive]\nargv = ["true"]\n')
+        listed = ", ".join(f'"{e}"' for e in inspectors)
+        for h in self.hosts.values():
+            (self.dir / f"{h.name}.agent.toml").write_text(
+                f'[agent]\nhost_id = "{h.name}"\ninspector = [{listed}]\ntoken = "{h.agent_token}"\n'
+                f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\n{agent_keys}log_level = "{log_level}"\n\n'
+                f'{checker}')
 
     # -- parts ---------------------------------------------------------------------------------
 

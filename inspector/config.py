@@ -77,7 +77,10 @@ def _advertise(i: Section, listen: list[str]) -> str:
     for address in listen:
         if address.startswith("unix:"):
             continue
-        host = address.rpartition(":")[0].strip("[]")
+        try:
+            host = parse_endpoint(address)[0]
+        except ValueError:  # ":50051", gRPC's own way to say every address
+            host = ""
         if host in ("", "0.0.0.0", "::"):
             raise i.error("advertise", f"listen address {address!r} is a wildcard: give the address other replicas, "
                                        "agents and consumers reach this one at (advertise = \"10.0.0.1:50051\")")
@@ -132,10 +135,11 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
         opts["etcd"] = EtcdConfig.from_section(root.section("etcd"))
         opts["advertise"] = opts["advertise"] or _advertise(i, listen)
         opts["advertise_agents"] = opts["advertise_agents"] or opts["advertise"]
-        try:  # agents are redirected here: it must be something they can dial
-            parse_endpoint(opts["advertise_agents"])
-        except ValueError as exc:
-            raise i.error("advertise_agents" if i.data.get("advertise_agents") else "advertise", str(exc)) from None
+        for key in ("advertise", "advertise_agents"):  # clients are redirected there: something they can dial
+            try:
+                parse_endpoint(opts[key])
+            except ValueError as exc:
+                raise i.error(key if i.data.get(key) else "advertise", str(exc)) from None
 
     auth = _auth(root.section("auth"))
     policy = load_policy(policy_path) if policy_path else default_policy()

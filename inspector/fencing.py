@@ -16,6 +16,7 @@ an early retransmission is harmless.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -71,7 +72,8 @@ class IpmiFencer:
                 try:
                     return fn(cmd)
                 except Exception:
-                    self._commands.pop(key, None)  # a broken session is not reused...
+                    if self._commands.get(key) is cmd:  # a broken session is not reused (a timed-out call's
+                        del self._commands[key]         # thread may end after a newer session took its place)...
                     discard(cmd)  # ...nor left in pyghmi's process-wide tables
                     raise
 
@@ -162,6 +164,6 @@ class IpmiFencer:
         shutdown, and must not leave keepalives running in this process)."""
         commands = list(self._commands.values())
         self._commands.clear()
-        if commands:
-            per = max(timeout / len(commands), 0.05)
-            await asyncio.gather(*(asyncio.to_thread(discard, c, wait_s=per) for c in commands))
+        if commands:  # concurrently, each in a daemon thread: the whole budget for all of them
+            await asyncio.wait([start_in_daemon_thread(functools.partial(discard, c), "ipmi-discard")
+                                for c in commands], timeout=timeout)

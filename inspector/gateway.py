@@ -25,6 +25,8 @@ from typing import Any, Callable, Protocol
 import grpc
 
 from controller_adapter.base import NotFound
+from doctor_common.agent_limits import (MAX_BATCH, MAX_CHECKERS, MAX_COMPONENTS, MAX_DETAILS, MAX_ID, MAX_RUNS,
+                                        MAX_TEXT)
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.auth import TokenAuth
 from doctor_common.faults import severity_from_name
@@ -34,13 +36,6 @@ from inspector.liveness import HostRecord, Liveness
 
 log = logging.getLogger("doctor.inspector.gateway")
 
-MAX_ID = 255
-MAX_TEXT = 1024
-MAX_DETAILS = 64
-MAX_COMPONENTS = 1000
-MAX_BATCH = 1000
-MAX_CHECKERS = 64     # per AgentHealth, and checks per checker
-MAX_RUNS = 8          # recent runs per check
 HELLO_TIMEOUT_S = 5.0
 FAULTY = (agent_pb2.COMPONENT_STATUS_FAULT, agent_pb2.COMPONENT_STATUS_WARNING, agent_pb2.COMPONENT_STATUS_UNKNOWN)
 

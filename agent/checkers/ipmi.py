@@ -18,9 +18,10 @@ unreachable and no second call is started (notes/limits.md).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -183,11 +184,13 @@ class BmcWorker:
         self._busy = start_in_daemon_thread(work, "doctor-ipmi")
         return await asyncio.shield(self._busy)  # the caller's run timeout bounds the wait; the thread runs on
 
-    def close(self) -> None:
-        """Forget the session (bounded: a call stuck on a dead BMC may hold it)."""
+    async def close(self, timeout: float = 0.5) -> None:
+        """Log out and forget the session, in a daemon thread waited on at most ``timeout`` (a logout to a
+        dead BMC waits ~1 s, and a call stuck on the session may hold it longer); the event loop runs on."""
         client, self._client = self._client, None
         if client is not None:
-            discard(client, wait_s=0.5)
+            await asyncio.wait([start_in_daemon_thread(functools.partial(discard, client), "ipmi-discard")],
+                               timeout=timeout)
 
 
 @dataclass
@@ -226,6 +229,9 @@ class BmcCheck(Check):
                 poll.sel_error = f"{type(exc).__name__}: {exc}"
         return poll
 
+    async def close(self) -> None:
+        await self.worker.close()
+
     async def probe(self) -> list[Reading]:
         poll = await self.worker.call(self._poll)
         readings = [Reading("ipmi:bmc", Status.OK, details={"bmc": self.target})]
@@ -251,14 +257,6 @@ class IpmiChecker(PollingChecker):
 
     def __init__(self, check: BmcCheck) -> None:
         super().__init__([check])
-        self.bmc = check
-
-    async def watch(self) -> AsyncIterator[Reading]:
-        try:
-            async for reading in super().watch():
-                yield reading
-        finally:
-            self.bmc.worker.close()
 
     @classmethod
     def from_config(cls, cfg: Section, host_id: str) -> "IpmiChecker":

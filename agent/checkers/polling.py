@@ -24,11 +24,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from agent.checkers.base import Reading, Status, alive
+from doctor_common.agent_limits import MAX_RUNS, MAX_TEXT
 from doctor_common.api import agent_pb2, common_pb2
 from doctor_common.config import Section
 from doctor_common.timeline import now_ns
-
-MAX_DETAIL = 1024  # characters of a run's detail in AgentHealth (the inspector's limit for a text)
 
 log = logging.getLogger("doctor.agent.polling")
 
@@ -109,13 +108,13 @@ class CheckStats:
     def last(self) -> RunRecord | None:
         return self.recent[-1] if self.recent else None
 
-    def to_proto(self, check: str, recent: int = 8) -> agent_pb2.CheckRuns:
+    def to_proto(self, check: str, recent: int = MAX_RUNS) -> agent_pb2.CheckRuns:
         """This check's runs as the agent reports them in AgentHealth (the ``recent`` latest runs)."""
         return agent_pb2.CheckRuns(
             check=check, runs=self.runs, failures=self.failures,
             mean_duration_ms=1000 * self.total_s / self.runs if self.runs else 0.0,
             recent=[agent_pb2.CheckRun(started_unix_nanos=r.started_unix_ns, duration_ms=1000 * r.duration_s,
-                                       outcome=r.outcome, detail=r.detail[:MAX_DETAIL])
+                                       outcome=r.outcome, detail=r.detail[:MAX_TEXT])
                     for r in list(self.recent)[-recent:]])
 
 
@@ -140,6 +139,9 @@ class Check(abc.ABC):
     def debounced(self, reading: Reading) -> bool:
         """False for readings reported at once (edges such as SEL entries)."""
         return True
+
+    async def close(self) -> None:
+        """Release what the probes hold (a session, a socket); called when the checker's watch ends."""
 
 
 def outcome(readings: list[Reading]) -> str:
@@ -220,3 +222,4 @@ class PollingChecker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in self.checks), return_exceptions=True)

@@ -124,7 +124,7 @@ async def test_in_band_is_the_default_and_a_missing_device_is_a_warning(
     sec = Section(tmp_path / "agent.toml", {"device": str(device), "interval_s": 0.1, "timeout_s": 1.0,
                                             "debounce_n": 1, "debounce_m": 1}, "checkers.ipmi.")
     checker = IpmiChecker.from_config(sec, "h1")
-    assert checker.bmc.target == str(device)
+    assert checker.checks[0].target == str(device)
     async with levels(checker) as lv:
         now = await lv.until(lambda n: "ipmi:bmc" in n, timeout=5)
         bmc = now["ipmi:bmc"]
@@ -136,3 +136,22 @@ def test_in_band_refuses_lan_keys(tmp_path: Any) -> None:
     sec = Section(tmp_path / "agent.toml", {"interface": "local", "address": "10.0.0.9"}, "checkers.ipmi.")
     with pytest.raises(ConfigError, match=r"checkers\.ipmi\.address: unknown key"):
         IpmiChecker.from_config(sec, "h1")
+
+
+def test_a_discarded_lan_session_leaves_nothing_in_pyghmi(vbmc: Vbmc) -> None:
+    """discard() logs out of a real RMCP+ session and takes it out of pyghmi's process-wide tables (it reaches
+    into pyghmi's internals: a pyghmi that renamed them would leave the session behind, and this fails)."""
+    from pyghmi.ipmi.private.session import Session
+
+    from agent.checkers.ipmi_client import SensorClient
+    from doctor_common.ipmi_session import discard
+
+    client = SensorClient.lan("127.0.0.1", vbmc.port, "admin", vbmc.password_file.read_text().strip())
+    session = client.ipmi_session
+    assert "error" not in client.raw_command(netfn=6, command=1)  # Get Device ID: a live session
+    tables = ("keepalive_sessions", "waiting_sessions", "initting_sessions")
+    assert any(session in getattr(Session, t) for t in tables) or \
+        any(session in ports.values() for ports in Session.bmc_handlers.values())
+    discard(client)
+    assert not any(session in getattr(Session, t) for t in tables)
+    assert not any(session in ports.values() for ports in Session.bmc_handlers.values())

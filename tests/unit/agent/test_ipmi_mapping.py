@@ -124,4 +124,3 @@ def test_discarding_an_in_band_session_is_harmless() -> None:
         ipmi_session = LocalSession()
 
     discard(Client())
-    discard(Client(), wait_s=1.0)
