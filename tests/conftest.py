@@ -7,12 +7,17 @@ Tests that need root (network namespaces) or Debian's etcd say so with the
 
 from __future__ import annotations
 
+import asyncio
 import os
+import select
 import shutil
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from doctor_common.lab import free_port  # noqa: F401 - the tests' one source of loopback ports
 
 
 def _unavailable(reason: str) -> None:
@@ -39,13 +44,6 @@ def needs_etcd() -> str:
     return path  # type: ignore[return-value]
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A loopback port free right now (TCP by default, UDP with SOCK_DGRAM)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 NOTIFY_LIMIT = 500  # sd_notify messages read while waiting for one: bounds a loop that pings forever
 
 
@@ -68,3 +66,34 @@ async def anotify_until(recv: Callable[[], Awaitable[str]], prefix: str, limit: 
         if seen[-1].startswith(prefix):
             return seen
     raise AssertionError(f"no {prefix!r} in {limit} messages; last: {seen[-3:]}")
+
+
+async def arecv(sock: socket.socket, timeout: float = 5.0) -> str:
+    """One datagram from a non-blocking socket, waited for on the event loop."""
+    return (await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 4096), timeout)).decode()
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET as systemd gives one: a datagram socket (here in the test's temp dir)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+
+    def recv(self, timeout: float = 15.0) -> str:
+        """The next message, for tests without an event loop; TimeoutError after ``timeout``."""
+        if not select.select([self.sock], [], [], timeout)[0]:
+            raise TimeoutError(f"no sd_notify message within {timeout:g}s")
+        return self.sock.recv(4096).decode()
+
+    async def arecv(self, timeout: float = 5.0) -> str:
+        return await arecv(self.sock, timeout)
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    n = NotifySocket(tmp_path / "notify")
+    yield n
+    n.sock.close()

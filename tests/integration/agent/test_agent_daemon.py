@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,7 @@ from agent.config import load_agent_config
 from agent.main import Agent
 from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.grpcutil import server_options
-from tests.conftest import free_port, notify_until
+from tests.conftest import NotifySocket, free_port, notify_until
 
 from .conftest import Procs, Vbmc, unique
 
@@ -133,35 +132,24 @@ argv = ["{check}"]
         await asyncio.wait_for(run, 10)
 
 
-@pytest.fixture
-def notify(tmp_path: Path) -> Any:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = tmp_path / "notify"
-    sock.bind(str(path))
-    sock.settimeout(15)
-    yield sock, str(path)
-    sock.close()
-
-
-def test_doctor_agent_is_a_notify_service(tmp_path: Path, notify: Any) -> None:
+def test_doctor_agent_is_a_notify_service(tmp_path: Path, notify: NotifySocket) -> None:
     """The real daemon: READY=1 once checkers run, WATCHDOG=1 pings, STOPPING=1 and exit 0 on SIGTERM;
     exec checks do not inherit NOTIFY_SOCKET."""
-    sock, path = notify
     env_dump = tmp_path / "env"
     check = tmp_path / "check"
     check.write_text(f"#!/bin/sh\nenv > {env_dump}\necho OK\n")
     check.chmod(0o755)
     cfg = write_config(tmp_path, f"127.0.0.1:{free_port()}",
                        f'[checkers.nic]\ninterfaces = ["lo"]\n[checkers.exec.commands.env]\nargv = ["{check}"]\n')
-    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
+    env = dict(os.environ, NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="400000")
     proc = subprocess.Popen([*AGENT, "--config", str(cfg)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        messages = notify_until(lambda: sock.recv(4096).decode(), "READY=1")
+        messages = notify_until(notify.recv, "READY=1")
         assert "STATUS=2 checkers running" in messages[-1]
-        assert [sock.recv(4096).decode() for _ in range(3)] == ["WATCHDOG=1"] * 3  # every ~0.2 s
+        assert [notify.recv() for _ in range(3)] == ["WATCHDOG=1"] * 3  # every ~0.2 s
         proc.send_signal(signal.SIGTERM)
-        *pings, _ = notify_until(lambda: sock.recv(4096).decode(), "STOPPING=1")
+        *pings, _ = notify_until(notify.recv, "STOPPING=1")
         assert set(pings) <= {"WATCHDOG=1"}
         assert proc.wait(15) == 0
     finally:
@@ -210,10 +198,9 @@ HEAVY = ("pyroute2", "pyghmi.ipmi.command", "importlib.metadata", "grpc", "grpc_
 
 
 @pytest.mark.parametrize("ipmi", ["lan", "local"])
-def test_the_daemon_keeps_heavy_modules_out(tmp_path: Path, notify: Any, vbmc: Vbmc, ipmi: str) -> None:
+def test_the_daemon_keeps_heavy_modules_out(tmp_path: Path, notify: NotifySocket, vbmc: Vbmc, ipmi: str) -> None:
     """Every checker running (READY=1 comes after each reported once): none of the heavy modules was imported,
     Python's ssl (and its libssl) is not mapped; in-band, not even the LAN session's cryptography is loaded."""
-    sock, path = notify
     check = tmp_path / "check"
     check.write_text("#!/bin/sh\necho OK\n")
     check.chmod(0o755)
@@ -228,11 +215,11 @@ libvirt_processes = ["{unique("libvirtd")}"]
 [checkers.exec.commands.ok]
 argv = ["{check}"]
 ''')
-    env = dict(os.environ, NOTIFY_SOCKET=path, PYTHONPROFILEIMPORTTIME="1")
+    env = dict(os.environ, NOTIFY_SOCKET=notify.path, PYTHONPROFILEIMPORTTIME="1")
     proc = subprocess.Popen([*AGENT, "--config", str(cfg)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        notify_until(lambda: sock.recv(4096).decode(), "READY=1")
+        notify_until(notify.recv, "READY=1")
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

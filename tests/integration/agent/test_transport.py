@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from agent.state import AgentState
 from agent.transport import AgentLink
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.grpcutil import server_options
+from doctor_common.lab import wait_for
 
 GATEWAY = [sys.executable, "-m", "tests.integration.agent.gateway"]
 
@@ -81,9 +82,7 @@ async def test_a_frozen_inspector_is_left_for_the_next_and_nothing_is_lost(tmp_p
             sequence = state.update("nic", fault()).sequence  # type: ignore[union-attr]
             assert await b.expect("hello") == "hello compute-1"
             assert await b.expect("events") == f"events {sequence}"
-            async with asyncio.timeout(5):
-                while state.unacked:  # b acked it
-                    await asyncio.sleep(0.01)
+            await wait_for(lambda: not state.unacked, 5, 0.01, "b to ack the event")
             assert link.connects == 2
 
 
@@ -106,12 +105,8 @@ async def gateway_in_process(connect: Handler) -> AsyncIterator[str]:
 
 
 async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 10.0) -> logging.LogRecord:
-    async with asyncio.timeout(timeout):
-        while True:
-            for record in caplog.records:
-                if text in record.getMessage():
-                    return record
-            await asyncio.sleep(0.01)
+    return await wait_for(lambda: next((r for r in caplog.records if text in r.getMessage()), None),
+                          timeout, 0.01, f"a log line with {text!r}")
 
 
 @pytest.mark.parametrize("code, logged, level", [
@@ -138,12 +133,10 @@ async def test_the_inspectors_status_is_logged_and_retried(caplog: pytest.LogCap
         async with running(link):
             record = await wait_for_log(caplog, logged)
             assert record.levelno == level
-            async with asyncio.timeout(10):
-                while calls < 2:  # it tries again
-                    await asyncio.sleep(0.01)
+            await wait_for(lambda: calls >= 2, 10, 0.01, "the agent to try again")
 
 
-async def test_goodbye_reaches_the_inspector_and_ends_the_stream(caplog: pytest.LogCaptureFixture) -> None:
+async def test_goodbye_reaches_the_inspector_and_ends_the_stream() -> None:
     """goodbye() sends Goodbye and half-closes: the inspector's request stream ends; the link stops."""
     seen: list[str] = []
     ended = asyncio.Event()
@@ -159,10 +152,7 @@ async def test_goodbye_reaches_the_inspector_and_ends_the_stream(caplog: pytest.
     async with gateway_in_process(connect) as endpoint:
         link = AgentLink(AgentState("compute-1", "test"), (endpoint,), None)
         async with running(link) as task:
-            async with asyncio.timeout(10):
-                await link.connected.wait()
-                while "heartbeat" not in seen:
-                    await asyncio.sleep(0.01)
+            await wait_for(lambda: link.connected.is_set() and "heartbeat" in seen, 10, 0.01, "a heartbeat")
             await link.goodbye("agent stopping")
             async with asyncio.timeout(10):
                 await ended.wait()

@@ -96,4 +96,10 @@ async def test_a_host_that_dies_during_the_takeover_is_still_noticed(
     [host] = n.physical_resource_info
     assert host.physical_resource_id == "compute-2" and host.faults[0].fault_type == "compute.host.unreachable"
     assert n.fenced and lab.power("compute-2") == ("off", 1)
+    # compute-1 said Hello to the new leader in time: up and connected there, so never judged (its power-off
+    # would still be in flight now, were it being fenced)
+    status = await lab.status(1)
+    assert status is not None
+    [one] = [a for a in status.agents if a.host_id == "compute-1"]
+    assert (one.liveness, one.connected) == ("up", True)
     assert lab.power("compute-1") == ("on", 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -30,9 +31,10 @@ async def test_clients_arriving_at_a_follower_after_the_leader_died_are_held_and
         await agent.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(host_id="compute-1", boot_id="b")))
         sub = fault_pb2_grpc.FaultManagementStub(ch).Subscribe(
             fault_pb2.SubscribeRequest(subscription_id=sub_id), metadata=auth_metadata(lab.tokens["admin"]))
-        first_agent = await agent.read()
-        agent_at = time.monotonic()
-        first_sub = await sub.read()
+        async with asyncio.timeout(10):  # held at most lease TTL + 1.5 s
+            first_agent = await agent.read()
+            agent_at = time.monotonic()
+            first_sub = await sub.read()
         sub.cancel()
         agent.cancel()
     assert first_agent.WhichOneof("kind") == "config", f"not held: {first_agent}"

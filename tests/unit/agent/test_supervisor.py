@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from agent.config import AgentConfig
 from agent.main import CHECKER_FAILED, Agent, Supervisor
 from agent.state import AgentState
 from doctor_common.systemd import SystemdNotifier
-from tests.conftest import anotify_until, free_port
+from tests.conftest import NotifySocket, anotify_until, free_port
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -89,47 +88,33 @@ async def test_a_crashing_checker_is_restarted_reported_and_isolated() -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[tuple[socket.socket, dict[str, str]]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify"))
-    sock.setblocking(False)
-    yield sock, {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "40000"}
-    sock.close()
-
-
-async def receive(sock: socket.socket, timeout: float = 5.0) -> str:
-    return (await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 4096), timeout)).decode()
-
-
 def config(*checkers: object) -> AgentConfig:
     return AgentConfig(host_id="h1", endpoints=(f"127.0.0.1:{free_port()}",), checkers=checkers,
                        max_backoff_s=0.5)
 
 
-async def test_ready_then_watchdog_until_a_checker_hangs(notify: tuple[socket.socket, dict[str, str]]) -> None:
+async def test_ready_then_watchdog_until_a_checker_hangs(notify: NotifySocket) -> None:
     """READY=1 once both checkers reported; pings while alive; a checker silent past its deadline stops them."""
-    sock, env = notify
-    notifier = SystemdNotifier(env)
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "40000"})
     agent = Agent(config(Steady(), Hangs()), notifier, checker_backoff_s=(0.01, 0.05))
     stop = asyncio.Event()
     run = asyncio.create_task(agent.run(stop))
     try:
-        *early, msg = await anotify_until(lambda: receive(sock), "READY=1")
+        *early, msg = await anotify_until(notify.arecv, "READY=1")
         assert set(early) <= {"WATCHDOG=1"}  # pings may start while the checkers start up
         assert msg.startswith("READY=1\nSTATUS=2 checkers running")
-        *pings, msg = await anotify_until(lambda: receive(sock), "STATUS=")
+        *pings, msg = await anotify_until(notify.arecv, "STATUS=")
         assert set(pings) <= {"WATCHDOG=1"} and len(pings) >= 2  # the hung checker's deadline is 0.25 s, pings come every 20 ms
         assert msg.startswith("STATUS=loops not alive: checker:hangs: silent for")
         with pytest.raises(asyncio.TimeoutError):
-            await receive(sock, timeout=0.3)  # 15 periods, not one ping
+            await notify.arecv(timeout=0.3)  # 15 periods, not one ping
         assert any(line.startswith("checker:hangs: ") for line in agent.health().loops_not_alive)
         assert not run.done()  # hung is systemd's to judge: it kills and restarts us
     finally:
         stop.set()
         await asyncio.wait_for(run, 5)
         notifier.close()
-    assert (await receive(sock)).startswith("STOPPING=1")
+    assert (await notify.arecv()).startswith("STOPPING=1")
 
 
 async def test_a_dead_main_loop_ends_the_agent() -> None:

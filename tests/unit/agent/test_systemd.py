@@ -6,40 +6,25 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+
 from pathlib import Path
 
 import pytest
 
 from doctor_common.systemd import Liveness, SystemdNotifier, watchdog
-from tests.conftest import anotify_until
+from tests.conftest import NotifySocket, anotify_until, arecv
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify")
-    sock.bind(path)
-    sock.setblocking(False)
-    yield sock, path
-    sock.close()
-
-
-async def receive(sock: socket.socket, timeout: float = 5.0) -> str:
-    loop = asyncio.get_running_loop()
-    return (await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout)).decode()
-
-
-async def test_notifier_speaks_the_protocol(notify_socket: tuple[socket.socket, str]) -> None:
+async def test_notifier_speaks_the_protocol(notify: NotifySocket) -> None:
     """READY, STATUS, WATCHDOG and STOPPING arrive as newline-separated KEY=value datagrams."""
-    sock, path = notify_socket
+    sock, path = notify.sock, notify.path
     n = SystemdNotifier({"NOTIFY_SOCKET": path})
     assert n.enabled and n.ready("3 checkers running")
-    assert await receive(sock) == "READY=1\nSTATUS=3 checkers running"
+    assert await arecv(sock) == "READY=1\nSTATUS=3 checkers running"
     n.watchdog()
-    assert await receive(sock) == "WATCHDOG=1"
+    assert await arecv(sock) == "WATCHDOG=1"
     n.stopping()
-    assert await receive(sock) == "STOPPING=1"
+    assert await arecv(sock) == "STOPPING=1"
     n.close()
 
 
@@ -52,7 +37,7 @@ async def test_abstract_socket_with_at_sign() -> None:
     try:
         n = SystemdNotifier({"NOTIFY_SOCKET": "@" + name})
         assert n.status("hello")
-        assert await receive(sock) == "STATUS=hello"
+        assert await arecv(sock) == "STATUS=hello"
         n.close()
     finally:
         sock.close()
@@ -100,9 +85,9 @@ async def test_liveness_sees_ended_tasks_and_silent_loops() -> None:
     assert live.all_alive()
 
 
-async def test_watchdog_stops_pinging_when_a_loop_dies(notify_socket: tuple[socket.socket, str]) -> None:
+async def test_watchdog_stops_pinging_when_a_loop_dies(notify: NotifySocket) -> None:
     """Pings flow while every loop lives; after one loop's task dies they stop and STATUS says which."""
-    sock, path = notify_socket
+    sock, path = notify.sock, notify.path
     n = SystemdNotifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000"})
     live = Liveness()
     stop = asyncio.Event()
@@ -111,13 +96,13 @@ async def test_watchdog_stops_pinging_when_a_loop_dies(notify_socket: tuple[sock
     pinger = asyncio.create_task(watchdog(n, live))  # every 10 ms: half of WATCHDOG_USEC
     try:
         for _ in range(3):
-            assert await receive(sock) == "WATCHDOG=1"
+            assert await arecv(sock) == "WATCHDOG=1"
         worker.cancel()  # the loop dies
-        *pings, msg = await anotify_until(lambda: receive(sock), "STATUS=")
+        *pings, msg = await anotify_until(lambda: arecv(sock), "STATUS=")
         assert set(pings) <= {"WATCHDOG=1"}  # pings already on their way before it died
         assert msg.startswith("STATUS=loops not alive: worker: ended")
         with pytest.raises(asyncio.TimeoutError):  # 20 watchdog periods without a ping
-            await receive(sock, timeout=0.2)
+            await arecv(sock, timeout=0.2)
     finally:
         pinger.cancel()
         await asyncio.gather(pinger, worker, return_exceptions=True)
