@@ -6,7 +6,7 @@ that we abandoned stays there: its keepalives and retries run inside whatever
 thread next waits for a reply, and a later session to the same address can
 have its replies routed to it. Fencing then stalled for seconds once enough
 dead sessions had piled up in one process. Every abandoned ``Command`` goes
-through ``discard``.
+through ``discard``; every LAN login passes ``credentials``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def credentials(username: str, password: str) -> tuple[bytes, bytes]:
+    """The user and password to log in with, as bytes.
+
+    pyghmi files a login under way by the credentials as given and removes it by the bytes it keeps: given
+    str, the entry is never removed, and every later login to the same BMC is handed that session, dead
+    (a BMC unreachable once stayed unreachable for the life of the process) or alive (it then waited forever
+    for a login that had long finished).
+    """
+    return username.encode(), password.encode()
 
 
 def discard(cmd: Any) -> None:
@@ -35,15 +46,20 @@ def discard(cmd: Any) -> None:
         session._mark_broken()  # pyghmi's own cleanup of its class-level tables
     except Exception:  # noqa: BLE001
         pass
-    handlers = getattr(type(session), "bmc_handlers", None)
-    if handlers is None:
-        return  # an in-band session (/dev/ipmi0) has no routing tables
-    for addr, by_port in list(handlers.items()):
-        for port, owner in list(by_port.items()):
-            if owner is session:
-                del by_port[port]
-        if not by_port:
-            handlers.pop(addr, None)
+    # initting_sessions: a login under str credentials is never removed by pyghmi (see credentials())
+    for table in ("initting_sessions", "bmc_handlers"):
+        entries = getattr(type(session), table, None)
+        if entries is None:
+            continue  # an in-band session (/dev/ipmi0) has no such tables
+        for key, value in list(entries.items()):
+            if value is session:
+                entries.pop(key, None)
+            elif isinstance(value, dict):  # bmc_handlers: BMC address -> {local port: session}
+                for port, owner in list(value.items()):
+                    if owner is session:
+                        del value[port]
+                if not value:
+                    entries.pop(key, None)
 
 
 def start_in_daemon_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":

@@ -97,3 +97,15 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     n = NotifySocket(tmp_path / "notify")
     yield n
     n.sock.close()
+
+
+def pyghmi_sessions(port: int) -> list[str]:
+    """Where pyghmi's process-wide tables still hold a session to the BMC on ``port``."""
+    from pyghmi.ipmi.private.session import Session
+
+    found = [f"bmc_handlers[{addr}]" for addr, by_port in Session.bmc_handlers.items()
+             if isinstance(addr, tuple) and addr[1] == port and by_port]
+    found += [f"{table}" for table in ("keepalive_sessions", "waiting_sessions")
+              for s in list(getattr(Session, table)) if getattr(s, "port", None) == port]
+    found += [f"initting_sessions[{key}]" for key in list(Session.initting_sessions) if key[3] == port]
+    return found

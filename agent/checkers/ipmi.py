@@ -21,6 +21,7 @@ import asyncio
 import functools
 import logging
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -165,20 +166,31 @@ class BmcWorker:
         self._connect = connect
         self._client: Any = None
         self._busy: asyncio.Future[Any] | None = None
+        self._lock = threading.Lock()  # the call thread sets the session, close() takes it
+        self._closed = False
 
     async def call(self, fn: Callable[[Any], T]) -> T:
         if self._busy is not None and not self._busy.done():
             raise BmcBusy("an earlier call is still waiting for the BMC")
 
         def work() -> T:
+            client = self._client
             try:
-                if self._client is None:
-                    self._client = self._connect()
-                return fn(self._client)
+                if client is None:
+                    client = self._connect()
+                    with self._lock:
+                        closed = self._closed
+                        if not closed:
+                            self._client = client
+                    if closed:  # a login that outlived close(): nobody else would log it out
+                        raise RuntimeError("the check has closed")
+                return fn(client)
             except BaseException:
-                if self._client is not None:  # not reused, and not left in pyghmi's process-wide tables
-                    discard(self._client)
-                self._client = None  # the next call logs in again
+                if client is not None:  # not reused, and not left in pyghmi's process-wide tables
+                    discard(client)
+                with self._lock:
+                    if self._client is client:
+                        self._client = None  # the next call logs in again
                 raise
 
         self._busy = start_in_daemon_thread(work, "doctor-ipmi")
@@ -187,7 +199,9 @@ class BmcWorker:
     async def close(self, timeout: float = 0.5) -> None:
         """Log out and forget the session, in a daemon thread waited on at most ``timeout`` (a logout to a
         dead BMC waits ~1 s, and a call stuck on the session may hold it longer); the event loop runs on."""
-        client, self._client = self._client, None
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
         if client is not None:
             await asyncio.wait([start_in_daemon_thread(functools.partial(discard, client), "ipmi-discard")],
                                timeout=timeout)

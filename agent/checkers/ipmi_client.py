@@ -34,7 +34,10 @@ class SensorClient:
         """Log in over RMCP+ (pyghmi's session brings ``cryptography`` for its AES, so only the LAN loads it)."""
         from pyghmi.ipmi.private import session
 
-        return cls(session.Session(bmc=address, userid=username, password=password, port=port))
+        from doctor_common.ipmi_session import credentials
+
+        user, secret = credentials(username, password)
+        return cls(session.Session(bmc=address, userid=user, password=secret, port=port))
 
     @classmethod
     def local(cls, device: str = "/dev/ipmi0") -> "SensorClient":

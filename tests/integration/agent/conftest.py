@@ -19,8 +19,8 @@ import pytest
 
 from agent.checkers.base import Reading
 from doctor_common.config import Section
+from doctor_common.lab import fresh_bmc_port
 from doctor_common.vbmc import start_vbmc, write_sensors
-from tests.conftest import free_port
 
 HEALTHY_SENSORS: list[dict[str, Any]] = [
     {"name": "CPU1 Temp", "type": "temperature", "value": 45, "unc": 80, "uc": 90, "unr": 100},
@@ -72,7 +72,7 @@ def vbmc(tmp_path: Path) -> Iterator[Vbmc]:
     password.write_text(f"{uuid.uuid4().hex}\n")
     sensors = tmp_path / "sensors.json"
     write_sensors(sensors, HEALTHY_SENSORS)
-    port = free_port(socket.SOCK_DGRAM)
+    port = fresh_bmc_port()  # never one an earlier session in this process talked to
     proc = start_vbmc(port, password, sensors_file=sensors, state_file=tmp_path / "power")
     bmc = Vbmc(port, password, sensors, proc)
     yield bmc

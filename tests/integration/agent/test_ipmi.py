@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from agent.checkers.ipmi import UNREACHABLE, IpmiChecker
 from doctor_common.api import common_pb2
 from doctor_common.config import ConfigError, Section
 from doctor_common.vbmc import write_sensors
-from tests.conftest import free_port
+from doctor_common.lab import fresh_bmc_port, wait_for
+from tests.conftest import pyghmi_sessions
 
 from .conftest import Levels, Vbmc
 
@@ -95,7 +97,7 @@ async def test_no_bmc_at_all_is_reported_fast(tmp_path: Any, levels: Callable[[A
     """Nothing listens on the port: the warning comes at the timeout, not after pyghmi's own seconds."""
     pw = tmp_path / "pw"
     pw.write_text("x\n")
-    sec = Section(tmp_path / "agent.toml", {"address": "127.0.0.1", "port": free_port(), "password_file": str(pw),
+    sec = Section(tmp_path / "agent.toml", {"address": "127.0.0.1", "port": fresh_bmc_port(), "password_file": str(pw),
                                             "interval_s": 0.1, "timeout_s": 0.3, "debounce_n": 1, "debounce_m": 1},
                   "checkers.ipmi.")
     async with levels(IpmiChecker.from_config(sec, "h1")) as lv:
@@ -149,9 +151,31 @@ def test_a_discarded_lan_session_leaves_nothing_in_pyghmi(vbmc: Vbmc) -> None:
     client = SensorClient.lan("127.0.0.1", vbmc.port, "admin", vbmc.password_file.read_text().strip())
     session = client.ipmi_session
     assert "error" not in client.raw_command(netfn=6, command=1)  # Get Device ID: a live session
-    tables = ("keepalive_sessions", "waiting_sessions", "initting_sessions")
-    assert any(session in getattr(Session, t) for t in tables) or \
-        any(session in ports.values() for ports in Session.bmc_handlers.values())
+
+    def held() -> list[str]:
+        return [t for t in ("keepalive_sessions", "waiting_sessions") if session in getattr(Session, t)] + \
+            (["initting_sessions"] if session in Session.initting_sessions.values() else []) + \
+            (["bmc_handlers"] if any(session in ports.values() for ports in Session.bmc_handlers.values()) else [])
+    assert held(), "a live session is in pyghmi's tables"
     discard(client)
-    assert not any(session in getattr(Session, t) for t in tables)
-    assert not any(session in ports.values() for ports in Session.bmc_handlers.values())
+    assert held() == []
+
+
+async def test_closing_during_a_login_leaves_no_session(vbmc: Vbmc) -> None:
+    """A check closed while its login still waits for the BMC: the login that completes afterwards is logged
+    out, not left in pyghmi's tables sending keepalives for the life of the agent."""
+    from agent.checkers.ipmi import BmcWorker
+    from agent.checkers.ipmi_client import SensorClient
+
+    password = vbmc.password_file.read_text().strip()
+    worker = BmcWorker(lambda: SensorClient.lan("127.0.0.1", vbmc.port, "admin", password))
+    vbmc.proc.send_signal(signal.SIGSTOP)
+    try:
+        call = asyncio.create_task(worker.call(lambda client: client.raw_command(netfn=6, command=1)))
+        await wait_for(lambda: pyghmi_sessions(vbmc.port), 10, 0.01, "the login to start")
+        await worker.close()
+    finally:
+        vbmc.proc.send_signal(signal.SIGCONT)  # the login completes now, after close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await asyncio.wait_for(call, 15)
+    await wait_for(lambda: not pyghmi_sessions(vbmc.port), 5, 0.05, "pyghmi to forget the session")
