@@ -14,9 +14,26 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_patching = threading.Lock()
+
+
+def lan_sessions() -> ModuleType:
+    """pyghmi's RMCP+ session module, its two table locks made one; call it before any LAN session exists.
+
+    pyghmi 1.6 takes them in both orders: sending holds the keepalive lock and then takes the waiting one,
+    a timed-out wait holds the waiting lock and then sends. Two threads talking to BMCs at once deadlocked,
+    and with them every IPMI call in the process, for good (four concurrent sessions retrying every
+    0.5 ms hung within a second, every time). One reentrant lock cannot be taken in two orders.
+    """
+    with _patching:
+        from pyghmi.ipmi.private import session  # noqa: PLC0415 - brings cryptography: only LAN users pay
+
+        session.WAITING_SESSIONS = session.KEEPALIVE_SESSIONS
+    return session
 
 
 def credentials(username: str, password: str) -> tuple[bytes, bytes]:

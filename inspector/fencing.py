@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from controller_adapter.base import Bmc
-from doctor_common.ipmi_session import credentials, discard, start_in_daemon_thread
+from doctor_common.ipmi_session import credentials, discard, lan_sessions, start_in_daemon_thread
 
 log = logging.getLogger("doctor.inspector.fencing")
 T = TypeVar("T")
@@ -68,6 +68,7 @@ class IpmiFencer:
             def run() -> T:
                 cmd = self._commands.get(key)
                 if cmd is None:
+                    lan_sessions()  # before pyghmi's first session in this process
                     from pyghmi.ipmi import command  # noqa: PLC0415 - heavy import, only where used
 
                     user, password = credentials(bmc.username, bmc.password)

@@ -32,12 +32,10 @@ class SensorClient:
     @classmethod
     def lan(cls, address: str, port: int, username: str, password: str) -> "SensorClient":
         """Log in over RMCP+ (pyghmi's session brings ``cryptography`` for its AES, so only the LAN loads it)."""
-        from pyghmi.ipmi.private import session
-
-        from doctor_common.ipmi_session import credentials
+        from doctor_common.ipmi_session import credentials, lan_sessions
 
         user, secret = credentials(username, password)
-        return cls(session.Session(bmc=address, userid=user, password=secret, port=port))
+        return cls(lan_sessions().Session(bmc=address, userid=user, password=secret, port=port))
 
     @classmethod
     def local(cls, device: str = "/dev/ipmi0") -> "SensorClient":

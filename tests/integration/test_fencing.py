@@ -10,6 +10,7 @@ import asyncio
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from controller_adapter.base import Bmc
+from doctor_common.ipmi_session import credentials, discard, lan_sessions
 from doctor_common.lab import fresh_bmc_port, wait_for
 from doctor_common.vbmc import read_state, start_vbmc
 from inspector.fencing import IpmiFencer
@@ -135,3 +137,35 @@ async def test_shutting_down_during_a_login_leaves_no_session(bmcs: Bmcs) -> Non
     await asyncio.gather(warming, return_exceptions=True)
     await wait_for(lambda: not fence_threads(), 15, 0.05, "the login's thread to end")
     await wait_for(lambda: not pyghmi_sessions(bmc.port), 5, 0.05, "pyghmi to forget the session")
+
+
+def test_concurrent_logins_and_retries_do_not_deadlock(bmcs: Bmcs) -> None:
+    """Threads logging in to several BMCs at once and retransmitting every 0.5 ms: pyghmi's two table locks,
+    taken in both orders, deadlocked every one of them (and all IPMI in the process) within a second, every
+    time, until lan_sessions() made them one."""
+    lan_sessions()
+    from pyghmi.ipmi import command
+
+    hosts = [bmcs.bmc() for _ in range(4)]
+    for bmc in hosts:
+        bmcs.start(bmc)
+    user, password = credentials("admin", bmcs.password)
+    answers = [0] * len(hosts)
+    stop = time.monotonic() + 2.0
+
+    def work(i: int) -> None:
+        for _ in range(1000):  # logins; bounded in count and in time
+            if time.monotonic() > stop:
+                return
+            cmd = command.Command(bmc="127.0.0.1", userid=user, password=password, port=hosts[i].port)
+            for _ in range(10):
+                if "error" not in cmd.raw_command(netfn=0, command=1, timeout=0.0005):
+                    answers[i] += 1
+            discard(cmd)
+    threads = [threading.Thread(target=work, args=(i,), name="ipmi-stress", daemon=True) for i in range(len(hosts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, stop + 10 - time.monotonic()))
+    assert not [t for t in threads if t.is_alive()], f"IPMI threads deadlocked (answers so far: {answers})"
+    assert all(n > 0 for n in answers), answers
