@@ -12,17 +12,20 @@ through ``discard``; every LAN login passes ``credentials``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("doctor.ipmi")
 _patching = threading.Lock()
 
 
 def lan_sessions() -> ModuleType:
-    """pyghmi's RMCP+ session module, its two table locks made one; call it before any LAN session exists.
+    """pyghmi's RMCP+ session module, its two table locks made one and its I/O thread kept alive; call it before
+    any LAN session exists.
 
     pyghmi 1.6 takes them in both orders: sending holds the keepalive lock and then takes the waiting one,
     a timed-out wait holds the waiting lock and then sends. Two threads talking to BMCs at once deadlocked,
@@ -33,7 +36,23 @@ def lan_sessions() -> ModuleType:
         from pyghmi.ipmi.private import session  # noqa: PLC0415 - brings cryptography: only LAN users pay
 
         session.WAITING_SESSIONS = session.KEEPALIVE_SESSIONS
+        if not getattr(session._io_graball, "guarded", False):
+            session._io_graball = _guarded(session._io_graball)
     return session
+
+
+def _guarded(graball: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+    """pyghmi's I/O thread routes replies through bmc_handlers, checked then indexed without a lock: a session
+    removed in between (a logout in another thread) raises there, and the dead I/O thread would leave every
+    later IPMI wait of the process blocked for good. The datagrams it had read are lost; pyghmi retransmits."""
+    def guarded(sockets: Any, waiters: Any) -> list[Any]:
+        try:
+            return graball(sockets, waiters)
+        except Exception:  # noqa: BLE001 - the I/O thread must live
+            log.warning("pyghmi dropped replies while a session went away", exc_info=True)
+            return []
+    guarded.guarded = True  # type: ignore[attr-defined]
+    return guarded
 
 
 def credentials(username: str, password: str) -> tuple[bytes, bytes]:

@@ -68,6 +68,8 @@ class IpmiFencer:
             def run() -> T:
                 cmd = self._commands.get(key)
                 if cmd is None:
+                    if self._closed:
+                        raise FencingError("fencing has shut down")
                     lan_sessions()  # before pyghmi's first session in this process
                     from pyghmi.ipmi import command  # noqa: PLC0415 - heavy import, only where used
 

@@ -103,7 +103,7 @@ def pyghmi_sessions(port: int) -> list[str]:
     """Where pyghmi's process-wide tables still hold a session to the BMC on ``port``."""
     from pyghmi.ipmi.private.session import Session
 
-    found = [f"bmc_handlers[{addr}]" for addr, by_port in Session.bmc_handlers.items()
+    found = [f"bmc_handlers[{addr}]" for addr, by_port in list(Session.bmc_handlers.items())
              if isinstance(addr, tuple) and addr[1] == port and by_port]
     found += [f"{table}" for table in ("keepalive_sessions", "waiting_sessions")
               for s in list(getattr(Session, table)) if getattr(s, "port", None) == port]

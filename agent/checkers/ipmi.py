@@ -177,6 +177,8 @@ class BmcWorker:
             client = self._client
             try:
                 if client is None:
+                    if self._closed:
+                        raise RuntimeError("the check has closed")
                     client = self._connect()
                     with self._lock:
                         closed = self._closed

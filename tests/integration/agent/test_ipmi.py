@@ -155,7 +155,7 @@ def test_a_discarded_lan_session_leaves_nothing_in_pyghmi(vbmc: Vbmc) -> None:
     def held() -> list[str]:
         return [t for t in ("keepalive_sessions", "waiting_sessions") if session in getattr(Session, t)] + \
             (["initting_sessions"] if session in Session.initting_sessions.values() else []) + \
-            (["bmc_handlers"] if any(session in ports.values() for ports in Session.bmc_handlers.values()) else [])
+            (["bmc_handlers"] if any(session in list(ports.values()) for ports in list(Session.bmc_handlers.values())) else [])
     assert held(), "a live session is in pyghmi's tables"
     discard(client)
     assert held() == []
