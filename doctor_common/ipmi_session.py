@@ -6,12 +6,14 @@ that we abandoned stays there: its keepalives and retries run inside whatever
 thread next waits for a reply, and a later session to the same address can
 have its replies routed to it. Fencing then stalled for seconds once enough
 dead sessions had piled up in one process. Every abandoned ``Command`` goes
-through ``discard``; every LAN login passes ``credentials``.
+through ``discard`` (``Sessions`` does it for its owners); every LAN login
+passes ``credentials``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -96,6 +98,57 @@ def discard(cmd: Any) -> None:
                         del value[port]
                 if not value:
                     entries.pop(key, None)
+
+
+class SessionsClosed(RuntimeError):
+    """A call reached IPMI sessions that have been closed (the owner is shutting down)."""
+
+
+class Sessions:
+    """The pyghmi sessions one owner (the fencer, a BMC check) holds, by key: logged in at first use, dropped
+    when a call on them fails, all logged out at close. A login that completes after close() (a call
+    still waiting for its BMC at shutdown) is logged out too: left alive, pyghmi would keep sending it
+    keepalives from whichever thread waits next, for the life of the process."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[Any, Any] = {}
+        self._lock = threading.Lock()  # call threads add sessions, close() takes them
+        self._closed = False
+
+    def call(self, key: Any, login: Callable[[], Any], fn: Callable[[Any], T]) -> T:
+        """``fn`` on the session under ``key``, logging in with ``login()`` first if there is none (blocking:
+        run it in a daemon thread)."""
+        session = self._by_key.get(key)
+        if session is None:
+            if self._closed:
+                raise SessionsClosed("the IPMI sessions have been closed (shut down)")
+            session = login()
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._by_key[key] = session
+            if closed:
+                discard(session)
+                raise SessionsClosed("the IPMI sessions have been closed (shut down)")
+        try:
+            return fn(session)
+        except BaseException:
+            with self._lock:  # a timed-out call's thread may end after a newer session took its place
+                if self._by_key.get(key) is session:
+                    del self._by_key[key]
+            discard(session)  # not reused, nor left in pyghmi's process-wide tables
+            raise
+
+    async def close(self, timeout: float) -> None:
+        """Log out of every session, concurrently, each in a daemon thread, all within ``timeout`` (a logout to
+        a dead BMC waits ~1 s, and a call stuck on its session may hold it longer); the event loop runs on."""
+        with self._lock:
+            self._closed = True
+            sessions = list(self._by_key.values())
+            self._by_key.clear()
+        if sessions:
+            await asyncio.wait([start_in_daemon_thread(functools.partial(discard, s), "ipmi-discard")
+                                for s in sessions], timeout=timeout)
 
 
 def start_in_daemon_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":

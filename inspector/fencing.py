@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from controller_adapter.base import Bmc
-from doctor_common.ipmi_session import credentials, discard, lan_sessions, start_in_daemon_thread
+from doctor_common.ipmi_session import Sessions, credentials, lan_sessions, start_in_daemon_thread
 
 log = logging.getLogger("doctor.inspector.fencing")
 T = TypeVar("T")
@@ -51,9 +50,7 @@ class IpmiFencer:
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.poll_interval_s = poll_interval_s
-        self._commands: dict[tuple[str, int, str], Any] = {}
-        self._commands_lock = threading.Lock()  # the call threads add sessions, close() takes them
-        self._closed = False
+        self._sessions = Sessions()
         self._locks: dict[tuple[str, int, str], asyncio.Lock] = {}
         self.power_offs_sent = 0
 
@@ -65,33 +62,15 @@ class IpmiFencer:
         key = self._key(bmc)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # concurrent calls on one pyghmi session are 70-200x slower
-            def run() -> T:
-                cmd = self._commands.get(key)
-                if cmd is None:
-                    if self._closed:
-                        raise FencingError("fencing has shut down")
-                    lan_sessions()  # before pyghmi's first session in this process
-                    from pyghmi.ipmi import command  # noqa: PLC0415 - heavy import, only where used
+            def login() -> Any:
+                lan_sessions()  # before pyghmi's first session in this process
+                from pyghmi.ipmi import command  # noqa: PLC0415 - heavy import, only where used
 
-                    user, password = credentials(bmc.username, bmc.password)
-                    cmd = command.Command(bmc=bmc.address, userid=user, password=password, port=bmc.port)
-                    with self._commands_lock:
-                        closed = self._closed
-                        if not closed:
-                            self._commands[key] = cmd
-                    if closed:  # a login that outlived close() (a cancelled warm-up): nobody would log it out
-                        discard(cmd)
-                        raise FencingError("fencing has shut down")
-                try:
-                    return fn(cmd)
-                except Exception:
-                    with self._commands_lock:
-                        if self._commands.get(key) is cmd:  # a broken session is not reused (a timed-out call's
-                            del self._commands[key]         # thread may end after a newer session took its place)...
-                    discard(cmd)  # ...nor left in pyghmi's process-wide tables
-                    raise
+                user, password = credentials(bmc.username, bmc.password)
+                return command.Command(bmc=bmc.address, userid=user, password=password, port=bmc.port)
 
-            return await asyncio.wait_for(start_in_daemon_thread(run, "ipmi-fence"), timeout)
+            return await asyncio.wait_for(
+                start_in_daemon_thread(functools.partial(self._sessions.call, key, login, fn), "ipmi-fence"), timeout)
 
     def _raw(self, command: int, data: tuple[int, ...] = ()) -> Callable[[Any], dict[str, Any]]:
         def call(cmd: Any) -> dict[str, Any]:
@@ -176,10 +155,4 @@ class IpmiFencer:
     async def close(self, timeout: float = 1.0) -> None:
         """Log out of the BMCs and make pyghmi forget the sessions (bounded: a dead BMC must not hold up
         shutdown, and must not leave keepalives running in this process)."""
-        with self._commands_lock:
-            self._closed = True
-            commands = list(self._commands.values())
-            self._commands.clear()
-        if commands:  # concurrently, each in a daemon thread: the whole budget for all of them
-            await asyncio.wait([start_in_daemon_thread(functools.partial(discard, c), "ipmi-discard")
-                                for c in commands], timeout=timeout)
+        await self._sessions.close(timeout)

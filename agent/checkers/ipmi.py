@@ -21,7 +21,6 @@ import asyncio
 import functools
 import logging
 import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,7 +29,7 @@ from agent.checkers.base import Reading, Status
 from agent.checkers.polling import Check, PollingChecker, Schedule
 from doctor_common.api import common_pb2
 from doctor_common.config import Section
-from doctor_common.ipmi_session import discard, start_in_daemon_thread
+from doctor_common.ipmi_session import Sessions, start_in_daemon_thread
 
 log = logging.getLogger("doctor.agent.ipmi")
 T = TypeVar("T")
@@ -164,49 +163,19 @@ class BmcWorker:
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
-        self._client: Any = None
+        self._sessions = Sessions()  # one, under the key None
         self._busy: asyncio.Future[Any] | None = None
-        self._lock = threading.Lock()  # the call thread sets the session, close() takes it
-        self._closed = False
 
     async def call(self, fn: Callable[[Any], T]) -> T:
         if self._busy is not None and not self._busy.done():
             raise BmcBusy("an earlier call is still waiting for the BMC")
-
-        def work() -> T:
-            client = self._client
-            try:
-                if client is None:
-                    if self._closed:
-                        raise RuntimeError("the check has closed")
-                    client = self._connect()
-                    with self._lock:
-                        closed = self._closed
-                        if not closed:
-                            self._client = client
-                    if closed:  # a login that outlived close(): nobody else would log it out
-                        raise RuntimeError("the check has closed")
-                return fn(client)
-            except BaseException:
-                if client is not None:  # not reused, and not left in pyghmi's process-wide tables
-                    discard(client)
-                with self._lock:
-                    if self._client is client:
-                        self._client = None  # the next call logs in again
-                raise
-
-        self._busy = start_in_daemon_thread(work, "doctor-ipmi")
+        self._busy = start_in_daemon_thread(functools.partial(self._sessions.call, None, self._connect, fn),
+                                            "doctor-ipmi")
         return await asyncio.shield(self._busy)  # the caller's run timeout bounds the wait; the thread runs on
 
     async def close(self, timeout: float = 0.5) -> None:
-        """Log out and forget the session, in a daemon thread waited on at most ``timeout`` (a logout to a
-        dead BMC waits ~1 s, and a call stuck on the session may hold it longer); the event loop runs on."""
-        with self._lock:
-            self._closed = True
-            client, self._client = self._client, None
-        if client is not None:
-            await asyncio.wait([start_in_daemon_thread(functools.partial(discard, client), "ipmi-discard")],
-                               timeout=timeout)
+        """Log out and forget the session, waited on at most ``timeout``; the event loop runs on."""
+        await self._sessions.close(timeout)
 
 
 @dataclass

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from controller_adapter.base import Bmc
-from doctor_common.ipmi_session import lan_sessions
+from doctor_common.ipmi_session import SessionsClosed, lan_sessions
 from doctor_common.lab import fresh_bmc_port, wait_for
 from doctor_common.vbmc import read_state, start_vbmc
-from inspector.fencing import FencingError, IpmiFencer
+from inspector.fencing import IpmiFencer
 from tests.conftest import pyghmi_sessions
 
 
@@ -134,7 +134,7 @@ async def test_shutting_down_during_a_login_leaves_no_session(bmcs: Bmcs) -> Non
         await fencer.close()
     finally:
         proc.send_signal(signal.SIGCONT)  # now the login completes, after close()
-    with pytest.raises(FencingError, match="shut down"):
+    with pytest.raises(SessionsClosed, match="shut down"):
         await call
     await wait_for(lambda: not pyghmi_sessions(bmc.port), 20, 0.05, "pyghmi to forget the session")
 

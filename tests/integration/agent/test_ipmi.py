@@ -166,6 +166,7 @@ async def test_closing_during_a_login_leaves_no_session(vbmc: Vbmc) -> None:
     out, not left in pyghmi's tables sending keepalives for the life of the agent."""
     from agent.checkers.ipmi import BmcWorker
     from agent.checkers.ipmi_client import SensorClient
+    from doctor_common.ipmi_session import SessionsClosed
 
     password = vbmc.password_file.read_text().strip()
     worker = BmcWorker(lambda: SensorClient.lan("127.0.0.1", vbmc.port, "admin", password))
@@ -176,6 +177,6 @@ async def test_closing_during_a_login_leaves_no_session(vbmc: Vbmc) -> None:
         await worker.close()
     finally:
         vbmc.proc.send_signal(signal.SIGCONT)  # the login completes now, after close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(SessionsClosed, match="closed"):
         await asyncio.wait_for(call, 15)
     await wait_for(lambda: not pyghmi_sessions(vbmc.port), 5, 0.05, "pyghmi to forget the session")
