@@ -143,22 +143,14 @@ def test_in_band_refuses_lan_keys(tmp_path: Any) -> None:
 def test_a_discarded_lan_session_leaves_nothing_in_pyghmi(vbmc: Vbmc) -> None:
     """discard() logs out of a real RMCP+ session and takes it out of pyghmi's process-wide tables (it reaches
     into pyghmi's internals: a pyghmi that renamed them would leave the session behind, and this fails)."""
-    from pyghmi.ipmi.private.session import Session
-
     from agent.checkers.ipmi_client import SensorClient
     from doctor_common.ipmi_session import discard
 
     client = SensorClient.lan("127.0.0.1", vbmc.port, "admin", vbmc.password_file.read_text().strip())
-    session = client.ipmi_session
     assert "error" not in client.raw_command(netfn=6, command=1)  # Get Device ID: a live session
-
-    def held() -> list[str]:
-        return [t for t in ("keepalive_sessions", "waiting_sessions") if session in getattr(Session, t)] + \
-            (["initting_sessions"] if session in Session.initting_sessions.values() else []) + \
-            (["bmc_handlers"] if any(session in list(ports.values()) for ports in list(Session.bmc_handlers.values())) else [])
-    assert held(), "a live session is in pyghmi's tables"
+    assert pyghmi_sessions(vbmc.port), "a live session is in pyghmi's tables"
     discard(client)
-    assert held() == []
+    assert pyghmi_sessions(vbmc.port) == []
 
 
 async def test_closing_during_a_login_leaves_no_session(vbmc: Vbmc) -> None:
