@@ -31,8 +31,8 @@ class AgentState:
         self._readings[reading.component] = reading
         state = reading.to_proto(checker)
         self.components[reading.component] = state
-        if previous is None and reading.status.name == "OK":
-            return None  # a healthy first sight is level (sent in Hello), not an edge
+        # a first sight is sent too, healthy or not: the Hello may have gone out before the checker's
+        # first reading, and the inspector must learn the whole level, not only the faults
         self.sequence += 1
         event = agent_pb2.Event(sequence=self.sequence, state=state, observed_unix_nanos=reading.observed_ns)
         self.unacked[self.sequence] = event
