@@ -22,7 +22,7 @@ from agent.config import AgentConfig, load_agent_config
 from agent.state import AgentState
 from agent.transport import AgentLink
 from doctor_common import __version__
-from doctor_common.agent_limits import MAX_TEXT
+from doctor_common.agent_limits import MAX_CHECKERS, MAX_TEXT
 from doctor_common.api import agent_pb2, common_pb2
 from doctor_common.config import ConfigError
 from doctor_common.logs import setup_logging
@@ -100,7 +100,8 @@ class Supervisor:
     def health(self) -> agent_pb2.CheckerHealth:
         """What Diagnostics shows of this checker: crashes, and each check's runs (polling checkers)."""
         stats = getattr(self.checker, "stats", None)
-        checks = [s.to_proto(name) for name, s in stats.items()] if isinstance(stats, dict) else []
+        # within the gateway's limits: a report it refuses would end the event stream, again at every connect
+        checks = [s.to_proto(name) for name, s in list(stats.items())[:MAX_CHECKERS]] if isinstance(stats, dict) else []
         return agent_pb2.CheckerHealth(checker=self.checker.name, restarts=self.restarts,
                                        last_crash=self.last_crash[:MAX_TEXT], checks=checks)
 
@@ -162,8 +163,9 @@ class Agent:
     def health(self) -> agent_pb2.AgentHealth:
         """The agent's own health as it reports it to the inspector (Diagnostics shows the latest)."""
         return agent_pb2.AgentHealth(
-            checkers=[s.health() for s in self.supervisors], collected_unix_nanos=now_ns(),
-            loops_not_alive=[f"{name}: {why}"[:MAX_TEXT] for name, why in sorted(self.liveness.problems().items())])
+            checkers=[s.health() for s in self.supervisors[:MAX_CHECKERS]], collected_unix_nanos=now_ns(),
+            loops_not_alive=[f"{name}: {why}"[:MAX_TEXT]
+                             for name, why in sorted(self.liveness.problems().items())[:MAX_CHECKERS]])
 
 
 

@@ -162,3 +162,19 @@ async def test_diagnostics_expose_each_checks_runs() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_health_report_stays_within_what_the_gateway_accepts() -> None:
+    """More checks than the gateway takes in one report (an exec checker with many commands): the report is cut
+    to the limit instead of being refused, which would end the agent's event stream at every connect."""
+    from agent.checkers.exec import ExecChecker
+    from doctor_common.agent_limits import MAX_CHECKERS
+    from doctor_common.api import agent_pb2
+    from doctor_common.config import Section
+    from inspector.gateway import check_health
+
+    commands = {f"c{i}": {"argv": ["true"]} for i in range(MAX_CHECKERS + 5)}
+    checker = ExecChecker.from_config(Section(Path("a.toml"), {"commands": commands}, "checkers.exec."), "h1")
+    health = Supervisor(checker, AgentState("h1", "test")).health()
+    assert len(health.checks) == MAX_CHECKERS
+    check_health(agent_pb2.AgentHealth(checkers=[health]))
