@@ -61,6 +61,7 @@ class Inspector:
         self.started_ns = now_ns()
         self.resources = ResourceMap(self.controller, cfg.resource_refresh_s)
         self.alarms = AlarmStore()
+        self._faults_responded: set[tuple[str, str]] = set()  # (host, component) faulty since its last clear
         self.registry = Registry(cfg.queue_limit)
         self.durable: Any = self.leadership.durable if self.leadership else NullDurable()
         self.log: Any = self.leadership.log if self.leadership else (notification_log or MemoryLog(cfg.retention))
@@ -275,11 +276,16 @@ class Inspector:
     def _on_state(self, rec: HostRecord, state: agent_pb2.ComponentState, trigger: Trigger) -> None:
         if not self.acting:
             return
+        key = (rec.host_id, state.component)
         if state.status in FAULTY and state.fault_type:
+            self._faults_responded.add(key)
             self._act(self.responder.fault(trigger), f"response to {trigger.fault_type} on {rec.host_id}")
-        elif (state.status == agent_pb2.COMPONENT_STATUS_OK
-              and self.alarms.by_component(rec.host_id, state.component) is not None):
-            # most OK readings (every healthy component of every Hello) have nothing to clear: no task for them
+        elif state.status == agent_pb2.COMPONENT_STATUS_OK and (
+                key in self._faults_responded or self.alarms.by_component(*key) is not None):
+            # most OK readings (every healthy component of every Hello) have nothing to clear: no task for them.
+            # A fault response may not have raised its alarm yet (it waits for the host's lock): the clear
+            # queues behind it on that lock.
+            self._faults_responded.discard(key)
             self._act(self.responder.clear(rec.host_id, state.component), f"clearing {state.component}")
 
     async def _liveness_changed(self, rec: HostRecord, old: str, new: str) -> None:

@@ -165,6 +165,36 @@ async def test_resent_events_are_processed_once_and_acked(lab: Lab) -> None:
     assert len(sensor) == 2, "each warning notified exactly once, though event 1 was sent twice"
 
 
+async def test_a_fault_healed_in_the_same_batch_leaves_no_alarm(lab: Lab) -> None:
+    """A flap within one batch (warning, then OK, of one component): the warning is notified and then cleared,
+    though its response had not raised the alarm yet when the OK was read."""
+    from doctor_common.lab import wait_for
+
+    token = lab.hosts["compute-1"].agent_token
+
+    def ev(seq: int, status: int) -> agent_pb2.Event:
+        warning = status == agent_pb2.COMPONENT_STATUS_WARNING
+        return agent_pb2.Event(sequence=seq, state=agent_pb2.ComponentState(
+            component="sensor:flap", status=status, fault_type="compute.host.sensor.warning" if warning else "",
+            severity=common_pb2.SEVERITY_WARNING if warning else common_pb2.SEVERITY_INDETERMINATE))
+
+    async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+        call = agent_pb2_grpc.AgentGatewayStub(ch).Connect(metadata=auth_metadata(token))
+        await call.write(hello("compute-1", boot="b"))
+        await call.write(agent_pb2.AgentMessage(events=agent_pb2.EventBatch(
+            events=[ev(1, agent_pb2.COMPONENT_STATUS_WARNING), ev(2, agent_pb2.COMPONENT_STATUS_OK)])))
+
+        async def warning_and_clearing() -> list[common_pb2.AlarmState.ValueType] | None:
+            logged = await lab.inspector.log.read(0, lab.inspector.log.last_sequence)
+            states = [f.state for n in logged for f in n.physical_resource_info[0].faults
+                      if f.fault_type == "compute.host.sensor.warning"]
+            return states if len(states) >= 2 else None
+        states = await wait_for(warning_and_clearing, 5, 0.01, "the warning and its clearing")
+        call.cancel()
+    assert states == [common_pb2.ALARM_STATE_FIRED, common_pb2.ALARM_STATE_CLEARED]
+    assert lab.inspector.alarms.by_component("compute-1", "sensor:flap") is None
+
+
 async def test_slow_consumer_is_cut_off_without_delaying_others(lab: Lab) -> None:
     """A subscriber that stops reading is ended with RESOURCE_EXHAUSTED (telling it where to resume) while a
     reading subscriber receives every notification."""
