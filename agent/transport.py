@@ -42,7 +42,7 @@ PING_TIMEOUT_S = 0.5
 # a status that no retry can fix until someone changes a configuration
 _CONFIG_ERRORS = {Status.UNAUTHENTICATED, Status.PERMISSION_DENIED, Status.NOT_FOUND, Status.INVALID_ARGUMENT}
 # what ends a stream without a gRPC status: the connection lost, a reset, a frame we cannot take, our own timeout
-_STREAM_ENDED = (ConnectionError, OSError, StreamTerminatedError, ProtocolError, TimeoutError)
+_STREAM_ENDED = (OSError, StreamTerminatedError, ProtocolError)  # OSError covers connection errors, timeouts
 
 
 def open_channel(target: str, keepalive_ms: int) -> Channel:

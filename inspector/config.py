@@ -77,10 +77,13 @@ def _advertise(i: Section, listen: list[str]) -> str:
     for address in listen:
         if address.startswith("unix:"):
             continue
-        try:
-            host = parse_endpoint(address)[0]
-        except ValueError:  # ":50051", gRPC's own way to say every address
+        if address.startswith(":"):  # ":50051", gRPC's own way to say every address
             host = ""
+        else:
+            try:
+                host = parse_endpoint(address)[0]
+            except ValueError as exc:
+                raise i.error("listen", str(exc)) from None
         if host in ("", "0.0.0.0", "::"):
             raise i.error("advertise", f"listen address {address!r} is a wildcard: give the address other replicas, "
                                        "agents and consumers reach this one at (advertise = \"10.0.0.1:50051\")")

@@ -58,3 +58,21 @@ async def test_good_config_loads(tmp_path: Path) -> None:
         assert cfg.node_id == "n" and cfg.controller.name == "embedded" and cfg.liveness_timeout_s == 1.5
     finally:
         await cfg.controller.close()
+
+
+@pytest.mark.parametrize("listen, key, words", [
+    (":50051", "inspector.advertise", "is a wildcard"),
+    ("0.0.0.0:50051", "inspector.advertise", "is a wildcard"),
+    ("localhost:http", "inspector.listen", "port"),
+])
+def test_a_replicated_inspector_must_be_reachable_where_it_says(tmp_path: Path, listen: str, key: str,
+                                                                words: str) -> None:
+    """With [etcd] and no advertise, the listen address is advertised: a wildcard is refused as such, and a listen
+    address that does not parse is reported as that, not as a wildcard."""
+    (tmp_path / "inv.toml").write_text(INVENTORY)
+    p = tmp_path / "inspector.toml"
+    p.write_text(f'[inspector]\nnode_id = "n"\nlisten = ["{listen}"]\n[controller.embedded]\ninventory = "inv.toml"\n'
+                 '[etcd]\n')
+    with pytest.raises(ConfigError) as err:
+        load_inspector_config(p)
+    assert err.value.key == key and words in str(err.value), str(err.value)
