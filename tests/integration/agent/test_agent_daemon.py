@@ -114,8 +114,10 @@ argv = ["{check}"]
         assert {c.checker for c in components.values()} == {"nic", "ipmi", "hypervisor", "exec"}
         assert gw.hello is not None and gw.hello.host_id == "compute-1"
         status.write_text("2")
-        await wait_for(lambda: any(e.state.component == "exec:probe" for e in gw.events), what="exec event")
-        event = next(e for e in gw.events if e.state.component == "exec:probe")
+        # (a first, healthy exec:probe event comes before it when the Hello went out before the first run)
+        await wait_for(lambda: any(e.state.component == "exec:probe" and e.state.status != Status.OK
+                                   for e in gw.events), what="exec event")
+        event = next(e for e in gw.events if e.state.component == "exec:probe" and e.state.status != Status.OK)
         assert (event.state.status, event.state.fault_type, event.state.description) == \
             (Status.FAULT, "compute.host.exec.probe", "state 2")
         await wait_for(lambda: not agent.state.unacked, what="acks")
