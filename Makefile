@@ -31,7 +31,7 @@ proto: $(STAMP)
 	$(PY) -m doctor_common.protogen
 
 demo: setup
-	$(PY) -m doctor_common.demo
+	$(PY) -m doctor_common.lab.demo
 
 test: setup
 	$(PY) -m pytest tests

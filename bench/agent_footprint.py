@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.grpcutil import server_options  # noqa: E402
+from doctor_common.lab.cloud import free_port  # noqa: E402
+from doctor_common.lab.vbmc import write_sensors  # noqa: E402
 from inspector.config import InspectorConfig  # noqa: E402
-from doctor_common.vbmc import write_sensors  # noqa: E402
-from doctor_common.lab import free_port  # noqa: E402
 from tests.conftest import anotify_until, arecv  # noqa: E402
 
 PY = sys.executable
@@ -138,7 +138,7 @@ class Host:
         write_sensors(sensors, SENSORS)
         port = free_port(socket.SOCK_DGRAM)
         if self.ipmi == "lan":
-            bmc = self.start(self.wrap([PY, "-m", "doctor_common.vbmc", "--port", str(port), "--password-file",
+            bmc = self.start(self.wrap([PY, "-m", "doctor_common.lab.vbmc", "--port", str(port), "--password-file",
                                         str(pw), "--sensors-file", str(sensors)]), stdout=subprocess.PIPE)
             assert bmc.stdout is not None and b"listening" in bmc.stdout.readline()
             ipmi = f'address = "127.0.0.1"\nport = {port}\npassword_file = "{pw}"\n'

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from controller_adapter.base import ServerState  # noqa: E402
 from doctor_common.api import common_pb2, fault_pb2  # noqa: E402
 from doctor_common.client import DoctorClient  # noqa: E402
-from doctor_common.lab import Lab, wait_for  # noqa: E402
+from doctor_common.lab.cloud import Lab, wait_for  # noqa: E402
 from doctor_common.timeline import Stage, as_dict, percentile, stage_durations, stage_name  # noqa: E402
 
 HOST = "compute-1"

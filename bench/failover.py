@@ -6,7 +6,7 @@ candidate processes (``tests/integration/etcd/candidate.py``: the real
 notification every 10 ms. Each run SIGKILLs it and measures until another
 candidate has won and completed a fenced write.
 
-Phase 2, the whole system (``doctor_common/halab.py``): 3 ``doctor-inspector``
+Phase 2, the whole system (``doctor_common/lab/replicated.py``): 3 ``doctor-inspector``
 replica processes, 3 agent processes (one per host, listing every replica),
 4 consumers (``DoctorClient.subscribe`` with every replica's address) and a
 monitor reporting a sensor warning every 20 ms through ``ReportJson`` to
@@ -54,11 +54,11 @@ from doctor_common.api import agent_pb2, agent_pb2_grpc, fault_pb2  # noqa: E402
 from doctor_common.auth import Principal  # noqa: E402
 from doctor_common.client import DoctorClient, leader_hint  # noqa: E402
 from doctor_common.grpcutil import auth_metadata  # noqa: E402
-from doctor_common.halab import HaLab  # noqa: E402
-from doctor_common.lab import wait_for  # noqa: E402
-from inspector.etcd_config import EtcdConfig, connect  # noqa: E402
-from notifier.filters import Filter, view_notification  # noqa: E402
+from doctor_common.lab.cloud import wait_for  # noqa: E402
+from doctor_common.lab.replicated import HaLab  # noqa: E402
+from inspector.ha.etcd_config import EtcdConfig, connect  # noqa: E402
 from notifier.etcd_log import EtcdLog  # noqa: E402
+from notifier.filters import Filter, view_notification  # noqa: E402
 from tests.etcd_cluster import EtcdCluster  # noqa: E402
 from tests.integration.etcd.candidate import Candidate  # noqa: E402
 

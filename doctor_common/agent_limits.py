@@ -1,4 +1,4 @@
-"""What the inspector accepts in one agent message (inspector/gateway.py checks, the agent stays within)."""
+"""What the inspector accepts in one agent message (inspector/southbound/gateway.py checks, the agent stays within)."""
 
 MAX_ID = 255          # characters of an identifier: host, component, fault type, checker, check
 MAX_TEXT = 1024       # characters of a text: description, detail, crash

@@ -12,8 +12,8 @@ from controller_adapter.base import Bmc
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.config import ConfigError, Section
 from doctor_common.endpoint import parse_endpoint
-from inspector.etcd_config import EtcdConfig
-from inspector.policy import Policy, default_policy, load_policy
+from inspector.ha.etcd_config import EtcdConfig
+from inspector.response.policy import Policy, default_policy, load_policy
 
 
 @dataclass(frozen=True)

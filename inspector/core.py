@@ -19,22 +19,25 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2, diagnostics_pb2_grpc, fault_pb2_grpc
+from doctor_common.etcd_guard import NotLeader
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import now_ns
-from inspector import crashpoint
-from inspector.actions import Responder, Trigger
-from inspector.alarms import AlarmStore, alarm_from_json
 from inspector.config import InspectorConfig
-from inspector.correlate import ResourceMap
-from inspector.diagnostics import DiagnosticsServicer, HostsServicer
-from inspector.durable import NullDurable
-from inspector.election import NotLeader, Term
-from inspector.faultview import FaultView
-from inspector.fencing import IpmiFencer
-from inspector.gateway import FAULTY, AgentGatewayServicer
-from inspector.leadership import Leadership
-from inspector.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
-from inspector.redirects import LeaderProbe, Redirector
+from inspector.ha.leadership import Leadership
+from inspector.ha.redirects import LeaderProbe, Redirector
+from inspector.ha.term import Term
+from inspector.operator.diagnostics import DiagnosticsServicer, HostsServicer
+from inspector.operator.faultview import FaultView
+from inspector.response import crashpoint
+from inspector.response.alarms import AlarmStore, alarm_from_json
+from inspector.response.correlate import ResourceMap
+from inspector.response.durable import EtcdDurable, NullDurable
+from inspector.response.fencing import IpmiFencer
+from inspector.response.responder import Responder
+from inspector.response.trigger import Trigger
+from inspector.southbound.gateway import AgentGatewayServicer
+from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
+from inspector.southbound.messages import FAULTY
 from notifier.log import MemoryLog, NotificationLog
 from notifier.registry import NOT_LEADER, Registry
 from notifier.server import FaultManagementServicer, Publisher
@@ -53,7 +56,9 @@ class Inspector:
         self.cfg = cfg
         self.auth = cfg.auth
         self.controller = cfg.controller
-        self.leadership = Leadership(cfg) if cfg.etcd is not None else None
+        self.leadership = Leadership(
+            cfg.etcd, node_id=cfg.node_id, advertise=cfg.advertise, advertise_agents=cfg.advertise_agents,
+            retention=cfg.retention, subscription_expiry_s=cfg.subscription_expiry_s) if cfg.etcd is not None else None
         self.role = "follower" if self.leadership else "standalone"
         self.acting = self.leadership is None  # only the acting leader watches, responds and takes streams
         self.term: Term | None = None
@@ -63,7 +68,7 @@ class Inspector:
         self.alarms = AlarmStore()
         self._faults_responded: set[tuple[str, str]] = set()  # (host, component) faulty since its last clear
         self.registry = Registry(cfg.queue_limit)
-        self.durable: Any = self.leadership.durable if self.leadership else NullDurable()
+        self.durable: Any = EtcdDurable(self.leadership.store) if self.leadership else NullDurable()
         self.log: Any = self.leadership.log if self.leadership else (notification_log or MemoryLog(cfg.retention))
         self.book = self.leadership.book if self.leadership else SubscriptionBook(None, cfg.subscription_expiry_s)
         self.publisher = Publisher(self.log, self.registry, after_append=lambda _s: crashpoint.reached("after_publish"))
@@ -113,7 +118,7 @@ class Inspector:
 
     async def require_leader(self, context: grpc.aio.ServicerContext, key: str = "") -> None:
         """Unless acting, abort UNAVAILABLE naming the leader. ``key`` (a subscription id) identifies a client
-        that may be held while the election settles (``inspector/redirects.py``) — and served, if we lead then."""
+        that may be held while the election settles (``inspector/ha/redirects.py``) — and served, if we lead then."""
         if self.acting:
             return
         hint = (await self.consumer_redirects.target(f"sub:{key}") if key and self.leadership else None)

@@ -20,9 +20,9 @@ from doctor_common import __version__
 from doctor_common.config import ConfigError
 from doctor_common.logs import setup_logging
 from doctor_common.systemd import Liveness, SystemdNotifier, watchdog
-from inspector import crashpoint
 from inspector.config import InspectorConfig, load_inspector_config
 from inspector.core import Inspector
+from inspector.response import crashpoint
 
 log = logging.getLogger("doctor.inspector")
 

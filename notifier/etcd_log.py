@@ -32,7 +32,7 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from doctor_common.api import fault_pb2
-from inspector.election import TRANSIENT, EtcdError, EtcdUnavailable, Guard, NotLeader
+from doctor_common.etcd_guard import TRANSIENT, EtcdError, EtcdUnavailable, Guard, NotLeader
 from notifier.log import CursorExpired
 
 _DIGITS = 20  # a uint64 in decimal

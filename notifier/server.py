@@ -54,7 +54,7 @@ class Publisher:
                  after_append: Callable[[int], None] | None = None) -> None:
         self.log = log_
         self.registry = registry
-        self.after_append = after_append or (lambda _seq: None)  # a test hook (inspector/crashpoint.py)
+        self.after_append = after_append or (lambda _seq: None)  # a test hook (inspector/response/crashpoint.py)
         self._shield = not isinstance(log_, MemoryLog)  # an in-memory append cannot be left half-done
         self._lock = asyncio.Lock()
 

@@ -54,7 +54,7 @@ class SubscriptionRecord:
 
 
 class RecordStore(Protocol):
-    """The part of ``inspector.etcd_store.Collection`` used here (fenced writes)."""
+    """The part of ``inspector.ha.etcd_store.Collection`` used here (fenced writes)."""
 
     async def put(self, item_id: str, item: Any) -> None: ...
 

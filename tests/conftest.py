@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from doctor_common.lab import free_port  # noqa: F401 - the tests' one source of loopback ports
+from doctor_common.lab.cloud import free_port  # noqa: F401 - the tests' one source of loopback ports
 
 
 def _unavailable(reason: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from controller_adapter.base import HostStatus
 from doctor_common.api import common_pb2
-from doctor_common.lab import Lab, wait_for
+from doctor_common.lab.cloud import Lab, wait_for
 from doctor_common.timeline import Stage, as_dict
 from tests.integration.chain.conftest import Consumer
 from tests.openstack_cloud import FakeCloud, Recorded

@@ -22,9 +22,9 @@ import pytest
 
 from controller_adapter.base import Bmc
 from doctor_common.ipmi_session import SessionsClosed, lan_sessions
-from doctor_common.lab import fresh_bmc_port, wait_for
-from doctor_common.vbmc import read_state, start_vbmc
-from inspector.fencing import IpmiFencer
+from doctor_common.lab.cloud import fresh_bmc_port, wait_for
+from doctor_common.lab.vbmc import read_state, start_vbmc
+from inspector.response.fencing import IpmiFencer
 from tests.conftest import pyghmi_sessions
 
 

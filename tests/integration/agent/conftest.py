@@ -19,8 +19,8 @@ import pytest
 
 from agent.checkers.base import Reading
 from doctor_common.config import Section
-from doctor_common.lab import fresh_bmc_port
-from doctor_common.vbmc import start_vbmc, write_sensors
+from doctor_common.lab.cloud import fresh_bmc_port
+from doctor_common.lab.vbmc import start_vbmc, write_sensors
 
 HEALTHY_SENSORS: list[dict[str, Any]] = [
     {"name": "CPU1 Temp", "type": "temperature", "value": 45, "unc": 80, "uc": 90, "unr": 100},

@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.checkers.base import Status
-from agent.checkers.hypervisor import (LIBVIRTD_DOWN, NOVA_COMPUTE_DOWN, QEMU_MISSING, SOCKET_UNREACHABLE,
-                                       HypervisorChecker)
+from agent.checkers.hypervisor import (
+    LIBVIRTD_DOWN,
+    NOVA_COMPUTE_DOWN,
+    QEMU_MISSING,
+    SOCKET_UNREACHABLE,
+    HypervisorChecker,
+)
 from doctor_common.api import common_pb2
 from doctor_common.config import Section
 

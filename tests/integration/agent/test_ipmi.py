@@ -14,8 +14,8 @@ from agent.checkers.base import Status
 from agent.checkers.ipmi import UNREACHABLE, IpmiChecker
 from doctor_common.api import common_pb2
 from doctor_common.config import ConfigError, Section
-from doctor_common.vbmc import write_sensors
-from doctor_common.lab import fresh_bmc_port, wait_for
+from doctor_common.lab.cloud import fresh_bmc_port, wait_for
+from doctor_common.lab.vbmc import write_sensors
 from tests.conftest import pyghmi_sessions
 
 from .conftest import Levels, Vbmc

@@ -11,7 +11,7 @@ import pytest
 
 from agent.checkers.base import Status
 from agent.checkers.nic import FAULT_TYPE, NicChecker
-from doctor_common.lab import ip
+from doctor_common.lab.cloud import ip
 
 from .conftest import Levels
 

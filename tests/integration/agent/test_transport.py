@@ -19,7 +19,7 @@ from agent.state import AgentState
 from agent.transport import AgentLink
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.grpcutil import server_options
-from doctor_common.lab import wait_for
+from doctor_common.lab.cloud import wait_for
 
 GATEWAY = [sys.executable, "-m", "tests.integration.agent.gateway"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from doctor_common.api import fault_pb2
 from doctor_common.client import DoctorClient
-from doctor_common.lab import Lab, wait_for
+from doctor_common.lab.cloud import Lab, wait_for
 
 
 class Consumer:

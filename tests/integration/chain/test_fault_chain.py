@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from controller_adapter.base import HostStatus, ServerState
 from doctor_common.api import common_pb2
-from doctor_common.lab import wait_for
+from doctor_common.lab.cloud import wait_for
 from doctor_common.timeline import Stage, as_dict
 
 PROJECTS = ("project-a", "project-b", "project-c")

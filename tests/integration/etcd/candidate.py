@@ -31,9 +31,10 @@ def emit(event: str, **fields: Any) -> None:
 
 async def child(args: argparse.Namespace) -> None:
     from doctor_common.api import fault_pb2
-    from inspector.election import Election, EtcdError
-    from inspector.etcd_config import EtcdConfig, connect
-    from inspector.etcd_store import EtcdStore
+    from doctor_common.etcd_guard import EtcdError
+    from inspector.ha.election import Election
+    from inspector.ha.etcd_config import EtcdConfig, connect
+    from inspector.ha.etcd_store import EtcdStore
     from notifier.etcd_log import EtcdLog
 
     cfg = EtcdConfig(endpoints=tuple(args.endpoints.split(",")), prefix=args.prefix, lease_ttl_s=args.ttl,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from inspector.etcd_config import EtcdClient, EtcdConfig, connect
+from inspector.ha.etcd_config import EtcdClient, EtcdConfig, connect
 from tests.conftest import _unavailable, etcd_binary
 from tests.etcd_cluster import EtcdCluster
 

@@ -9,9 +9,9 @@ import pytest
 from aetcd import exceptions as aetcd_exc
 
 from doctor_common.config import ConfigError
-from inspector.election import Election
-from inspector.etcd_config import DEFAULT_PREFIX, EtcdConfig, connect, grpc_target, load_etcd_config
-from inspector.etcd_store import EtcdStore
+from inspector.ha.election import Election
+from inspector.ha.etcd_config import DEFAULT_PREFIX, EtcdConfig, connect, grpc_target, load_etcd_config
+from inspector.ha.etcd_store import EtcdStore
 from tests.etcd_cluster import EtcdCluster, make_tls_files
 
 

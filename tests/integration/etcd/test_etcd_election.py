@@ -1,4 +1,4 @@
-"""Leadership through etcd (inspector/election.py), in process, against a real etcd."""
+"""Leadership through etcd (inspector/ha/election.py), in process, against a real etcd."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from inspector.election import Election, NotLeader
-from inspector.etcd_config import EtcdClient, connect
+from doctor_common.etcd_guard import NotLeader
+from inspector.ha.election import Election
+from inspector.ha.etcd_config import EtcdClient, connect
 from tests.etcd_cluster import EtcdCluster
 from tests.integration.etcd.conftest import keys_under, make_config
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from inspector.etcd_config import EtcdClient
+from inspector.ha.etcd_config import EtcdClient
 from notifier.etcd_log import EtcdLog
 from tests.etcd_cluster import EtcdCluster
 from tests.integration.etcd.candidate import Candidate

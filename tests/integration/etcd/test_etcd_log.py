@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from doctor_common.api import fault_pb2
-from inspector.election import Election, EtcdUnavailable, NotLeader, TokenGuard
-from inspector.etcd_config import EtcdClient, connect
+from doctor_common.etcd_guard import EtcdUnavailable, NotLeader, TokenGuard
+from inspector.ha.election import Election
+from inspector.ha.etcd_config import EtcdClient, connect
 from notifier.etcd_log import EtcdLog
 from notifier.log import CursorExpired
 from tests.etcd_cluster import EtcdCluster

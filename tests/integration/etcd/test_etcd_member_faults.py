@@ -8,9 +8,10 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from inspector.election import Election, NotLeader
-from inspector.etcd_config import connect
-from inspector.etcd_store import EtcdStore
+from doctor_common.etcd_guard import NotLeader
+from inspector.ha.election import Election
+from inspector.ha.etcd_config import connect
+from inspector.ha.etcd_store import EtcdStore
 from tests.etcd_cluster import EtcdCluster
 from tests.integration.etcd.conftest import keys_under, make_config
 from tests.integration.etcd.test_etcd_election import first_leader

@@ -6,8 +6,8 @@ from typing import Any
 
 from doctor_common.api import fault_pb2
 from doctor_common.auth import Principal
-from inspector.election import TokenGuard
-from inspector.etcd_config import EtcdClient
+from doctor_common.etcd_guard import TokenGuard
+from inspector.ha.etcd_config import EtcdClient
 from notifier.etcd_log import EtcdLog
 from notifier.filters import Filter
 from notifier.registry import Registry

@@ -1,13 +1,14 @@
-"""Fenced leader state and the recovery journal (inspector/etcd_store.py) against a real etcd."""
+"""Fenced leader state and the recovery journal (inspector/ha/etcd_store.py) against a real etcd."""
 
 from __future__ import annotations
 
 import pytest
 
 from doctor_common.api import fault_pb2
-from inspector.election import Election, NotLeader, TokenGuard
-from inspector.etcd_config import EtcdClient, connect
-from inspector.etcd_store import RECOVERY_STEPS, EtcdStore, Step, json_codec, proto_codec
+from doctor_common.etcd_guard import NotLeader, TokenGuard
+from inspector.ha.election import Election
+from inspector.ha.etcd_config import EtcdClient, connect
+from inspector.ha.etcd_store import RECOVERY_STEPS, EtcdStore, Step, json_codec, proto_codec
 from tests.etcd_cluster import EtcdCluster
 from tests.integration.etcd.conftest import keys_under, make_config
 

@@ -17,9 +17,9 @@ import pytest
 from doctor_common.api import fault_pb2
 from doctor_common.auth import Principal
 from doctor_common.client import DoctorClient
-from doctor_common.halab import HaLab
-from doctor_common.lab import wait_for
-from inspector.etcd_config import EtcdConfig, connect
+from doctor_common.lab.cloud import wait_for
+from doctor_common.lab.replicated import HaLab
+from inspector.ha.etcd_config import EtcdConfig, connect
 from notifier.etcd_log import EtcdLog
 from notifier.filters import Filter, view_notification
 from tests.conftest import _unavailable, etcd_binary

@@ -11,7 +11,7 @@ import grpc
 from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.client import leader_hint
 from doctor_common.grpcutil import auth_metadata
-from doctor_common.halab import HaLab
+from doctor_common.lab.replicated import HaLab
 from tests.etcd_cluster import EtcdCluster
 from tests.integration.ha.conftest import assert_delivered_exactly_once, read_log
 

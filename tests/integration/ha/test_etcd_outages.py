@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from doctor_common.lab import wait_for
+from doctor_common.lab.cloud import wait_for
 from tests.etcd_cluster import EtcdCluster
 from tests.integration.ha.conftest import assert_delivered_exactly_once, read_log
 

@@ -1,7 +1,7 @@
 """SIGKILL the leading inspector at exact points of a recovery: the next leader finishes it, each step once.
 
 The leader (replica 0) runs with the test hook ``DOCTOR_TEST_CRASH_AT`` (see
-``inspector/crashpoint.py``) and kills itself right after the named point of
+``inspector/response/crashpoint.py``) and kills itself right after the named point of
 the recovery that cutting compute-1's link starts; replica 1 then takes over.
 """
 
@@ -13,8 +13,8 @@ import pytest
 
 from doctor_common.api import common_pb2
 from doctor_common.client import DoctorClient
-from doctor_common.halab import HaLab
-from doctor_common.lab import wait_for
+from doctor_common.lab.cloud import wait_for
+from doctor_common.lab.replicated import HaLab
 from tests.etcd_cluster import EtcdCluster
 from tests.integration.ha.conftest import assert_delivered_exactly_once, keys_under, read_log
 

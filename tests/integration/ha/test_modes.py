@@ -19,7 +19,7 @@ from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.client import DoctorClient, leader_hint
 from doctor_common.config import ConfigError
 from doctor_common.grpcutil import auth_metadata
-from doctor_common.lab import Lab
+from doctor_common.lab.cloud import Lab
 from inspector.config import load_inspector_config
 from tests.etcd_cluster import EtcdCluster
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from doctor_common.lab import Lab
+from doctor_common.lab.cloud import Lab
 
 GHOST_TOKEN = "ghost-agent-token"
 

@@ -10,7 +10,7 @@ import pytest
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2, fault_pb2, fault_pb2_grpc
 from doctor_common.client import DoctorClient
 from doctor_common.grpcutil import auth_metadata
-from doctor_common.lab import Lab
+from doctor_common.lab.cloud import Lab
 
 from .conftest import GHOST_TOKEN
 
@@ -157,7 +157,7 @@ async def test_resent_events_are_processed_once_and_acked(lab: Lab) -> None:
     assert await session([ev(1, "sensor:a"), ev(2, "sensor:b")]) == 2
     rec = lab.inspector.liveness.hosts["compute-1"]
     assert rec.last_sequence == 2 and set(rec.components) == {"sensor:a", "sensor:b"}
-    from doctor_common.lab import wait_for
+    from doctor_common.lab.cloud import wait_for
     await wait_for(lambda: len([a for a in lab.inspector.alarms if a.component.startswith("sensor:")]) == 2, 5,
                    what="two sensor alarms")
     logged = await lab.inspector.log.read(0, lab.inspector.log.last_sequence)
@@ -168,7 +168,7 @@ async def test_resent_events_are_processed_once_and_acked(lab: Lab) -> None:
 async def test_a_fault_healed_in_the_same_batch_leaves_no_alarm(lab: Lab) -> None:
     """A flap within one batch (warning, then OK, of one component): the warning is notified and then cleared,
     though its response had not raised the alarm yet when the OK was read."""
-    from doctor_common.lab import wait_for
+    from doctor_common.lab.cloud import wait_for
 
     token = lab.hosts["compute-1"].agent_token
 
@@ -211,7 +211,7 @@ async def test_slow_consumer_is_cut_off_without_delaying_others(lab: Lab) -> Non
                 if msg.WhichOneof("kind") == "fault":
                     fast_got.append(msg.fault.sequence)
         reader = asyncio.create_task(read_fast())
-        from doctor_common.lab import wait_for
+        from doctor_common.lab.cloud import wait_for
         await wait_for(lambda: len(lab.inspector.registry) == 2, 5, what="two subscribers")
         total = 0
         async with grpc.aio.insecure_channel(lab.endpoint) as ch:

@@ -15,7 +15,7 @@ from agent.state import AgentState
 from agent.transport import AgentLink
 from doctor_common.api import agent_pb2
 from doctor_common.client import DoctorClient
-from doctor_common.lab import Lab
+from doctor_common.lab.cloud import Lab
 from doctor_common.timeline import now_ns
 
 

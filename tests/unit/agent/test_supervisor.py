@@ -171,7 +171,7 @@ def test_a_health_report_stays_within_what_the_gateway_accepts() -> None:
     from doctor_common.agent_limits import MAX_CHECKERS
     from doctor_common.api import agent_pb2
     from doctor_common.config import Section
-    from inspector.gateway import check_health
+    from inspector.southbound.messages import check_health
 
     commands = {f"c{i}": {"argv": ["true"]} for i in range(MAX_CHECKERS + 5)}
     checker = ExecChecker.from_config(Section(Path("a.toml"), {"commands": commands}, "checkers.exec."), "h1")

@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 import uuid
-
 from pathlib import Path
 
 import pytest

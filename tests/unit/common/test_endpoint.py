@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_agent_config
-from doctor_common.endpoint import parse_endpoint
 from doctor_common.config import ConfigError
+from doctor_common.endpoint import parse_endpoint
 
 
 @pytest.mark.parametrize("target, parsed", [

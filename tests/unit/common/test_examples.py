@@ -5,7 +5,7 @@ from pathlib import Path
 
 from agent.config import load_agent_config
 from inspector.config import load_inspector_config
-from inspector.policy import load_policy
+from inspector.response.policy import load_policy
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 

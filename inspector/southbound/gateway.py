@@ -6,7 +6,7 @@ INVALID_ARGUMENT naming the field, and responses run as tasks so a slow
 fence never holds up reading.
 
 Only the leader takes agents. A follower answers the Hello with a Redirect
-to the leader (or UNAVAILABLE while none is known; ``inspector/redirects.py``
+to the leader (or UNAVAILABLE while none is known; ``inspector/ha/redirects.py``
 on why it may hold the stream a moment first). A stream belongs to the term it
 was opened in: when that term ends, the stream's next message (a heartbeat at
 the latest) is answered with a Redirect, and the agent reconnects and says
@@ -16,84 +16,25 @@ Hello to whoever leads now — that Hello is what a new term is derived from.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 import grpc
 
 from controller_adapter.base import NotFound
-from doctor_common.agent_limits import (MAX_BATCH, MAX_CHECKERS, MAX_COMPONENTS, MAX_DETAILS, MAX_ID, MAX_RUNS,
-                                        MAX_TEXT)
-from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
+from doctor_common.agent_limits import MAX_BATCH
+from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.auth import TokenAuth
-from doctor_common.faults import severity_from_name
 from doctor_common.timeline import now_ns
-from inspector.actions import Trigger
-from inspector.liveness import HostRecord, Liveness
+from inspector.response.trigger import Trigger
+from inspector.southbound.json_events import parse_json_events
+from inspector.southbound.liveness import HostRecord, Liveness
+from inspector.southbound.messages import BadMessage, check_health, check_hello, check_state, trigger_from_state
 
 log = logging.getLogger("doctor.inspector.gateway")
 
 HELLO_TIMEOUT_S = 5.0
-FAULTY = (agent_pb2.COMPONENT_STATUS_FAULT, agent_pb2.COMPONENT_STATUS_WARNING, agent_pb2.COMPONENT_STATUS_UNKNOWN)
-
-
-class BadMessage(ValueError):
-    pass
-
-
-def check_state(s: agent_pb2.ComponentState, where: str) -> None:
-    if not s.component or len(s.component) > MAX_ID:
-        raise BadMessage(f"{where}.component must be 1-{MAX_ID} characters")
-    if s.status not in agent_pb2.ComponentStatus.values() or s.status == agent_pb2.COMPONENT_STATUS_UNSPECIFIED:
-        raise BadMessage(f"{where}.status {s.status} is not a ComponentStatus")
-    if s.severity not in common_pb2.Severity.values():
-        raise BadMessage(f"{where}.severity {s.severity} is not a Severity")
-    if s.status in FAULTY and not s.fault_type:
-        raise BadMessage(f"{where}.fault_type is required when the status is not OK")
-    if len(s.fault_type) > MAX_ID or len(s.description) > MAX_TEXT or len(s.checker) > MAX_ID:
-        raise BadMessage(f"{where}: fault_type/checker over {MAX_ID} or description over {MAX_TEXT} characters")
-    if len(s.details) > MAX_DETAILS or any(len(k) > MAX_ID or len(v) > MAX_TEXT for k, v in s.details.items()):
-        raise BadMessage(f"{where}.details: at most {MAX_DETAILS} entries of {MAX_ID}/{MAX_TEXT} characters")
-
-
-def check_health(h: agent_pb2.AgentHealth) -> None:
-    if len(h.checkers) > MAX_CHECKERS or len(h.loops_not_alive) > MAX_CHECKERS:
-        raise BadMessage(f"health: at most {MAX_CHECKERS} checkers and {MAX_CHECKERS} loops_not_alive")
-    if any(len(t) > MAX_TEXT for t in h.loops_not_alive):
-        raise BadMessage(f"health.loops_not_alive: at most {MAX_TEXT} characters each")
-    for i, c in enumerate(h.checkers):
-        where = f"health.checkers[{i}]"
-        if not c.checker or len(c.checker) > MAX_ID or len(c.last_crash) > MAX_TEXT:
-            raise BadMessage(f"{where}: checker must be 1-{MAX_ID} characters, last_crash at most {MAX_TEXT}")
-        if len(c.checks) > MAX_CHECKERS:
-            raise BadMessage(f"{where}.checks: at most {MAX_CHECKERS}")
-        for j, k in enumerate(c.checks):
-            if not k.check or len(k.check) > MAX_ID or len(k.recent) > MAX_RUNS:
-                raise BadMessage(f"{where}.checks[{j}]: check must be 1-{MAX_ID} characters, at most {MAX_RUNS} "
-                                 f"recent runs")
-            if any(len(r.outcome) > MAX_ID or len(r.detail) > MAX_TEXT for r in k.recent):
-                raise BadMessage(f"{where}.checks[{j}].recent: outcome over {MAX_ID} or detail over {MAX_TEXT} "
-                                 f"characters")
-
-
-def check_hello(h: agent_pb2.Hello) -> None:
-    if not h.host_id or len(h.host_id) > MAX_ID:
-        raise BadMessage(f"hello.host_id must be 1-{MAX_ID} characters")
-    if not h.boot_id or len(h.boot_id) > MAX_ID:
-        raise BadMessage(f"hello.boot_id must be 1-{MAX_ID} characters")
-    if len(h.components) > MAX_COMPONENTS:
-        raise BadMessage(f"hello.components: at most {MAX_COMPONENTS}")
-    for i, c in enumerate(h.components):
-        check_state(c, f"hello.components[{i}]")
-
-
-def trigger_from_state(host: str, s: agent_pb2.ComponentState, observed: int, sent: int, received: int) -> Trigger:
-    return Trigger(host=host, fault_type=s.fault_type, severity=s.severity, component=s.component,
-                   description=s.description, details=dict(s.details), observed_ns=observed, sent_ns=sent,
-                   received_ns=received)
 
 
 class LeaderGate(Protocol):
@@ -259,49 +200,3 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             rec.components[state.component] = state
             self.on_state(rec, state, trigger_from_state(host, state, observed, 0, received))
         return agent_pb2.JsonEventAck(accepted=len(events))
-
-
-def parse_json_events(text: str) -> list[tuple[str, agent_pb2.ComponentState, int]]:
-    doc = json.loads(text)
-    if not isinstance(doc, dict):
-        raise BadMessage("expected an object with 'event' or 'events'")
-    if "event" in doc:
-        raw = [doc["event"]]
-    elif isinstance(doc.get("events"), list):
-        raw = [e.get("event", e) if isinstance(e, dict) else e for e in doc["events"]]
-    else:
-        raise BadMessage("expected an object with 'event' or 'events'")
-    if len(raw) > MAX_BATCH:
-        raise BadMessage(f"at most {MAX_BATCH} events")
-    out = []
-    for i, ev in enumerate(raw):
-        if not isinstance(ev, dict) or not isinstance(ev.get("type"), str) or not isinstance(ev.get("time"), str):
-            raise BadMessage(f"events[{i}] needs string 'time' and 'type'")
-        details = ev.get("details") or {}
-        if not isinstance(details, dict):
-            raise BadMessage(f"events[{i}].details must be an object")
-        host = details.get("hostname")
-        if not isinstance(host, str) or not host:
-            raise BadMessage(f"events[{i}].details.hostname is required")
-        try:
-            t = datetime.fromisoformat(ev["time"])
-        except ValueError:
-            raise BadMessage(f"events[{i}].time {ev['time']!r} is not an ISO 8601 time") from None
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=timezone.utc)
-        try:
-            severity = severity_from_name(str(details.get("severity", "critical")))
-        except ValueError as exc:
-            raise BadMessage(f"events[{i}].details.severity: {exc}") from None
-        status = str(details.get("status", "down")).lower()
-        ok = status in ("up", "ok", "normal", "active")
-        state = agent_pb2.ComponentState(
-            component=f"monitor:{details.get('monitor_id', 'json')}:{ev['type']}"[:MAX_ID],
-            checker=str(details.get("source", "json"))[:MAX_ID],
-            status=agent_pb2.COMPONENT_STATUS_OK if ok else agent_pb2.COMPONENT_STATUS_FAULT,
-            fault_type="" if ok else ev["type"], severity=common_pb2.SEVERITY_CLEARED if ok else severity,
-            description=str(details.get("cause", ""))[:MAX_TEXT],
-            details={str(k)[:MAX_ID]: str(v)[:MAX_TEXT] for k, v in list(details.items())[:MAX_DETAILS]})
-        check_state(state, f"events[{i}]")
-        out.append((host, state, int(t.timestamp() * 1e9)))
-    return out

@@ -24,10 +24,11 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
+from doctor_common.etcd_guard import NotLeader
 from doctor_common.shielded import start_shielded
-from inspector.alarms import Alarm, alarm_to_json
-from inspector.election import NotLeader, Term
-from inspector.etcd_store import EtcdStore, Incident, Step, json_codec
+from inspector.ha.etcd_store import EtcdStore, Incident, Step, json_codec
+from inspector.ha.term import Term
+from inspector.response.alarms import Alarm, alarm_to_json
 
 log = logging.getLogger("doctor.inspector.durable")
 T = TypeVar("T")

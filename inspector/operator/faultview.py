@@ -7,9 +7,9 @@ from typing import Any
 from controller_adapter.base import Controller, NotFound, ServerState
 from doctor_common.api import common_pb2
 from doctor_common.auth import Principal
-from inspector.actions import HOST_STATUS_PROTO, Responder
-from inspector.alarms import AlarmStore
-from inspector.correlate import ResourceMap
+from inspector.response.alarms import AlarmStore
+from inspector.response.correlate import ResourceMap
+from inspector.response.responder import HOST_STATUS_PROTO, Responder
 
 
 class FaultView:

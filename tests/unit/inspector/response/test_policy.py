@@ -6,7 +6,7 @@ import pytest
 
 from doctor_common.api import common_pb2
 from doctor_common.config import ConfigError
-from inspector.policy import default_policy, load_policy
+from inspector.response.policy import default_policy, load_policy
 
 CRIT, MAJOR, WARN = common_pb2.SEVERITY_CRITICAL, common_pb2.SEVERITY_MAJOR, common_pb2.SEVERITY_WARNING
 

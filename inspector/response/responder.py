@@ -1,6 +1,6 @@
 """What the leader does about a fault: policy, correlation, fencing, controller updates, notification.
 
-For a fencing rule the recovery (``inspector/recovery.py``) runs: look up
+For a fencing rule the recovery (``inspector/response/recovery.py``) runs: look up
 the host's servers and ports (cached) while the BMC powers the host off; once
 the power-off is confirmed, mark the host down, set its servers to error and
 its ports' data plane down concurrently; then publish one notification to the
@@ -15,20 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-
 from typing import Any
 
 from controller_adapter.base import Bmc, Controller, HostStatus, ServerState
 from doctor_common.api import common_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.timeline import Stage, now_ns, stamp
-from inspector.alarms import Alarm, AlarmStore, new_fault
-from inspector.correlate import ResourceMap
-from inspector.durable import NullDurable
-from inspector.etcd_store import Step
-from inspector.fencing import IpmiFencer
-from inspector.policy import Policy, Rule
-from inspector.recovery import Recovery
+from inspector.ha.etcd_store import Step
+from inspector.response.alarms import Alarm, AlarmStore, new_fault
+from inspector.response.correlate import ResourceMap
+from inspector.response.durable import NullDurable
+from inspector.response.fencing import IpmiFencer
+from inspector.response.policy import Policy, Rule
+from inspector.response.recovery import Recovery
+from inspector.response.trigger import Trigger, start_timeline
 from notifier.server import Publisher
 
 log = logging.getLogger("doctor.inspector.actions")
@@ -40,21 +39,6 @@ HOST_STATUS_PROTO = {
     HostStatus.MAINTENANCE: common_pb2.HOST_STATUS_MAINTENANCE,
     HostStatus.NONE: common_pb2.HOST_STATUS_UNSPECIFIED,
 }
-
-
-@dataclass
-class Trigger:
-    """One fault as the inspector received it."""
-
-    host: str
-    fault_type: str
-    severity: int
-    component: str = ""
-    description: str = ""
-    details: dict[str, str] = field(default_factory=dict)
-    observed_ns: int = 0
-    sent_ns: int = 0
-    received_ns: int = 0
 
 
 class Responder:
@@ -142,18 +126,9 @@ class Responder:
                           servers=[] if admin_only else self.resources.servers_on(t.host),
                           ports=[] if admin_only else self.resources.ports_on(t.host))
             self.alarms.add(alarm)
-        tl = self.start_timeline(t)
+        tl = start_timeline(t)
         stamp(tl, Stage.STAGE_CORRELATED)
         await self.publish(alarm, tl)
-
-    @staticmethod
-    def start_timeline(t: Trigger) -> common_pb2.Timeline:
-        tl = common_pb2.Timeline()
-        for stage, at in ((Stage.STAGE_OBSERVED, t.observed_ns), (Stage.STAGE_SENT, t.sent_ns),
-                          (Stage.STAGE_RECEIVED, t.received_ns)):
-            if at:
-                stamp(tl, stage, at)
-        return tl
 
     # -- notification ----------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """A replicated inspector's campaign: lead while etcd says so, follow otherwise (DESIGN principle 3).
 
-With an ``[etcd]`` table every replica campaigns (``inspector/election.py``).
+With an ``[etcd]`` table every replica campaigns (``inspector/ha/election.py``).
 This module builds what the leader writes through — the fenced store, the
-durable state, the etcd notification log, the subscription records — and
-runs the loop::
+etcd notification log, the subscription records (the responder's durable
+state, ``inspector/response/durable.py``, is built on the store) — and runs
+the loop::
 
     while True:
         term = await election.wait_leader()     # every term is a fresh start
@@ -20,48 +21,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from inspector.durable import EtcdDurable
-from inspector.election import Election, EtcdError, NotLeader
-from inspector.etcd_config import connect
-from inspector.etcd_store import EtcdStore, json_codec
+from doctor_common.etcd_guard import EtcdError, NotLeader
+from inspector.ha.election import Election
+from inspector.ha.etcd_config import EtcdConfig, connect
+from inspector.ha.etcd_store import EtcdStore, json_codec
+from inspector.ha.term import Term
 from notifier.etcd_log import EtcdLog
 from notifier.subscriptions import SubscriptionBook
-
-if TYPE_CHECKING:
-    from inspector.config import InspectorConfig
-    from inspector.core import Inspector
 
 log = logging.getLogger("doctor.inspector.leadership")
 
 RETRY_S = 0.2  # after a term's start-up failed (etcd unavailable while loading) and the term still holds
 
 
+class Replica(Protocol):
+    """What the campaign drives (the inspector, ``inspector/core.py``)."""
+
+    async def lead(self, term: Term) -> None: ...
+
+    async def follow(self) -> None: ...
+
+
 class Leadership:
-    def __init__(self, cfg: "InspectorConfig") -> None:
-        e = cfg.etcd
-        assert e is not None
+    def __init__(self, e: EtcdConfig, *, node_id: str, advertise: str, advertise_agents: str, retention: int,
+                 subscription_expiry_s: float) -> None:
         self.config = e
         self.client = connect(e)
-        self.election = Election(self.client, e, node_id=cfg.node_id, endpoint=cfg.advertise,
-                                 agent_endpoint=cfg.advertise_agents)
-        self.store = EtcdStore(self.client, e.prefix, self.election, node_id=cfg.node_id,
+        self.election = Election(self.client, e, node_id=node_id, endpoint=advertise,
+                                 agent_endpoint=advertise_agents)
+        self.store = EtcdStore(self.client, e.prefix, self.election, node_id=node_id,
                                write_deadline_s=e.write_deadline_s)
-        self.durable = EtcdDurable(self.store)
-        self.log = EtcdLog(self.client, e.prefix, retention=cfg.retention, guard=self.election,
+        self.log = EtcdLog(self.client, e.prefix, retention=retention, guard=self.election,
                            call_timeout_s=e.call_timeout_s, write_deadline_s=e.write_deadline_s)
-        self.book = SubscriptionBook(self.store.collection("subscriptions", *json_codec()),
-                                     cfg.subscription_expiry_s)
+        self.book = SubscriptionBook(self.store.collection("subscriptions", *json_codec()), subscription_expiry_s)
         self.terms = 0
         self.task: asyncio.Task[None] | None = None
 
-    def start(self, inspector: "Inspector") -> asyncio.Task[None]:
+    def start(self, inspector: Replica) -> asyncio.Task[None]:
         self.election.start()
         self.task = asyncio.create_task(self._run(inspector), name="leadership")
         return self.task
 
-    async def _run(self, inspector: "Inspector") -> None:
+    async def _run(self, inspector: Replica) -> None:
         while True:
             term = await self.election.wait_leader()
             self.terms += 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doctor_common.vbmc import read_state
+from doctor_common.lab.vbmc import read_state
 
 PY = sys.executable
 
@@ -181,7 +181,7 @@ class Lab:
         env = dict(os.environ, VBMC_PASSWORD=self.bmc_password)
         for _ in range(attempts):
             h.bmc_proc = await asyncio.create_subprocess_exec(
-                PY, "-m", "doctor_common.vbmc", "--port", str(h.bmc_port), "--state-file", str(h.bmc_state),
+                PY, "-m", "doctor_common.lab.vbmc", "--port", str(h.bmc_port), "--state-file", str(h.bmc_state),
                 "--power", power, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
             assert h.bmc_proc.stdout is not None
             line = await asyncio.wait_for(h.bmc_proc.stdout.readline(), 15)

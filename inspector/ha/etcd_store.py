@@ -33,7 +33,7 @@ import aetcd
 from aetcd.utils import prefix_range_end
 from google.protobuf.message import Message
 
-from inspector.election import TRANSIENT, EtcdUnavailable, Guard
+from doctor_common.etcd_guard import TRANSIENT, EtcdUnavailable, Guard
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)

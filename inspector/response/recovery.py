@@ -2,7 +2,7 @@
 
     fence ‖ correlate → confirm off → mark down ‖ servers to error (+ ports down) → notify
 
-The journal (``inspector/durable.py``: etcd when replicated, nothing when
+The journal (``inspector/response/durable.py``: etcd when replicated, nothing when
 standalone) records a step only after it ran to its outcome — done, not
 applicable, or failed and reported in the notification — never before. A
 leader that dies leaves the rest pending and the next one ``resume``s the
@@ -21,31 +21,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from controller_adapter.base import ControllerError, ServerState, Unsupported
-from doctor_common.api import diagnostics_pb2
+from controller_adapter.base import Bmc, Controller, ControllerError, ServerState, Unsupported
+from doctor_common.api import common_pb2, diagnostics_pb2
 from doctor_common.timeline import Stage, as_dict, now_ns, stamp
-from inspector import crashpoint
-from inspector.alarms import Alarm, new_fault
-from inspector.etcd_store import Incident, Step
-from inspector.policy import FENCE_ALL, Rule
-
-if TYPE_CHECKING:
-    from inspector.actions import Responder, Trigger
+from inspector.ha.etcd_store import Incident, Step
+from inspector.response import crashpoint
+from inspector.response.alarms import Alarm, AlarmStore, new_fault
+from inspector.response.correlate import ResourceMap
+from inspector.response.durable import NullDurable
+from inspector.response.fencing import IpmiFencer
+from inspector.response.policy import FENCE_ALL, Rule
+from inspector.response.trigger import Trigger, start_timeline
 
 log = logging.getLogger("doctor.inspector.recovery")
 
 
+class Responding(Protocol):
+    """What a recovery uses of the responder that runs it (``inspector/response/responder.py``)."""
+
+    durable: NullDurable
+    resources: ResourceMap
+    controller: Controller
+    fencer: IpmiFencer
+    alarms: AlarmStore
+    timelines: deque[diagnostics_pb2.FaultTimeline]
+
+    def bmc_for(self, host: str) -> Bmc | None: ...
+
+    def lock(self, host: str) -> asyncio.Lock: ...
+
+    async def publish(self, alarm: Alarm, tl: common_pb2.Timeline, *, cleared: bool = False,
+                      step: Step | None = None, detail: dict[str, Any] | None = None) -> None: ...
+
+
 class Recovery:
-    def __init__(self, responder: "Responder") -> None:
+    def __init__(self, responder: Responding) -> None:
         self.r = responder
 
-    async def start(self, t: "Trigger", rule: Rule) -> None:
+    async def start(self, t: Trigger, rule: Rule) -> None:
         """A new incident: journal it (with its alarm), then run every step."""
         r = self.r
-        tl = r.start_timeline(t)
+        tl = start_timeline(t)
         fault = new_fault(t.host, t.fault_type, t.severity, t.observed_ns or now_ns(),
                           t.description or t.fault_type, dict(t.details))
         alarm = Alarm(t.host, t.component, fault, fences=True, timeline=tl,

@@ -3,7 +3,8 @@
 import pytest
 
 from doctor_common.api import agent_pb2, common_pb2
-from inspector.gateway import BadMessage, parse_json_events
+from inspector.southbound.json_events import parse_json_events
+from inspector.southbound.messages import BadMessage
 
 SEED = ('{"event": {"time": "2016-04-12T08:00:00", "type": "compute.host.down", "details": {"hostname": "compute-1",'
         ' "source": "sample_monitor", "cause": "link-down", "severity": "critical", "status": "down",'

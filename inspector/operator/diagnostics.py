@@ -7,21 +7,65 @@ endpoint); Hosts is the leader's (a follower answers UNAVAILABLE with the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.internal import api_implementation
 
-from controller_adapter.base import ControllerError
+from controller_adapter.base import Controller, ControllerError
 from doctor_common import __version__
 from doctor_common.api import diagnostics_pb2, diagnostics_pb2_grpc
+from doctor_common.auth import TokenAuth
+from inspector.response.alarms import AlarmStore
+from inspector.response.correlate import ResourceMap
+from inspector.response.responder import Responder
+from inspector.southbound.liveness import Liveness
+from notifier.registry import Registry
+from notifier.subscriptions import SubscriptionBook
 
-if TYPE_CHECKING:
-    from inspector.core import Inspector
+
+class Named(Protocol):
+    @property
+    def node_id(self) -> str: ...
+
+
+class Replica(Protocol):
+    """What Diagnostics and Hosts read of the inspector replica that serves them (``inspector/core.py``)."""
+
+    @property
+    def cfg(self) -> Named: ...
+    @property
+    def auth(self) -> TokenAuth: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def started_ns(self) -> int: ...
+    @property
+    def controller(self) -> Controller: ...
+    @property
+    def liveness(self) -> Liveness: ...
+    @property
+    def alarms(self) -> AlarmStore: ...
+    @property
+    def resources(self) -> ResourceMap: ...
+    @property
+    def responder(self) -> Responder: ...
+    @property
+    def registry(self) -> Registry: ...
+    @property
+    def book(self) -> SubscriptionBook: ...
+    @property
+    def log(self) -> Any: ...
+
+    def leader_endpoint(self) -> str | None: ...
+
+    def leader_token(self) -> int: ...
+
+    async def require_leader(self, context: grpc.aio.ServicerContext, key: str = "") -> None: ...
 
 
 class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
-    def __init__(self, inspector: "Inspector") -> None:
+    def __init__(self, inspector: Replica) -> None:
         self.i = inspector
 
     async def GetStatus(self, request: diagnostics_pb2.GetStatusRequest,
@@ -53,7 +97,7 @@ class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
 
 
 class HostsServicer(diagnostics_pb2_grpc.HostsServicer):
-    def __init__(self, inspector: "Inspector") -> None:
+    def __init__(self, inspector: Replica) -> None:
         self.i = inspector
 
     def _info(self, host: str) -> diagnostics_pb2.HostInfo:

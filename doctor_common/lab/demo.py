@@ -23,8 +23,8 @@ import time
 from doctor_common.api import fault_pb2
 from doctor_common.client import DoctorClient
 from doctor_common.faults import host_status_name, severity_name
-from doctor_common.halab import HaLab, LocalEtcd
-from doctor_common.lab import Lab, wait_for
+from doctor_common.lab.cloud import Lab, wait_for
+from doctor_common.lab.replicated import HaLab, LocalEtcd
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
 
 PROJECTS = ("project-a", "project-b", "project-c")

@@ -28,7 +28,7 @@ from typing import Any
 
 from doctor_common.api import diagnostics_pb2
 from doctor_common.client import DoctorClient
-from doctor_common.lab import PY, Lab, free_port, wait_for
+from doctor_common.lab.cloud import PY, Lab, free_port, wait_for
 
 
 @dataclass

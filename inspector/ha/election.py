@@ -4,25 +4,18 @@ The pattern of ``aetcd/locks.py``: a lease, a create-if-absent transaction on
 ``<prefix>/leader`` whose value names the candidate (node id, endpoint), and a
 watch for the key's deletion. What aetcd lacks is written here:
 
-* a keep-alive task (period = granted TTL / 4, each renewal with its own
-  deadline) and a timer that **steps the leader down** when no renewal
-  succeeded for ``granted TTL - step_down_margin_s``: the lease cannot have
-  expired yet, so nobody else can lead before we stop;
+* a keep-alive task and a timer that **steps the leader down** before the
+  lease can expire (``inspector/ha/lease.py``);
 * the fencing token: the leader key's create revision. ``Election.txn`` runs
-  a transaction only if ``create_revision(<prefix>/leader) == token`` — a
-  deposed leader's writes fail with ``NotLeader`` whatever it believes;
+  a transaction only if ``create_revision(<prefix>/leader) == token``
+  (``doctor_common/etcd_guard.py``) — a deposed leader's writes fail with
+  ``NotLeader`` whatever it believes;
 * a follower loop that re-creates its watch on every round (aetcd watches die
   on connection errors and never resume) and re-reads the key at least once
   per TTL;
 * resuming a term: a leader that stepped down because etcd was unreachable
   (quorum loss) and finds its key and lease still alive afterwards leads again
   with the same token instead of letting everyone campaign.
-
-Exceptions::
-
-    EtcdError
-    ├── NotLeader        this process does not (or no longer) hold leadership
-    └── EtcdUnavailable  etcd did not answer in time (outcome unknown)
 
 Use::
 
@@ -39,149 +32,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aetcd
-import grpc
 from aetcd import exceptions as aetcd_exc
-from aetcd import rpc
 from aetcd.rtypes import EventKind
 
-from inspector.etcd_config import EtcdConfig
+from doctor_common.etcd_guard import TRANSIENT, EtcdUnavailable, NotLeader, decode_json, guarded_txn
+from inspector.ha.etcd_config import EtcdConfig
+from inspector.ha.lease import LeaseKeeper, renew, revoke_quietly
+from inspector.ha.term import LeaderInfo, Term
 
 log = logging.getLogger("doctor.inspector.election")
-T = TypeVar("T")
-
-
-class EtcdError(Exception):
-    """Base of this package's etcd errors."""
-
-
-class NotLeader(EtcdError):
-    """The write or action needs leadership this process does not hold (any more)."""
-
-
-class EtcdUnavailable(EtcdError):
-    """etcd did not answer in time; a write may or may not have been applied."""
-
-
-TRANSIENT = (aetcd_exc.ClientError, rpc.AioRpcError, asyncio.TimeoutError)
-
-
-@dataclass(frozen=True)
-class LeaderInfo:
-    node_id: str
-    endpoint: str
-    token: int              # create revision of the leader key: the fencing token
-    lease_id: int
-    agent_endpoint: str = ""  # where agents should go, when not ``endpoint`` (e.g. a unix socket)
-
-
-class Guard(Protocol):
-    """What a guarded writer needs: a transaction that runs only while we lead."""
-
-    async def txn(self, compare: Sequence[Any], success: Sequence[Any],
-                  failure: Sequence[Any] = ()) -> tuple[bool, list[Any]]: ...
-
-
-async def guarded_txn(client: aetcd.Client, leader_key: bytes, token: int, compare: Sequence[Any],
-                      success: Sequence[Any], failure: Sequence[Any] = ()) -> tuple[bool, list[Any]]:
-    """Run ``compare → success | failure`` nested in ``create_revision(leader_key) == token``.
-
-    Returns (whether the caller's compares held, the inner raw ``ResponseOp`` list).
-    Raises ``NotLeader`` when the leader key is absent or was created by someone
-    else, ``EtcdUnavailable`` when etcd did not answer (the outcome is unknown).
-    """
-    t = client.transactions
-    try:
-        ok, responses = await client.transaction(
-            compare=[t.create(leader_key) == token],
-            success=[t.txn(list(compare), list(success), list(failure))],
-            failure=[t.get(leader_key)])
-    except TRANSIENT as exc:
-        raise EtcdUnavailable(f"etcd transaction failed: {exc}") from exc
-    if not ok:
-        holder = responses[0][0][1] if responses and responses[0] else None
-        who = _decode(holder.value).get("node_id", "?") if holder else "nobody"
-        raise NotLeader(f"fencing token {token} is stale: the leader key is held by {who}"
-                        + (f" (token {holder.create_revision})" if holder else ""))
-    inner = responses[0].response_txn
-    return inner.succeeded, list(inner.responses)
-
-
-class TokenGuard:
-    """A guard with a fixed token and no local state (tools, tests): etcd alone decides."""
-
-    def __init__(self, client: aetcd.Client, leader_key: bytes, token: int) -> None:
-        self.client, self.leader_key, self.token = client, leader_key, token
-
-    async def txn(self, compare: Sequence[Any], success: Sequence[Any],
-                  failure: Sequence[Any] = ()) -> tuple[bool, list[Any]]:
-        return await guarded_txn(self.client, self.leader_key, self.token, compare, success, failure)
-
-
-class Term:
-    """One period of leadership. Valid until ``lost`` is set; then every action must stop."""
-
-    def __init__(self, token: int, lease_id: int, granted_ttl: int, renewed_until: float, margin: float) -> None:
-        self.token = token
-        self.lease_id = lease_id
-        self.granted_ttl = granted_ttl
-        self.margin = margin
-        self.renewed_until = renewed_until          # monotonic: the lease cannot expire before this
-        self.started = time.monotonic()
-        self.lost = asyncio.Event()
-        self.lost_at: float | None = None
-        self.reason: str | None = None
-        self.definitive = False                     # the lease or key is known to be gone
-
-    @property
-    def step_down_at(self) -> float:
-        return self.renewed_until - self.margin
-
-    @property
-    def valid(self) -> bool:
-        return not self.lost.is_set()
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise NotLeader(f"leadership (token {self.token}) was lost: {self.reason}")
-
-    def lose(self, reason: str, *, definitive: bool = False) -> None:
-        if self.lost.is_set():
-            return
-        self.lost_at, self.reason, self.definitive = time.monotonic(), reason, definitive
-        self.lost.set()
-        log.warning("stepping down (token %d): %s", self.token, reason)
-
-    async def run(self, aw: Awaitable[T]) -> T:
-        """Await ``aw``; cancel it and raise ``NotLeader`` if the term is lost first (or already is)."""
-        if self.lost.is_set():
-            if asyncio.iscoroutine(aw):
-                aw.close()  # never started: no "never awaited" warning
-            self.check()
-        task = asyncio.ensure_future(aw)
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            lost.cancel()
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if task.cancelled() and self.lost.is_set():
-            self.check()
-        return task.result()
-
-
-def _decode(value: bytes) -> dict[str, Any]:
-    try:
-        out = json.loads(value)
-        return out if isinstance(out, dict) else {}
-    except ValueError:
-        return {}
 
 
 class Election:
@@ -206,7 +69,7 @@ class Election:
         self._leader: LeaderInfo | None = None
         self._leading = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._lease = LeaseKeeper(client)
         self._watch_rev = 0
         self._closing = False
 
@@ -367,7 +230,8 @@ class Election:
                 success=[t.put(self.leader_key, self._value, lease=lease.id)],
                 failure=[t.get(self.leader_key)])
         except BaseException:
-            await self._revoke_quietly(lease.id)  # the put may have been applied: the key goes with the lease
+            # the put may have been applied: the key goes with the lease
+            await revoke_quietly(self.client, lease.id, self.config.call_timeout_s)
             raise
         if ok:
             token = resp[0].response_put.header.revision
@@ -376,7 +240,7 @@ class Election:
         if holder is not None and holder.lease == lease.id:
             # a gRPC retry applied our put twice: it is ours after all
             return Term(holder.create_revision, lease.id, lease.ttl, sent + lease.ttl, self.config.step_down_margin_s)
-        await self._revoke_quietly(lease.id)
+        await revoke_quietly(self.client, lease.id, self.config.call_timeout_s)
         if holder is not None:
             self._leader = self._info(holder)
             self._watch_rev = holder.header.revision
@@ -396,14 +260,14 @@ class Election:
     async def _resume(self, stale: Term) -> Term | None:
         """After a step-down for want of renewal: lead again if our lease and key survived."""
         sent = time.monotonic()
-        reply = await self._renew(stale.lease_id, self.config.call_timeout_s)
+        reply = await renew(self.client, stale.lease_id, self.config.call_timeout_s)
         if reply.TTL <= 0:
             self._stale = None
             return None
         kv = await self.client.get(self.leader_key)
         if kv is None or kv.create_revision != stale.token or kv.lease != stale.lease_id:
             self._stale = None
-            await self._revoke_quietly(stale.lease_id)
+            await revoke_quietly(self.client, stale.lease_id, self.config.call_timeout_s)
             return None
         self._stale = None
         log.info("%s: lease %x and leader key survived; resuming with token %d", self.node_id, stale.lease_id,
@@ -413,12 +277,12 @@ class Election:
     async def _lead(self, term: Term) -> None:
         self._term = term
         self._leader = LeaderInfo(self.node_id, self.endpoint, term.token, term.lease_id, self.agent_endpoint)
-        self._arm(term)
+        self._lease.arm(term)
         log.info("%s leads with token %d (lease %x, granted TTL %ds)", self.node_id, term.token, term.lease_id,
                  term.granted_ttl)
         self._leading.set()
         self._notify(term)
-        tasks = [asyncio.create_task(self._keepalive(term)), asyncio.create_task(self._watch_own_key(term))]
+        tasks = [asyncio.create_task(self._lease.keep(term)), asyncio.create_task(self._watch_own_key(term))]
         try:
             await term.lost.wait()
         finally:
@@ -430,55 +294,13 @@ class Election:
 
     def _end_term(self, term: Term, reason: str, *, definitive: bool) -> None:
         term.lose(reason, definitive=definitive)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._lease.disarm()
         self._term, self._last_term = None, term
         self._leading.clear()
         self._leader = None
         if not term.definitive:
             self._stale = term
         self._notify(None)
-
-    def _arm(self, term: Term) -> None:
-        """(Re)set the step-down timer to the last moment the lease is certainly still ours minus the margin."""
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(term.step_down_at, term.lose,
-                                   f"no lease renewal for {term.granted_ttl - term.margin:.2f}s")
-
-    async def _keepalive(self, term: Term) -> None:
-        period = term.granted_ttl / 4
-        while term.valid:
-            sent = time.monotonic()
-            try:
-                reply = await self._renew(term.lease_id, max(0.01, term.step_down_at - sent))
-            except TRANSIENT as exc:
-                log.debug("lease %x renewal failed: %r", term.lease_id, exc)
-                await asyncio.sleep(min(0.05, period))
-                continue
-            if reply.TTL <= 0:
-                term.lose(f"lease {term.lease_id:x} expired", definitive=True)
-                return
-            term.renewed_until = max(term.renewed_until, sent + reply.TTL)
-            self._arm(term)
-            await asyncio.sleep(max(0.0, sent + period - time.monotonic()))
-
-    async def _renew(self, lease_id: int, timeout: float) -> Any:
-        """One LeaseKeepAlive round trip with its own deadline (aetcd's refresh_lease uses the client's)."""
-        await self.client.connect()
-        call = self.client.leasestub.LeaseKeepAlive(timeout=timeout, metadata=self.client.metadata)
-        try:
-            await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-            await call.done_writing()  # half-close: etcd ends the stream after its reply
-            reply = await call.read()
-        finally:
-            if not call.done():
-                call.cancel()
-        if reply is None or reply is grpc.aio.EOF:
-            raise aetcd_exc.ConnectionFailedError("keep-alive stream ended without a reply")
-        return reply
 
     async def _watch_own_key(self, term: Term) -> None:
         """Lose the term at once if the leader key disappears (deleted by hand, lease revoked)."""
@@ -501,15 +323,9 @@ class Election:
             term.lose("the leader key was deleted", definitive=True)
 
     # -- helpers ------------------------------------------------------------
-    async def _revoke_quietly(self, lease_id: int) -> None:
-        try:
-            await asyncio.wait_for(self.client.revoke_lease(lease_id), self.config.call_timeout_s)
-        except TRANSIENT as exc:
-            log.debug("revoking lease %x: %s (it expires by itself)", lease_id, exc)
-
     @staticmethod
     def _info(kv: Any) -> LeaderInfo:
-        v = _decode(kv.value)
+        v = decode_json(kv.value)
         return LeaderInfo(str(v.get("node_id", "?")), str(v.get("endpoint", "")), kv.create_revision, kv.lease,
                           str(v.get("agent_endpoint", "")))
 

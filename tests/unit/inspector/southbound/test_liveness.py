@@ -3,8 +3,8 @@
 import asyncio
 
 from doctor_common.api import agent_pb2
-from doctor_common.lab import wait_for
-from inspector.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, Liveness
+from doctor_common.lab.cloud import wait_for
+from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, Liveness
 
 
 def _liveness(timeout: float = 0.2) -> tuple[Liveness, list[tuple[str, str, str]]]:

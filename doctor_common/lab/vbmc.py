@@ -329,7 +329,7 @@ def read_state(state_file: Path) -> tuple[str, int]:
 def start_vbmc(port: int, password_file: Path, *, state_file: Path | None = None, sensors_file: Path | None = None,
                python: str = sys.executable, timeout_s: float = 15.0) -> subprocess.Popen[bytes]:
     """Start a virtual BMC subprocess on 127.0.0.1:``port`` and wait until it listens (caller stops it)."""
-    cmd = [python, "-m", "doctor_common.vbmc", "--port", str(port), "--password-file", str(password_file)]
+    cmd = [python, "-m", "doctor_common.lab.vbmc", "--port", str(port), "--password-file", str(password_file)]
     if state_file is not None:
         cmd += ["--state-file", str(state_file)]
     if sensors_file is not None:

@@ -1,0 +1,7 @@
+"""A whole small cloud on this machine, for the demo, tests and benches; no daemon imports it.
+
+``cloud`` (``Lab``): network-namespace hosts with agents and virtual BMCs, one
+inspector; ``replicated`` (``HaLab``, ``LocalEtcd``): inspector replicas in
+their own processes over a local etcd; ``vbmc``: the virtual BMC
+(``doctor-vbmc``) on pyghmi's IPMI server; ``demo``: ``make demo``.
+"""
