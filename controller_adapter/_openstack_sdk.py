@@ -208,6 +208,11 @@ def ports(conn: Any, host: str) -> list[Port]:
     return sorted((to_port(p) for p in conn.network.ports(**{"binding:host_id": host})), key=lambda p: p.id)
 
 
+def all_ports(conn: Any) -> list[Port]:
+    bound = (to_port(p) for p in conn.network.ports())
+    return sorted((p for p in bound if p.host), key=lambda p: p.id)
+
+
 def has_extension(conn: Any, alias: str) -> bool:
     # one GET of the list: find_extension() would GET the alias, then the list on a 404
     return any(e.alias == alias for e in conn.network.extensions())

@@ -128,6 +128,10 @@ class Controller(Protocol):
 
     async def ports_on_host(self, host: str) -> list[Port]: ...
 
+    async def list_ports(self) -> list[Port]:
+        """Every port bound to a host (the resource map's refresh: one call, not one per host)."""
+        ...
+
     async def force_down(self, host: str, down: bool = True) -> None:
         """Nova's forced_down: only after the host is fenced (DESIGN principle 2)."""
         ...

@@ -142,9 +142,10 @@ class EmbeddedController:
     _HOST_COLS = "name, zone, bmc, forced_down, disabled, disabled_reason, alive"
     _SERVER_COLS = "id, name, host, project_id, user_id, state"
 
+    # rows become objects in the controller's thread too: thousands of them would stall the event loop
     async def list_hosts(self) -> list[Host]:
-        rows = await self._run(lambda: self._db.execute(f"SELECT {self._HOST_COLS} FROM hosts ORDER BY name").fetchall())
-        return [self._host(r) for r in rows]
+        return await self._run(lambda: [self._host(r) for r in self._db.execute(
+            f"SELECT {self._HOST_COLS} FROM hosts ORDER BY name")])
 
     async def get_host(self, host: str) -> Host:
         row = await self._run(lambda: self._db.execute(f"SELECT {self._HOST_COLS} FROM hosts WHERE name=?", (host,)).fetchone())
@@ -158,17 +159,24 @@ class EmbeddedController:
         return [self._server(r) for r in rows]
 
     async def list_servers(self, project_id: str | None = None) -> list[Server]:
-        def q() -> list[Any]:
+        def q() -> list[Server]:
             if project_id is None:
-                return self._db.execute(f"SELECT {self._SERVER_COLS} FROM servers ORDER BY id").fetchall()
-            return self._db.execute(f"SELECT {self._SERVER_COLS} FROM servers WHERE project_id=? ORDER BY id",
-                                    (project_id,)).fetchall()
-        return [self._server(r) for r in await self._run(q)]
+                rows = self._db.execute(f"SELECT {self._SERVER_COLS} FROM servers ORDER BY id")
+            else:
+                rows = self._db.execute(f"SELECT {self._SERVER_COLS} FROM servers WHERE project_id=? ORDER BY id",
+                                        (project_id,))
+            return [self._server(r) for r in rows]
+        return await self._run(q)
 
     async def ports_on_host(self, host: str) -> list[Port]:
-        rows = await self._run(lambda: self._db.execute(
-            "SELECT id, host, project_id, device_id, data_plane_status FROM ports WHERE host=? ORDER BY id", (host,)).fetchall())
-        return [Port(id=r[0], host=r[1], project_id=r[2], device_id=r[3], data_plane_status=r[4]) for r in rows]
+        return await self._run(lambda: [Port(id=r[0], host=r[1], project_id=r[2], device_id=r[3], data_plane_status=r[4])
+                                        for r in self._db.execute("SELECT id, host, project_id, device_id, data_plane_status "
+                                                                  "FROM ports WHERE host=? ORDER BY id", (host,))])
+
+    async def list_ports(self) -> list[Port]:
+        return await self._run(lambda: [Port(id=r[0], host=r[1], project_id=r[2], device_id=r[3], data_plane_status=r[4])
+                                        for r in self._db.execute("SELECT id, host, project_id, device_id, data_plane_status "
+                                                                  "FROM ports WHERE host != '' ORDER BY id")])
 
     async def server_host_status(self, server_id: str) -> tuple[str, HostStatus]:
         def q() -> Any:

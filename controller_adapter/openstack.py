@@ -14,6 +14,7 @@ What each operation sends (compute microversion negotiated by the SDK, capped pe
     migrate_server             GET  /servers/{id}, GET /os-services, then POST os-migrateLive | migrate | evacuate
     host_is_empty              GET  /os-services, /servers/detail?host=H, /os-migrations?host=H   concurrently
     ports_on_host              GET  /v2.0/ports?binding:host_id=H
+    list_ports                 GET  /v2.0/ports                    (paginated; ports bound to no host left out)
     set_ports_data_plane_status GET /v2.0/extensions/data-plane-status (cached), PUT /v2.0/ports/{id} per port
 
 Every blocking SDK call runs in a bounded thread pool (``max_workers``) on one
@@ -221,6 +222,9 @@ class OpenStackController:
 
     async def ports_on_host(self, host: str) -> list[Port]:
         return await self._call(f"ports on {host}", sdk.ports, host, retry=True, policy="get_port:binding:host_id")
+
+    async def list_ports(self) -> list[Port]:
+        return await self._call("list ports", sdk.all_ports, retry=True, policy="get_port:binding:host_id")
 
     async def set_ports_data_plane_status(self, port_ids: list[str], status: str) -> dict[str, ControllerError]:
         if status not in ("ACTIVE", "DOWN"):

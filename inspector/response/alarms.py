@@ -75,15 +75,21 @@ def new_fault(host: str, fault_type: str, severity: int, event_ns: int, probable
 
 
 class AlarmStore:
+    """The active alarms, indexed by id and by host: each event looks up its host's few alarms, never all."""
+
     def __init__(self) -> None:
         self._alarms: dict[str, Alarm] = {}
+        self._by_host: dict[str, dict[str, Alarm]] = {}
 
     def add(self, alarm: Alarm) -> None:
         self._alarms[alarm.id] = alarm
+        self._by_host.setdefault(alarm.host, {})[alarm.id] = alarm
 
     def replace(self, alarms: list[Alarm]) -> None:
         """Every active alarm at once (a new term loads them from etcd; a follower holds none)."""
-        self._alarms = {a.id: a for a in alarms}
+        self._alarms, self._by_host = {}, {}
+        for a in alarms:
+            self.add(a)
 
     def get(self, alarm_id: str) -> Alarm | None:
         return self._alarms.get(alarm_id)
@@ -91,6 +97,10 @@ class AlarmStore:
     def clear(self, alarm_id: str) -> Alarm | None:
         alarm = self._alarms.pop(alarm_id, None)
         if alarm is not None:
+            on_host = self._by_host.get(alarm.host, {})
+            on_host.pop(alarm_id, None)
+            if not on_host:
+                self._by_host.pop(alarm.host, None)
             now = now_ns()
             alarm.fault.state = common_pb2.ALARM_STATE_CLEARED
             alarm.fault.cleared_time_unix_nanos = now
@@ -98,15 +108,15 @@ class AlarmStore:
         return alarm
 
     def on_host(self, host: str) -> list[Alarm]:
-        return [a for a in self._alarms.values() if a.host == host]
+        return list(self._by_host.get(host, {}).values())
 
     def incident(self, host: str) -> Alarm | None:
         """The host's active fencing incident, if any."""
-        return next((a for a in self._alarms.values() if a.host == host and a.fences), None)
+        return next((a for a in self._by_host.get(host, {}).values() if a.fences), None)
 
     def by_component(self, host: str, component: str) -> Alarm | None:
-        return next((a for a in self._alarms.values()
-                     if a.host == host and a.component == component and not a.fences), None)
+        return next((a for a in self._by_host.get(host, {}).values() if a.component == component and not a.fences),
+                    None)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._alarms.values()))

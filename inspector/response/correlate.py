@@ -29,25 +29,17 @@ class ResourceMap:
         self.loaded_at = 0.0
 
     async def load(self) -> None:
-        hosts = await self.controller.list_hosts()
-        servers = await self.controller.list_servers()
-        ports: list[Port] = []
-        for chunk in await asyncio.gather(*(self.controller.ports_on_host(h.name) for h in hosts)):
-            ports.extend(chunk)
-        self.hosts = {h.name: h for h in hosts}
-        self.servers = {s.id: s for s in servers}
-        self.ports = {p.id: p for p in ports}
-        self._index()
+        """Read the whole map and swap it in at once. The maps and indexes are built in a worker thread: at
+        thousands of hosts that is hundreds of milliseconds the event loop (and liveness) must not wait."""
+        hosts, servers, ports = await asyncio.gather(self.controller.list_hosts(), self.controller.list_servers(),
+                                                     self.controller.list_ports())
+        built = await asyncio.to_thread(_build, hosts, servers, ports)
+        self.hosts, self.servers, self.ports, self._by_host, self._ports_by_host = built
         self.loaded_at = time.monotonic()
         log.info("resource map: %d hosts, %d servers, %d ports", len(hosts), len(servers), len(ports))
 
     def _index(self) -> None:
-        self._by_host = {}
-        for s in self.servers.values():
-            self._by_host.setdefault(s.host, set()).add(s.id)
-        self._ports_by_host = {}
-        for p in self.ports.values():
-            self._ports_by_host.setdefault(p.host, set()).add(p.id)
+        self._by_host, self._ports_by_host = _index(self.servers, self.ports)
 
     async def refresh_forever(self) -> None:
         while True:
@@ -99,6 +91,23 @@ class ResourceMap:
         for pid in ids:
             if pid in self.ports:
                 self.ports[pid] = dataclasses.replace(self.ports[pid], data_plane_status=status)
+
+
+def _index(servers: dict[str, Server], ports: dict[str, Port]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    by_host: dict[str, set[str]] = {}
+    for s in servers.values():
+        by_host.setdefault(s.host, set()).add(s.id)
+    ports_by_host: dict[str, set[str]] = {}
+    for p in ports.values():
+        ports_by_host.setdefault(p.host, set()).add(p.id)
+    return by_host, ports_by_host
+
+
+def _build(hosts: list[Host], servers: list[Server], ports: list[Port]) -> tuple[
+        dict[str, Host], dict[str, Server], dict[str, Port], dict[str, set[str]], dict[str, set[str]]]:
+    by_id = {s.id: s for s in servers}
+    ports_by_id = {p.id: p for p in ports}
+    return ({h.name: h for h in hosts}, by_id, ports_by_id, *_index(by_id, ports_by_id))
 
 
 __all__ = ["NotFound", "ResourceMap"]

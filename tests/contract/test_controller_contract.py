@@ -52,9 +52,11 @@ async def test_servers_with_owners(backend: Backend) -> None:
 
 
 async def test_ports(backend: Backend) -> None:
-    """Ports bound to a host, with owner and device, no data-plane status yet."""
+    """Ports bound to a host, with owner and device, no data-plane status yet; every bound port at once."""
     assert await backend.ctl.ports_on_host("c1") == [Port("port-1", "c1", "p1", "s1"), Port("port-2", "c1", "p2", "s2")]
     assert await backend.ctl.ports_on_host("c3") == []
+    assert [(p.id, p.host) for p in await backend.ctl.list_ports()] == [
+        (p.id, p.host) for h in ("c1", "c2", "c3") for p in await backend.ctl.ports_on_host(h)]
 
 
 async def test_force_down_and_up(backend: Backend) -> None:
