@@ -76,6 +76,7 @@ class Host:
     alive: bool = True  # the compute service reports (Nova: service state up)
     zone: str = ""
     bmc: Bmc | None = None
+    switch: str = ""    # the top-of-rack switch its data links go through: a failure domain shared with its rack
 
     @property
     def status(self) -> HostStatus:

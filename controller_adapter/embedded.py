@@ -62,7 +62,7 @@ def load_inventory(path: Path) -> tuple[list[Host], list[Server], list[Port]]:
                 password=b.secret("password") or "",
             )
             b.done()
-        hosts.append(Host(name=h.str("name"), zone=h.str("zone", ""), bmc=bmc))
+        hosts.append(Host(name=h.str("name"), zone=h.str("zone", ""), switch=h.str("switch", ""), bmc=bmc))
         h.done()
     names = {h.name for h in hosts}
     if len(names) != len(hosts):
@@ -111,13 +111,16 @@ class EmbeddedController:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        if "switch" not in {r[1] for r in db.execute("PRAGMA table_info(hosts)")}:  # a state file from before
+            db.execute("ALTER TABLE hosts ADD COLUMN switch TEXT NOT NULL DEFAULT ''")
         with db:
             db.execute("BEGIN")
             # the inventory adds what is new; state already persisted is kept
             for h in hosts:
                 bmc = json.dumps(h.bmc.__dict__) if h.bmc else None
-                db.execute("INSERT INTO hosts(name, zone, bmc) VALUES (?,?,?) "
-                           "ON CONFLICT(name) DO UPDATE SET zone=excluded.zone, bmc=excluded.bmc", (h.name, h.zone, bmc))
+                db.execute("INSERT INTO hosts(name, zone, switch, bmc) VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE "
+                           "SET zone=excluded.zone, switch=excluded.switch, bmc=excluded.bmc",
+                           (h.name, h.zone, h.switch, bmc))
             db.executemany("INSERT OR IGNORE INTO servers(id, name, host, project_id, user_id) VALUES (?,?,?,?,?)",
                            [(s.id, s.name, s.host, s.project_id, s.user_id) for s in servers])
             db.executemany("INSERT OR IGNORE INTO ports(id, host, project_id, device_id) VALUES (?,?,?,?)",
@@ -131,15 +134,15 @@ class EmbeddedController:
 
     @staticmethod
     def _host(row: tuple[Any, ...]) -> Host:
-        name, zone, bmc, forced_down, disabled, reason, alive = row
+        name, zone, bmc, forced_down, disabled, reason, alive, switch = row
         return Host(name=name, zone=zone, bmc=Bmc(**json.loads(bmc)) if bmc else None, forced_down=bool(forced_down),
-                    disabled=bool(disabled), disabled_reason=reason, alive=bool(alive))
+                    disabled=bool(disabled), disabled_reason=reason, alive=bool(alive), switch=switch)
 
     @staticmethod
     def _server(row: tuple[Any, ...]) -> Server:
         return Server(id=row[0], name=row[1], host=row[2], project_id=row[3], user_id=row[4], state=ServerState(row[5]))
 
-    _HOST_COLS = "name, zone, bmc, forced_down, disabled, disabled_reason, alive"
+    _HOST_COLS = "name, zone, bmc, forced_down, disabled, disabled_reason, alive, switch"
     _SERVER_COLS = "id, name, host, project_id, user_id, state"
 
     # rows become objects in the controller's thread too: thousands of them would stall the event loop

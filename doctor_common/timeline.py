@@ -9,7 +9,12 @@ from collections.abc import Iterable, Sequence
 from doctor_common.api import common_pb2
 
 Stage = common_pb2.Stage
-STAGES: tuple[int, ...] = tuple(v for v in Stage.values() if v != Stage.STAGE_UNSPECIFIED)
+# the chain's order (not the enum's: the two-phase notice's stages were added later)
+STAGES: tuple[int, ...] = (
+    Stage.STAGE_OBSERVED, Stage.STAGE_SENT, Stage.STAGE_RECEIVED, Stage.STAGE_CORRELATED,
+    Stage.STAGE_SUSPECT_PUBLISHED, Stage.STAGE_FENCED, Stage.STAGE_FENCE_PUBLISHED, Stage.STAGE_MARKED_DOWN,
+    Stage.STAGE_SERVERS_UPDATED, Stage.STAGE_PUBLISHED, Stage.STAGE_DELIVERED)
+assert set(STAGES) == set(Stage.values()) - {Stage.STAGE_UNSPECIFIED}, "a Stage is missing from the chain's order"
 
 
 def now_ns() -> int:

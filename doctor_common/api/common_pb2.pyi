@@ -44,6 +44,8 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_SERVERS_UPDATED: _ClassVar[Stage]
     STAGE_PUBLISHED: _ClassVar[Stage]
     STAGE_DELIVERED: _ClassVar[Stage]
+    STAGE_SUSPECT_PUBLISHED: _ClassVar[Stage]
+    STAGE_FENCE_PUBLISHED: _ClassVar[Stage]
 SEVERITY_UNSPECIFIED: Severity
 SEVERITY_CLEARED: Severity
 SEVERITY_INDETERMINATE: Severity
@@ -70,6 +72,8 @@ STAGE_MARKED_DOWN: Stage
 STAGE_SERVERS_UPDATED: Stage
 STAGE_PUBLISHED: Stage
 STAGE_DELIVERED: Stage
+STAGE_SUSPECT_PUBLISHED: Stage
+STAGE_FENCE_PUBLISHED: Stage
 
 class StageTime(_message.Message):
     __slots__ = ("stage", "unix_nanos")

@@ -5,8 +5,10 @@
                         └──silence > timeout──────────▶ unreachable  (confirm with the BMC and fence)
     any ──Hello or any message──▶ up
 
-Silence is measured from the last message of any kind (events, heartbeats);
-the server's HTTP/2 keepalive ends a hung stream shortly after.
+Silence is measured from the last message of any kind (events, heartbeats),
+less the time the inspector itself was not running (``southbound/lag.py``);
+nothing is declared unreachable while the inspector is behind. The server's
+HTTP/2 keepalive ends a hung stream shortly after.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 from doctor_common.api import agent_pb2
 from doctor_common.timeline import now_ns
+from inspector.southbound.lag import Lag
 
 log = logging.getLogger("doctor.inspector.liveness")
 
@@ -35,6 +38,7 @@ class HostRecord:
     peer: str = ""
     last_seen: float = 0.0          # monotonic, for timeouts
     last_seen_ns: int = 0           # wall clock, for humans
+    lost_at_seen: float = 0.0       # the inspector's lost time (Lag.lost_s) when last heard
     last_sequence: int = 0          # highest event sequence processed for boot_id
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
@@ -49,9 +53,11 @@ class HostRecord:
 class Liveness:
     """Tracks every host's agent; calls ``on_change(record, old, new)`` on every liveness transition."""
 
-    def __init__(self, timeout_s: float, on_change: Callable[[HostRecord, str, str], Awaitable[None]]) -> None:
+    def __init__(self, timeout_s: float, on_change: Callable[[HostRecord, str, str], Awaitable[None]],
+                 lag: Lag | None = None) -> None:
         self.timeout_s = timeout_s
         self.on_change = on_change
+        self.lag = lag or Lag(bound_s=max(0.05, timeout_s / 5), hold_s=timeout_s)
         self.hosts: dict[str, HostRecord] = {}
 
     def reset(self) -> None:
@@ -64,9 +70,18 @@ class Liveness:
         died during a failover is still noticed)."""
         rec = self.record(host_id)
         rec.liveness = UP
-        rec.seen()
+        self._seen(rec)
         rec.last_seen += grace_s
         return rec
+
+    def _seen(self, rec: HostRecord) -> None:
+        rec.seen()
+        rec.lost_at_seen = self.lag.lost_s
+
+    def silence(self, rec: HostRecord, now: float | None = None) -> float:
+        """Seconds since the host was last heard, less the time this process was not running meanwhile."""
+        now = time.monotonic() if now is None else now
+        return now - rec.last_seen - (self.lag.lost_s - rec.lost_at_seen)
 
     def current(self, rec: HostRecord) -> bool:
         return self.hosts.get(rec.host_id) is rec
@@ -90,11 +105,11 @@ class Liveness:
             rec.health = None      # and counts its checkers' runs afresh
         rec.stream, rec.connected, rec.goodbye = stream, True, False
         rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
-        rec.seen()
+        self._seen(rec)
         await self._set(rec, UP)
 
     async def heard(self, rec: HostRecord) -> None:
-        rec.seen()
+        self._seen(rec)
         if rec.liveness != UP:
             await self._set(rec, UP)
 
@@ -105,29 +120,25 @@ class Liveness:
         rec.stream, rec.connected = None, False
         if rec.goodbye:
             await self._set(rec, STOPPED)
-        elif rec.liveness == UP and time.monotonic() - rec.last_seen < self.timeout_s:
+        elif rec.liveness == UP and self.silence(rec) < self.timeout_s:
             await self._set(rec, AGENT_DOWN)
 
     async def watch(self) -> None:
         """Declare silent hosts unreachable; runs until cancelled.
 
-        If this loop itself was held up (the process frozen, a long pause), the hosts' messages of that time
-        are still unread in the sockets: the stall is not counted as their silence.
+        Time this process did not run (a freeze, a stall, overload) is not counted as the hosts' silence: their
+        messages of that time are still unread in the sockets. While the inspector is behind, nothing is
+        declared at all.
         """
         period = max(self.timeout_s / 5, 0.01)
-        last = time.monotonic()
         while True:
             await asyncio.sleep(period)
+            self.lag.check()  # a stall this loop is first to notice is credited before judging
             now = time.monotonic()
-            stall, last = now - last - period, now
-            if stall > self.timeout_s / 2:
-                log.warning("liveness watch held up %.0f ms (this process did not run): not the hosts' silence",
-                            stall * 1e3)
-                for rec in self.hosts.values():
-                    rec.last_seen += stall
+            if self.lag.behind(now):
                 continue
             for rec in list(self.hosts.values()):
-                if rec.liveness == UP and now - rec.last_seen > self.timeout_s:
+                if rec.liveness == UP and self.silence(rec, now) > self.timeout_s:
                     try:
                         await self._set(rec, UNREACHABLE)
                     except Exception:  # noqa: BLE001 - one host's failure must not stop the watch

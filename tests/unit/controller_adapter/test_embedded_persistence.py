@@ -28,3 +28,25 @@ async def test_state_survives_restart_and_inventory_adds_new_things(tmp_path: Pa
         assert [s.id for s in await c.list_servers("q")] == ["s2"]
     finally:
         await c.close()
+
+
+async def test_topology_comes_from_the_inventory_also_for_an_older_state_file(tmp_path: Path) -> None:
+    """Each host's zone and switch are read from the inventory; a state file written before hosts had a switch
+    is upgraded in place, keeping its state."""
+    import sqlite3
+
+    inv, db = tmp_path / "inv.toml", tmp_path / "state.sqlite"
+    old = sqlite3.connect(db)
+    old.executescript("CREATE TABLE hosts (name TEXT PRIMARY KEY, zone TEXT NOT NULL DEFAULT '', bmc TEXT, "
+                      "forced_down INTEGER NOT NULL DEFAULT 0, disabled INTEGER NOT NULL DEFAULT 0, "
+                      "disabled_reason TEXT NOT NULL DEFAULT '', alive INTEGER NOT NULL DEFAULT 1);"
+                      "INSERT INTO hosts(name, forced_down) VALUES ('c1', 1);")
+    old.close()
+    inv.write_text('[[hosts]]\nname = "c1"\nzone = "az1"\nswitch = "tor-1"\n[[hosts]]\nname = "c2"\nzone = "az2"\n')
+    c = EmbeddedController(inv, db)
+    try:
+        hosts = {h.name: h for h in await c.list_hosts()}
+        assert (hosts["c1"].zone, hosts["c1"].switch, hosts["c1"].forced_down) == ("az1", "tor-1", True)
+        assert (hosts["c2"].zone, hosts["c2"].switch) == ("az2", "")
+    finally:
+        await c.close()

@@ -1,9 +1,11 @@
 """Host liveness transitions (DESIGN principle 4)."""
 
 import asyncio
+import time
 
 from doctor_common.api import agent_pb2
 from doctor_common.lab.cloud import wait_for
+from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, Liveness
 
 
@@ -58,3 +60,60 @@ async def test_a_replaced_stream_closing_changes_nothing() -> None:
     await lv.attach(rec, new, agent_pb2.Hello(host_id="h", boot_id="b2"), "p")
     await lv.detach(rec, old)
     assert rec.liveness == UP and rec.connected and rec.last_sequence == 0
+
+
+async def test_a_stalled_inspector_does_not_count_its_own_stall_as_silence() -> None:
+    """The loop blocked for three timeouts (overload, a pause): hosts heard just before are not unreachable once
+    it runs again - their messages of that time are still unread - and a host that stays silent still is, later."""
+    lv, changes = _liveness(0.1)
+    rec = lv.record("h")
+    await lv.attach(rec, object(), agent_pb2.Hello(host_id="h", boot_id="b"), "peer")
+    tasks = [asyncio.create_task(lv.lag.run()), asyncio.create_task(lv.watch())]
+    try:
+        await asyncio.sleep(0.03)
+        blocked = asyncio.Event()
+
+        def block() -> None:
+            time.sleep(0.3)  # the whole process stalls: nobody can read the agent's heartbeats
+            blocked.set()
+        asyncio.get_running_loop().call_soon(block)
+        await blocked.wait()
+        # right after the stall the watch runs (every 20 ms) before the heartbeats queued meanwhile would be read
+        await asyncio.sleep(0.06)
+        assert rec.liveness == UP and lv.lag.lost_s >= 0.25
+        await lv.heard(rec)  # the queued heartbeat
+        await wait_for(lambda: rec.liveness == UNREACHABLE, 2.0, what="real silence after the stall")
+        assert [c[2] for c in changes] == [UP, UNREACHABLE]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_while_reads_lag_nobody_is_declared_unreachable() -> None:
+    """Heartbeats read long after they were sent (the inspector is behind its streams): silence is not judged
+    until reads catch up."""
+    lv, _ = _liveness(0.05)
+    rec = lv.record("h")
+    await lv.attach(rec, object(), agent_pb2.Hello(host_id="h", boot_id="b"), "peer")
+    watcher = asyncio.create_task(lv.watch())
+    try:
+        for _ in range(20):
+            lv.lag.observe_read_delay(1.0)
+        await asyncio.sleep(0.3)
+        assert rec.liveness == UP and lv.lag.behind()
+        lv.lag.observe_read_delay(0.0)  # caught up: the recent median drops once the lagging samples are old
+        await wait_for(lambda: rec.liveness == UNREACHABLE, 3.0, what="unreachable once caught up")
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+def test_a_stall_is_counted_once_whoever_notices_it() -> None:
+    """Two loops noticing the same late wake-up add it to the lost time once."""
+    lag = Lag(bound_s=0.05, hold_s=0.1, interval_s=0.02)
+    t0 = time.monotonic()
+    lag._last_check = t0
+    assert lag.check(t0 + 0.5) > 0.4
+    assert lag.check(t0 + 0.5) == 0.0
+    assert 0.45 < lag.lost_s < 0.5 and lag.behind(t0 + 0.55) and not lag.behind(t0 + 0.7)
