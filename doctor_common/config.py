@@ -81,12 +81,15 @@ class Section:
                 raise self.error(name, f"must be at most {max}, got {value}")
         return value
 
-    def float(self, name: str, default: Any = _MISSING, *, min: float | None = None) -> Any:
+    def float(self, name: str, default: Any = _MISSING, *, min: float | None = None,
+              max: float | None = None) -> Any:
         value = self._get(name, (int, float), default)
         if value is not None and value is not default:
             value = float(value)
             if min is not None and value < min:
                 raise self.error(name, f"must be at least {min}, got {value}")
+            if max is not None and value > max:
+                raise self.error(name, f"must be at most {max}, got {value}")
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:

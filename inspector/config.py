@@ -13,7 +13,9 @@ from doctor_common.auth import Principal, TokenAuth
 from doctor_common.config import ConfigError, Section
 from doctor_common.endpoint import parse_endpoint
 from inspector.ha.etcd_config import EtcdConfig
+from inspector.response.fleet_guard import GuardConfig
 from inspector.response.policy import Policy, default_policy, load_policy
+from inspector.response.recovery import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class InspectorConfig:
     fencing_timeout_s: float = 5.0
     fencing_poll_s: float = 0.002
     fencing_retry_s: float = 0.05
+    fence_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    max_lag_s: float = 0.3               # behind by more than this: nothing is declared unreachable
     queue_limit: int = 1000
     retention: int = 10_000
     resource_refresh_s: float = 30.0
@@ -125,8 +130,27 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
     opts["fencing_timeout_s"] = f.float("timeout_s", 5.0, min=0.1)
     opts["fencing_poll_s"] = f.int("poll_interval_ms", 2, min=1) / 1000
     opts["fencing_retry_s"] = f.int("ipmi_retry_ms", 50, min=5, max=5000) / 1000
+    first = f.float("retry_first_s", 1.0, min=0.05)
+    opts["fence_retry"] = RetryPolicy(first, f.float("retry_max_s", 30.0, min=first))
     bmcs = {host: _bmc(s) for host, s in f.table("bmc").items()}
     f.done()
+
+    g = root.section("guard")
+    opts["guard"] = GuardConfig(
+        enabled=g.bool("enabled", True),
+        max_silent_share=g.float("max_silent_share", 0.55, min=0.0, max=1.0),
+        max_silent_hosts=g.int("max_silent_hosts", 3, min=0),
+        min_zone_hosts=g.int("min_zone_hosts", 3, min=1),
+        switch_min_hosts=g.int("switch_min_hosts", 2, min=2),
+        settle_s=g.int("settle_ms", 150, min=0, max=10_000) / 1000,
+        fence_rate_per_minute=g.float("fence_rate_per_minute", 6.0, min=0.0),
+        fence_burst=g.int("fence_burst", 2, min=1),
+        link_fault_types=tuple(g.str_list("link_fault_types", ["compute.host.nic.down"])))
+    for index, pattern in enumerate(opts["guard"].link_fault_types):
+        if not pattern or "*" in pattern:
+            raise g.error(f"link_fault_types[{index}]", "give exact fault types (e.g. compute.host.nic.down)")
+    opts["max_lag_s"] = g.int("max_lag_ms", max(50, int(opts["liveness_timeout_s"] * 200)), min=10) / 1000
+    g.done()
 
     n = root.section("notifier")
     opts["queue_limit"] = n.int("queue_limit", 1000, min=1)

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2, diagnostics_pb2_grpc, fault_pb2_grpc
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
-from doctor_common.timeline import now_ns
+from doctor_common.timeline import Stage, now_ns
 from inspector.config import InspectorConfig
 from inspector.ha.leadership import Leadership
 from inspector.ha.redirects import LeaderProbe, Redirector
@@ -33,9 +33,11 @@ from inspector.response.alarms import AlarmStore, alarm_from_json
 from inspector.response.correlate import ResourceMap
 from inspector.response.durable import EtcdDurable, NullDurable
 from inspector.response.fencing import IpmiFencer
+from inspector.response.fleet_guard import FleetGuard, HostView
 from inspector.response.responder import Responder
 from inspector.response.trigger import Trigger
 from inspector.southbound.gateway import AgentGatewayServicer
+from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY
 from notifier.log import MemoryLog, NotificationLog
@@ -71,12 +73,22 @@ class Inspector:
         self.durable: Any = EtcdDurable(self.leadership.store) if self.leadership else NullDurable()
         self.log: Any = self.leadership.log if self.leadership else (notification_log or MemoryLog(cfg.retention))
         self.book = self.leadership.book if self.leadership else SubscriptionBook(None, cfg.subscription_expiry_s)
-        self.publisher = Publisher(self.log, self.registry, after_append=lambda _s: crashpoint.reached("after_publish"))
+        # the test hook's "after_publish": the incident's final notice, appended, not yet fanned out
+        self.publisher = Publisher(self.log, self.registry, after_append=lambda _seq, stage: crashpoint.reached(
+            "after_publish") if stage == Stage.STAGE_PUBLISHED else None)
         self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s, retry_s=cfg.fencing_retry_s)
+        self.lag = Lag(bound_s=cfg.max_lag_s, hold_s=cfg.liveness_timeout_s)
+        self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed, self.lag)
+        # a healthy agent speaks every heartbeat interval: hosts silenced together are all "quiet" by the time
+        # the first of them crosses the liveness timeout
+        hb = cfg.heartbeat_interval_ms / 1000
+        self.quiet_after_s = max(1.5 * hb, cfg.liveness_timeout_s - hb)
+        self.guard = FleetGuard(cfg.guard, lambda: self.resources.hosts, self._host_view)
         self.responder = Responder(cfg.policy, self.resources, self.controller, self.fencer, self.alarms,
-                                   self.publisher, cfg.bmcs, self.durable)
+                                   self.publisher, cfg.bmcs, self.durable, guard=self.guard,
+                                   expect=lambda host: self.liveness.expect(host, 0.0), retry=cfg.fence_retry,
+                                   spawn=self._act)
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
-        self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed)
         hold_s = cfg.etcd.lease_ttl_s + 1.5 if cfg.etcd else 0.0  # a dead leader is named at most this long
         self.probe = LeaderProbe(self.leader_endpoint)
         self.agent_redirects = Redirector(self._leader_agent_endpoint, lambda: self.acting, cfg.advertise_agents,
@@ -143,7 +155,9 @@ class Inspector:
                              for d in alarms.values()])
         await self.book.load()
         self.liveness.reset()
-        expected = [h for h, d in hosts.items() if d.get("liveness") == UP and h in self.resources.hosts]
+        expected = {h for h, d in hosts.items() if d.get("liveness") == UP and h in self.resources.hosts}
+        # a host suspected for silence and not fenced yet is judged afresh: declared again only if still silent
+        expected |= {a.host for a in self.alarms.incidents() if a.silence and a.withdrawable}
         for host in expected:  # connected to the previous leader: noticed if they do not come back
             self.liveness.expect(host, self.cfg.takeover_grace_s)
         self._epoch += 1
@@ -156,8 +170,7 @@ class Inspector:
                     "log at %d; waiting up to %.1fs for %d agents", self.cfg.node_id, term.token,
                     (time.monotonic() - started) * 1e3, len(self.alarms), len(incidents), len(self.book.records),
                     self.log.last_sequence, self.cfg.takeover_grace_s, len(expected))
-        loops = [asyncio.create_task(self.liveness.watch(), name="liveness"),
-                 asyncio.create_task(self.resources.refresh_forever(), name="resources")]
+        loops = self._leader_loops()
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -177,6 +190,7 @@ class Inspector:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.responder.recovery.cancel_all()
         ended = self.registry.end_all(NOT_LEADER, self.leader_endpoint() or "")
         self.book.clear()
         self.alarms.replace([])
@@ -224,8 +238,7 @@ class Inspector:
                      self.cfg.advertise)
             return
         self._warm_bmcs()
-        self._loops = [asyncio.create_task(self.liveness.watch(), name="liveness"),
-                       asyncio.create_task(self.resources.refresh_forever(), name="resources")]
+        self._loops = self._leader_loops()
         log.warning("STANDALONE MODE: one inspector, its state in this process only: NOT highly available "
                     "(add an [etcd] table and run several replicas for that; docs/ha.md)")
         log.info("inspector %s serving on %s", self.cfg.node_id, ", ".join(self.cfg.listen))
@@ -244,6 +257,25 @@ class Inspector:
             await self.leadership.close()
         await self.fencer.close()
         await self.controller.close()
+
+    def _leader_loops(self) -> list[asyncio.Task[Any]]:
+        """What the acting replica runs: its own lag, liveness, shared causes, the resource map's refresh."""
+        return [asyncio.create_task(self.lag.run(), name="lag"),
+                asyncio.create_task(self.liveness.watch(), name="liveness"),
+                asyncio.create_task(self.responder.causes.watch(), name="shared causes"),
+                asyncio.create_task(self.resources.refresh_forever(), name="resources")]
+
+    def _host_view(self, host: str) -> HostView:
+        """Liveness as the fleet guard counts it: watched while its agent should speak and nothing took the host
+        out of service; quiet when unreachable or silent past ``quiet_after_s``."""
+        rec = self.liveness.hosts.get(host)
+        if rec is None or rec.liveness not in (UP, UNREACHABLE):
+            return HostView(False, False)
+        h = self.resources.hosts.get(host)
+        incident = self.alarms.incident(host)
+        if (h is not None and (h.forced_down or h.disabled)) or (incident is not None and incident.fenced):
+            return HostView(False, False)
+        return HostView(True, rec.liveness == UNREACHABLE or self.liveness.silence(rec) > self.quiet_after_s)
 
     def main_loops(self) -> list[asyncio.Task[Any]]:
         """The loops the replica lives by (leadership, or liveness and friends when standalone): one that ends
@@ -286,7 +318,7 @@ class Inspector:
             self._faults_responded.add(key)
             self._act(self.responder.fault(trigger), f"response to {trigger.fault_type} on {rec.host_id}")
         elif state.status == agent_pb2.COMPONENT_STATUS_OK and (
-                key in self._faults_responded or self.alarms.by_component(*key) is not None):
+                key in self._faults_responded or self.alarms.raised_by(*key) is not None):
             # most OK readings (every healthy component of every Hello) have nothing to clear: no task for them.
             # A fault response may not have raised its alarm yet (it waits for the host's lock): the clear
             # queues behind it on that lock.
@@ -311,6 +343,6 @@ class Inspector:
                 description="the agent's stream was closed by its host: agent died, host alive",
                 observed_ns=now, received_ns=now)), f"agent down {rec.host_id}")
         elif new in (UP, STOPPED) and (old in (AGENT_DOWN, UNREACHABLE, STOPPED)
-                                       or self.alarms.by_component(rec.host_id, "agent") is not None):
+                                       or self.alarms.raised_by(rec.host_id, "agent") is not None):
             # the second case: an agent alarm a previous leader raised, and the agent is back
             self._act(self.responder.clear(rec.host_id, "agent"), f"agent back {rec.host_id}")

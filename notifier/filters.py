@@ -115,8 +115,14 @@ def view_notification(principal: Principal, flt: Filter, n: fault_pb2.FaultNotif
     virtual, physical = view_resources(principal, flt, list(n.virtual_resource_info), list(n.physical_resource_info))
     if not virtual and not physical:
         return None
-    out = fault_pb2.FaultNotification(
-        notification_id=n.notification_id, sequence=n.sequence, event_time_unix_nanos=n.event_time_unix_nanos,
-        virtual_resource_info=virtual, physical_resource_info=physical, fenced=n.fenced, fencing_error=n.fencing_error)
-    out.timeline.CopyFrom(n.timeline)
+    out = fault_pb2.FaultNotification(virtual_resource_info=virtual, physical_resource_info=physical)
+    for field in _SHARED_FIELDS:  # everything but the resources, whatever fields the contract grows
+        if field.message_type is not None:
+            getattr(out, field.name).CopyFrom(getattr(n, field.name))
+        else:
+            setattr(out, field.name, getattr(n, field.name))
     return out
+
+
+_SHARED_FIELDS = [f for f in fault_pb2.FaultNotification.DESCRIPTOR.fields
+                  if f.name not in ("virtual_resource_info", "physical_resource_info")]

@@ -51,21 +51,24 @@ class Publisher:
     """
 
     def __init__(self, log_: NotificationLog, registry: Registry,
-                 after_append: Callable[[int], None] | None = None) -> None:
+                 after_append: Callable[[int, int], None] | None = None) -> None:
         self.log = log_
         self.registry = registry
-        self.after_append = after_append or (lambda _seq: None)  # a test hook (inspector/response/crashpoint.py)
+        # a test hook (inspector/response/crashpoint.py): (sequence, stage) once appended, before the fan-out
+        self.after_append = after_append or (lambda _seq, _stage: None)
         self._shield = not isinstance(log_, MemoryLog)  # an in-memory append cannot be left half-done
         self._lock = asyncio.Lock()
 
-    async def publish(self, notification: fault_pb2.FaultNotification, also: Sequence[Any] = ()) -> int:
-        stamp(notification.timeline, Stage.STAGE_PUBLISHED)
+    async def publish(self, notification: fault_pb2.FaultNotification, also: Sequence[Any] = (),
+                      stage: int = Stage.STAGE_PUBLISHED) -> int:
+        """Log, then fan out; ``stage`` is stamped on its timeline (an incident's earlier notices have their own)."""
+        stamp(notification.timeline, stage)
         async with self._lock:
             if self._shield:
                 seq = await shielded(self._append(notification, also))  # errors are logged in _append
             else:
                 seq = await self._append(notification, also)
-            self.after_append(seq)
+            self.after_append(seq, stage)
             self.registry.fan_out(notification)
         return seq
 

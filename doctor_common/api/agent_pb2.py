@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from doctor_common.api import common_pb2 as doctor_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64octor/v1/agent.proto\x12\tdoctor.v1\x1a\x16\x64octor/v1/common.proto\"\xb3\x02\n\x0e\x43omponentState\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0f\n\x07\x63hecker\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.doctor.v1.ComponentStatus\x12\x12\n\nfault_type\x18\x04 \x01(\t\x12%\n\x08severity\x18\x05 \x01(\x0e\x32\x13.doctor.v1.Severity\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x37\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32&.doctor.v1.ComponentState.DetailsEntry\x12\x18\n\x10since_unix_nanos\x18\x08 \x01(\x03\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x05state\x18\x02 \x01(\x0b\x32\x19.doctor.v1.ComponentState\x12\x1b\n\x13observed_unix_nanos\x18\x03 \x01(\x03\x12\x17\n\x0fsent_unix_nanos\x18\x04 \x01(\x03\"\x86\x01\n\x05Hello\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12-\n\ncomponents\x18\x04 \x03(\x0b\x32\x19.doctor.v1.ComponentState\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\".\n\nEventBatch\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.doctor.v1.Event\"$\n\tHeartbeat\x12\x17\n\x0fsent_unix_nanos\x18\x01 \x01(\x03\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\\\n\x08\x43heckRun\x12\x1a\n\x12started_unix_nanos\x18\x01 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x01\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"y\n\tCheckRuns\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0c\n\x04runs\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\x12\x18\n\x10mean_duration_ms\x18\x04 \x01(\x01\x12#\n\x06recent\x18\x05 \x03(\x0b\x32\x13.doctor.v1.CheckRun\"l\n\rCheckerHealth\x12\x0f\n\x07\x63hecker\x18\x01 \x01(\t\x12\x10\n\x08restarts\x18\x02 \x01(\r\x12\x12\n\nlast_crash\x18\x03 \x01(\t\x12$\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x14.doctor.v1.CheckRuns\"p\n\x0b\x41gentHealth\x12*\n\x08\x63heckers\x18\x01 \x03(\x0b\x32\x18.doctor.v1.CheckerHealth\x12\x1c\n\x14\x63ollected_unix_nanos\x18\x02 \x01(\x03\x12\x17\n\x0floops_not_alive\x18\x03 \x03(\t\"\xde\x01\n\x0c\x41gentMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.doctor.v1.HelloH\x00\x12\'\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x15.doctor.v1.EventBatchH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.doctor.v1.HeartbeatH\x00\x12%\n\x07goodbye\x18\x04 \x01(\x0b\x32\x12.doctor.v1.GoodbyeH\x00\x12(\n\x06health\x18\x05 \x01(\x0b\x32\x16.doctor.v1.AgentHealthH\x00\x42\x06\n\x04kind\"\x17\n\x03\x41\x63k\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"#\n\x08Redirect\x12\x17\n\x0fleader_endpoint\x18\x01 \x01(\t\"+\n\nConfigHint\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"\x89\x01\n\x0eGatewayMessage\x12\x1d\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x0e.doctor.v1.AckH\x00\x12\'\n\x08redirect\x18\x02 \x01(\x0b\x32\x13.doctor.v1.RedirectH\x00\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x15.doctor.v1.ConfigHintH\x00\x42\x06\n\x04kind\"\x1f\n\x0fJsonEventReport\x12\x0c\n\x04json\x18\x01 \x01(\t\" \n\x0cJsonEventAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r*\xa4\x01\n\x0f\x43omponentStatus\x12 \n\x1c\x43OMPONENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43OMPONENT_STATUS_OK\x10\x01\x12\x1c\n\x18\x43OMPONENT_STATUS_WARNING\x10\x02\x12\x1a\n\x16\x43OMPONENT_STATUS_FAULT\x10\x03\x12\x1c\n\x18\x43OMPONENT_STATUS_UNKNOWN\x10\x04\x32\x94\x01\n\x0c\x41gentGateway\x12\x41\n\x07\x43onnect\x12\x17.doctor.v1.AgentMessage\x1a\x19.doctor.v1.GatewayMessage(\x01\x30\x01\x12\x41\n\nReportJson\x12\x1a.doctor.v1.JsonEventReport\x1a\x17.doctor.v1.JsonEventAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64octor/v1/agent.proto\x12\tdoctor.v1\x1a\x16\x64octor/v1/common.proto\"\xb3\x02\n\x0e\x43omponentState\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0f\n\x07\x63hecker\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.doctor.v1.ComponentStatus\x12\x12\n\nfault_type\x18\x04 \x01(\t\x12%\n\x08severity\x18\x05 \x01(\x0e\x32\x13.doctor.v1.Severity\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x37\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32&.doctor.v1.ComponentState.DetailsEntry\x12\x18\n\x10since_unix_nanos\x18\x08 \x01(\x03\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x05state\x18\x02 \x01(\x0b\x32\x19.doctor.v1.ComponentState\x12\x1b\n\x13observed_unix_nanos\x18\x03 \x01(\x03\x12\x17\n\x0fsent_unix_nanos\x18\x04 \x01(\x03\"\x9c\x01\n\x05Hello\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12-\n\ncomponents\x18\x04 \x03(\x0b\x32\x19.doctor.v1.ComponentState\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x14\n\x0chost_boot_id\x18\x06 \x01(\t\".\n\nEventBatch\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.doctor.v1.Event\"$\n\tHeartbeat\x12\x17\n\x0fsent_unix_nanos\x18\x01 \x01(\x03\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\\\n\x08\x43heckRun\x12\x1a\n\x12started_unix_nanos\x18\x01 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x01\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"y\n\tCheckRuns\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0c\n\x04runs\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\x12\x18\n\x10mean_duration_ms\x18\x04 \x01(\x01\x12#\n\x06recent\x18\x05 \x03(\x0b\x32\x13.doctor.v1.CheckRun\"l\n\rCheckerHealth\x12\x0f\n\x07\x63hecker\x18\x01 \x01(\t\x12\x10\n\x08restarts\x18\x02 \x01(\r\x12\x12\n\nlast_crash\x18\x03 \x01(\t\x12$\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x14.doctor.v1.CheckRuns\"p\n\x0b\x41gentHealth\x12*\n\x08\x63heckers\x18\x01 \x03(\x0b\x32\x18.doctor.v1.CheckerHealth\x12\x1c\n\x14\x63ollected_unix_nanos\x18\x02 \x01(\x03\x12\x17\n\x0floops_not_alive\x18\x03 \x03(\t\"\xde\x01\n\x0c\x41gentMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.doctor.v1.HelloH\x00\x12\'\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x15.doctor.v1.EventBatchH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.doctor.v1.HeartbeatH\x00\x12%\n\x07goodbye\x18\x04 \x01(\x0b\x32\x12.doctor.v1.GoodbyeH\x00\x12(\n\x06health\x18\x05 \x01(\x0b\x32\x16.doctor.v1.AgentHealthH\x00\x42\x06\n\x04kind\"\x17\n\x03\x41\x63k\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"#\n\x08Redirect\x12\x17\n\x0fleader_endpoint\x18\x01 \x01(\t\"+\n\nConfigHint\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"\x89\x01\n\x0eGatewayMessage\x12\x1d\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x0e.doctor.v1.AckH\x00\x12\'\n\x08redirect\x18\x02 \x01(\x0b\x32\x13.doctor.v1.RedirectH\x00\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x15.doctor.v1.ConfigHintH\x00\x42\x06\n\x04kind\"\x1f\n\x0fJsonEventReport\x12\x0c\n\x04json\x18\x01 \x01(\t\" \n\x0cJsonEventAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r*\xa4\x01\n\x0f\x43omponentStatus\x12 \n\x1c\x43OMPONENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43OMPONENT_STATUS_OK\x10\x01\x12\x1c\n\x18\x43OMPONENT_STATUS_WARNING\x10\x02\x12\x1a\n\x16\x43OMPONENT_STATUS_FAULT\x10\x03\x12\x1c\n\x18\x43OMPONENT_STATUS_UNKNOWN\x10\x04\x32\x94\x01\n\x0c\x41gentGateway\x12\x41\n\x07\x43onnect\x12\x17.doctor.v1.AgentMessage\x1a\x19.doctor.v1.GatewayMessage(\x01\x30\x01\x12\x41\n\nReportJson\x12\x1a.doctor.v1.JsonEventReport\x1a\x17.doctor.v1.JsonEventAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COMPONENTSTATE_DETAILSENTRY']._loaded_options = None
   _globals['_COMPONENTSTATE_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_COMPONENTSTATUS']._serialized_start=1724
-  _globals['_COMPONENTSTATUS']._serialized_end=1888
+  _globals['_COMPONENTSTATUS']._serialized_start=1746
+  _globals['_COMPONENTSTATUS']._serialized_end=1910
   _globals['_COMPONENTSTATE']._serialized_start=61
   _globals['_COMPONENTSTATE']._serialized_end=368
   _globals['_COMPONENTSTATE_DETAILSENTRY']._serialized_start=322
@@ -43,35 +43,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT']._serialized_start=370
   _globals['_EVENT']._serialized_end=491
   _globals['_HELLO']._serialized_start=494
-  _globals['_HELLO']._serialized_end=628
-  _globals['_EVENTBATCH']._serialized_start=630
-  _globals['_EVENTBATCH']._serialized_end=676
-  _globals['_HEARTBEAT']._serialized_start=678
-  _globals['_HEARTBEAT']._serialized_end=714
-  _globals['_GOODBYE']._serialized_start=716
-  _globals['_GOODBYE']._serialized_end=741
-  _globals['_CHECKRUN']._serialized_start=743
-  _globals['_CHECKRUN']._serialized_end=835
-  _globals['_CHECKRUNS']._serialized_start=837
-  _globals['_CHECKRUNS']._serialized_end=958
-  _globals['_CHECKERHEALTH']._serialized_start=960
-  _globals['_CHECKERHEALTH']._serialized_end=1068
-  _globals['_AGENTHEALTH']._serialized_start=1070
-  _globals['_AGENTHEALTH']._serialized_end=1182
-  _globals['_AGENTMESSAGE']._serialized_start=1185
-  _globals['_AGENTMESSAGE']._serialized_end=1407
-  _globals['_ACK']._serialized_start=1409
-  _globals['_ACK']._serialized_end=1432
-  _globals['_REDIRECT']._serialized_start=1434
-  _globals['_REDIRECT']._serialized_end=1469
-  _globals['_CONFIGHINT']._serialized_start=1471
-  _globals['_CONFIGHINT']._serialized_end=1514
-  _globals['_GATEWAYMESSAGE']._serialized_start=1517
-  _globals['_GATEWAYMESSAGE']._serialized_end=1654
-  _globals['_JSONEVENTREPORT']._serialized_start=1656
-  _globals['_JSONEVENTREPORT']._serialized_end=1687
-  _globals['_JSONEVENTACK']._serialized_start=1689
-  _globals['_JSONEVENTACK']._serialized_end=1721
-  _globals['_AGENTGATEWAY']._serialized_start=1891
-  _globals['_AGENTGATEWAY']._serialized_end=2039
+  _globals['_HELLO']._serialized_end=650
+  _globals['_EVENTBATCH']._serialized_start=652
+  _globals['_EVENTBATCH']._serialized_end=698
+  _globals['_HEARTBEAT']._serialized_start=700
+  _globals['_HEARTBEAT']._serialized_end=736
+  _globals['_GOODBYE']._serialized_start=738
+  _globals['_GOODBYE']._serialized_end=763
+  _globals['_CHECKRUN']._serialized_start=765
+  _globals['_CHECKRUN']._serialized_end=857
+  _globals['_CHECKRUNS']._serialized_start=859
+  _globals['_CHECKRUNS']._serialized_end=980
+  _globals['_CHECKERHEALTH']._serialized_start=982
+  _globals['_CHECKERHEALTH']._serialized_end=1090
+  _globals['_AGENTHEALTH']._serialized_start=1092
+  _globals['_AGENTHEALTH']._serialized_end=1204
+  _globals['_AGENTMESSAGE']._serialized_start=1207
+  _globals['_AGENTMESSAGE']._serialized_end=1429
+  _globals['_ACK']._serialized_start=1431
+  _globals['_ACK']._serialized_end=1454
+  _globals['_REDIRECT']._serialized_start=1456
+  _globals['_REDIRECT']._serialized_end=1491
+  _globals['_CONFIGHINT']._serialized_start=1493
+  _globals['_CONFIGHINT']._serialized_end=1536
+  _globals['_GATEWAYMESSAGE']._serialized_start=1539
+  _globals['_GATEWAYMESSAGE']._serialized_end=1676
+  _globals['_JSONEVENTREPORT']._serialized_start=1678
+  _globals['_JSONEVENTREPORT']._serialized_end=1709
+  _globals['_JSONEVENTACK']._serialized_start=1711
+  _globals['_JSONEVENTACK']._serialized_end=1743
+  _globals['_AGENTGATEWAY']._serialized_start=1913
+  _globals['_AGENTGATEWAY']._serialized_end=2061
 # @@protoc_insertion_point(module_scope)

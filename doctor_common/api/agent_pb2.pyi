@@ -61,18 +61,20 @@ class Event(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., state: _Optional[_Union[ComponentState, _Mapping]] = ..., observed_unix_nanos: _Optional[int] = ..., sent_unix_nanos: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host_id", "boot_id", "agent_version", "components", "last_sequence")
+    __slots__ = ("host_id", "boot_id", "agent_version", "components", "last_sequence", "host_boot_id")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HOST_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     boot_id: str
     agent_version: str
     components: _containers.RepeatedCompositeFieldContainer[ComponentState]
     last_sequence: int
-    def __init__(self, host_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentState, _Mapping]]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    host_boot_id: str
+    def __init__(self, host_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentState, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., host_boot_id: _Optional[str] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)

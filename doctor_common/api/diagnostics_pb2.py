@@ -26,7 +26,7 @@ from doctor_common.api import agent_pb2 as doctor_dot_v1_dot_agent__pb2
 from doctor_common.api import common_pb2 as doctor_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64octor/v1/diagnostics.proto\x12\tdoctor.v1\x1a\x15\x64octor/v1/agent.proto\x1a\x16\x64octor/v1/common.proto\"\x12\n\x10GetStatusRequest\"\x83\x02\n\tAgentInfo\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x10\n\x08liveness\x18\x03 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x1c\n\x14last_seen_unix_nanos\x18\x06 \x01(\x03\x12\x0c\n\x04peer\x18\x07 \x01(\t\x12\x15\n\rlast_sequence\x18\x08 \x01(\x04\x12-\n\ncomponents\x18\t \x03(\x0b\x32\x19.doctor.v1.ComponentState\x12&\n\x06health\x18\n \x01(\x0b\x32\x16.doctor.v1.AgentHealth\"\x91\x01\n\x10SubscriptionInfo\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\r\x12\x11\n\tdelivered\x18\x04 \x01(\x04\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x16\n\x0elast_delivered\x18\x06 \x01(\x04\"\xd8\x02\n\x0cStatusReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0fleader_endpoint\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x1a\n\x12started_unix_nanos\x18\x05 \x01(\x03\x12\x1f\n\x17protobuf_implementation\x18\x06 \x01(\t\x12\x12\n\ncontroller\x18\x07 \x01(\t\x12$\n\x06\x61gents\x18\x08 \x03(\x0b\x32\x14.doctor.v1.AgentInfo\x12\'\n\ractive_alarms\x18\t \x03(\x0b\x32\x10.doctor.v1.Fault\x12\x32\n\rsubscriptions\x18\n \x03(\x0b\x32\x1b.doctor.v1.SubscriptionInfo\x12\x15\n\rlast_sequence\x18\x0b \x01(\x04\x12\x14\n\x0cleader_token\x18\x0c \x01(\x04\"$\n\x13GetTimelinesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\x8e\x01\n\rFaultTimeline\x12\x10\n\x08\x66\x61ult_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x12\n\nfault_type\x18\x03 \x01(\t\x12%\n\x08timeline\x18\x04 \x01(\x0b\x32\x13.doctor.v1.Timeline\x12\x0f\n\x07servers\x18\x05 \x01(\r\x12\x0e\n\x06\x66\x65nced\x18\x06 \x01(\x08\"C\n\x14GetTimelinesResponse\x12+\n\ttimelines\x18\x01 \x03(\x0b\x32\x18.doctor.v1.FaultTimeline\"\x12\n\x10ListHostsRequest\"\xd3\x01\n\x08HostInfo\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12*\n\x0bhost_status\x18\x02 \x01(\x0e\x32\x15.doctor.v1.HostStatus\x12\x13\n\x0b\x66orced_down\x18\x03 \x01(\x08\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\x12\x17\n\x0f\x64isabled_reason\x18\x05 \x01(\t\x12\x10\n\x08liveness\x18\x06 \x01(\t\x12\x0f\n\x07servers\x18\x07 \x01(\r\x12\'\n\ractive_alarms\x18\x08 \x03(\x0b\x32\x10.doctor.v1.Fault\"7\n\x11ListHostsResponse\x12\"\n\x05hosts\x18\x01 \x03(\x0b\x32\x13.doctor.v1.HostInfo\"$\n\x11\x45nableHostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t2\xa1\x01\n\x0b\x44iagnostics\x12\x41\n\tGetStatus\x12\x1b.doctor.v1.GetStatusRequest\x1a\x17.doctor.v1.StatusReport\x12O\n\x0cGetTimelines\x12\x1e.doctor.v1.GetTimelinesRequest\x1a\x1f.doctor.v1.GetTimelinesResponse2\x90\x01\n\x05Hosts\x12\x46\n\tListHosts\x12\x1b.doctor.v1.ListHostsRequest\x1a\x1c.doctor.v1.ListHostsResponse\x12?\n\nEnableHost\x12\x1c.doctor.v1.EnableHostRequest\x1a\x13.doctor.v1.HostInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64octor/v1/diagnostics.proto\x12\tdoctor.v1\x1a\x15\x64octor/v1/agent.proto\x1a\x16\x64octor/v1/common.proto\"\x12\n\x10GetStatusRequest\"\x83\x02\n\tAgentInfo\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x10\n\x08liveness\x18\x03 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x1c\n\x14last_seen_unix_nanos\x18\x06 \x01(\x03\x12\x0c\n\x04peer\x18\x07 \x01(\t\x12\x15\n\rlast_sequence\x18\x08 \x01(\x04\x12-\n\ncomponents\x18\t \x03(\x0b\x32\x19.doctor.v1.ComponentState\x12&\n\x06health\x18\n \x01(\x0b\x32\x16.doctor.v1.AgentHealth\"\x91\x01\n\x10SubscriptionInfo\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\r\x12\x11\n\tdelivered\x18\x04 \x01(\x04\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x16\n\x0elast_delivered\x18\x06 \x01(\x04\"\xff\x02\n\x0cStatusReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0fleader_endpoint\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x1a\n\x12started_unix_nanos\x18\x05 \x01(\x03\x12\x1f\n\x17protobuf_implementation\x18\x06 \x01(\t\x12\x12\n\ncontroller\x18\x07 \x01(\t\x12$\n\x06\x61gents\x18\x08 \x03(\x0b\x32\x14.doctor.v1.AgentInfo\x12\'\n\ractive_alarms\x18\t \x03(\x0b\x32\x10.doctor.v1.Fault\x12\x32\n\rsubscriptions\x18\n \x03(\x0b\x32\x1b.doctor.v1.SubscriptionInfo\x12\x15\n\rlast_sequence\x18\x0b \x01(\x04\x12\x14\n\x0cleader_token\x18\x0c \x01(\x04\x12%\n\x05guard\x18\r \x01(\x0b\x32\x16.doctor.v1.GuardStatus\"Q\n\nGuardCause\x12\r\n\x05\x63\x61use\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05hosts\x18\x04 \x03(\t\"\xe4\x01\n\x0bGuardStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0e\n\x06\x62\x65hind\x18\x02 \x01(\x08\x12\x13\n\x0bloop_lag_ms\x18\x03 \x01(\x01\x12\x19\n\x11worst_loop_lag_ms\x18\x04 \x01(\x01\x12\x15\n\rread_delay_ms\x18\x05 \x01(\x01\x12\x0f\n\x07lost_ms\x18\x06 \x01(\x01\x12%\n\x06\x63\x61uses\x18\x07 \x03(\x0b\x32\x15.doctor.v1.GuardCause\x12\x0c\n\x04held\x18\x08 \x01(\r\x12\x0f\n\x07waiting\x18\t \x01(\r\x12\x16\n\x0e\x66\x65nces_allowed\x18\n \x01(\x04\"$\n\x13GetTimelinesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\x8e\x01\n\rFaultTimeline\x12\x10\n\x08\x66\x61ult_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x12\n\nfault_type\x18\x03 \x01(\t\x12%\n\x08timeline\x18\x04 \x01(\x0b\x32\x13.doctor.v1.Timeline\x12\x0f\n\x07servers\x18\x05 \x01(\r\x12\x0e\n\x06\x66\x65nced\x18\x06 \x01(\x08\"C\n\x14GetTimelinesResponse\x12+\n\ttimelines\x18\x01 \x03(\x0b\x32\x18.doctor.v1.FaultTimeline\"\x12\n\x10ListHostsRequest\"\xd3\x01\n\x08HostInfo\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12*\n\x0bhost_status\x18\x02 \x01(\x0e\x32\x15.doctor.v1.HostStatus\x12\x13\n\x0b\x66orced_down\x18\x03 \x01(\x08\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\x12\x17\n\x0f\x64isabled_reason\x18\x05 \x01(\t\x12\x10\n\x08liveness\x18\x06 \x01(\t\x12\x0f\n\x07servers\x18\x07 \x01(\r\x12\'\n\ractive_alarms\x18\x08 \x03(\x0b\x32\x10.doctor.v1.Fault\"7\n\x11ListHostsResponse\x12\"\n\x05hosts\x18\x01 \x03(\x0b\x32\x13.doctor.v1.HostInfo\"$\n\x11\x45nableHostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t2\xa1\x01\n\x0b\x44iagnostics\x12\x41\n\tGetStatus\x12\x1b.doctor.v1.GetStatusRequest\x1a\x17.doctor.v1.StatusReport\x12O\n\x0cGetTimelines\x12\x1e.doctor.v1.GetTimelinesRequest\x1a\x1f.doctor.v1.GetTimelinesResponse2\x90\x01\n\x05Hosts\x12\x46\n\tListHosts\x12\x1b.doctor.v1.ListHostsRequest\x1a\x1c.doctor.v1.ListHostsResponse\x12?\n\nEnableHost\x12\x1c.doctor.v1.EnableHostRequest\x1a\x13.doctor.v1.HostInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,23 +40,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIPTIONINFO']._serialized_start=372
   _globals['_SUBSCRIPTIONINFO']._serialized_end=517
   _globals['_STATUSREPORT']._serialized_start=520
-  _globals['_STATUSREPORT']._serialized_end=864
-  _globals['_GETTIMELINESREQUEST']._serialized_start=866
-  _globals['_GETTIMELINESREQUEST']._serialized_end=902
-  _globals['_FAULTTIMELINE']._serialized_start=905
-  _globals['_FAULTTIMELINE']._serialized_end=1047
-  _globals['_GETTIMELINESRESPONSE']._serialized_start=1049
-  _globals['_GETTIMELINESRESPONSE']._serialized_end=1116
-  _globals['_LISTHOSTSREQUEST']._serialized_start=1118
-  _globals['_LISTHOSTSREQUEST']._serialized_end=1136
-  _globals['_HOSTINFO']._serialized_start=1139
-  _globals['_HOSTINFO']._serialized_end=1350
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=1352
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=1407
-  _globals['_ENABLEHOSTREQUEST']._serialized_start=1409
-  _globals['_ENABLEHOSTREQUEST']._serialized_end=1445
-  _globals['_DIAGNOSTICS']._serialized_start=1448
-  _globals['_DIAGNOSTICS']._serialized_end=1609
-  _globals['_HOSTS']._serialized_start=1612
-  _globals['_HOSTS']._serialized_end=1756
+  _globals['_STATUSREPORT']._serialized_end=903
+  _globals['_GUARDCAUSE']._serialized_start=905
+  _globals['_GUARDCAUSE']._serialized_end=986
+  _globals['_GUARDSTATUS']._serialized_start=989
+  _globals['_GUARDSTATUS']._serialized_end=1217
+  _globals['_GETTIMELINESREQUEST']._serialized_start=1219
+  _globals['_GETTIMELINESREQUEST']._serialized_end=1255
+  _globals['_FAULTTIMELINE']._serialized_start=1258
+  _globals['_FAULTTIMELINE']._serialized_end=1400
+  _globals['_GETTIMELINESRESPONSE']._serialized_start=1402
+  _globals['_GETTIMELINESRESPONSE']._serialized_end=1469
+  _globals['_LISTHOSTSREQUEST']._serialized_start=1471
+  _globals['_LISTHOSTSREQUEST']._serialized_end=1489
+  _globals['_HOSTINFO']._serialized_start=1492
+  _globals['_HOSTINFO']._serialized_end=1703
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=1705
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=1760
+  _globals['_ENABLEHOSTREQUEST']._serialized_start=1762
+  _globals['_ENABLEHOSTREQUEST']._serialized_end=1798
+  _globals['_DIAGNOSTICS']._serialized_start=1801
+  _globals['_DIAGNOSTICS']._serialized_end=1962
+  _globals['_HOSTS']._serialized_start=1965
+  _globals['_HOSTS']._serialized_end=2109
 # @@protoc_insertion_point(module_scope)

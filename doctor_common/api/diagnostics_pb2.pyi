@@ -53,7 +53,7 @@ class SubscriptionInfo(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., principal: _Optional[str] = ..., queue_depth: _Optional[int] = ..., delivered: _Optional[int] = ..., connected: _Optional[bool] = ..., last_delivered: _Optional[int] = ...) -> None: ...
 
 class StatusReport(_message.Message):
-    __slots__ = ("node_id", "role", "leader_endpoint", "version", "started_unix_nanos", "protobuf_implementation", "controller", "agents", "active_alarms", "subscriptions", "last_sequence", "leader_token")
+    __slots__ = ("node_id", "role", "leader_endpoint", "version", "started_unix_nanos", "protobuf_implementation", "controller", "agents", "active_alarms", "subscriptions", "last_sequence", "leader_token", "guard")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class StatusReport(_message.Message):
     SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LEADER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     leader_endpoint: str
@@ -78,7 +79,44 @@ class StatusReport(_message.Message):
     subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionInfo]
     last_sequence: int
     leader_token: int
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., leader_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., started_unix_nanos: _Optional[int] = ..., protobuf_implementation: _Optional[str] = ..., controller: _Optional[str] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., active_alarms: _Optional[_Iterable[_Union[_common_pb2.Fault, _Mapping]]] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionInfo, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., leader_token: _Optional[int] = ...) -> None: ...
+    guard: GuardStatus
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., leader_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., started_unix_nanos: _Optional[int] = ..., protobuf_implementation: _Optional[str] = ..., controller: _Optional[str] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., active_alarms: _Optional[_Iterable[_Union[_common_pb2.Fault, _Mapping]]] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionInfo, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., leader_token: _Optional[int] = ..., guard: _Optional[_Union[GuardStatus, _Mapping]] = ...) -> None: ...
+
+class GuardCause(_message.Message):
+    __slots__ = ("cause", "resource", "description", "hosts")
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    cause: str
+    resource: str
+    description: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cause: _Optional[str] = ..., resource: _Optional[str] = ..., description: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GuardStatus(_message.Message):
+    __slots__ = ("enabled", "behind", "loop_lag_ms", "worst_loop_lag_ms", "read_delay_ms", "lost_ms", "causes", "held", "waiting", "fences_allowed")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FIELD_NUMBER: _ClassVar[int]
+    LOOP_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    WORST_LOOP_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    READ_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    LOST_MS_FIELD_NUMBER: _ClassVar[int]
+    CAUSES_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    FENCES_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    behind: bool
+    loop_lag_ms: float
+    worst_loop_lag_ms: float
+    read_delay_ms: float
+    lost_ms: float
+    causes: _containers.RepeatedCompositeFieldContainer[GuardCause]
+    held: int
+    waiting: int
+    fences_allowed: int
+    def __init__(self, enabled: _Optional[bool] = ..., behind: _Optional[bool] = ..., loop_lag_ms: _Optional[float] = ..., worst_loop_lag_ms: _Optional[float] = ..., read_delay_ms: _Optional[float] = ..., lost_ms: _Optional[float] = ..., causes: _Optional[_Iterable[_Union[GuardCause, _Mapping]]] = ..., held: _Optional[int] = ..., waiting: _Optional[int] = ..., fences_allowed: _Optional[int] = ...) -> None: ...
 
 class GetTimelinesRequest(_message.Message):
     __slots__ = ("limit",)

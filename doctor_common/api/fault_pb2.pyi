@@ -1,11 +1,31 @@
 from doctor_common.api import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class IncidentPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INCIDENT_PHASE_UNSPECIFIED: _ClassVar[IncidentPhase]
+    INCIDENT_PHASE_SUSPECTED: _ClassVar[IncidentPhase]
+    INCIDENT_PHASE_HELD: _ClassVar[IncidentPhase]
+    INCIDENT_PHASE_FENCED: _ClassVar[IncidentPhase]
+    INCIDENT_PHASE_MARKED_DOWN: _ClassVar[IncidentPhase]
+    INCIDENT_PHASE_UNFENCED: _ClassVar[IncidentPhase]
+    INCIDENT_PHASE_WITHDRAWN: _ClassVar[IncidentPhase]
+    INCIDENT_PHASE_CLOSED: _ClassVar[IncidentPhase]
+INCIDENT_PHASE_UNSPECIFIED: IncidentPhase
+INCIDENT_PHASE_SUSPECTED: IncidentPhase
+INCIDENT_PHASE_HELD: IncidentPhase
+INCIDENT_PHASE_FENCED: IncidentPhase
+INCIDENT_PHASE_MARKED_DOWN: IncidentPhase
+INCIDENT_PHASE_UNFENCED: IncidentPhase
+INCIDENT_PHASE_WITHDRAWN: IncidentPhase
+INCIDENT_PHASE_CLOSED: IncidentPhase
 
 class SubscribeFilter(_message.Message):
     __slots__ = ("virtual_resource_type", "virtual_resource_id", "fault_type", "min_severity")
@@ -42,7 +62,7 @@ class SubscribeResponse(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class FaultNotification(_message.Message):
-    __slots__ = ("notification_id", "sequence", "event_time_unix_nanos", "virtual_resource_info", "physical_resource_info", "timeline", "fenced", "fencing_error")
+    __slots__ = ("notification_id", "sequence", "event_time_unix_nanos", "virtual_resource_info", "physical_resource_info", "timeline", "fenced", "fencing_error", "phase")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +71,7 @@ class FaultNotification(_message.Message):
     TIMELINE_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
     FENCING_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     notification_id: str
     sequence: int
     event_time_unix_nanos: int
@@ -59,7 +80,8 @@ class FaultNotification(_message.Message):
     timeline: _common_pb2.Timeline
     fenced: bool
     fencing_error: str
-    def __init__(self, notification_id: _Optional[str] = ..., sequence: _Optional[int] = ..., event_time_unix_nanos: _Optional[int] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., timeline: _Optional[_Union[_common_pb2.Timeline, _Mapping]] = ..., fenced: _Optional[bool] = ..., fencing_error: _Optional[str] = ...) -> None: ...
+    phase: IncidentPhase
+    def __init__(self, notification_id: _Optional[str] = ..., sequence: _Optional[int] = ..., event_time_unix_nanos: _Optional[int] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., timeline: _Optional[_Union[_common_pb2.Timeline, _Mapping]] = ..., fenced: _Optional[bool] = ..., fencing_error: _Optional[str] = ..., phase: _Optional[_Union[IncidentPhase, str]] = ...) -> None: ...
 
 class SubscribeStreamMessage(_message.Message):
     __slots__ = ("subscribed", "fault")

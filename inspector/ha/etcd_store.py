@@ -40,8 +40,10 @@ M = TypeVar("M", bound=Message)
 
 
 class Step(StrEnum):
+    NOTIFY_SUSPECTED = "notify_suspected"   # owners told of the suspicion
     FENCE = "fence"
     CONFIRM_OFF = "confirm_off"
+    NOTIFY_FENCED = "notify_fenced"         # owners told of the confirmed power-off
     MARK_DOWN = "mark_down"
     SERVERS_ERROR = "servers_error"
     NOTIFY = "notify"

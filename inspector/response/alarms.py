@@ -14,14 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller_adapter.base import Port, Server
-from doctor_common.api import common_pb2
+from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.timeline import now_ns
+
+
+Phase = fault_pb2.IncidentPhase
+# an incident in one of these phases is withdrawn when its host is heard again (or its component recovers):
+# nothing has been done to the host yet, or fencing failed and is being retried
+WITHDRAWABLE = frozenset({Phase.INCIDENT_PHASE_SUSPECTED, Phase.INCIDENT_PHASE_HELD,
+                          Phase.INCIDENT_PHASE_UNFENCED})
 
 
 @dataclass
 class Alarm:
-    host: str
-    component: str          # the agent component that raised it ("" for host-level)
+    host: str               # the physical resource: a host, or a shared cause's switch, zone or "inspector"
+    component: str          # the agent component that raised it ("" for host-level; "cause:<key>" for a cause)
     fault: common_pb2.Fault  # the root fault on the host
     fences: bool            # a fencing incident (vs. a notify-only alarm)
     servers: list[Server] = field(default_factory=list)
@@ -30,6 +37,20 @@ class Alarm:
     fenced: bool = False
     fencing_error: str = ""
     timeline: common_pb2.Timeline = field(default_factory=common_pb2.Timeline)
+    phase: int = Phase.INCIDENT_PHASE_UNSPECIFIED
+    silence: bool = False   # suspected for silence (not for evidence the host gave)
+    held_by: str = ""       # the shared cause holding it ("switch:tor-1"), while held
+    actions: tuple[str, ...] = ()  # the policy rule's actions (an incident's)
+    fencing: bool = False   # a fence attempt is under way (its power-off may be in flight): not withdrawable
+
+    def touch(self) -> None:
+        """The alarm changed (a new phase, new details): IFA 005's updated state and changed time."""
+        self.fault.state = common_pb2.ALARM_STATE_UPDATED
+        self.fault.changed_time_unix_nanos = max(now_ns(), self.fault.changed_time_unix_nanos + 1)
+
+    @property
+    def withdrawable(self) -> bool:
+        return self.fences and self.phase in WITHDRAWABLE and not self.fencing
 
     @property
     def id(self) -> str:
@@ -49,7 +70,8 @@ def alarm_to_json(alarm: Alarm) -> dict[str, Any]:
             "fenced": alarm.fenced, "fencing_error": alarm.fencing_error,
             "servers": [s.id for s in alarm.servers], "ports": [p.id for p in alarm.ports],
             "fault": base64.b64encode(alarm.fault.SerializeToString()).decode(),
-            "timeline": base64.b64encode(alarm.timeline.SerializeToString()).decode()}
+            "timeline": base64.b64encode(alarm.timeline.SerializeToString()).decode(),
+            "phase": alarm.phase, "silence": alarm.silence, "held_by": alarm.held_by, "actions": list(alarm.actions)}
 
 
 def alarm_from_json(d: dict[str, Any], server: Callable[[str], Server | None],
@@ -61,7 +83,9 @@ def alarm_from_json(d: dict[str, Any], server: Callable[[str], Server | None],
                  fault=common_pb2.Fault.FromString(base64.b64decode(d["fault"])), fences=bool(d.get("fences")),
                  servers=servers, ports=ports, admin_only=bool(d.get("admin_only")), fenced=bool(d.get("fenced")),
                  fencing_error=d.get("fencing_error", ""),
-                 timeline=common_pb2.Timeline.FromString(base64.b64decode(d.get("timeline", ""))))
+                 timeline=common_pb2.Timeline.FromString(base64.b64decode(d.get("timeline", ""))),
+                 phase=int(d.get("phase", 0)), silence=bool(d.get("silence")), held_by=str(d.get("held_by", "")),
+                 actions=tuple(d.get("actions", ())))
 
 
 def new_fault(host: str, fault_type: str, severity: int, event_ns: int, probable_cause: str,
@@ -113,6 +137,13 @@ class AlarmStore:
     def incident(self, host: str) -> Alarm | None:
         """The host's active fencing incident, if any."""
         return next((a for a in self._by_host.get(host, {}).values() if a.fences), None)
+
+    def raised_by(self, host: str, component: str) -> Alarm | None:
+        """The alarm a component of the host raised, fencing incident or not."""
+        return next((a for a in self._by_host.get(host, {}).values() if a.component == component), None)
+
+    def incidents(self) -> list[Alarm]:
+        return [a for a in self._alarms.values() if a.fences]
 
     def by_component(self, host: str, component: str) -> Alarm | None:
         return next((a for a in self._by_host.get(host, {}).values() if a.component == component and not a.fences),

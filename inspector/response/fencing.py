@@ -94,14 +94,15 @@ class IpmiFencer:
             log.warning("BMC %s:%d not reachable yet: %s", bmc.address, bmc.port, exc or type(exc).__name__)
 
     async def fence(self, host: str, bmc: Bmc | None) -> FenceResult:
-        """Power the host off and confirm; never raises."""
-        sent = await self.power_off(host, bmc)
+        """Power the host off and confirm, both within one ``timeout_s``; never raises."""
+        deadline = time.monotonic() + self.timeout_s
+        sent = await self.power_off(host, bmc, deadline=deadline)
         if not sent.ok or sent.already_off:
             return sent
-        confirmed = await self.confirm_off(host, bmc)
+        confirmed = await self.confirm_off(host, bmc, deadline=deadline)
         return FenceResult(confirmed.ok, error=confirmed.error, elapsed_ms=sent.elapsed_ms + confirmed.elapsed_ms)
 
-    async def power_off(self, host: str, bmc: Bmc | None) -> FenceResult:
+    async def power_off(self, host: str, bmc: Bmc | None, *, deadline: float | None = None) -> FenceResult:
         """Send the power-off unless the BMC already says off (then ``already_off``); never raises."""
         async def run(remaining: Callable[[], float]) -> FenceResult:
             assert bmc is not None
@@ -110,9 +111,9 @@ class IpmiFencer:
             await self._call(bmc, self._raw(_CHASSIS_CONTROL, (_POWER_DOWN,)), remaining())
             self.power_offs_sent += 1
             return FenceResult(True)
-        return await self._bounded(host, bmc, "send the power-off", run)
+        return await self._bounded(host, bmc, "send the power-off", run, deadline)
 
-    async def confirm_off(self, host: str, bmc: Bmc | None) -> FenceResult:
+    async def confirm_off(self, host: str, bmc: Bmc | None, *, deadline: float | None = None) -> FenceResult:
         """Poll the power state until the BMC says off; never raises."""
         async def run(remaining: Callable[[], float]) -> FenceResult:
             assert bmc is not None
@@ -120,34 +121,37 @@ class IpmiFencer:
                 await asyncio.sleep(self.poll_interval_s)
                 remaining()
             return FenceResult(True)
-        result = await self._bounded(host, bmc, "confirm power off", run)
+        result = await self._bounded(host, bmc, "confirm power off", run, deadline)
         if result.ok:
             log.info("fenced %s: BMC %s:%d confirms power off", host, bmc.address, bmc.port)  # type: ignore[union-attr]
         return result
 
     async def _bounded(self, host: str, bmc: Bmc | None, what: str,
-                       run: Callable[[Callable[[], float]], Awaitable[FenceResult]]) -> FenceResult:
-        """``run`` within ``timeout_s``, every failure turned into a FenceResult naming the BMC."""
-        started = time.perf_counter()
+                       run: Callable[[Callable[[], float]], Awaitable[FenceResult]],
+                       deadline: float | None = None) -> FenceResult:
+        """``run`` before ``deadline`` (``time.monotonic()``; default: ``timeout_s`` from now), every failure
+        turned into a FenceResult naming the BMC. One deadline serves a whole attempt: power-off and confirm."""
+        started = time.monotonic()
         if bmc is None:
             return FenceResult(False, error=f"no BMC is configured for host {host}")
-        deadline = started + self.timeout_s
+        end = started + self.timeout_s if deadline is None else deadline
 
         def remaining() -> float:
-            left = deadline - time.perf_counter()
+            left = end - time.monotonic()
             if left <= 0:
                 raise asyncio.TimeoutError()
             return left
 
         try:
+            remaining()
             result = await run(remaining)
-            return FenceResult(result.ok, result.already_off, elapsed_ms=(time.perf_counter() - started) * 1e3)
+            return FenceResult(result.ok, result.already_off, elapsed_ms=(time.monotonic() - started) * 1e3)
         except asyncio.TimeoutError:
-            error = f"BMC {bmc.address}:{bmc.port} did not {what} within {self.timeout_s:.1f}s"
+            error = f"BMC {bmc.address}:{bmc.port} did not {what} within the fencing timeout ({self.timeout_s:.1f}s)"
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal
             error = f"BMC {bmc.address}:{bmc.port}: {type(exc).__name__}: {exc}"
         log.error("cannot fence %s: %s", host, error)
-        return FenceResult(False, error=error, elapsed_ms=(time.perf_counter() - started) * 1e3)
+        return FenceResult(False, error=error, elapsed_ms=(time.monotonic() - started) * 1e3)
 
     async def power_on(self, bmc: Bmc) -> None:
         await self._call(bmc, self._raw(_CHASSIS_CONTROL, (_POWER_UP,)), self.timeout_s)

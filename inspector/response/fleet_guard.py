@@ -180,15 +180,18 @@ class FleetGuard:
 
     # -- judging one suspicion ---------------------------------------------------------------
 
-    def judge(self, host: str, *, silence: bool, fence_shared: bool = False) -> Judgement:
+    def judge(self, host: str, *, silence: bool, fence_shared: bool = False, retry: bool = False) -> Judgement:
         """May this suspected host be fenced now? ``silence``: the suspicion is silence, not evidence;
-        ``fence_shared``: a policy rule fences even under a shared cause (the host is still rate-limited)."""
+        ``fence_shared``: a policy rule fences a failed switch's hosts (still within the budget; silence held by
+        a zone or the fleet is never fenced); ``retry``: an attempt that failed before, already counted."""
         if silence and not self.view(host).quiet:
             return Judgement(Verdict.WITHDRAW, "the host is heard again")
         cause = self.cause_of(host, silence) if self.config.enabled else None
-        if cause is not None and not fence_shared:
+        if cause is not None and not (fence_shared and cause.kind == "switch"):
             self.holds += 1
             return Judgement(Verdict.HOLD, cause.describe(), cause.key)
+        if retry:
+            return Judgement(Verdict.FENCE)
         wait = self._take(self.hosts().get(host, Host(host)).zone)
         if wait > 0:
             return Judgement(Verdict.WAIT, f"zone fencing budget spent ({self.config.fence_rate_per_minute:g}/min "

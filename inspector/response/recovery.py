@@ -1,28 +1,36 @@
-"""A fencing incident step by step, each step journalled once it has run (DESIGN principles 2, 3 and 5).
+"""A fencing incident, from the first suspicion to the controller's last update (DESIGN principles 2, 3, 5, 9, 10).
 
-    fence ‖ correlate → confirm off → mark down ‖ servers to error (+ ports down) → notify
+    suspect: alarm, journal opened, owners told at once (host status UNKNOWN)
+      └─ settle, then the fleet guard judges (``response/fleet_guard.py``):
+           FENCE    → power off ‖ confirm → fenced notice ‖ mark down ‖ servers error, ports down → final notice
+           HOLD     → a shared cause (switch, zone, the inspector itself) explains it: held notice, nothing
+                      fenced; judged again when the cause clears (``response/root_causes.py``)
+           WAIT     → the zone's fencing budget is spent: judged again when a fence is due
+           WITHDRAW → the host is heard again: the suspicion is cleared to the same owners
+    a failed fence → unfenced notice, retried with backoff (``RetryPolicy``) until the power-off is confirmed,
+    the host is heard again (withdrawn), or an administrator enables the host (cleared)
 
-The journal (``inspector/response/durable.py``: etcd when replicated, nothing when
-standalone) records a step only after it ran to its outcome — done, not
-applicable, or failed and reported in the notification — never before. A
+The journal (``response/durable.py``: etcd when replicated, nothing when
+standalone) records a step only after it ran to its outcome, never before; a
+failed fence is not recorded, so the next leader judges and fences again. A
 leader that dies leaves the rest pending and the next one ``resume``s the
-incident there. A step done but not yet recorded is done again, which every
-step tolerates: an off host is "already off" (no second power-off), forcing a
-host down twice is harmless. The notify step is recorded in the same etcd
-transaction that appends the notification, so it happens exactly once.
-Before each external action the term is checked (``durable.check()``), and
-the whole response runs under ``Term.run``, which cancels it the moment the
-term is lost. A new incident's first act is a fenced etcd write (opening its
-journal): a leader that was frozen and deposed meanwhile is refused by etcd
-before it can send a power-off.
+incident: from the confirmation on if the power-off was sent, else by judging
+it afresh (a silent host is re-detected by liveness, a reported fault judged
+at once). A step done but not yet recorded is done again, which every step
+tolerates: an off host is "already off", forcing a host down twice is
+harmless. Each notice is recorded in the same etcd transaction that appends
+it, so it is announced exactly once. Before each external action the term is
+checked (``durable.check()``), and every response runs under ``Term.run``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controller_adapter.base import Bmc, Controller, ControllerError, ServerState, Unsupported
@@ -30,20 +38,36 @@ from doctor_common.api import common_pb2, diagnostics_pb2
 from doctor_common.timeline import Stage, as_dict, now_ns, stamp
 from inspector.ha.etcd_store import Incident, Step
 from inspector.response import crashpoint
-from inspector.response.alarms import Alarm, AlarmStore, new_fault
+from inspector.response.alarms import Alarm, AlarmStore, Phase, new_fault
 from inspector.response.correlate import ResourceMap
 from inspector.response.durable import NullDurable
 from inspector.response.fencing import IpmiFencer
-from inspector.response.policy import FENCE_ALL, Rule
+from inspector.response.fleet_guard import FleetGuard, Judgement, Verdict
+from inspector.response.policy import FENCE_ALL, Policy, Rule
 from inspector.response.trigger import Trigger, start_timeline
 
 log = logging.getLogger("doctor.inspector.recovery")
+
+SILENCE = "compute.host.unreachable"
+SWITCH_DOWN = "network.switch.down"  # the switch's own fault type: a policy rule for it may fence its hosts
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A failed fence is tried again after ``first_s``, doubling up to ``max_s``, for as long as it fails."""
+
+    first_s: float = 1.0
+    max_s: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.max_s, self.first_s * 2 ** max(0, failures - 1))
 
 
 class Responding(Protocol):
     """What a recovery uses of the responder that runs it (``inspector/response/responder.py``)."""
 
     durable: NullDurable
+    policy: Policy
     resources: ResourceMap
     controller: Controller
     fencer: IpmiFencer
@@ -54,26 +78,120 @@ class Responding(Protocol):
 
     def lock(self, host: str) -> asyncio.Lock: ...
 
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None: ...
+
     async def publish(self, alarm: Alarm, tl: common_pb2.Timeline, *, cleared: bool = False,
-                      step: Step | None = None, detail: dict[str, Any] | None = None) -> None: ...
+                      step: Step | None = None, detail: dict[str, Any] | None = None,
+                      stage: int = Stage.STAGE_PUBLISHED) -> None: ...
+
+    async def withdraw(self, alarm: Alarm, why: str) -> None: ...
+
+
+class Holding(Protocol):
+    """Where a held suspicion goes (``response/root_causes.py``)."""
+
+    async def hold(self, alarm: Alarm, judgement: Judgement) -> None: ...
 
 
 class Recovery:
-    def __init__(self, responder: Responding) -> None:
+    def __init__(self, responder: Responding, guard: FleetGuard, causes: Holding,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
         self.r = responder
+        self.guard = guard
+        self.causes = causes
+        self.retry = retry
+        self._deciding: set[str] = set()                   # alarm ids being judged now
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # alarm id -> its next judgement (wait, retry)
+        self._failures: dict[str, int] = {}                # alarm id -> failed fence attempts in a row
 
-    async def start(self, t: Trigger, rule: Rule) -> None:
-        """A new incident: journal it (with its alarm), then run every step."""
+    # -- state for the responder and Diagnostics -------------------------------------------------
+
+    def pending(self, alarm_id: str) -> bool:
+        """A judgement of this incident is under way or scheduled."""
+        return alarm_id in self._deciding or alarm_id in self._timers
+
+    def waiting(self) -> int:
+        return len(self._timers)
+
+    def cancel_all(self) -> None:
+        """This replica stops acting: forget every scheduled judgement (the next leader resumes them)."""
+        for t in self._timers.values():
+            t.cancel()
+        self._timers.clear()
+        self._failures.clear()
+
+    def forget(self, alarm_id: str) -> None:
+        timer = self._timers.pop(alarm_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._failures.pop(alarm_id, None)
+
+    # -- a new incident ----------------------------------------------------------------------------
+
+    async def suspect(self, t: Trigger, rule: Rule) -> Alarm:
+        """A new incident (the caller holds the host's lock): journal it with its alarm, tell the owners."""
         r = self.r
         tl = start_timeline(t)
         fault = new_fault(t.host, t.fault_type, t.severity, t.observed_ns or now_ns(),
                           t.description or t.fault_type, dict(t.details))
         alarm = Alarm(t.host, t.component, fault, fences=True, timeline=tl,
-                      servers=r.resources.servers_on(t.host), ports=r.resources.ports_on(t.host))
+                      servers=r.resources.servers_on(t.host), ports=r.resources.ports_on(t.host),
+                      phase=Phase.INCIDENT_PHASE_SUSPECTED, silence=t.fault_type == SILENCE,
+                      actions=tuple(sorted(rule.actions)))
         stamp(tl, Stage.STAGE_CORRELATED)
         r.alarms.add(alarm)  # QueryFaults sees it from now on
         await r.durable.open_incident(alarm, rule.actions)
-        await self.run(alarm, rule.actions, {})
+        await r.publish(alarm, tl, step=Step.NOTIFY_SUSPECTED, stage=Stage.STAGE_SUSPECT_PUBLISHED)
+        return alarm
+
+    async def decide(self, alarm: Alarm, *, settle: bool = True, retry: bool = False) -> None:
+        """Judge the suspicion against the fleet and act on the verdict. Runs as its own task: the settle
+        wait (for faults that share a cause to arrive) holds no lock."""
+        r = self.r
+        self._timers.pop(alarm.id, None)
+        self._deciding.add(alarm.id)
+        try:
+            if settle and self.guard.config.settle_s > 0:
+                await asyncio.sleep(self.guard.config.settle_s)
+            async with r.lock(alarm.host):
+                if r.alarms.get(alarm.id) is not alarm or not alarm.withdrawable:
+                    return  # withdrawn, enabled or fenced meanwhile
+                r.durable.check()
+                j = self.guard.judge(alarm.host, silence=alarm.silence, fence_shared=self._fences_shared(),
+                                     retry=retry)
+                if j.verdict is Verdict.WITHDRAW:
+                    await r.withdraw(alarm, j.reason)
+                elif j.verdict is Verdict.HOLD:
+                    log.warning("not fencing %s for %s: %s", alarm.host, alarm.fault.fault_type, j.reason)
+                    await self.causes.hold(alarm, j)
+                elif j.verdict is Verdict.WAIT:
+                    alarm.fault.fault_details["guard"] = j.reason
+                    log.warning("fencing %s later: %s", alarm.host, j.reason)
+                    self._later(alarm, j.retry_at - asyncio.get_running_loop().time(), retry=retry)
+                else:
+                    alarm.fault.fault_details.pop("guard", None)
+                    alarm.held_by = ""
+                    await self.run(alarm, alarm.actions or sorted(FENCE_ALL), {})
+        finally:
+            self._deciding.discard(alarm.id)
+
+    def _fences_shared(self) -> bool:
+        rule = self.r.policy.match(SWITCH_DOWN, common_pb2.SEVERITY_CRITICAL)
+        return rule is not None and rule.fences
+
+    def _later(self, alarm: Alarm, delay: float, *, retry: bool) -> None:
+        self.forget_timer(alarm.id)
+        loop = asyncio.get_running_loop()
+
+        def due() -> None:
+            self._timers.pop(alarm.id, None)
+            self.r.spawn(self.decide(alarm, settle=False, retry=retry), f"judging {alarm.host} again")
+        self._timers[alarm.id] = loop.call_later(max(0.0, delay), due)
+
+    def forget_timer(self, alarm_id: str) -> None:
+        timer = self._timers.pop(alarm_id, None)
+        if timer is not None:
+            timer.cancel()
 
     async def resume(self, incident: Incident) -> None:
         """Finish an incident a previous leader began (its recorded steps are not run again)."""
@@ -87,58 +205,102 @@ class Recovery:
         log.warning("finishing incident %s on %s begun by %s: %s", incident.incident_id, alarm.host,
                     ", ".join(sorted({s.node_id for s in incident.steps})) or "a previous leader",
                     (", ".join(incident.pending()) + " still to do") if incident.pending() else "only closing it")
+        if Step.FENCE not in done:
+            # nothing was sent to the BMC: this leader judges the suspicion afresh
+            if alarm.phase not in (Phase.INCIDENT_PHASE_HELD, Phase.INCIDENT_PHASE_UNFENCED):
+                alarm.phase = Phase.INCIDENT_PHASE_SUSPECTED
+            if self.guard.is_link_fault(alarm.fault.fault_type):
+                self.guard.link_lost(alarm.host)
+            if not alarm.silence:  # a silent host is re-detected by liveness (expected at takeover)
+                r.spawn(self.decide(alarm), f"judging {alarm.host} again after the takeover")
+            return
         async with r.lock(alarm.host):
             await self.run(alarm, incident.data.get("actions") or sorted(FENCE_ALL), done)
 
+    # -- fencing and the controller ---------------------------------------------------------------
+
     async def run(self, alarm: Alarm, actions: Collection[str], done: dict[str, dict[str, Any]]) -> None:
+        """Fence (unless journalled done), then tell owners and the controller (the caller holds the lock)."""
         r, d, host, tl = self.r, self.r.durable, alarm.host, alarm.timeline
         bmc = r.bmc_for(host)
-        fence = done.get(Step.FENCE)
-        if fence is None:
-            d.check()
-            crashpoint.reached("before_fence")
-            res = await r.fencer.power_off(host, bmc)
-            fence = {"ok": res.ok, "already_off": res.already_off, "error": res.error}
-            await d.step(alarm.id, Step.FENCE, fence)
-        confirm = done.get(Step.CONFIRM_OFF)
-        if confirm is None:
-            if fence.get("ok"):
+        if Step.CONFIRM_OFF not in done:
+            alarm.fencing = True
+            try:
+                deadline = time.monotonic() + r.fencer.timeout_s  # one bound for the whole attempt
+                if Step.FENCE not in done:
+                    d.check()
+                    crashpoint.reached("before_fence")
+                    res = await r.fencer.power_off(host, bmc, deadline=deadline)
+                    if not res.ok:
+                        await self._failed(alarm, res.error)
+                        return
+                    await d.step(alarm.id, Step.FENCE, {"ok": True, "already_off": res.already_off})
                 d.check()
-                res = await r.fencer.confirm_off(host, bmc)
-                confirm = {"ok": res.ok, "error": res.error}
-            else:
-                confirm = {"ok": False, "skipped": "the power-off was not sent"}
-            await d.step(alarm.id, Step.CONFIRM_OFF, confirm)
-        fenced = bool(fence.get("ok") and confirm.get("ok"))
-        alarm.fenced = fenced
-        alarm.fencing_error = "" if fenced else str(confirm.get("error") or fence.get("error") or "")
-        alarm.fault.fault_details["fenced"] = "true" if fenced else "false"
-        if fenced:
-            if Stage.STAGE_FENCED not in as_dict(tl):
-                stamp(tl, Stage.STAGE_FENCED)
-        else:
-            alarm.fault.fault_details["fencing_error"] = alarm.fencing_error
-            log.error("host %s is faulty but NOT fenced: reported, not marked down (%s)", host, alarm.fencing_error)
+                res = await r.fencer.confirm_off(host, bmc, deadline=deadline)
+                if not res.ok:
+                    await self._failed(alarm, res.error)
+                    return
+                await d.step(alarm.id, Step.CONFIRM_OFF, {"ok": True})
+            finally:
+                alarm.fencing = False
+        self._failures.pop(alarm.id, None)
+        self.guard.forget(host)
+        alarm.fenced, alarm.fencing_error = True, ""
+        alarm.phase = Phase.INCIDENT_PHASE_FENCED
+        alarm.touch()
+        alarm.fault.fault_details["fenced"] = "true"
+        alarm.fault.fault_details.pop("fencing_error", None)
+        if Stage.STAGE_FENCED not in as_dict(tl):
+            stamp(tl, Stage.STAGE_FENCED)
         crashpoint.reached("after_fence")
+        # the owners hear of the power-off now; the controller's work follows as an update
         jobs = []
+        if Step.NOTIFY_FENCED not in done:
+            notice = common_pb2.Timeline()
+            notice.CopyFrom(tl)
+            jobs.append(r.publish(alarm, notice, step=Step.NOTIFY_FENCED, stage=Stage.STAGE_FENCE_PUBLISHED))
         if Step.MARK_DOWN not in done:
-            jobs.append(self._mark_down(alarm, actions, fenced))
+            jobs.append(self._mark_down(alarm, actions))
         if Step.SERVERS_ERROR not in done:
-            jobs.append(self._virtual_resources(alarm, actions, fenced))
+            jobs.append(self._virtual_resources(alarm, actions))
         await asyncio.gather(*jobs)
+        if Step.NOTIFY_FENCED not in done:  # its stamp joins the incident's timeline (the final notice shows it)
+            stamp(tl, Stage.STAGE_FENCE_PUBLISHED, as_dict(notice)[Stage.STAGE_FENCE_PUBLISHED])
         crashpoint.reached("after_mark_down")
+        if "mark_down_error" not in alarm.fault.fault_details:
+            alarm.phase = Phase.INCIDENT_PHASE_MARKED_DOWN
+        alarm.touch()
         if Step.NOTIFY not in done:
             await r.publish(alarm, tl, step=Step.NOTIFY)
         await d.close_incident(alarm.id)
         r.timelines.appendleft(diagnostics_pb2.FaultTimeline(
             fault_id=alarm.id, host_id=host, fault_type=alarm.fault.fault_type, timeline=tl,
-            servers=len(alarm.servers), fenced=fenced))
+            servers=len(alarm.servers), fenced=True))
 
-    async def _mark_down(self, alarm: Alarm, actions: Collection[str], fenced: bool) -> None:
+    async def _failed(self, alarm: Alarm, error: str) -> None:
+        """The fence failed: tell the owners (once per distinct error) and try again later."""
+        n = self._failures[alarm.id] = self._failures.get(alarm.id, 0) + 1
+        delay = self.retry.delay(n)
+        changed = alarm.fencing_error != error or alarm.phase != Phase.INCIDENT_PHASE_UNFENCED
+        alarm.fenced, alarm.fencing_error = False, error
+        alarm.phase = Phase.INCIDENT_PHASE_UNFENCED
+        details = alarm.fault.fault_details
+        details["fenced"], details["fencing_error"] = "false", error
+        details["fence_attempts"] = str(n)
+        alarm.touch()
+        log.error("host %s is faulty but NOT fenced (attempt %d; again in %.1fs): reported, not marked down: %s",
+                  alarm.host, n, delay, error)
+        if changed:
+            notice = common_pb2.Timeline()
+            notice.CopyFrom(alarm.timeline)
+            await self.r.publish(alarm, notice)
+        self._later(alarm, delay, retry=True)
+
+    async def _mark_down(self, alarm: Alarm, actions: Collection[str]) -> None:
         r, host = self.r, alarm.host
         detail: dict[str, Any]
-        if not fenced or "mark_down" not in actions:
-            detail = {"skipped": "not fenced" if not fenced else "not in the rule"}
+        if "mark_down" not in actions:
+            detail = {"skipped": "not in the rule"}
         else:
             r.durable.check()
             try:
@@ -152,15 +314,15 @@ class Recovery:
                 detail = {"ok": False, "error": str(exc)}
         await r.durable.step(alarm.id, Step.MARK_DOWN, detail)
 
-    async def _virtual_resources(self, alarm: Alarm, actions: Collection[str], fenced: bool) -> None:
+    async def _virtual_resources(self, alarm: Alarm, actions: Collection[str]) -> None:
         """Servers to error and ports' data plane down, journalled together as the servers_error step."""
         r = self.r
         alarm.servers = r.resources.servers_on(alarm.host) or alarm.servers
         alarm.ports = r.resources.ports_on(alarm.host) or alarm.ports
         jobs = []
-        if fenced and "reset_servers" in actions and alarm.servers:
+        if "reset_servers" in actions and alarm.servers:
             jobs.append(self._servers_error(alarm))
-        if fenced and "ports_down" in actions and alarm.ports:
+        if "ports_down" in actions and alarm.ports:
             jobs.append(self._ports_down(alarm))
         await asyncio.gather(*jobs)
         await r.durable.step(alarm.id, Step.SERVERS_ERROR,
@@ -197,3 +359,5 @@ class Recovery:
         alarm.ports = r.resources.ports_on(alarm.host) or alarm.ports
         if failed:
             alarm.fault.fault_details["ports_down_failed"] = ",".join(sorted(failed))
+
+

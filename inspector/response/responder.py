@@ -1,12 +1,13 @@
 """What the leader does about a fault: policy, correlation, fencing, controller updates, notification.
 
-For a fencing rule the recovery (``inspector/response/recovery.py``) runs: look up
-the host's servers and ports (cached) while the BMC powers the host off; once
-the power-off is confirmed, mark the host down, set its servers to error and
-its ports' data plane down concurrently; then publish one notification to the
-owners and administrators. A host that cannot be fenced is still reported,
-with that fact, and nothing is declared down (DESIGN principle 2). Every
-stage is stamped on the timeline. Each alarm change is persisted with the
+For a fencing rule an incident begins (``inspector/response/recovery.py``):
+the owners are told of the suspicion at once, the fleet guard judges it
+against the fleet, and only then is the host fenced — or held under a shared
+cause, or withdrawn when it is heard again. A host that cannot be fenced is
+still reported, with that fact, and nothing is declared down (DESIGN
+principle 2). Other rules raise a notify-only alarm. Later faults of a host
+with an open incident are recorded as derived from it. Every stage is
+stamped on the timeline; each alarm change is persisted with the
 notification announcing it (``durable.publish_ops``).
 """
 
@@ -15,18 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from controller_adapter.base import Bmc, Controller, HostStatus, ServerState
 from doctor_common.api import common_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.timeline import Stage, now_ns, stamp
 from inspector.ha.etcd_store import Step
-from inspector.response.alarms import Alarm, AlarmStore, new_fault
+from inspector.response.alarms import Alarm, AlarmStore, Phase, new_fault
 from inspector.response.correlate import ResourceMap
 from inspector.response.durable import NullDurable
 from inspector.response.fencing import IpmiFencer
 from inspector.response.policy import Policy, Rule
-from inspector.response.recovery import Recovery
+from inspector.response.fleet_guard import FleetGuard, GuardConfig, HostView
+from inspector.response.recovery import SILENCE, Recovery, RetryPolicy
+from inspector.response.root_causes import RootCauses
 from inspector.response.trigger import Trigger, start_timeline
 from notifier.server import Publisher
 
@@ -44,7 +48,9 @@ HOST_STATUS_PROTO = {
 class Responder:
     def __init__(self, policy: Policy, resources: ResourceMap, controller: Controller, fencer: IpmiFencer,
                  alarms: AlarmStore, publisher: Publisher, bmcs: dict[str, Bmc] | None = None,
-                 durable: NullDurable | None = None) -> None:
+                 durable: NullDurable | None = None, guard: FleetGuard | None = None,
+                 expect: Callable[[str], None] | None = None, retry: RetryPolicy = RetryPolicy(),
+                 spawn: Callable[[Coroutine[Any, Any, None], str], None] | None = None) -> None:
         self.durable = durable or NullDurable()
         self.policy = policy
         self.resources = resources
@@ -55,7 +61,11 @@ class Responder:
         self.bmcs = bmcs or {}
         self.timelines: deque[diagnostics_pb2.FaultTimeline] = deque(maxlen=200)
         self._locks: dict[str, asyncio.Lock] = {}
-        self.recovery = Recovery(self)
+        self._spawn = spawn or _create_task
+        self.guard = guard or FleetGuard(GuardConfig(enabled=False), lambda: self.resources.hosts,
+                                         lambda _h: HostView(True, True))
+        self.causes = RootCauses(self, self.guard, expect or (lambda _h: None), self._rejudge)
+        self.recovery = Recovery(self, self.guard, self.causes, retry)
 
     def bmc_for(self, host: str) -> Bmc | None:
         """The inspector's own config wins over what the controller knows."""
@@ -67,6 +77,14 @@ class Responder:
     def lock(self, host: str) -> asyncio.Lock:
         return self._locks.setdefault(host, asyncio.Lock())
 
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a response of its own (under the current term when the inspector wires it so)."""
+        self._spawn(coro, what)
+
+    def _rejudge(self, alarm: Alarm) -> None:
+        if not self.recovery.pending(alarm.id):
+            self.spawn(self.recovery.decide(alarm), f"judging {alarm.host} again")
+
     # -- entry points ----------------------------------------------------------------------
 
     async def fault(self, t: Trigger) -> None:
@@ -74,26 +92,65 @@ class Responder:
         if rule is None:
             log.debug("no rule acts on %s from %s", t.fault_type, t.host)
             return
+        if rule.fences and self.guard.is_link_fault(t.fault_type):
+            self.guard.link_lost(t.host)  # counted at once: the host's switch peers are judged against it
         async with self.lock(t.host):
             incident = self.alarms.incident(t.host)
             if incident is not None:
-                # derived from the root cause being handled: correlated, not notified again
-                incident.fault.fault_details[f"correlated.{t.fault_type}"] = t.description or t.component
-                incident.fault.changed_time_unix_nanos = now_ns()
+                await self._correlate(incident, t, rule)
                 return
-            if rule.fences:
-                await self.recovery.start(t, rule)
-            else:
+            if not rule.fences:
                 await self._notify_only(t, rule)
+                return
+            alarm = await self.recovery.suspect(t, rule)
+        await self.recovery.decide(alarm)
+
+    async def _correlate(self, incident: Alarm, t: Trigger, rule: Rule) -> None:
+        """A fault of a host whose incident is open: new evidence for a suspicion judged again, and recorded as
+        derived from the incident (persisted and announced once per fault type), not as an incident of its own."""
+        if rule.fences and incident.withdrawable and not self.recovery.pending(incident.id):
+            if not t.fault_type == SILENCE:
+                incident.silence = False  # the host gave evidence of its own: judged as such from now on
+            self._rejudge(incident)
+        if (t.fault_type, t.component) == (incident.fault.fault_type, incident.component):
+            return
+        key = f"correlated.{t.fault_type}"
+        if key in incident.fault.fault_details:
+            return
+        incident.fault.fault_details[key] = t.description or t.component
+        incident.touch()
+        self.durable.check()
+        notice = common_pb2.Timeline()
+        notice.CopyFrom(incident.timeline)
+        await self.publish(incident, notice)
 
     async def clear(self, host: str, component: str) -> None:
-        """A component is healthy again: clear its (non-fencing) alarm."""
+        """A component is healthy again: clear its alarm, or withdraw its suspicion (nothing done to the host
+        yet, or fencing still failing); a fenced host's incident stays until an administrator enables it."""
         async with self.lock(host):
-            alarm = self.alarms.by_component(host, component)
-            if alarm is not None:
-                self.durable.check()
-                self.alarms.clear(alarm.id)
-                await self.publish(alarm, common_pb2.Timeline(), cleared=True)
+            alarm = self.alarms.raised_by(host, component)
+            if alarm is None:
+                return
+            if alarm.fences:
+                if alarm.withdrawable:
+                    await self.withdraw(alarm, f"{component} is healthy again")
+                return
+            self.durable.check()
+            self.alarms.clear(alarm.id)
+            await self.publish(alarm, common_pb2.Timeline(), cleared=True)
+
+    async def withdraw(self, alarm: Alarm, why: str) -> None:
+        """The suspicion was wrong or is over: clear it to the same owners (the caller holds the lock)."""
+        self.durable.check()
+        self.recovery.forget(alarm.id)
+        if self.guard.is_link_fault(alarm.fault.fault_type):
+            self.guard.link_back(alarm.host)
+        alarm.phase = Phase.INCIDENT_PHASE_WITHDRAWN
+        alarm.fault.fault_details["withdrawn"] = why
+        self.alarms.clear(alarm.id)
+        log.warning("suspicion of %s withdrawn: %s", alarm.host, why)
+        await self.publish(alarm, common_pb2.Timeline(), cleared=True)
+        await self.durable.close_incident(alarm.id)
 
     async def enable_host(self, host: str) -> list[Alarm]:
         """The administrator declares the host repaired: lift forced-down, clear its alarms."""
@@ -104,9 +161,15 @@ class Responder:
             self.resources.set_host(host, forced_down=False)
             cleared = []
             for alarm in self.alarms.on_host(host):
+                self.recovery.forget(alarm.id)
+                if alarm.fences:
+                    alarm.phase = Phase.INCIDENT_PHASE_CLOSED
+                    self.guard.link_back(host)
                 self.alarms.clear(alarm.id)
                 cleared.append(alarm)
                 await self.publish(alarm, common_pb2.Timeline(), cleared=True)
+                if alarm.fences:
+                    await self.durable.close_incident(alarm.id)
             return cleared
 
     # -- the two kinds of response ---------------------------------------------------------
@@ -135,8 +198,9 @@ class Responder:
     def host_status(self, host: str) -> int:
         h = self.resources.hosts.get(host)
         incident = self.alarms.incident(host)
-        if incident is not None and not incident.fenced:
-            return common_pb2.HOST_STATUS_UNKNOWN  # faulty, not fenced: nobody can say it is up
+        if incident is not None:
+            # fenced: powered off, whatever the controller says yet; else nobody can say it is up
+            return common_pb2.HOST_STATUS_DOWN if incident.fenced else common_pb2.HOST_STATUS_UNKNOWN
         return HOST_STATUS_PROTO[h.status] if h else common_pb2.HOST_STATUS_UNSPECIFIED
 
     def host_state(self, host: str) -> str:
@@ -150,8 +214,10 @@ class Responder:
         return "normal"
 
     async def publish(self, alarm: Alarm, tl: common_pb2.Timeline, *, cleared: bool = False,
-                      step: Step | None = None, detail: dict[str, Any] | None = None) -> None:
-        """Announce the alarm's state; persist it (and the journal ``step``, if any) with the notification."""
+                      step: Step | None = None, detail: dict[str, Any] | None = None,
+                      stage: int = Stage.STAGE_PUBLISHED) -> None:
+        """Announce the alarm's state; persist it (and the journal ``step``, if any) with the notification;
+        ``stage`` is stamped on the timeline when it is published."""
         ops = self.durable.publish_ops(alarm, cleared=cleared, step=step, detail=detail)
         hs = self.host_status(alarm.host)
         virtual = []
@@ -171,7 +237,23 @@ class Responder:
         n = fault_pb2.FaultNotification(
             notification_id=f"{alarm.id}.{alarm.fault.changed_time_unix_nanos}",
             event_time_unix_nanos=alarm.fault.event_time_unix_nanos, virtual_resource_info=virtual,
-            physical_resource_info=[physical], fenced=alarm.fenced, fencing_error=alarm.fencing_error)
+            physical_resource_info=[physical], fenced=alarm.fenced, fencing_error=alarm.fencing_error,
+            phase=alarm.phase)
         n.timeline.CopyFrom(tl)
-        await self.publisher.publish(n, also=ops)
+        await self.publisher.publish(n, also=ops, stage=stage)
         tl.CopyFrom(n.timeline)  # keep the published stamp for Diagnostics
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+def _create_task(coro: Coroutine[Any, Any, None], what: str) -> None:
+    """The default spawn (tests, tools): a task kept alive until done, its failure logged."""
+    task = asyncio.ensure_future(coro)
+    _TASKS.add(task)
+
+    def done(t: asyncio.Task[None]) -> None:
+        _TASKS.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("%s failed", what, exc_info=t.exception())
+    task.add_done_callback(done)

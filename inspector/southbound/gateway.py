@@ -141,6 +141,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                     acked = self._events(rec, msg.events)
                     if acked:
                         yield agent_pb2.GatewayMessage(ack=agent_pb2.Ack(sequence=acked))
+                elif kind == "heartbeat":
+                    self.liveness.heartbeat(rec, msg.heartbeat.sent_unix_nanos)
                 elif kind == "health":
                     check_health(msg.health)
                     rec.health = msg.health

@@ -39,6 +39,7 @@ class HostRecord:
     last_seen: float = 0.0          # monotonic, for timeouts
     last_seen_ns: int = 0           # wall clock, for humans
     lost_at_seen: float = 0.0       # the inspector's lost time (Lag.lost_s) when last heard
+    min_read_delay: float = float("inf")  # the stream's smallest heartbeat delay (clock offset + network)
     last_sequence: int = 0          # highest event sequence processed for boot_id
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
@@ -104,6 +105,7 @@ class Liveness:
             rec.last_sequence = 0  # a new agent boot numbers its events from 1 again
             rec.health = None      # and counts its checkers' runs afresh
         rec.stream, rec.connected, rec.goodbye = stream, True, False
+        rec.min_read_delay = float("inf")
         rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
         self._seen(rec)
         await self._set(rec, UP)
@@ -112,6 +114,14 @@ class Liveness:
         self._seen(rec)
         if rec.liveness != UP:
             await self._set(rec, UP)
+
+    def heartbeat(self, rec: HostRecord, sent_ns: int) -> None:
+        """A heartbeat read now: how late, beyond the stream's best, tells whether this inspector keeps up."""
+        if sent_ns <= 0:
+            return
+        delay = (now_ns() - sent_ns) / 1e9
+        rec.min_read_delay = min(rec.min_read_delay, delay)
+        self.lag.observe_read_delay(delay - rec.min_read_delay)
 
     async def detach(self, rec: HostRecord, stream: object) -> None:
         """The stream ended. Recent traffic means the peer's kernel closed it: the agent died, not the host."""

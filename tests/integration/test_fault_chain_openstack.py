@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from controller_adapter.base import HostStatus
-from doctor_common.api import common_pb2
+from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.lab.cloud import Lab, wait_for
 from doctor_common.timeline import Stage, as_dict
 from tests.integration.chain.conftest import Consumer
 from tests.openstack_cloud import FakeCloud, Recorded
+
+MARKED_DOWN = fault_pb2.INCIDENT_PHASE_MARKED_DOWN
 
 PROJECTS = ("project-a", "project-b", "project-c")
 
@@ -99,8 +101,8 @@ async def test_nic_down_reaches_nova_and_neutron(compute_max: str, openstack_lab
     cloud.clear_requests()
 
     lab.cut_link("compute-1")
-    await wait_for(lambda: consumers["project-a"].faults and consumers["project-b"].faults
-                   and consumers["admin"].faults, 15, what="notifications")
+    await wait_for(lambda: all(consumers[p].of_phase(MARKED_DOWN) for p in ("project-a", "project-b", "admin")),
+                   15, what="notifications")
     assert lab.power("compute-1") == ("off", 1), "the BMC was really powered off, once"
 
     # the calls really arrived, with the bodies and microversions Nova expects
@@ -132,9 +134,10 @@ async def test_nic_down_reaches_nova_and_neutron(compute_max: str, openstack_lab
     a = consumers["project-a"]
     assert a.resource_ids() == {"vm-1-1", "port-vm-1-1"}
     assert consumers["project-b"].resource_ids() == {"vm-1-2", "port-vm-1-2"}
-    vm = next(v for v in a.faults[0].virtual_resource_info if v.virtual_resource_id == "vm-1-1")
+    final = a.of_phase(MARKED_DOWN)[0]
+    vm = next(v for v in final.virtual_resource_info if v.virtual_resource_id == "vm-1-1")
     assert vm.virtual_resource_state == "error" and vm.host_status == common_pb2.HOST_STATUS_DOWN
-    stamps = as_dict(a.faults[0].timeline)
+    stamps = as_dict(final.timeline)
     assert stamps[Stage.STAGE_FENCED] <= stamps[Stage.STAGE_MARKED_DOWN] <= stamps[Stage.STAGE_PUBLISHED]
     await wait_for(lambda: len(lab.inspector.registry) == 4, 5, what="subscriptions")
     assert consumers["project-c"].faults == []
@@ -147,9 +150,9 @@ async def test_without_data_plane_status_the_chain_still_acts(openstack_lab: Any
     admin = await openstack_lab.consumer(lab, "admin")
     cloud.clear_requests()
     lab.cut_link("compute-2")
-    await wait_for(lambda: admin.faults, 15, what="notification")
+    await wait_for(lambda: admin.of_phase(MARKED_DOWN), 15, what="notification")
     assert api_calls(cloud, "PUT", r"^/network/") == []
-    details = admin.faults[0].physical_resource_info[0].faults[0].fault_details
+    details = admin.of_phase(MARKED_DOWN)[0].physical_resource_info[0].faults[0].fault_details
     assert details["ports_down"].startswith("unsupported:") and "data_plane_status" in details["ports_down"]
     assert cloud.service("compute-2").forced_down
     assert cloud.server("vm-2-1").status == "ERROR"
@@ -160,7 +163,7 @@ async def test_enable_host_forces_it_up_in_nova(openstack_lab: Any) -> None:
     lab, cloud = await openstack_lab(hosts=2, servers_per_host=1, projects=("project-a",))
     admin = await openstack_lab.consumer(lab, "admin")
     lab.cut_link("compute-1")
-    await wait_for(lambda: admin.faults, 15, what="notification")
+    await wait_for(lambda: admin.of_phase(MARKED_DOWN), 15, what="notification")
     assert cloud.service("compute-1").forced_down
     cloud.clear_requests()
     await lab.inspector.responder.enable_host("compute-1")

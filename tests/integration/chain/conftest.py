@@ -40,6 +40,12 @@ class Consumer:
             raise self.error
         return self
 
+    def phases(self) -> list[int]:
+        return [n.phase for n in self.faults]
+
+    def of_phase(self, phase: int) -> list[fault_pb2.FaultNotification]:
+        return [n for n in self.faults if n.phase == phase]
+
     def resource_ids(self) -> set[str]:
         return {v.virtual_resource_id for n in self.faults for v in n.virtual_resource_info}
 

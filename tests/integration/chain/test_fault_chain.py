@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from controller_adapter.base import HostStatus, ServerState
-from doctor_common.api import common_pb2
+from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.lab.cloud import wait_for
 from doctor_common.timeline import Stage, as_dict
 
 PROJECTS = ("project-a", "project-b", "project-c")
+P = fault_pb2.IncidentPhase
+SUSPECTED, FENCED, MARKED_DOWN = P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_FENCED, P.INCIDENT_PHASE_MARKED_DOWN
 
 
 async def test_nic_down_fences_marks_down_and_notifies_only_the_owners(make_lab) -> None:  # type: ignore[no-untyped-def]
     """Cutting compute-1's link powers its BMC off, marks it DOWN, sets its servers ERROR and its ports DOWN,
-    and notifies exactly the owners of those servers (and the administrator, with the host fault)."""
+    and notifies exactly the owners of those servers (and the administrator, with the host fault): first the
+    suspicion (host status UNKNOWN), then the confirmed power-off, then the controller's completion."""
     lab = await make_lab(hosts=3, servers_per_host=2, projects=PROJECTS)
     consumers = {p: await make_lab.consumer(lab, p) for p in (*PROJECTS, "admin")}
     victims = lab.hosts["compute-1"].servers  # vm-1-1 (project-a), vm-1-2 (project-b)
@@ -20,8 +23,8 @@ async def test_nic_down_fences_marks_down_and_notifies_only_the_owners(make_lab)
     assert {v.virtual_resource_id for v in consumers["project-a"].snapshot.virtual_resource_info} >= {"vm-1-1"}
 
     lab.cut_link("compute-1")
-    await wait_for(lambda: consumers["project-a"].faults and consumers["project-b"].faults
-                   and consumers["admin"].faults, 10, what="notifications")
+    await wait_for(lambda: all(consumers[p].of_phase(MARKED_DOWN) for p in ("project-a", "project-b", "admin")),
+                   10, what="notifications")
 
     assert lab.power("compute-1") == ("off", 1), "the BMC was really powered off, once"
     assert lab.power("compute-2")[0] == "on" and lab.power("compute-3")[0] == "on"
@@ -31,7 +34,16 @@ async def test_nic_down_fences_marks_down_and_notifies_only_the_owners(make_lab)
     assert {p.data_plane_status for p in await ctl.ports_on_host("compute-1")} == {"DOWN"}
     assert {s.state for s in await ctl.servers_on_host("compute-2")} == {ServerState.ACTIVE}
 
-    a, b = consumers["project-a"].faults[0], consumers["project-b"].faults[0]
+    for p in ("project-a", "project-b", "admin"):
+        assert consumers[p].phases() == [SUSPECTED, FENCED, MARKED_DOWN], p
+    suspected, fenced = consumers["project-a"].faults[:2]
+    sv = next(v for v in suspected.virtual_resource_info if v.virtual_resource_id == "vm-1-1")
+    assert not suspected.fenced and sv.host_status == common_pb2.HOST_STATUS_UNKNOWN
+    assert sv.virtual_resource_state == "normal", "nothing is done to the server on a suspicion"
+    fv = next(v for v in fenced.virtual_resource_info if v.virtual_resource_id == "vm-1-1")
+    assert fenced.fenced and fv.host_status == common_pb2.HOST_STATUS_DOWN
+    assert Stage.STAGE_FENCE_PUBLISHED in as_dict(fenced.timeline)
+    a, b = consumers["project-a"].faults[2], consumers["project-b"].faults[2]
     assert consumers["project-a"].resource_ids() == {"vm-1-1", "port-vm-1-1"}
     assert consumers["project-b"].resource_ids() == {"vm-1-2", "port-vm-1-2"}
     assert not a.physical_resource_info and a.fenced
@@ -40,14 +52,15 @@ async def test_nic_down_fences_marks_down_and_notifies_only_the_owners(make_lab)
     assert vm.faults[0].fault_type == "compute.host.nic.down" and vm.faults[0].root_cause_resource_id == "compute-1"
     assert a.notification_id == b.notification_id and vm.faults[0].fault_id == b.virtual_resource_info[0].faults[0].fault_id
 
-    admin = consumers["admin"].faults[0]
+    admin = consumers["admin"].faults[2]
     assert [p.physical_resource_id for p in admin.physical_resource_info] == ["compute-1"]
     assert admin.physical_resource_info[0].faults[0].is_root_cause
     assert consumers["admin"].resource_ids() == {*victims, *(f"port-{v}" for v in victims)}
 
     stamps = as_dict(a.timeline)
     chain = [Stage.STAGE_OBSERVED, Stage.STAGE_SENT, Stage.STAGE_RECEIVED, Stage.STAGE_CORRELATED,
-             Stage.STAGE_FENCED, Stage.STAGE_PUBLISHED, Stage.STAGE_DELIVERED]
+             Stage.STAGE_SUSPECT_PUBLISHED, Stage.STAGE_FENCED, Stage.STAGE_FENCE_PUBLISHED, Stage.STAGE_PUBLISHED,
+             Stage.STAGE_DELIVERED]
     assert all(s in stamps for s in [*chain, Stage.STAGE_MARKED_DOWN, Stage.STAGE_SERVERS_UPDATED])
     assert [stamps[s] for s in chain] == sorted(stamps[s] for s in chain), "stages happen in order"
     assert stamps[Stage.STAGE_MARKED_DOWN] >= stamps[Stage.STAGE_FENCED], "fence before you declare"
@@ -64,8 +77,9 @@ async def test_unfenceable_host_is_reported_but_never_marked_down(make_lab) -> N
     owner = lab.server_owner["vm-2-1"]
     c = await make_lab.consumer(lab, owner)
     lab.cut_link("compute-2")
-    await wait_for(lambda: c.faults, 10, what="notification")
-    n = c.faults[0]
+    await wait_for(lambda: c.of_phase(P.INCIDENT_PHASE_UNFENCED), 10, what="notification")
+    assert c.phases() == [SUSPECTED, P.INCIDENT_PHASE_UNFENCED]
+    n = c.faults[-1]
     assert not n.fenced and "BMC" in n.fencing_error
     vm = next(v for v in n.virtual_resource_info if v.virtual_resource_id == "vm-2-1")
     assert vm.host_status == common_pb2.HOST_STATUS_UNKNOWN and vm.virtual_resource_state == "normal"
@@ -107,11 +121,12 @@ async def test_silent_host_is_confirmed_with_its_bmc_and_fenced(make_lab) -> Non
     c = await make_lab.consumer(lab, "project-a")
     lab.freeze_agent("compute-2")
     try:
-        await wait_for(lambda: c.faults, 10, what="notification")
+        await wait_for(lambda: c.of_phase(MARKED_DOWN), 10, what="notification")
     finally:
         lab.thaw_agent("compute-2")
-    f = c.faults[0].virtual_resource_info[0].faults[0]
-    assert f.fault_type == "compute.host.unreachable" and c.faults[0].fenced
+    assert c.phases() == [SUSPECTED, FENCED, MARKED_DOWN]
+    f = c.faults[-1].virtual_resource_info[0].faults[0]
+    assert f.fault_type == "compute.host.unreachable" and c.faults[-1].fenced
     assert lab.power("compute-2") == ("off", 1)
     assert (await lab.inspector.controller.get_host("compute-2")).status == HostStatus.DOWN
 
@@ -126,8 +141,8 @@ async def test_fault_present_at_reconnect_is_acted_on(make_lab) -> None:  # type
     await wait_for(lambda: lab.inspector.liveness.hosts["compute-1"].liveness == "agent_down", 10, what="agent down")
     lab.cut_link("compute-1")
     await lab.start_agent(h)
-    await wait_for(lambda: c.faults, 15, what="notification")
-    assert c.faults[0].virtual_resource_info[0].faults[0].fault_type == "compute.host.nic.down"
+    await wait_for(lambda: c.of_phase(MARKED_DOWN), 15, what="notification")
+    assert c.faults[-1].virtual_resource_info[0].faults[0].fault_type == "compute.host.nic.down"
     assert lab.power("compute-1") == ("off", 1)
 
 
@@ -137,15 +152,16 @@ async def test_enable_host_clears_the_incident(make_lab) -> None:  # type: ignor
     lab = await make_lab(hosts=1, servers_per_host=1, projects=("project-a",))
     c = await make_lab.consumer(lab, "project-a")
     lab.cut_link("compute-1")
-    await wait_for(lambda: c.faults, 10, what="notification")
+    await wait_for(lambda: c.of_phase(MARKED_DOWN), 10, what="notification")
     assert (await c.client.query_faults()).virtual_resource_info
     admin = lab.tokens["admin"]
     from doctor_common.client import DoctorClient
     async with DoctorClient(lab.endpoint, admin) as adm:
         info = await adm.enable_host("compute-1")
     assert info.host_status == common_pb2.HOST_STATUS_UP and not info.active_alarms
-    await wait_for(lambda: len(c.faults) == 2, 10, what="cleared notification")
-    assert c.faults[1].virtual_resource_info[0].faults[0].state == common_pb2.ALARM_STATE_CLEARED
+    await wait_for(lambda: len(c.faults) == 4, 10, what="cleared notification")
+    assert c.faults[3].virtual_resource_info[0].faults[0].state == common_pb2.ALARM_STATE_CLEARED
+    assert c.faults[3].phase == P.INCIDENT_PHASE_CLOSED
     assert not (await c.client.query_faults()).virtual_resource_info
 
 
@@ -157,7 +173,7 @@ async def test_doctorctl_profile_shows_the_faults_stages(make_lab, tmp_path) -> 
     lab = await make_lab(hosts=1, servers_per_host=1, projects=("project-a",))
     c = await make_lab.consumer(lab, "project-a")
     lab.cut_link("compute-1")
-    await wait_for(lambda: c.faults, 10, what="notification")
+    await wait_for(lambda: c.of_phase(MARKED_DOWN), 10, what="notification")
     tok = tmp_path / "admin.token"
     tok.write_text(lab.tokens["admin"])
     proc = await asyncio.create_subprocess_exec(

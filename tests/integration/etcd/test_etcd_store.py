@@ -85,6 +85,7 @@ async def test_recovery_journal_records_each_step_once_and_survives_a_leader_cha
         sa = EtcdStore(ca, prefix, a, node_id="a")
         assert await sa.open_incident("inc-1", {"host": "compute-1", "fault": "compute.host.down"}) is True
         assert await sa.open_incident("inc-1", {"host": "other"}) is False
+        assert await sa.record_step("inc-1", Step.NOTIFY_SUSPECTED) is True
         assert await sa.record_step("inc-1", Step.FENCE, {"bmc": "10.0.0.9"}) is True
         assert await sa.record_step("inc-1", Step.CONFIRM_OFF) is True
         assert await sa.record_step("inc-1", Step.FENCE) is False  # exactly once
@@ -97,14 +98,14 @@ async def test_recovery_journal_records_each_step_once_and_survives_a_leader_cha
         assert list(open_) == ["inc-1"]
         inc = open_["inc-1"]
         assert inc.data == {"host": "compute-1", "fault": "compute.host.down"}
-        assert [(s.step, s.node_id, s.token) for s in inc.steps] == [("fence", "a", token_a),
-                                                                      ("confirm_off", "a", token_a)]
-        assert inc.steps[0].detail == {"bmc": "10.0.0.9"}
-        assert inc.pending() == ["mark_down", "servers_error", "notify"]
+        assert [(s.step, s.node_id, s.token) for s in inc.steps] == [
+            ("notify_suspected", "a", token_a), ("fence", "a", token_a), ("confirm_off", "a", token_a)]
+        assert inc.steps[1].detail == {"bmc": "10.0.0.9"}
+        assert inc.pending() == ["notify_fenced", "mark_down", "servers_error", "notify"]
         for step in await sb.pending_steps("inc-1"):
             assert await sb.record_step("inc-1", step) is True
         assert [s.step for s in await sb.steps("inc-1")] == [str(s) for s in RECOVERY_STEPS]
-        assert {s.token for s in (await sb.steps("inc-1"))[2:]} == {term_b.token}
+        assert {s.token for s in (await sb.steps("inc-1"))[3:]} == {term_b.token}
         assert await sb.record_step("inc-1", Step.NOTIFY) is False
         # the old leader can no longer add to the journal
         with pytest.raises(NotLeader):

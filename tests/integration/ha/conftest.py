@@ -45,6 +45,17 @@ def own_etcd() -> Iterator[EtcdCluster]:
     yield from _etcd(3)
 
 
+# an incident's notices, in order: the suspicion, the confirmed power-off, the controller's completion
+INCIDENT_PHASES = [fault_pb2.INCIDENT_PHASE_SUSPECTED, fault_pb2.INCIDENT_PHASE_FENCED,
+                   fault_pb2.INCIDENT_PHASE_MARKED_DOWN]
+
+
+def phases_of(notifications: list[fault_pb2.FaultNotification], host: str, fault_type: str) -> list[int]:
+    """The phases announced for ``host``'s ``fault_type``, in log order."""
+    return [n.phase for n in notifications for p in n.physical_resource_info for f in p.faults
+            if p.physical_resource_id == host and f.fault_type == fault_type]
+
+
 class HaConsumer:
     """A consumer configured with every replica; it reconnects, follows the leader and resumes by itself."""
 
@@ -75,6 +86,10 @@ class HaConsumer:
     @property
     def sequences(self) -> list[int]:
         return [n.sequence for n in self.faults]
+
+    def done(self) -> bool:
+        """An incident's final notice (the controller's completion) has arrived."""
+        return any(n.phase == fault_pb2.INCIDENT_PHASE_MARKED_DOWN for n in self.faults)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -16,14 +16,15 @@ from doctor_common.client import DoctorClient
 from doctor_common.lab.cloud import wait_for
 from doctor_common.lab.replicated import HaLab
 from tests.etcd_cluster import EtcdCluster
-from tests.integration.ha.conftest import assert_delivered_exactly_once, keys_under, read_log
+from tests.integration.ha.conftest import (INCIDENT_PHASES, assert_delivered_exactly_once, keys_under, phases_of,
+                                          read_log)
 
 PROJECTS = ("project-a", "project-b", "project-c")  # servers: vm-1-1 a, vm-1-2 b, vm-2-1 c, vm-2-2 a
 
 # what the replica that takes over still has to do, by crash point
 LEFT_TO_DO = {
-    "before_fence": "fence, confirm_off, mark_down, servers_error, notify still to do",
-    "after_fence": "mark_down, servers_error, notify still to do",
+    "before_fence": "fence, confirm_off, notify_fenced, mark_down, servers_error, notify still to do",
+    "after_fence": "notify_fenced, mark_down, servers_error, notify still to do",
     "after_publish": "only closing it",
 }
 
@@ -38,8 +39,9 @@ async def test_leader_killed_mid_recovery_the_next_one_finishes_it_once(
         point: str, ha: Any, shared_etcd: EtcdCluster, needs_root: None) -> None:
     """The leader dies (SIGKILL) before fencing / after fencing, before marking down / after publishing, before
     any consumer read: the next leader finishes the journalled incident. Exactly one power-off reaches the
-    BMC, the host ends DOWN, the log holds one notification of the fault, and every consumer receives every
-    notification it may see exactly once, in order (project-c owns nothing on compute-1: it hears nothing)."""
+    BMC, the host ends DOWN, the log holds each notice of the incident once (suspected, fenced, marked down),
+    and every consumer receives every notification it may see exactly once, in order (project-c owns nothing
+    on compute-1: it hears nothing)."""
     lab = await ha(shared_etcd, first_env={"DOCTOR_TEST_CRASH_AT": point}, hosts=2, projects=PROJECTS)
     consumers = [await ha.consumer(lab, p) for p in (*PROJECTS, "admin")]
     assert await lab.leader() == 0
@@ -52,7 +54,7 @@ async def test_leader_killed_mid_recovery_the_next_one_finishes_it_once(
     assert await lab.wait_leader(exclude=(0,)) == 1
 
     admin = consumers[-1]
-    await wait_for(lambda: admin.faults, 10, 0.01, "the notification from the new leader")
+    await wait_for(admin.done, 10, 0.01, "the notification from the new leader")
     await assert_delivered_exactly_once(lab, consumers)
     assert consumers[2].faults == [], "project-c owns nothing on compute-1"
     assert {c.snapshots[0].subscription_id for c in consumers} == {c.snapshots[-1].subscription_id
@@ -64,9 +66,8 @@ async def test_leader_killed_mid_recovery_the_next_one_finishes_it_once(
     assert info.forced_down and info.host_status == common_pb2.HOST_STATUS_DOWN
 
     log = await read_log(lab)
-    roots = [n for n in log for p in n.physical_resource_info for f in p.faults
-             if p.physical_resource_id == "compute-1" and f.fault_type == "compute.host.nic.down"]
-    assert len(roots) == 1 and roots[0].fenced, "the fault is announced once, fenced"
+    assert phases_of(log, "compute-1", "compute.host.nic.down") == INCIDENT_PHASES, "each notice once, in order"
+    assert log[-1].fenced
     assert LEFT_TO_DO[point] in lab.replica_log(1)
 
     async def journal_closed() -> bool:
@@ -78,7 +79,8 @@ async def test_a_host_that_dies_during_the_takeover_is_still_noticed(
         ha: Any, shared_etcd: EtcdCluster, needs_root: None) -> None:
     """compute-2's agent falls silent (SIGSTOP) just as the leader is SIGKILLed, so it never says Hello to the
     next one. The new leader expects every host the old one had up (kept in etcd), gives them the takeover
-    grace, then declares compute-2 unreachable: fenced once, notified once. compute-1, back in time, is left on."""
+    grace, then declares compute-2 unreachable: fenced once, each notice once. compute-1, back in time, is left
+    on."""
     lab = await ha(shared_etcd, hosts=2, takeover_grace_ms=1500)
     admin = await ha.consumer(lab, "admin")
 
@@ -90,9 +92,10 @@ async def test_a_host_that_dies_during_the_takeover_is_still_noticed(
     assert await lab.wait_leader(exclude=(0,)) == 1
     assert "waiting up to 1.5s for 2 agents" in lab.replica_log(1)
 
-    await wait_for(lambda: admin.faults, 15, 0.01, "compute-2 to be declared unreachable")
+    await wait_for(admin.done, 15, 0.01, "compute-2 to be declared unreachable")
     await assert_delivered_exactly_once(lab, [admin])
-    [n] = admin.faults
+    assert [n.phase for n in admin.faults] == INCIDENT_PHASES
+    n = admin.faults[-1]
     [host] = n.physical_resource_info
     assert host.physical_resource_id == "compute-2" and host.faults[0].fault_type == "compute.host.unreachable"
     assert n.fenced and lab.power("compute-2") == ("off", 1)

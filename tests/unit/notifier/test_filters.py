@@ -42,6 +42,17 @@ def test_consumers_see_only_their_project_and_never_the_host() -> None:
     assert view_notification(Principal("c", project="project-c"), Filter(), n) is None
 
 
+def test_a_consumers_share_keeps_everything_but_others_resources() -> None:
+    """The incident's phase, fencing outcome and timeline reach the owner as they reach the administrator."""
+    n = _notification()
+    n.fenced, n.fencing_error, n.phase = True, "", fault_pb2.INCIDENT_PHASE_FENCED
+    n.timeline.stamps.add(stage=common_pb2.STAGE_FENCED, unix_nanos=5)
+    mine = view_notification(A, Filter(), n)
+    assert mine is not None
+    assert (mine.phase, mine.fenced, mine.sequence, mine.notification_id) == (n.phase, True, 7, "n1")
+    assert mine.timeline == n.timeline
+
+
 def test_admin_sees_everything_including_the_physical_fault() -> None:
     """Administrators receive the host fault too."""
     assert ids(view_notification(ADMIN, Filter(), _notification())) == {"vm-a", "port-a", "vm-b", "compute-1"}
