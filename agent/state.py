@@ -5,18 +5,29 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 
 from agent.checkers.base import Reading
 from doctor_common.api import agent_pb2
 
 MAX_UNACKED = 10_000  # beyond this the oldest edges go: the level in Hello still heals
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def kernel_boot_id(path: Path = BOOT_ID) -> str:
+    """The kernel's boot id: it changes when the host reboots, not when the agent restarts ("" if unreadable)."""
+    try:
+        return path.read_text().strip()[:64]
+    except OSError:
+        return ""
 
 
 class AgentState:
     def __init__(self, host_id: str, version: str) -> None:
         self.host_id = host_id
         self.version = version
-        self.boot_id = uuid.uuid4().hex
+        self.boot_id = uuid.uuid4().hex          # this run of the agent
+        self.host_boot_id = kernel_boot_id()      # this boot of the host
         self.sequence = 0
         self.components: dict[str, agent_pb2.ComponentState] = {}
         self._readings: dict[str, Reading] = {}
@@ -50,5 +61,5 @@ class AgentState:
 
     def hello(self) -> agent_pb2.AgentMessage:
         return agent_pb2.AgentMessage(hello=agent_pb2.Hello(
-            host_id=self.host_id, boot_id=self.boot_id, agent_version=self.version,
+            host_id=self.host_id, boot_id=self.boot_id, host_boot_id=self.host_boot_id, agent_version=self.version,
             components=list(self.components.values()), last_sequence=self.sequence))

@@ -34,6 +34,8 @@ class InspectorConfig:
     fence_retry: RetryPolicy = field(default_factory=RetryPolicy)
     guard: GuardConfig = field(default_factory=GuardConfig)
     max_lag_s: float = 0.3               # behind by more than this: nothing is declared unreachable
+    absent_poll_s: float = 2.0           # BMC power state of hosts whose agent died or stopped, this often
+    agent_return_deadline_s: float = 300.0  # an agent away longer than this is reported to administrators
     queue_limit: int = 1000
     retention: int = 10_000
     resource_refresh_s: float = 30.0
@@ -115,6 +117,8 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
     opts["advertise"] = i.str("advertise", "")
     opts["advertise_agents"] = i.str("advertise_agents", "")
     opts["takeover_grace_s"] = i.int("takeover_grace_ms", 10_000, min=0) / 1000
+    opts["absent_poll_s"] = i.int("absent_poll_ms", 2000, min=50) / 1000
+    opts["agent_return_deadline_s"] = i.float("agent_return_deadline_s", 300.0, min=1.0)
     i.done()
 
     c = root.section("controller")

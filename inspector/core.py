@@ -36,6 +36,7 @@ from inspector.response.fencing import IpmiFencer
 from inspector.response.fleet_guard import FleetGuard, HostView
 from inspector.response.responder import Responder
 from inspector.response.trigger import Trigger
+from inspector.southbound.absent import AbsentWatch
 from inspector.southbound.gateway import AgentGatewayServicer
 from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
@@ -85,10 +86,12 @@ class Inspector:
         self.quiet_after_s = max(1.5 * hb, cfg.liveness_timeout_s - hb)
         self.guard = FleetGuard(cfg.guard, lambda: self.resources.hosts, self._host_view)
         self.responder = Responder(cfg.policy, self.resources, self.controller, self.fencer, self.alarms,
-                                   self.publisher, cfg.bmcs, self.durable, guard=self.guard,
-                                   expect=lambda host: self.liveness.expect(host, 0.0), retry=cfg.fence_retry,
-                                   spawn=self._act)
+                                   self.publisher, cfg.bmcs, self.durable, guard=self.guard, retry=cfg.fence_retry,
+                                   rejoin_s=cfg.takeover_grace_s + cfg.liveness_timeout_s, spawn=self._act)
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
+        self.absent = AbsentWatch(self.liveness, self.responder.bmc_for, self.fencer.power_state,
+                                  lambda t: self._act(self.responder.fault(t), f"{t.fault_type} on {t.host}"),
+                                  cfg.absent_poll_s, cfg.agent_return_deadline_s)
         hold_s = cfg.etcd.lease_ttl_s + 1.5 if cfg.etcd else 0.0  # a dead leader is named at most this long
         self.probe = LeaderProbe(self.leader_endpoint)
         self.agent_redirects = Redirector(self._leader_agent_endpoint, lambda: self.acting, cfg.advertise_agents,
@@ -155,6 +158,9 @@ class Inspector:
                              for d in alarms.values()])
         await self.book.load()
         self.liveness.reset()
+        for h, d in hosts.items():  # a host that rebooted during the takeover is still told apart
+            if d.get("host_boot_id"):
+                self.liveness.record(h).host_boot_id = str(d["host_boot_id"])
         expected = {h for h, d in hosts.items() if d.get("liveness") == UP and h in self.resources.hosts}
         # a host suspected for silence and not fenced yet is judged afresh: declared again only if still silent
         expected |= {a.host for a in self.alarms.incidents() if a.silence and a.withdrawable}
@@ -263,6 +269,7 @@ class Inspector:
         return [asyncio.create_task(self.lag.run(), name="lag"),
                 asyncio.create_task(self.liveness.watch(), name="liveness"),
                 asyncio.create_task(self.responder.causes.watch(), name="shared causes"),
+                asyncio.create_task(self.absent.watch(), name="absent agents"),
                 asyncio.create_task(self.resources.refresh_forever(), name="resources")]
 
     def _host_view(self, host: str) -> HostView:
@@ -329,7 +336,8 @@ class Inspector:
         if not self.acting or not self.liveness.current(rec):
             return
         if self.leadership is not None:
-            self._act(self.durable.save_host(rec.host_id, new, rec.boot_id), f"liveness of {rec.host_id}")
+            self._act(self.durable.save_host(rec.host_id, new, rec.boot_id, rec.host_boot_id),
+                      f"liveness of {rec.host_id}")
         now = now_ns()
         if new == UNREACHABLE:
             self._act(self.responder.fault(Trigger(

@@ -88,7 +88,8 @@ class LabHost:
 class Lab:
     def __init__(self, hosts: int = 3, servers_per_host: int = 2, projects: tuple[str, ...] = ("project-a", "project-b"),
                  unfenceable: tuple[str, ...] = (), workdir: Path | None = None, netns: bool = True,
-                 liveness_timeout_ms: int = 500, heartbeat_interval_ms: int = 100, extra_config: str = "") -> None:
+                 liveness_timeout_ms: int = 500, heartbeat_interval_ms: int = 100, extra_config: str = "",
+                 switch: str = "", fencing_timeout_s: float = 3.0) -> None:
         self.tag = secrets.token_hex(2)
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="doctor-lab-"))
         self.own_dir = workdir is None
@@ -104,7 +105,9 @@ class Lab:
         self.unfenceable = set(unfenceable)
         self.liveness_timeout_ms = liveness_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
-        self.extra_config = extra_config
+        self.extra_config = extra_config  # appended inside [fencing]: keys for it first, then tables of its own
+        self.switch = switch              # every host behind this top-of-rack switch (a rack)
+        self.fencing_timeout_s = fencing_timeout_s
         k = 0  # owners round-robin across all servers, so hosts mix projects differently
         for i in range(1, hosts + 1):
             name = f"compute-{i}"
@@ -127,7 +130,8 @@ class Lab:
         inv = []
         for h in self.hosts.values():
             pw = "bad.pass" if h.name in self.unfenceable else "bmc.pass"
-            inv.append(f'[[hosts]]\nname = "{h.name}"\nzone = "lab"\n[hosts.bmc]\naddress = "127.0.0.1"\n'
+            switch = f'switch = "{self.switch}"\n' if self.switch else ""
+            inv.append(f'[[hosts]]\nname = "{h.name}"\nzone = "lab"\n{switch}[hosts.bmc]\naddress = "127.0.0.1"\n'
                        f'port = {h.bmc_port}\nusername = "admin"\npassword_file = "{pw}"\n')
         for h in self.hosts.values():
             for sid in h.servers:
@@ -141,7 +145,7 @@ class Lab:
             f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nliveness_timeout_ms = {self.liveness_timeout_ms}\n'
             f'log_level = "warning"\n\n'
             f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n'
-            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\nipmi_retry_ms = 20  # virtual BMCs on loopback answer in ~1 ms\n\n{self.extra_config}\n{self.auth_tables()}')
+            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = {self.fencing_timeout_s}\nipmi_retry_ms = 20  # virtual BMCs on loopback answer in ~1 ms\n\n{self.extra_config}\n{self.auth_tables()}')
         self.write_agent_files([f"unix:{self.socket}"])
         return cfg
 
@@ -266,6 +270,30 @@ class Lab:
         proc = self.hosts[host].agent_proc
         if proc is not None and proc.returncode is None:
             proc.kill()
+            await proc.wait()
+
+    def freeze_bmc(self, host: str) -> None:
+        """The host's BMC stops answering (SIGSTOP): a dead BMC, as fencing sees it."""
+        proc = self.hosts[host].bmc_proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+
+    def thaw_bmc(self, host: str) -> None:
+        proc = self.hosts[host].bmc_proc
+        if proc is not None and proc.returncode is None:
+            os.kill(proc.pid, signal.SIGCONT)
+
+    def lose_power(self, host: str) -> None:
+        """The host loses power by itself: its BMC says off without anyone having sent a power-off."""
+        proc = self.hosts[host].bmc_proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGUSR1)
+
+    async def stop_agent(self, host: str) -> None:
+        """An orderly stop (systemd's SIGTERM): the agent says Goodbye and exits."""
+        proc = self.hosts[host].agent_proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
             await proc.wait()
 
     def power(self, host: str) -> tuple[str, int]:

@@ -309,6 +309,11 @@ class VirtualBmc(ipmi_bmc.Bmc):
         self._write()
         return 0
 
+    def lose_power(self) -> None:
+        """The host loses power by itself (SIGUSR1): off, without an IPMI power-off to count."""
+        self.power = "off"
+        self._write()
+
     def power_cycle(self) -> int:
         self.power_off()
         return self.power_on()
@@ -357,6 +362,7 @@ def serve(port: int, address: str, username: str, password: str, state_file: Pat
     serversession.ServerSession = _Suite3Session  # type: ignore[misc]
     # pyghmi's server creates sessions through this module attribute
     bmc = VirtualBmc({username: password}, port, address, state_file, power, sensors_file)
+    signal.signal(signal.SIGUSR1, lambda *_: bmc.lose_power())
     sys.stdout.write(f"vbmc listening on {address}:{port}\n")
     sys.stdout.flush()
     while True:

@@ -56,7 +56,7 @@ class NullDurable:
                     detail: dict[str, Any] | None = None) -> list[Any]:
         return []
 
-    async def save_host(self, host: str, liveness: str, boot_id: str) -> None:
+    async def save_host(self, host: str, liveness: str, boot_id: str, host_boot_id: str = "") -> None:
         return None
 
 
@@ -114,11 +114,11 @@ class EtcdDurable(NullDurable):
 
     # -- hosts -----------------------------------------------------------------------------------
 
-    async def save_host(self, host: str, liveness: str, boot_id: str) -> None:
+    async def save_host(self, host: str, liveness: str, boot_id: str, host_boot_id: str = "") -> None:
         lock = self._host_locks.setdefault(host, asyncio.Lock())
         async with lock:  # one write per host at a time: the last transition is the one that stays
-            await self._write(self.hosts.put(host, {"liveness": liveness, "boot_id": boot_id}),
-                              f"liveness of {host}")
+            await self._write(self.hosts.put(host, {"liveness": liveness, "boot_id": boot_id,
+                                                    "host_boot_id": host_boot_id}), f"liveness of {host}")
 
     # -- a new term reads everything -----------------------------------------------------------
 

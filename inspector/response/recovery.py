@@ -95,11 +95,12 @@ class Holding(Protocol):
 
 class Recovery:
     def __init__(self, responder: Responding, guard: FleetGuard, causes: Holding,
-                 retry: RetryPolicy = RetryPolicy()) -> None:
+                 retry: RetryPolicy = RetryPolicy(), rejoin_s: float = 10.0) -> None:
         self.r = responder
         self.guard = guard
         self.causes = causes
         self.retry = retry
+        self.rejoin_s = rejoin_s  # a silent host's time to come back before it is judged again
         self._deciding: set[str] = set()                   # alarm ids being judged now
         self._timers: dict[str, asyncio.TimerHandle] = {}  # alarm id -> its next judgement (wait, retry)
         self._failures: dict[str, int] = {}                # alarm id -> failed fence attempts in a row
@@ -167,7 +168,7 @@ class Recovery:
                 elif j.verdict is Verdict.WAIT:
                     alarm.fault.fault_details["guard"] = j.reason
                     log.warning("fencing %s later: %s", alarm.host, j.reason)
-                    self._later(alarm, j.retry_at - asyncio.get_running_loop().time(), retry=retry)
+                    self._later(alarm, j.retry_at - time.monotonic(), retry=retry)
                 else:
                     alarm.fault.fault_details.pop("guard", None)
                     alarm.held_by = ""
@@ -178,6 +179,10 @@ class Recovery:
     def _fences_shared(self) -> bool:
         rule = self.r.policy.match(SWITCH_DOWN, common_pb2.SEVERITY_CRITICAL)
         return rule is not None and rule.fences
+
+    def later(self, alarm: Alarm, delay: float) -> None:
+        """Judge the suspicion again in ``delay`` seconds (unless something judges it first)."""
+        self._later(alarm, delay, retry=False)
 
     def _later(self, alarm: Alarm, delay: float, *, retry: bool) -> None:
         self.forget_timer(alarm.id)
@@ -211,7 +216,9 @@ class Recovery:
                 alarm.phase = Phase.INCIDENT_PHASE_SUSPECTED
             if self.guard.is_link_fault(alarm.fault.fault_type):
                 self.guard.link_lost(alarm.host)
-            if not alarm.silence:  # a silent host is re-detected by liveness (expected at takeover)
+            if alarm.silence:  # its agent may be reconnecting to this leader: withdrawn if it did, else judged
+                self.later(alarm, self.rejoin_s)
+            else:
                 r.spawn(self.decide(alarm), f"judging {alarm.host} again after the takeover")
             return
         async with r.lock(alarm.host):

@@ -49,7 +49,7 @@ class Responder:
     def __init__(self, policy: Policy, resources: ResourceMap, controller: Controller, fencer: IpmiFencer,
                  alarms: AlarmStore, publisher: Publisher, bmcs: dict[str, Bmc] | None = None,
                  durable: NullDurable | None = None, guard: FleetGuard | None = None,
-                 expect: Callable[[str], None] | None = None, retry: RetryPolicy = RetryPolicy(),
+                 retry: RetryPolicy = RetryPolicy(), rejoin_s: float = 10.0,
                  spawn: Callable[[Coroutine[Any, Any, None], str], None] | None = None) -> None:
         self.durable = durable or NullDurable()
         self.policy = policy
@@ -64,8 +64,8 @@ class Responder:
         self._spawn = spawn or _create_task
         self.guard = guard or FleetGuard(GuardConfig(enabled=False), lambda: self.resources.hosts,
                                          lambda _h: HostView(True, True))
-        self.causes = RootCauses(self, self.guard, expect or (lambda _h: None), self._rejudge)
-        self.recovery = Recovery(self, self.guard, self.causes, retry)
+        self.causes = RootCauses(self, self.guard, self._rejudge, rejoin_s)
+        self.recovery = Recovery(self, self.guard, self.causes, retry, rejoin_s)
 
     def bmc_for(self, host: str) -> Bmc | None:
         """The inspector's own config wins over what the controller knows."""
@@ -81,8 +81,10 @@ class Responder:
         """Run a response of its own (under the current term when the inspector wires it so)."""
         self._spawn(coro, what)
 
-    def _rejudge(self, alarm: Alarm) -> None:
-        if not self.recovery.pending(alarm.id):
+    def _rejudge(self, alarm: Alarm, after_s: float = 0.0) -> None:
+        if after_s > 0:
+            self.recovery.later(alarm, after_s)
+        elif not self.recovery.pending(alarm.id):
             self.spawn(self.recovery.decide(alarm), f"judging {alarm.host} again")
 
     # -- entry points ----------------------------------------------------------------------

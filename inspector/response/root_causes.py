@@ -7,9 +7,10 @@ explains in ``correlated_fault_ids``; each held incident names it back, is no
 longer a root cause, and its owners hear it is held (host status UNKNOWN, not
 fenced). ``watch`` checks every ``tick_s`` whether each cause still holds.
 When one clears, its alarm is cleared and every host it held is judged
-again: a silent host gets a fresh liveness timeout (``expect``), so it is
-declared again only if it stays silent; a host with reported evidence is
-judged at once (after the settle wait, in which a recovering link clears).
+again: a silent host after a grace (``rejoin_s``) for its agent to
+reconnect — withdrawn if it did, fenced if it is still alone in its silence;
+a host with reported evidence at once (after the settle wait, in which a
+recovering link clears).
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ class Publishing(Protocol):
 
 
 class RootCauses:
-    def __init__(self, responder: Publishing, guard: FleetGuard, expect: Callable[[str], None],
-                 rejudge: Callable[[Alarm], None], tick_s: float = 0.1) -> None:
+    def __init__(self, responder: Publishing, guard: FleetGuard, rejudge: Callable[[Alarm, float], None],
+                 rejoin_s: float, tick_s: float = 0.1) -> None:
         self.r = responder
         self.guard = guard
-        self.expect = expect        # give a silent host a fresh liveness timeout
-        self.rejudge = rejudge      # judge a held incident again
+        self.rejudge = rejudge      # judge a held incident again, after a delay (s)
+        self.rejoin_s = rejoin_s    # how long a silent host has to come back once its cause cleared
+        self.tick_s = tick_s
         self.tick_s = tick_s
         self._lock = asyncio.Lock()
 
@@ -139,7 +141,4 @@ class RootCauses:
     def _again(self, alarm: Alarm) -> None:
         alarm.held_by = ""
         alarm.fault.fault_details.pop("held", None)
-        if alarm.silence:
-            self.expect(alarm.host)  # declared again (and judged) only if it stays silent for a whole timeout
-        else:
-            self.rejudge(alarm)
+        self.rejudge(alarm, self.rejoin_s if alarm.silence else 0.0)

@@ -24,7 +24,7 @@ import grpc
 
 from controller_adapter.base import NotFound
 from doctor_common.agent_limits import MAX_BATCH
-from doctor_common.api import agent_pb2, agent_pb2_grpc
+from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.auth import TokenAuth
 from doctor_common.timeline import now_ns
 from inspector.response.trigger import Trigger
@@ -35,6 +35,7 @@ from inspector.southbound.messages import BadMessage, check_health, check_hello,
 log = logging.getLogger("doctor.inspector.gateway")
 
 HELLO_TIMEOUT_S = 5.0
+RESTARTED = "compute.host.restarted"
 
 
 class LeaderGate(Protocol):
@@ -122,9 +123,11 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
 
         rec = self.liveness.record(hello.host_id)
         stream = object()
-        await self.liveness.attach(rec, stream, hello, context.peer())
+        rebooted = await self.liveness.attach(rec, stream, hello, context.peer())
         yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=self.heartbeat_interval_ms))
         try:
+            if rebooted:
+                self._restarted(rec)
             self._reconcile(rec, hello)
             async for msg in request_iterator:
                 if self.gate.epoch() != epoch:  # the term this stream was opened in is over
@@ -155,6 +158,20 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             await self.liveness.detach(rec, stream)
+
+    def _restarted(self, rec: HostRecord) -> None:
+        """The seeds' "host restarted" fault: raised (its owners' servers went down with it) and, the host being
+        back, cleared at once."""
+        received = now_ns()
+        fault = agent_pb2.ComponentState(
+            component="host:boot", checker="inspector", status=agent_pb2.COMPONENT_STATUS_FAULT,
+            fault_type=RESTARTED, severity=common_pb2.SEVERITY_MAJOR,
+            description="the host rebooted: the kernel's boot id changed", details={"boot_id": rec.host_boot_id})
+        back = agent_pb2.ComponentState(component="host:boot", checker="inspector",
+                                        status=agent_pb2.COMPONENT_STATUS_OK, severity=common_pb2.SEVERITY_CLEARED)
+        log.warning("host %s restarted (boot id %s)", rec.host_id, rec.host_boot_id)
+        for state in (fault, back):
+            self.on_state(rec, state, trigger_from_state(rec.host_id, state, received, 0, received))
 
     def _reconcile(self, rec: HostRecord, hello: agent_pb2.Hello) -> None:
         """Level-triggered: treat every component in the Hello as if it had just changed to what it is."""

@@ -40,6 +40,8 @@ class HostRecord:
     last_seen_ns: int = 0           # wall clock, for humans
     lost_at_seen: float = 0.0       # the inspector's lost time (Lag.lost_s) when last heard
     min_read_delay: float = float("inf")  # the stream's smallest heartbeat delay (clock offset + network)
+    changed_at: float = 0.0         # monotonic: when its liveness last changed
+    host_boot_id: str = ""          # the kernel's boot id, as its agent last reported it
     last_sequence: int = 0          # highest event sequence processed for boot_id
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
@@ -97,10 +99,15 @@ class Liveness:
         old = rec.liveness
         if old != new:
             rec.liveness = new
+            rec.changed_at = time.monotonic()
             log.info("host %s: %s -> %s", rec.host_id, old, new)
             await self.on_change(rec, old, new)
 
-    async def attach(self, rec: HostRecord, stream: object, hello: agent_pb2.Hello, peer: str) -> None:
+    async def attach(self, rec: HostRecord, stream: object, hello: agent_pb2.Hello, peer: str) -> bool:
+        """A new stream of the host's agent. True when the host itself rebooted since its agent last spoke (the
+        kernel's boot id changed), not just its agent."""
+        rebooted = bool(rec.host_boot_id and hello.host_boot_id and rec.host_boot_id != hello.host_boot_id)
+        rec.host_boot_id = hello.host_boot_id or rec.host_boot_id
         if rec.boot_id != hello.boot_id:
             rec.last_sequence = 0  # a new agent boot numbers its events from 1 again
             rec.health = None      # and counts its checkers' runs afresh
@@ -109,6 +116,7 @@ class Liveness:
         rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
         self._seen(rec)
         await self._set(rec, UP)
+        return rebooted
 
     async def heard(self, rec: HostRecord) -> None:
         self._seen(rec)

@@ -58,6 +58,8 @@ def check_hello(h: agent_pb2.Hello) -> None:
         raise BadMessage(f"hello.host_id must be 1-{MAX_ID} characters")
     if not h.boot_id or len(h.boot_id) > MAX_ID:
         raise BadMessage(f"hello.boot_id must be 1-{MAX_ID} characters")
+    if len(h.host_boot_id) > MAX_ID:
+        raise BadMessage(f"hello.host_boot_id must be at most {MAX_ID} characters")
     if len(h.components) > MAX_COMPONENTS:
         raise BadMessage(f"hello.components: at most {MAX_COMPONENTS}")
     for i, c in enumerate(h.components):

@@ -1,0 +1,167 @@
+"""A system that powers machines off must never power off a healthy one (DESIGN principle 9), with real parts:
+hosts in network namespaces, agents as processes, virtual BMCs counting the power-offs they receive.
+
+Every test asserts the BMCs' own power-off counts, not log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from doctor_common.api import common_pb2, fault_pb2
+from doctor_common.lab.cloud import Lab, wait_for
+
+P = fault_pb2.IncidentPhase
+SUSPECTED, HELD, FENCED = P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_HELD, P.INCIDENT_PHASE_FENCED
+MARKED_DOWN, UNFENCED, WITHDRAWN = P.INCIDENT_PHASE_MARKED_DOWN, P.INCIDENT_PHASE_UNFENCED, P.INCIDENT_PHASE_WITHDRAWN
+HOSTS = [f"compute-{i}" for i in range(1, 7)]
+
+
+def power_offs(lab: Lab) -> dict[str, int]:
+    return {h: lab.power(h)[1] for h in lab.hosts}
+
+
+def host_phases(consumer, host: str) -> list[int]:  # type: ignore[no-untyped-def]
+    """The phases the consumer heard for ``host``'s servers, in order."""
+    return [n.phase for n in consumer.faults
+            if any(v.physical_resource_id == host for v in n.virtual_resource_info)]
+
+
+def roots(admin, fault_type: str) -> list[fault_pb2.FaultNotification]:  # type: ignore[no-untyped-def]
+    return [n for n in admin.faults for p in n.physical_resource_info for f in p.faults if f.fault_type == fault_type]
+
+
+async def still(condition, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    """Absence of an action can only be observed over a period: ``condition`` holds throughout."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        assert condition()
+        await asyncio.sleep(0.02)
+
+
+async def test_every_agent_silenced_at_once_powers_nothing_off(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """All six agents fall silent together (what the inspector sees when its own network fails): no host is
+    fenced; administrators get one critical root-cause alarm naming every host as a correlated fault; owners
+    hear at once that their hosts are UNKNOWN (suspected, then held); when the agents return every suspicion is
+    withdrawn and nothing is fenced afterwards either."""
+    lab = await make_lab(hosts=6, servers_per_host=1, projects=("project-a",))
+    admin = await make_lab.consumer(lab, "admin")
+    owner = await make_lab.consumer(lab, "project-a")
+    for h in HOSTS:
+        lab.freeze_agent(h)
+    try:
+        await wait_for(lambda: all(HELD in host_phases(owner, h) for h in HOSTS), 10, what="every host held")
+        [raised, *_] = roots(admin, "doctor.inspector.isolated")
+        root = raised.physical_resource_info[0]
+        assert root.physical_resource_id == "inspector" and root.faults[0].severity == common_pb2.SEVERITY_CRITICAL
+        await wait_for(lambda: len(roots(admin, "doctor.inspector.isolated")[-1].physical_resource_info[0]
+                                   .faults[0].correlated_fault_ids) == 6, 5, what="all six correlated")
+        for h in HOSTS:
+            first = next(n for n in owner.faults if any(v.physical_resource_id == h for v in n.virtual_resource_info))
+            assert first.phase == SUSPECTED and not first.fenced
+            assert first.virtual_resource_info[0].host_status == common_pb2.HOST_STATUS_UNKNOWN
+        await still(lambda: power_offs(lab) == dict.fromkeys(HOSTS, 0), 1.0)
+    finally:
+        for h in HOSTS:
+            lab.thaw_agent(h)
+    await wait_for(lambda: all(WITHDRAWN in host_phases(owner, h) for h in HOSTS), 15, what="every suspicion withdrawn")
+    await wait_for(lambda: roots(admin, "doctor.inspector.isolated")[-1].physical_resource_info[0].faults[0].state
+                   == common_pb2.ALARM_STATE_CLEARED, 5, what="the root cause cleared")
+    await still(lambda: power_offs(lab) == dict.fromkeys(HOSTS, 0), 1.5)
+    assert all(FENCED not in host_phases(owner, h) for h in HOSTS)
+    assert len(lab.inspector.alarms) == 0
+
+
+async def test_a_racks_links_cut_together_blame_the_switch(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """Every data link behind one top-of-rack switch goes down at once (the switch fails; the agents still reach
+    the inspector over the management path): one switch alarm with the hosts' faults correlated, no power-off;
+    links back, suspicions withdrawn."""
+    lab = await make_lab(hosts=6, servers_per_host=1, projects=("project-a",), switch="tor-1")
+    admin = await make_lab.consumer(lab, "admin")
+    owner = await make_lab.consumer(lab, "project-a")
+    for h in HOSTS:
+        lab.cut_link(h)
+    await wait_for(lambda: all(HELD in host_phases(owner, h) for h in HOSTS), 10, what="every host held")
+    switch = roots(admin, "network.switch.down")
+    assert switch and switch[0].physical_resource_info[0].physical_resource_id == "tor-1"
+    assert {n.physical_resource_info[0].faults[0].fault_details.get("cause") for n in switch} == {"switch:tor-1"}
+    await still(lambda: power_offs(lab) == dict.fromkeys(HOSTS, 0), 1.0)
+    for h in HOSTS:
+        lab.restore_link(h)
+    await wait_for(lambda: all(WITHDRAWN in host_phases(owner, h) for h in HOSTS), 10, what="withdrawn")
+    await still(lambda: power_offs(lab) == dict.fromkeys(HOSTS, 0), 1.0)
+
+
+async def test_one_silent_host_among_healthy_ones_is_still_fenced(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """One frozen agent among six: nothing shared explains it, so it is fenced (once), the others are not."""
+    lab = await make_lab(hosts=6, servers_per_host=1, projects=("project-a",))
+    owner = await make_lab.consumer(lab, "project-a")
+    lab.freeze_agent("compute-4")
+    try:
+        await wait_for(lambda: MARKED_DOWN in host_phases(owner, "compute-4"), 10, what="compute-4 fenced")
+    finally:
+        lab.thaw_agent("compute-4")
+    assert host_phases(owner, "compute-4") == [SUSPECTED, FENCED, MARKED_DOWN]
+    assert power_offs(lab) == {**dict.fromkeys(HOSTS, 0), "compute-4": 1}
+
+
+async def test_an_inspector_that_lags_declares_nobody_unreachable(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """The inspector's own loop is blocked for three liveness timeouts (a CPU hog in its loop): when it runs
+    again, the heartbeats it could not read are not silence: no host is declared unreachable or fenced."""
+    lab = await make_lab(hosts=3, servers_per_host=1, projects=("project-a",))
+    owner = await make_lab.consumer(lab, "project-a")
+    changes: list[tuple[str, str]] = []
+    on_change = lab.inspector.liveness.on_change
+
+    async def spy(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append((rec.host_id, new))
+        await on_change(rec, old, new)
+    lab.inspector.liveness.on_change = spy
+    blocked = asyncio.Event()
+
+    def hog() -> None:
+        time.sleep(3 * lab.liveness_timeout_ms / 1000)
+        blocked.set()
+    asyncio.get_running_loop().call_soon(hog)
+    await blocked.wait()
+    await still(lambda: not changes and not owner.faults, 1.5)
+    assert power_offs(lab) == {h: 0 for h in lab.hosts}
+    assert lab.inspector.lag.worst_s >= lab.liveness_timeout_ms / 1000
+
+
+async def test_a_dead_bmc_is_retried_until_the_host_is_fenced(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """The BMC does not answer when the link fails: owners hear the host is not fenced, and why; fencing is
+    retried with backoff, and once the BMC answers again the host is fenced, marked down and they are told."""
+    lab = await make_lab(hosts=3, servers_per_host=1, projects=("project-a",),
+                         fencing_timeout_s=0.5, extra_config="retry_first_s = 0.2\nretry_max_s = 0.5\n")
+    owner = await make_lab.consumer(lab, "project-a")
+    lab.freeze_bmc("compute-2")
+    try:
+        lab.cut_link("compute-2")
+        await wait_for(lambda: UNFENCED in host_phases(owner, "compute-2"), 10, what="the unfenced notice")
+        n = next(n for n in owner.faults if n.phase == UNFENCED)
+        assert not n.fenced and "did not" in n.fencing_error
+        await asyncio.sleep(1.0)  # a few attempts fail while the BMC stays dead
+    finally:
+        lab.thaw_bmc("compute-2")
+    await wait_for(lambda: MARKED_DOWN in host_phases(owner, "compute-2"), 15, what="fenced once the BMC answers")
+    assert host_phases(owner, "compute-2")[-2:] == [FENCED, MARKED_DOWN]
+    assert lab.power("compute-2")[0] == "off"
+    attempts = int(owner.faults[-1].virtual_resource_info[0].faults[0].fault_details.get("fence_attempts", "0"))
+    assert attempts == 0 or attempts >= 2  # the final notice drops it; the unfenced ones counted
+
+
+async def test_a_host_whose_agent_stopped_is_still_watched(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """The agent is stopped (an orderly Goodbye), then the host loses power: its BMC says so, and the inspector
+    notices without an agent — marked down (already off: no power-off sent) and its owners told."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",))
+    lab.inspector.absent.poll_s = 0.1
+    owner = await make_lab.consumer(lab, "project-a")
+    await lab.stop_agent("compute-1")
+    await wait_for(lambda: lab.inspector.liveness.hosts["compute-1"].liveness == "stopped", 10, what="stopped")
+    lab.lose_power("compute-1")
+    await wait_for(lambda: MARKED_DOWN in host_phases(owner, "compute-1"), 10, what="the power loss noticed")
+    n = owner.faults[-1]
+    assert n.virtual_resource_info[0].faults[0].fault_type == "compute.host.power.off" and n.fenced
+    assert lab.power("compute-1") == ("off", 0), "already off: nothing was sent"
