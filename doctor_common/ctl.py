@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from doctor_common.api import agent_pb2, fault_pb2
+from doctor_common.api import agent_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.client import DoctorClient
 from doctor_common.faults import host_status_name, severity_from_name, severity_name
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
@@ -28,6 +28,7 @@ async def cmd_status(c: DoctorClient, args: argparse.Namespace) -> None:
     s = await c.status()
     print(f"node {s.node_id}  role {s.role}  leader {s.leader_endpoint or '-'}  version {s.version}  "
           f"controller {s.controller}  protobuf {s.protobuf_implementation}  log seq {s.last_sequence}")
+    _print_guard(s.guard)
     print(f"\nagents ({len(s.agents)}):")
     for a in s.agents:
         bad = [x.component for x in a.components if x.status != agent_pb2.COMPONENT_STATUS_OK]
@@ -42,6 +43,23 @@ async def cmd_status(c: DoctorClient, args: argparse.Namespace) -> None:
     print(f"\nsubscriptions ({len(s.subscriptions)}):")
     for sub in s.subscriptions:
         print(f"  {sub.subscription_id[:12]} {sub.principal:<16} queued {sub.queue_depth:<5} delivered {sub.delivered}")
+
+
+def _print_guard(g: diagnostics_pb2.GuardStatus) -> None:
+    """Whether the fleet guard holds fencing, and why; how far behind the inspector runs."""
+    if not g.enabled:
+        state = "OFF (every suspicion is fenced at once: [guard] enabled = false)"
+    elif g.causes:
+        state = f"HOLDS: {len(g.causes)} shared cause(s), {g.held} host(s) held, not fenced"
+    else:
+        state = "clear: a suspected host is fenced once nothing shared explains it"
+    print(f"\nfleet guard: {state}")
+    for c in g.causes:
+        print(f"  {c.cause:<24} {c.description}: {', '.join(c.hosts)}")
+    print(f"  loop lag {g.loop_lag_ms:.0f} ms (worst {g.worst_loop_lag_ms:.0f}), heartbeat read delay "
+          f"{g.read_delay_ms:.0f} ms, not counted as silence {g.lost_ms:.0f} ms"
+          + ("  BEHIND: nobody is declared unreachable" if g.behind else "")
+          + f"; fences allowed {g.fences_allowed}, waiting for their zone's budget {g.waiting}")
 
 
 def _print_health(h: agent_pb2.AgentHealth | None) -> None:

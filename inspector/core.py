@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2, diagnostics_pb2_grpc, fault_pb2_grpc
+from doctor_common.api import (agent_pb2, agent_pb2_grpc, common_pb2, diagnostics_pb2, diagnostics_pb2_grpc, fault_pb2,
+                               fault_pb2_grpc)
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import Stage, now_ns
@@ -283,6 +284,18 @@ class Inspector:
         if (h is not None and (h.forced_down or h.disabled)) or (incident is not None and incident.fenced):
             return HostView(False, False)
         return HostView(True, rec.liveness == UNREACHABLE or self.liveness.silence(rec) > self.quiet_after_s)
+
+    def guard_status(self) -> diagnostics_pb2.GuardStatus:
+        """Whether the fleet guard holds and why, and how far behind this replica runs (Diagnostics)."""
+        incidents = self.alarms.incidents() if self.acting else []
+        return diagnostics_pb2.GuardStatus(
+            enabled=self.cfg.guard.enabled, behind=self.lag.behind(), loop_lag_ms=self.lag.last_late_s * 1e3,
+            worst_loop_lag_ms=self.lag.worst_s * 1e3, read_delay_ms=self.lag.read_delay_s() * 1e3,
+            lost_ms=self.lag.lost_s * 1e3,
+            causes=[diagnostics_pb2.GuardCause(cause=c.key, resource=c.resource, description=c.describe(),
+                                               hosts=list(c.hosts)) for c in (self.guard.causes() if self.acting else [])],
+            held=sum(1 for a in incidents if a.phase == fault_pb2.INCIDENT_PHASE_HELD),
+            waiting=self.responder.recovery.waiting(), fences_allowed=self.guard.fences_allowed)
 
     def main_loops(self) -> list[asyncio.Task[Any]]:
         """The loops the replica lives by (leadership, or liveness and friends when standalone): one that ends

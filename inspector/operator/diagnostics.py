@@ -61,6 +61,8 @@ class Replica(Protocol):
 
     def leader_token(self) -> int: ...
 
+    def guard_status(self) -> diagnostics_pb2.GuardStatus: ...
+
     async def require_leader(self, context: grpc.aio.ServicerContext, key: str = "") -> None: ...
 
 
@@ -87,7 +89,7 @@ class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
                 connected=True, last_delivered=s.last_delivered) for s in i.registry] + [
                 diagnostics_pb2.SubscriptionInfo(subscription_id=r.id, principal=r.name, connected=False,
                                                  last_delivered=r.last_delivered) for r in i.book.detached()],
-            last_sequence=i.log.last_sequence, leader_token=i.leader_token())
+            last_sequence=i.log.last_sequence, leader_token=i.leader_token(), guard=i.guard_status())
 
     async def GetTimelines(self, request: diagnostics_pb2.GetTimelinesRequest,
                            context: grpc.aio.ServicerContext) -> diagnostics_pb2.GetTimelinesResponse:

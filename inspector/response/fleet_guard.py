@@ -48,7 +48,7 @@ class GuardConfig:
     max_silent_hosts: int = 3          # more quiet hosts than this at once: a shared cause, whatever the share
     min_zone_hosts: int = 3            # smaller zones are judged with the fleet only
     switch_min_hosts: int = 2          # this many hosts of one switch lost together: the switch is the cause
-    settle_s: float = 0.15             # wait this long after a suspicion for others that share its cause
+    settle_s: float = 0.15             # a link fault waits this long for its switch peers' (none without peers)
     fence_rate_per_minute: float = 6.0  # per zone, after the burst (Kubernetes: 0.1 node/s)
     fence_burst: int = 2
     link_fault_types: tuple[str, ...] = ("compute.host.nic.down",)
@@ -107,6 +107,7 @@ class FleetGuard:
     _links_lost: dict[str, float] = field(default_factory=dict)   # host -> when it reported its link down
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _cached: tuple[float, list[Cause]] | None = None  # a mass event judges thousands of hosts against one count
+    _switch_sizes: tuple[int, dict[str, int]] | None = None  # (id of the inventory it was counted from, sizes)
     fences_allowed: int = 0
     holds: int = 0
 
@@ -127,6 +128,21 @@ class FleetGuard:
         """The host is fenced or out of service: it no longer counts."""
         self._links_lost.pop(host, None)
         self._cached = None
+
+    def settle_for(self, host: str, silence: bool) -> float:
+        """How long to wait before judging: a link reported down waits for its switch peers' reports (they
+        arrive within milliseconds when the switch fails); silence needs no wait (hosts silenced together are
+        all quiet when the first is declared), nor does a host with no switch peers."""
+        if not self.config.enabled or silence:
+            return 0.0
+        inventory = self.hosts()
+        h = inventory.get(host)
+        if h is None or not h.switch:
+            return 0.0
+        if self._switch_sizes is None or self._switch_sizes[0] != id(inventory):
+            self._switch_sizes = (id(inventory), {k: len(v) for k, v in _group(inventory, "switch").items()})
+        peers = self._switch_sizes[1].get(h.switch, 0)
+        return self.config.settle_s if peers >= self.config.switch_min_hosts else 0.0
 
     # -- the fleet now ---------------------------------------------------------------------------
 

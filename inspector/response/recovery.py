@@ -152,8 +152,9 @@ class Recovery:
         self._timers.pop(alarm.id, None)
         self._deciding.add(alarm.id)
         try:
-            if settle and self.guard.config.settle_s > 0:
-                await asyncio.sleep(self.guard.config.settle_s)
+            wait = self.guard.settle_for(alarm.host, alarm.silence) if settle else 0.0
+            if wait > 0:
+                await asyncio.sleep(wait)
             async with r.lock(alarm.host):
                 if r.alarms.get(alarm.id) is not alarm or not alarm.withdrawable:
                     return  # withdrawn, enabled or fenced meanwhile

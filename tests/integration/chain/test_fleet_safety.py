@@ -7,7 +7,9 @@ Every test asserts the BMCs' own power-off counts, not log lines.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.lab.cloud import Lab, wait_for
@@ -40,7 +42,18 @@ async def still(condition, seconds: float) -> None:  # type: ignore[no-untyped-d
         await asyncio.sleep(0.02)
 
 
-async def test_every_agent_silenced_at_once_powers_nothing_off(make_lab) -> None:  # type: ignore[no-untyped-def]
+async def doctorctl(lab: Lab, tmp_path: Path, *args: str) -> str:
+    tok = tmp_path / "admin.token"
+    tok.write_text(lab.tokens["admin"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "doctor_common.ctl", "--endpoint", lab.endpoint, "--token-file", str(tok), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_every_agent_silenced_at_once_powers_nothing_off(make_lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """All six agents fall silent together (what the inspector sees when its own network fails): no host is
     fenced; administrators get one critical root-cause alarm naming every host as a correlated fault; owners
     hear at once that their hosts are UNKNOWN (suspected, then held); when the agents return every suspicion is
@@ -61,6 +74,10 @@ async def test_every_agent_silenced_at_once_powers_nothing_off(make_lab) -> None
             first = next(n for n in owner.faults if any(v.physical_resource_id == h for v in n.virtual_resource_info))
             assert first.phase == SUSPECTED and not first.fenced
             assert first.virtual_resource_info[0].host_status == common_pb2.HOST_STATUS_UNKNOWN
+        status = await admin.client.status()
+        assert [c.cause for c in status.guard.causes] == ["fleet"] and status.guard.held == 6
+        text = await doctorctl(lab, tmp_path, "status")
+        assert "fleet guard: HOLDS" in text and "the inspector lost sight of 6 of 6 watched hosts" in text
         await still(lambda: power_offs(lab) == dict.fromkeys(HOSTS, 0), 1.0)
     finally:
         for h in HOSTS:

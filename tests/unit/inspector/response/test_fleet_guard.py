@@ -142,3 +142,13 @@ def test_a_whole_fleet_silent_is_the_inspectors_isolation_not_its_switches() -> 
     f.silent("c1", "c2", "c3", "d1", "d2", "d3")
     assert f.guard.judge("c1", silence=True).cause == "fleet"
     assert {c.key for c in f.guard.causes()} == {"switch:tor-a", "switch:tor-b", "fleet"}
+
+
+def test_only_a_link_fault_with_switch_peers_waits_to_be_judged() -> None:
+    """The settle wait is for a failing switch's other hosts to report: a host alone behind its switch, or with
+    none known, and silence (co-silent hosts are quiet already) are judged at once."""
+    f = Fleet({**rack(3, switch="tor-a"), "lone": ("az1", "tor-b"), "bare": ("az1", "")})
+    assert f.guard.settle_for("c1", silence=False) == GuardConfig().settle_s
+    assert f.guard.settle_for("c1", silence=True) == 0.0
+    assert f.guard.settle_for("lone", silence=False) == 0.0
+    assert f.guard.settle_for("bare", silence=False) == 0.0
