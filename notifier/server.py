@@ -165,6 +165,8 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                      msg: fault_pb2.SubscribeStreamMessage) -> None:
         """Write, watching for a cut-off meanwhile: a client that stops reading blocks the write forever."""
         write = asyncio.ensure_future(context.write(msg))
+        # a write abandoned (cut off, or the stream torn down meanwhile) may still fail later: nobody awaits it
+        write.add_done_callback(lambda t: t.cancelled() or t.exception())
         done, _ = await asyncio.wait({write, cut}, return_when=asyncio.FIRST_COMPLETED)
         if write not in done:
             # stop feeding it now; HTTP/2 sends the status after the data already in flight, so the client
