@@ -223,7 +223,7 @@ class Inspector:
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
-            self.cfg.heartbeat_interval_ms, self), server)
+            self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch), server)
         fault_pb2_grpc.add_FaultManagementServicer_to_server(FaultManagementServicer(
             self.auth, self.view, self.log, self.registry, self.book, self.require_leader), server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(self), server)
@@ -344,6 +344,15 @@ class Inspector:
             # queues behind it on that lock.
             self._faults_responded.discard(key)
             self._act(self.responder.clear(rec.host_id, state.component), f"clearing {state.component}")
+
+    def _on_switch(self, switch: str, state: agent_pb2.ComponentState) -> None:
+        """A monitor's word on a switch: the guard counts it; the shared causes' watch raises or clears its
+        alarm and judges the hosts it held."""
+        if self.acting:
+            down = state.status in FAULTY
+            log.warning("switch %s reported %s by %s: %s", switch, "down" if down else "up", state.checker,
+                        state.fault_type or state.description)
+            self.guard.switch_reported(switch, down, state.description or state.fault_type)
 
     async def _liveness_changed(self, rec: HostRecord, old: str, new: str) -> None:
         if not self.acting or not self.liveness.current(rec):

@@ -78,8 +78,12 @@ class Cause:
     kind: str                    # "inspector", "zone", "switch"
     hosts: tuple[str, ...]       # the lost hosts it explains
     watched: int                 # how many hosts it covers that are watched
+    reported: str = ""           # a switch's own fault, as its monitor reported it
 
     def describe(self) -> str:
+        if self.reported:
+            return (f"switch {self.resource} reported down ({self.reported}); lost {len(self.hosts)} of "
+                    f"{self.watched} watched hosts behind it")
         what = {"inspector": "the inspector lost sight of", "zone": f"zone {self.resource}: lost sight of",
                 "switch": f"switch {self.resource}: lost"}[self.kind]
         return f"{what} {len(self.hosts)} of {self.watched} watched hosts"
@@ -108,6 +112,7 @@ class FleetGuard:
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _cached: tuple[float, list[Cause]] | None = None  # a mass event judges thousands of hosts against one count
     _switch_sizes: tuple[int, dict[str, int]] | None = None  # (id of the inventory it was counted from, sizes)
+    _switches_down: dict[str, str] = field(default_factory=dict)  # switch -> its monitor's word
     fences_allowed: int = 0
     holds: int = 0
 
@@ -124,6 +129,24 @@ class FleetGuard:
         self._links_lost.pop(host, None)
         self._cached = None
 
+    def is_switch(self, name: str) -> bool:
+        """A switch some host of the inventory is behind (a physical resource with faults of its own)."""
+        return bool(name) and name in self._switch_counts()
+
+    def _switch_counts(self) -> dict[str, int]:
+        inventory = self.hosts()
+        if self._switch_sizes is None or self._switch_sizes[0] != id(inventory):
+            self._switch_sizes = (id(inventory), {k: len(v) for k, v in _group(inventory, "switch").items()})
+        return self._switch_sizes[1]
+
+    def switch_reported(self, switch: str, down: bool, description: str = "") -> None:
+        """A monitor's word on a switch: down, it explains any of its hosts' lost sight; up, it no longer does."""
+        if down:
+            self._switches_down[switch] = description or "down"
+        else:
+            self._switches_down.pop(switch, None)
+        self._cached = None
+
     def forget(self, host: str) -> None:
         """The host is fenced or out of service: it no longer counts."""
         self._links_lost.pop(host, None)
@@ -135,13 +158,10 @@ class FleetGuard:
         all quiet when the first is declared), nor does a host with no switch peers."""
         if not self.config.enabled or silence:
             return 0.0
-        inventory = self.hosts()
-        h = inventory.get(host)
+        h = self.hosts().get(host)
         if h is None or not h.switch:
             return 0.0
-        if self._switch_sizes is None or self._switch_sizes[0] != id(inventory):
-            self._switch_sizes = (id(inventory), {k: len(v) for k, v in _group(inventory, "switch").items()})
-        peers = self._switch_sizes[1].get(h.switch, 0)
+        peers = self._switch_counts().get(h.switch, 0)
         return self.config.settle_s if peers >= self.config.switch_min_hosts else 0.0
 
     # -- the fleet now ---------------------------------------------------------------------------
@@ -167,9 +187,10 @@ class FleetGuard:
         out: list[Cause] = []
         for switch, members in sorted(_group(inventory, "switch").items()):
             gone = sorted(h for h in members if h in lost)
-            if len(gone) >= self.config.switch_min_hosts:
+            reported = self._switches_down.get(switch, "")
+            if reported or len(gone) >= self.config.switch_min_hosts:
                 out.append(Cause(f"switch:{switch}", switch, "switch", tuple(gone),
-                                 sum(1 for h in members if views[h].watched)))
+                                 sum(1 for h in members if views[h].watched), reported))
         for zone, members in sorted(_group(inventory, "zone").items()):
             zw = [h for h in members if views[h].watched]
             zq = sorted(h for h in zw if h in quiet)

@@ -64,28 +64,11 @@ class RootCauses:
     async def hold(self, alarm: Alarm, judgement: Judgement) -> None:
         """Hold the incident under its cause's alarm (raised, or updated to list it)."""
         cause = next((c for c in self.guard.causes() if c.key == judgement.cause), None)
-        async with self._lock:
-            root = self.roots().get(judgement.cause)
-            resource = cause.resource if cause else (root.host if root else judgement.cause)
-            if root is None:
-                kind = cause.kind if cause else judgement.cause.split(":")[0]
-                fault = new_fault(resource, FAULT_TYPES.get(kind, "doctor.shared.cause"), common_pb2.SEVERITY_CRITICAL,
-                                  now_ns(), judgement.reason, {"cause": judgement.cause})
-                root = Alarm(resource, PREFIX + judgement.cause, fault, fences=False, admin_only=True)
-                self.r.alarms.add(root)
-                log.critical("shared cause %s: %s; holding every fence it explains", judgement.cause,
-                             judgement.reason)
-            else:
-                root.touch()
-            if alarm.id not in root.fault.correlated_fault_ids:
-                root.fault.correlated_fault_ids.append(alarm.id)
-            root.fault.probable_cause = judgement.reason
-            root.fault.fault_details["hosts"] = ",".join(sorted(a.host for a in self._members(root, alarm)))
-            await self.r.publish(root, common_pb2.Timeline())
+        root = await self._root(judgement.cause, cause, judgement.reason, alarm)
         alarm.phase, alarm.held_by = Phase.INCIDENT_PHASE_HELD, judgement.cause
         f = alarm.fault
         f.is_root_cause = False
-        f.root_cause_resource_id = resource
+        f.root_cause_resource_id = root.host
         del f.correlated_fault_ids[:]
         f.correlated_fault_ids.append(root.id)
         f.fault_details["held"] = judgement.reason
@@ -94,10 +77,33 @@ class RootCauses:
         notice.CopyFrom(alarm.timeline)
         await self.r.publish(alarm, notice)
 
-    def _members(self, root: Alarm, extra: Alarm) -> list[Alarm]:
+    async def _root(self, key: str, cause: Cause | None, reason: str, member: Alarm | None) -> Alarm:
+        """The cause's alarm, raised if new, listing ``member`` among its correlated faults."""
+        async with self._lock:
+            root = self.roots().get(key)
+            if root is None:
+                kind = cause.kind if cause else key.split(":")[0]
+                resource = cause.resource if cause else key.split(":", 1)[-1]
+                fault = new_fault(resource, FAULT_TYPES.get(kind, "doctor.shared.cause"), common_pb2.SEVERITY_CRITICAL,
+                                  now_ns(), reason, {"cause": key})
+                root = Alarm(resource, PREFIX + key, fault, fences=False, admin_only=True)
+                self.r.alarms.add(root)
+                log.critical("shared cause %s: %s; holding every fence it explains", key, reason)
+            elif member is not None or root.fault.probable_cause != reason:
+                root.touch()
+            else:
+                return root
+            if member is not None and member.id not in root.fault.correlated_fault_ids:
+                root.fault.correlated_fault_ids.append(member.id)
+            root.fault.probable_cause = reason
+            root.fault.fault_details["hosts"] = ",".join(sorted(a.host for a in self._members(root, member)))
+            await self.r.publish(root, common_pb2.Timeline())
+            return root
+
+    def _members(self, root: Alarm, extra: Alarm | None) -> list[Alarm]:
         ids = set(root.fault.correlated_fault_ids)
         out = [a for a in self.r.alarms.incidents() if a.id in ids and a is not extra]
-        return [*out, extra]
+        return [*out, extra] if extra is not None else out
 
     async def watch(self) -> None:
         """Release every cause that no longer holds; runs until cancelled."""
@@ -113,6 +119,9 @@ class RootCauses:
     async def sweep(self) -> list[str]:
         """Release the causes that no longer hold; the keys released."""
         live: dict[str, Cause] = {c.key: c for c in self.guard.causes()}
+        for key, c in live.items():  # a switch its monitor reported down is an alarm before any host is held
+            if c.reported:
+                await self._root(key, c, c.describe(), None)
         released = []
         for key, root in self.roots().items():
             if key in live:

@@ -75,19 +75,25 @@ class Standalone:
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, auth: TokenAuth, liveness: Liveness, known_host: Callable[[str], Any],
                  on_state: Callable[[HostRecord, agent_pb2.ComponentState, Trigger], None],
-                 heartbeat_interval_ms: int, gate: LeaderGate | None = None) -> None:
+                 heartbeat_interval_ms: int, gate: LeaderGate | None = None,
+                 is_switch: Callable[[str], bool] = lambda _name: False,
+                 on_switch: Callable[[str, agent_pb2.ComponentState], None] = lambda _name, _state: None) -> None:
         self.auth = auth
         self.liveness = liveness
         self.known_host = known_host  # coroutine: raises NotFound for an unknown host
         self.on_state = on_state      # called for every component transition, schedules the response
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.gate = gate or Standalone()
+        self.is_switch = is_switch    # a monitor's JSON event may be about a switch, a physical resource too
+        self.on_switch = on_switch
 
-    async def _host_for(self, claimed: str, context: grpc.aio.ServicerContext) -> None:
+    async def _host_for(self, claimed: str, context: grpc.aio.ServicerContext, *, switch: bool = False) -> None:
         token_host = await self.auth.agent_host(context)
         if token_host is not None and token_host != claimed:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"this agent's token belongs to host {token_host!r}, not {claimed!r}")
+        if switch:
+            return
         try:
             await self.known_host(claimed)
         except NotFound:
@@ -213,8 +219,11 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"json: {exc}")
         received = now_ns()
         for host in {h for h, _, _ in events}:
-            await self._host_for(host, context)
+            await self._host_for(host, context, switch=self.is_switch(host))
         for host, state, observed in events:
+            if self.is_switch(host):
+                self.on_switch(host, state)
+                continue
             rec = self.liveness.record(host)
             rec.components[state.component] = state
             self.on_state(rec, state, trigger_from_state(host, state, observed, 0, received))

@@ -182,3 +182,43 @@ async def test_a_host_whose_agent_stopped_is_still_watched(make_lab) -> None:  #
     n = owner.faults[-1]
     assert n.virtual_resource_info[0].faults[0].fault_type == "compute.host.power.off" and n.fenced
     assert lab.power("compute-1") == ("off", 0), "already off: nothing was sent"
+
+
+async def test_a_switch_reported_down_by_its_monitor_holds_its_hosts(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """A network monitor reports the top-of-rack switch down (the seeds' JSON event, the switch as hostname):
+    administrators get the switch's alarm at once; a host behind it that then loses its link is held, not
+    fenced; the monitor reports the switch up and the link is back: the suspicion is withdrawn, the alarm
+    cleared. A host token cannot speak for the switch."""
+    import grpc
+
+    from doctor_common.api import agent_pb2, agent_pb2_grpc
+    from doctor_common.grpcutil import auth_metadata
+
+    lab = await make_lab(hosts=3, servers_per_host=1, projects=("project-a",), switch="tor-1",
+                         extra_config='[[auth.agents]]\nhost = "tor-1"\ntoken = "switch-monitor-token"\n')
+    admin = await make_lab.consumer(lab, "admin")
+    owner = await make_lab.consumer(lab, "project-a")
+
+    async def report(status: str, token: str = "switch-monitor-token") -> None:
+        event = ('{"event": {"time": "2026-12-03T05:00:00Z", "type": "network.switch.down", "details": '
+                 f'{{"hostname": "tor-1", "source": "netmon", "cause": "all ports down", "status": "{status}"}}}}}}')
+        async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+            await agent_pb2_grpc.AgentGatewayStub(ch).ReportJson(agent_pb2.JsonEventReport(json=event),
+                                                                 metadata=auth_metadata(token))
+
+    try:
+        await report("down", lab.hosts["compute-1"].agent_token)
+        raise AssertionError("a host's token reported for the switch")
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+    await report("down")
+    await wait_for(lambda: roots(admin, "network.switch.down"), 5, what="the switch's alarm")
+    lab.cut_link("compute-2")
+    await wait_for(lambda: HELD in host_phases(owner, "compute-2"), 10, what="held under the switch")
+    await still(lambda: power_offs(lab) == {h: 0 for h in lab.hosts}, 1.0)
+    lab.restore_link("compute-2")
+    await report("up")
+    await wait_for(lambda: WITHDRAWN in host_phases(owner, "compute-2"), 10, what="withdrawn")
+    await wait_for(lambda: roots(admin, "network.switch.down")[-1].physical_resource_info[0].faults[0].state
+                   == common_pb2.ALARM_STATE_CLEARED, 5, what="the switch's alarm cleared")
+    assert power_offs(lab) == {h: 0 for h in lab.hosts}

@@ -152,3 +152,17 @@ def test_only_a_link_fault_with_switch_peers_waits_to_be_judged() -> None:
     assert f.guard.settle_for("c1", silence=True) == 0.0
     assert f.guard.settle_for("lone", silence=False) == 0.0
     assert f.guard.settle_for("bare", silence=False) == 0.0
+
+
+def test_a_switch_its_monitor_reports_down_explains_even_one_host() -> None:
+    """A monitor reports the switch down: it is a cause at once, and a single host behind it losing its link is
+    held; reported up again, that host alone is judged on its own."""
+    f = Fleet({**rack(4, switch="tor-a"), **rack(2, switch="tor-b", prefix="d")})
+    assert f.guard.is_switch("tor-a") and not f.guard.is_switch("c1")
+    f.guard.switch_reported("tor-a", True, "ports down")
+    [cause] = f.guard.causes()
+    assert cause.key == "switch:tor-a" and cause.hosts == () and "reported down (ports down)" in cause.describe()
+    f.guard.link_lost("c1")
+    assert f.guard.judge("c1", silence=False).verdict is Verdict.HOLD
+    f.guard.switch_reported("tor-a", False)
+    assert f.guard.judge("c1", silence=False).verdict is Verdict.FENCE
