@@ -36,6 +36,16 @@ def host_status_name(value: int) -> str:
     return common_pb2.HostStatus.Name(value).removeprefix("HOST_STATUS_") if value in values else str(value)
 
 
+def phase_name(value: int) -> str:
+    """suspected, fenced, marked_down, ... of an incident's notice ("" for a notify-only alarm)."""
+    from doctor_common.api import fault_pb2
+
+    if not value:
+        return ""
+    values = fault_pb2.IncidentPhase.values()
+    return fault_pb2.IncidentPhase.Name(value).removeprefix("INCIDENT_PHASE_").lower() if value in values else str(value)
+
+
 def check_pattern(pattern: str) -> str:
     """Validate a fault-type glob such as ``compute.host.*``; raise ValueError saying what is wrong."""
     if not pattern:
