@@ -87,10 +87,10 @@ def compute_version(conn: Any) -> str:
 
 # -- mapping -----------------------------------------------------------------------------------
 
-def to_host(svc: Any) -> Host:
+def to_host(svc: Any, switch: str = "") -> Host:
     return Host(name=svc.host, forced_down=bool(svc.is_forced_down), disabled=svc.status == "disabled",
                 disabled_reason=svc.disabled_reason or "", alive=svc.state == "up",
-                zone=svc.availability_zone or "")
+                zone=svc.availability_zone or "", switch=switch)
 
 
 def server_state(s: Any) -> ServerState:
@@ -140,6 +140,20 @@ def services(conn: Any, ids: ServiceIds, host: str | None = None) -> list[Any]:
     found = [s for s in conn.compute.services(**query) if host is None or s.host == host]
     ids.learn(found)
     return found
+
+
+SWITCH_KEY = "doctor_switch"  # host aggregate metadata: its hosts' data links go through this switch
+
+
+def switches(conn: Any) -> dict[str, str]:
+    """host -> switch, from the host aggregates whose metadata names one (``doctor_switch``)."""
+    out: dict[str, str] = {}
+    for agg in conn.compute.aggregates():
+        switch = (agg.metadata or {}).get(SWITCH_KEY)
+        if switch:
+            for host in agg.hosts or []:
+                out[host] = str(switch)
+    return out
 
 
 def one_service(conn: Any, ids: ServiceIds, host: str) -> Any:

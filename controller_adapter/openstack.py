@@ -3,6 +3,7 @@
 What each operation sends (compute microversion negotiated by the SDK, capped per resource)::
 
     list_hosts / get_host      GET  /os-services?binary=nova-compute[&host=H]
+    list_hosts (topology)      GET  /os-aggregates                 (switch: metadata doctor_switch of a host's aggregate)
     force_down (>= 2.53)       PUT  /os-services/{uuid}            {"forced_down": true|false}
                (2.11 - 2.52)   PUT  /os-services/force-down        {"host", "binary", "forced_down"}
     set_disabled (>= 2.53)     PUT  /os-services/{uuid}            {"status": "disabled", "disabled_reason"} / {"status": "enabled"}
@@ -68,6 +69,7 @@ class OpenStackController:
         self._conn_lock = threading.Lock()
         self._ids = sdk.ServiceIds()
         self._dps: tuple[float, bool] | None = None  # (checked at, extension present)
+        self._warned_switches = False  # the aggregates could not be read: said once
         self._servers: dict[str, tuple[float, list[Server]]] = {}  # host -> (fetched at, servers)
         self._generation = 0  # bumped by our own writes to servers: a listing begun before must not be cached
 
@@ -134,9 +136,23 @@ class OpenStackController:
     # -- hosts -----------------------------------------------------------------------------
 
     async def list_hosts(self) -> list[Host]:
-        found = await self._call("list compute services", sdk.services, self._ids, retry=True,
-                                 policy="os_compute_api:os-services:list")
-        return sorted((sdk.to_host(s) for s in found), key=lambda h: h.name)
+        found, switches = await asyncio.gather(
+            self._call("list compute services", sdk.services, self._ids, retry=True,
+                       policy="os_compute_api:os-services:list"),
+            self._switches())
+        return sorted((sdk.to_host(s, switches.get(s.host, "")) for s in found), key=lambda h: h.name)
+
+    async def _switches(self) -> dict[str, str]:
+        """Each host's switch from the host aggregates; without them (not allowed, not there), none."""
+        try:
+            return await self._call("list host aggregates", sdk.switches, retry=True,
+                                    policy="os_compute_api:os-aggregates:index")
+        except ControllerError as exc:
+            if not self._warned_switches:
+                log.warning("no switch topology from Nova's host aggregates (%s): the fleet guard judges by zone "
+                            "and fleet only", exc)
+                self._warned_switches = True
+            return {}
 
     async def get_host(self, host: str) -> Host:
         svc = await self._call(f"host {host}", sdk.one_service, self._ids, host, retry=True,

@@ -192,6 +192,7 @@ class FakeCloud:
         self._servers: dict[str, FakeServer] = {}
         self._ports: dict[str, FakePort] = {}
         self._migrations: list[Migration] = []
+        self._aggregates: list[dict[str, Any]] = []
         self._requests: list[Recorded] = []
         self._rules: list[_Rule] = []
         self._ids = itertools.count(1)
@@ -260,6 +261,15 @@ class FakeCloud:
         with self._lock:
             self._services[name] = Service(name, next(self._ids), str(uuid.uuid4()), zone, "nova-compute",
                                            forced_down, disabled, disabled_reason, alive)
+
+    def add_aggregate(self, name: str, hosts: list[str], metadata: dict[str, str] | None = None) -> None:
+        """A Nova host aggregate (``GET /os-aggregates`` lists it)."""
+        with self._lock:
+            n = len(self._aggregates) + 1
+            self._aggregates.append({"id": n, "uuid": str(uuid.uuid4()), "name": name, "availability_zone": None,
+                                     "hosts": list(hosts), "metadata": dict(metadata or {}),
+                                     "created_at": "2026-12-01T00:00:00.000000", "updated_at": None,
+                                     "deleted_at": None, "deleted": False})
 
     def add_server(self, id: str, *, host: str, project_id: str, user_id: str = "", name: str | None = None,
                    status: str = "ACTIVE") -> None:
@@ -478,6 +488,8 @@ class FakeCloud:
         if path == "/os-services" and method == "GET":
             found = [s for s in self._services.values() if _match(query, "host", s.host) and _match(query, "binary", s.binary)]
             return 200, {"services": [self._service_view(s, mv) for s in found]}
+        if path == "/os-aggregates" and method == "GET":
+            return 200, {"aggregates": [dict(a) for a in self._aggregates]}
         if path.startswith("/os-services/") and method == "PUT":
             return 200, {"service": self._update_service(path.removeprefix("/os-services/"), body, mv)}
         if path == "/servers/detail" and method == "GET":

@@ -57,12 +57,28 @@ async def test_list_and_get_hosts(compute_max: str, make_cloud: MakeCloud, make_
                      Host("c3", alive=False, zone="nova")]
     assert [h.status for h in hosts] == [HostStatus.UP, HostStatus.MAINTENANCE, HostStatus.UNKNOWN]
     assert await ctl.get_host("c2") == hosts[1]
-    assert calls(cloud) == [
+    assert [c for c in calls(cloud) if c[1] != "/compute/v2.1/os-aggregates"] == [
         ("GET", "/compute/v2.1/os-services", {"binary": ["nova-compute"]}, None, svc_mv),
         ("GET", "/compute/v2.1/os-services", {"binary": ["nova-compute"], "host": ["c2"]}, None, svc_mv),
     ]
+    assert [c[:3] for c in calls(cloud) if c[1] == "/compute/v2.1/os-aggregates"] == [
+        ("GET", "/compute/v2.1/os-aggregates", {})], "the topology: once per listing"
     with pytest.raises(NotFound):
         await ctl.get_host("nowhere")
+
+
+async def test_switches_come_from_host_aggregates(make_cloud: MakeCloud, make_controller: MakeController) -> None:
+    """A host aggregate whose metadata names a switch (doctor_switch) gives its hosts that switch; aggregates
+    without it give none; when Nova refuses the aggregates (policy), hosts are listed without a switch."""
+    cloud = make_cloud()
+    for h in ("c1", "c2", "c3"):
+        cloud.add_host(h, zone="az1")
+    cloud.add_aggregate("rack-1", ["c1", "c2"], {"doctor_switch": "tor-1"})
+    cloud.add_aggregate("ssd", ["c2", "c3"], {"disk": "ssd"})
+    ctl = await make_controller(cloud)
+    assert {h.name: h.switch for h in await ctl.list_hosts()} == {"c1": "tor-1", "c2": "tor-1", "c3": ""}
+    cloud.fail("GET", r"/os-aggregates", 403, times=10)
+    assert {h.name: h.switch for h in await ctl.list_hosts()} == {"c1": "", "c2": "", "c3": ""}
 
 
 async def test_force_down_and_up(compute_max: str, make_cloud: MakeCloud, make_controller: MakeController) -> None:
