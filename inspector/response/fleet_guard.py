@@ -111,7 +111,7 @@ class FleetGuard:
     _links_lost: dict[str, float] = field(default_factory=dict)   # host -> when it reported its link down
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _cached: tuple[float, list[Cause]] | None = None  # a mass event judges thousands of hosts against one count
-    _switch_sizes: tuple[int, dict[str, int]] | None = None  # (id of the inventory it was counted from, sizes)
+    _groups: tuple[int, dict[str, list[str]], dict[str, list[str]]] | None = None  # (inventory id, switches, zones)
     _switches_down: dict[str, str] = field(default_factory=dict)  # switch -> its monitor's word
     fences_allowed: int = 0
     holds: int = 0
@@ -133,11 +133,14 @@ class FleetGuard:
         """A switch some host of the inventory is behind (a physical resource with faults of its own)."""
         return bool(name) and name in self._switch_counts()
 
-    def _switch_counts(self) -> dict[str, int]:
-        inventory = self.hosts()
-        if self._switch_sizes is None or self._switch_sizes[0] != id(inventory):
-            self._switch_sizes = (id(inventory), {k: len(v) for k, v in _group(inventory, "switch").items()})
-        return self._switch_sizes[1]
+    def _switch_counts(self) -> dict[str, list[str]]:
+        return self._grouped(self.hosts())[0]
+
+    def _grouped(self, inventory: dict[str, Host]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """(switch -> hosts, zone -> hosts), counted again only when the inventory is replaced (a refresh)."""
+        if self._groups is None or self._groups[0] != id(inventory):
+            self._groups = (id(inventory), _group(inventory, "switch"), _group(inventory, "zone"))
+        return self._groups[1], self._groups[2]
 
     def switch_reported(self, switch: str, down: bool, description: str = "") -> None:
         """A monitor's word on a switch: down, it explains any of its hosts' lost sight; up, it no longer does."""
@@ -161,7 +164,7 @@ class FleetGuard:
         h = self.hosts().get(host)
         if h is None or not h.switch:
             return 0.0
-        peers = self._switch_counts().get(h.switch, 0)
+        peers = len(self._switch_counts().get(h.switch, ()))
         return self.config.settle_s if peers >= self.config.switch_min_hosts else 0.0
 
     # -- the fleet now ---------------------------------------------------------------------------
@@ -185,13 +188,14 @@ class FleetGuard:
         quiet = {h for h in watched if views[h].quiet}
         lost = quiet | {h for h in self._links_lost if h in inventory}
         out: list[Cause] = []
-        for switch, members in sorted(_group(inventory, "switch").items()):
+        switches, zones = self._grouped(inventory)
+        for switch, members in sorted(switches.items()):
             gone = sorted(h for h in members if h in lost)
             reported = self._switches_down.get(switch, "")
             if reported or len(gone) >= self.config.switch_min_hosts:
                 out.append(Cause(f"switch:{switch}", switch, "switch", tuple(gone),
                                  sum(1 for h in members if views[h].watched), reported))
-        for zone, members in sorted(_group(inventory, "zone").items()):
+        for zone, members in sorted(zones.items()):
             zw = [h for h in members if views[h].watched]
             zq = sorted(h for h in zw if h in quiet)
             if len(zw) == len(watched):

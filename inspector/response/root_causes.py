@@ -44,7 +44,7 @@ class Publishing(Protocol):
 
 class RootCauses:
     def __init__(self, responder: Publishing, guard: FleetGuard, rejudge: Callable[[Alarm, float], None],
-                 rejoin_s: float, tick_s: float = 0.1) -> None:
+                 rejoin_s: float, tick_s: float = 0.5) -> None:
         self.r = responder
         self.guard = guard
         self.rejudge = rejudge      # judge a held incident again, after a delay (s)
