@@ -147,8 +147,12 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
         min_zone_hosts=g.int("min_zone_hosts", 3, min=1),
         switch_min_hosts=g.int("switch_min_hosts", 2, min=2),
         settle_s=g.int("settle_ms", 150, min=0, max=10_000) / 1000,
+        silence_settle_s=g.int("silence_settle_ms", opts["heartbeat_interval_ms"], min=0, max=60_000) / 1000,
+        window_s=g.float("window_s", 60.0, min=1.0),
         fence_rate_per_minute=g.float("fence_rate_per_minute", 6.0, min=0.0),
         fence_burst=g.int("fence_burst", 2, min=1),
+        fleet_fence_rate_per_minute=g.float("fleet_fence_rate_per_minute", 12.0, min=0.0),
+        fleet_fence_burst=g.int("fleet_fence_burst", 4, min=1),
         link_fault_types=tuple(g.str_list("link_fault_types", ["compute.host.nic.down"])))
     for index, pattern in enumerate(opts["guard"].link_fault_types):
         if not pattern or "*" in pattern:

@@ -34,7 +34,7 @@ from inspector.response.alarms import AlarmStore, alarm_from_json
 from inspector.response.correlate import ResourceMap
 from inspector.response.durable import EtcdDurable, NullDurable
 from inspector.response.fencing import IpmiFencer
-from inspector.response.fleet_guard import FleetGuard, HostView
+from inspector.response.fleet_guard import FleetGuard, HostView, view_of
 from inspector.response.responder import Responder
 from inspector.response.trigger import Trigger
 from inspector.southbound.absent import AbsentWatch
@@ -85,7 +85,7 @@ class Inspector:
         # the first of them crosses the liveness timeout
         hb = cfg.heartbeat_interval_ms / 1000
         self.quiet_after_s = max(1.5 * hb, cfg.liveness_timeout_s - hb)
-        self.guard = FleetGuard(cfg.guard, lambda: self.resources.hosts, self._host_view)
+        self.guard = FleetGuard(cfg.guard, lambda: self.resources.hosts, self._host_view, behind=self.lag.behind)
         self.responder = Responder(cfg.policy, self.resources, self.controller, self.fencer, self.alarms,
                                    self.publisher, cfg.bmcs, self.durable, guard=self.guard, retry=cfg.fence_retry,
                                    rejoin_s=cfg.takeover_grace_s + cfg.liveness_timeout_s, spawn=self._act)
@@ -158,6 +158,8 @@ class Inspector:
         self.alarms.replace([alarm_from_json(d, self.resources.servers.get, self.resources.ports.get)
                              for d in alarms.values()])
         await self.book.load()
+        self.guard.reset()
+        self.responder.causes.took_over()
         self.liveness.reset()
         for h, d in hosts.items():  # a host that rebooted during the takeover is still told apart
             if d.get("host_boot_id"):
@@ -198,6 +200,7 @@ class Inspector:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.responder.recovery.cancel_all()
+        self.guard.reset()
         ended = self.registry.end_all(NOT_LEADER, self.leader_endpoint() or "")
         self.book.clear()
         self.alarms.replace([])
@@ -274,16 +277,17 @@ class Inspector:
                 asyncio.create_task(self.resources.refresh_forever(), name="resources")]
 
     def _host_view(self, host: str) -> HostView:
-        """Liveness as the fleet guard counts it: watched while its agent should speak and nothing took the host
-        out of service; quiet when unreachable or silent past ``quiet_after_s``."""
+        """The host as the fleet guard counts it (``response.fleet_guard.view_of``)."""
         rec = self.liveness.hosts.get(host)
-        if rec is None or rec.liveness not in (UP, UNREACHABLE):
-            return HostView(False, False)
+        if rec is None:
+            return HostView(False, False, False)
         h = self.resources.hosts.get(host)
         incident = self.alarms.incident(host)
-        if (h is not None and (h.forced_down or h.disabled)) or (incident is not None and incident.fenced):
-            return HostView(False, False)
-        return HostView(True, rec.liveness == UNREACHABLE or self.liveness.silence(rec) > self.quiet_after_s)
+        return view_of(rec.liveness, self.liveness.silence(rec), self.quiet_after_s, self.cfg.guard.window_s,
+                       out_of_service=h is not None and (h.forced_down or h.disabled),
+                       judged=incident is not None and (incident.fenced or incident.fencing
+                                                        or incident.phase == fault_pb2.INCIDENT_PHASE_UNFENCED),
+                       held=incident is not None and incident.phase == fault_pb2.INCIDENT_PHASE_HELD)
 
     def guard_status(self) -> diagnostics_pb2.GuardStatus:
         """Whether the fleet guard holds and why, and how far behind this replica runs (Diagnostics)."""

@@ -19,10 +19,19 @@ acted on, but no zone fences more than ``fence_burst`` hosts at once and
 ``fence_rate_per_minute`` after that (a token bucket per zone).
 
 A host is *watched* while its agent is expected to speak (liveness up or
-unreachable) and it is not already fenced or taken out of service; it is
-*quiet* when declared unreachable or silent for longer than ``quiet_after_s``
-(a healthy agent speaks every heartbeat interval, so hosts silenced together
-are all quiet by the time the first crosses the liveness timeout).
+unreachable) and it is not already fenced, judged on its own (its fence
+failing and retried), or taken out of service; it is *quiet* when declared
+unreachable or silent for longer than ``quiet_after_s`` (a healthy agent
+speaks every heartbeat interval, so hosts silenced together are all quiet by
+the time the first crosses the liveness timeout). A host quiet for longer
+than ``window_s`` that no cause holds went quiet in an earlier event: it no
+longer counts (``inspector/core.py`` builds each host's view).
+
+Silence is judged ``silence_settle_s`` after it is declared, so that a
+silence spreading over a few heartbeats shows its pattern first; and no more
+than ``fleet_fence_burst`` hosts are fenced at once in the whole fleet, then
+``fleet_fence_rate_per_minute``, whatever the zones. While the inspector is
+behind (``southbound/lag.py``) nothing is judged fit to fence.
 
 Defaults follow the anchors: Kubernetes' node lifecycle controller calls a
 zone with >= 55 % of its nodes not ready unhealthy and stops evicting from it
@@ -49,8 +58,12 @@ class GuardConfig:
     min_zone_hosts: int = 3            # smaller zones are judged with the fleet only
     switch_min_hosts: int = 2          # this many hosts of one switch lost together: the switch is the cause
     settle_s: float = 0.15             # a link fault waits this long for its switch peers' (none without peers)
+    silence_settle_s: float = 0.5      # silence waits this long (a heartbeat) to show whether it spreads
+    window_s: float = 60.0             # quiet longer than this and held by nothing: an earlier event's, not counted
     fence_rate_per_minute: float = 6.0  # per zone, after the burst (Kubernetes: 0.1 node/s)
     fence_burst: int = 2
+    fleet_fence_rate_per_minute: float = 12.0  # the whole fleet, after its burst
+    fleet_fence_burst: int = 4
     link_fault_types: tuple[str, ...] = ("compute.host.nic.down",)
 
 
@@ -90,10 +103,34 @@ class Cause:
 
 
 class HostView:
-    """What the guard needs to know of one host's liveness (``southbound.liveness`` provides it)."""
+    """What the guard needs to know of one host's liveness (``inspector/core.py`` builds it).
 
-    def __init__(self, watched: bool, quiet: bool) -> None:
+    ``heard``: its agent is up and spoke recently — positive evidence it is alive (not merely unwatched)."""
+
+    __slots__ = ("watched", "quiet", "heard")
+
+    def __init__(self, watched: bool, quiet: bool, heard: bool | None = None) -> None:
         self.watched, self.quiet = watched, quiet
+        self.heard = (watched and not quiet) if heard is None else heard
+
+
+def view_of(liveness: str, silence_s: float, quiet_after_s: float, window_s: float, *, out_of_service: bool,
+            judged: bool, held: bool) -> HostView:
+    """A host as the guard counts it, from its liveness (``up``/``unreachable``/...) and silence so far.
+
+    Not watched: its agent is not expected to speak, the host is out of service (forced down, disabled), or it
+    was judged on its own already (fenced, fencing, its fence failing and retried). Quiet longer than
+    ``window_s`` and ``held`` by no cause: it went quiet in an earlier event and no longer counts. Heard: up
+    and recently heard — positive evidence, unlike merely not being watched."""
+    if liveness not in ("up", "unreachable"):
+        return HostView(False, False, False)
+    heard = liveness == "up" and silence_s <= quiet_after_s
+    if out_of_service or judged:
+        return HostView(False, False, heard)
+    quiet = liveness == "unreachable" or silence_s > quiet_after_s
+    if quiet and silence_s > window_s and not held:
+        return HostView(False, False, False)
+    return HostView(True, quiet, heard)
 
 
 @dataclass
@@ -108,7 +145,8 @@ class FleetGuard:
     hosts: Callable[[], dict[str, Host]]                 # the inventory (zone, switch)
     view: Callable[[str], HostView]                      # each host's liveness now
     clock: Callable[[], float] = time.monotonic
-    _links_lost: dict[str, float] = field(default_factory=dict)   # host -> when it reported its link down
+    behind: Callable[[], bool] = lambda: False           # the inspector lags: judge nothing fit to fence
+    _links_lost: dict[str, set[str]] = field(default_factory=dict)   # host -> its components reporting link loss
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _cached: tuple[float, list[Cause]] | None = None  # a mass event judges thousands of hosts against one count
     _groups: tuple[int, dict[str, list[str]], dict[str, list[str]]] | None = None  # (inventory id, switches, zones)
@@ -121,12 +159,27 @@ class FleetGuard:
     def is_link_fault(self, fault_type: str) -> bool:
         return fault_type in self.config.link_fault_types
 
-    def link_lost(self, host: str) -> None:
-        self._links_lost.setdefault(host, self.clock())
+    def link_lost(self, host: str, component: str = "") -> None:
+        self._links_lost.setdefault(host, set()).add(component)
         self._cached = None
 
-    def link_back(self, host: str) -> None:
-        self._links_lost.pop(host, None)
+    def link_back(self, host: str, component: str | None = None) -> None:
+        """A component's link is back (``None``: every link of the host, e.g. its incident closed)."""
+        comps = self._links_lost.get(host)
+        if comps is None:
+            return
+        if component is None:
+            comps.clear()
+        else:
+            comps.discard(component)
+        if not comps:
+            del self._links_lost[host]
+        self._cached = None
+
+    def reset(self) -> None:
+        """A new term (or none): evidence is rebuilt from what the new leader reads and hears."""
+        self._links_lost.clear()
+        self._switches_down.clear()
         self._cached = None
 
     def is_switch(self, name: str) -> bool:
@@ -157,10 +210,12 @@ class FleetGuard:
 
     def settle_for(self, host: str, silence: bool) -> float:
         """How long to wait before judging: a link reported down waits for its switch peers' reports (they
-        arrive within milliseconds when the switch fails); silence needs no wait (hosts silenced together are
-        all quiet when the first is declared), nor does a host with no switch peers."""
-        if not self.config.enabled or silence:
+        arrive within milliseconds when the switch fails), a host with no switch peers not at all; silence waits
+        ``silence_settle_s``, for a silence that spreads to show itself."""
+        if not self.config.enabled:
             return 0.0
+        if silence:
+            return self.config.silence_settle_s
         h = self.hosts().get(host)
         if h is None or not h.switch:
             return 0.0
@@ -171,11 +226,12 @@ class FleetGuard:
 
     def causes(self) -> list[Cause]:
         """Every shared cause that holds now: switches first (the most specific), then zones, then the fleet.
-        Counted at most every 10 ms (and whenever evidence changes): each count reads every host."""
+        Counted at most every 100 ms (and whenever evidence changes): each count reads every host, and a mass
+        event judges thousands of hosts against it."""
         if not self.config.enabled:
             return []
         now = self.clock()
-        if self._cached is not None and now - self._cached[0] < 0.01:
+        if self._cached is not None and now - self._cached[0] < 0.1:
             return self._cached[1]
         out = self._count()
         self._cached = (now, out)
@@ -186,7 +242,7 @@ class FleetGuard:
         views = {h: self.view(h) for h in inventory}
         watched = [h for h, v in views.items() if v.watched]
         quiet = {h for h in watched if views[h].quiet}
-        lost = quiet | {h for h in self._links_lost if h in inventory}
+        lost = quiet | {h for h in self._links_lost if h in views and views[h].watched}
         out: list[Cause] = []
         switches, zones = self._grouped(inventory)
         for switch, members in sorted(switches.items()):
@@ -225,31 +281,41 @@ class FleetGuard:
         """May this suspected host be fenced now? ``silence``: the suspicion is silence, not evidence;
         ``fence_shared``: a policy rule fences a failed switch's hosts (still within the budget; silence held by
         a zone or the fleet is never fenced); ``retry``: an attempt that failed before, already counted."""
-        if silence and not self.view(host).quiet:
+        if silence and self.view(host).heard:
             return Judgement(Verdict.WITHDRAW, "the host is heard again")
+        if self.config.enabled and self.behind():
+            return Judgement(Verdict.WAIT, "the inspector is behind: silence and evidence are judged once it caught up",
+                             retry_at=self.clock() + 0.5)
         cause = self.cause_of(host, silence) if self.config.enabled else None
         if cause is not None and not (fence_shared and cause.kind == "switch"):
             self.holds += 1
             return Judgement(Verdict.HOLD, cause.describe(), cause.key)
         if retry:
             return Judgement(Verdict.FENCE)
-        wait = self._take(self.hosts().get(host, Host(host)).zone)
-        if wait > 0:
-            return Judgement(Verdict.WAIT, f"zone fencing budget spent ({self.config.fence_rate_per_minute:g}/min "
-                                           f"after {self.config.fence_burst})", retry_at=self.clock() + wait)
+        if not self.config.enabled:
+            return Judgement(Verdict.FENCE)
+        c = self.config
+        zone = self.hosts().get(host, Host(host)).zone
+        zone_wait = self._due(f"zone:{zone}", c.fence_burst, c.fence_rate_per_minute)
+        fleet_wait = self._due("fleet", c.fleet_fence_burst, c.fleet_fence_rate_per_minute)
+        if zone_wait > 0 or fleet_wait > 0:
+            which = (f"zone {zone or '(none)'}: {c.fence_rate_per_minute:g}/min after {c.fence_burst}"
+                     if zone_wait >= fleet_wait else
+                     f"fleet: {c.fleet_fence_rate_per_minute:g}/min after {c.fleet_fence_burst}")
+            return Judgement(Verdict.WAIT, f"fencing budget spent ({which})",
+                             retry_at=self.clock() + max(zone_wait, fleet_wait))
+        self._buckets[f"zone:{zone}"].tokens -= 1.0
+        self._buckets["fleet"].tokens -= 1.0
         self.fences_allowed += 1
         return Judgement(Verdict.FENCE)
 
-    def _take(self, zone: str) -> float:
-        """Take one fence from the zone's bucket: 0 when taken, else the seconds until one is due."""
-        if not self.config.enabled:
-            return 0.0
-        now, rate = self.clock(), self.config.fence_rate_per_minute / 60.0
-        b = self._buckets.setdefault(zone, _Bucket(float(self.config.fence_burst), now))
-        b.tokens = min(float(self.config.fence_burst), b.tokens + (now - b.at) * rate)
+    def _due(self, key: str, burst: int, per_minute: float) -> float:
+        """Refill the bucket; 0 when it holds a fence, else the seconds until it will."""
+        now, rate = self.clock(), per_minute / 60.0
+        b = self._buckets.setdefault(key, _Bucket(float(burst), now))
+        b.tokens = min(float(burst), b.tokens + (now - b.at) * rate)
         b.at = now
         if b.tokens >= 1.0:
-            b.tokens -= 1.0
             return 0.0
         return (1.0 - b.tokens) / rate if rate > 0 else 3600.0
 

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from controller_adapter.base import Bmc, Controller, ControllerError, ServerState, Unsupported
 from doctor_common.api import common_pb2, diagnostics_pb2
+from doctor_common.etcd_guard import NotLeader
 from doctor_common.timeline import Stage, as_dict, now_ns, stamp
 from inspector.ha.etcd_store import Incident, Step
 from inspector.response import crashpoint
@@ -44,11 +45,10 @@ from inspector.response.durable import NullDurable
 from inspector.response.fencing import IpmiFencer
 from inspector.response.fleet_guard import FleetGuard, Judgement, Verdict
 from inspector.response.policy import FENCE_ALL, Policy, Rule
-from inspector.response.trigger import Trigger, start_timeline
+from inspector.response.trigger import POWER_OFF, SILENCE, Trigger, start_timeline
 
 log = logging.getLogger("doctor.inspector.recovery")
 
-SILENCE = "compute.host.unreachable"
 SWITCH_DOWN = "network.switch.down"  # the switch's own fault type: a policy rule for it may fence its hosts
 
 
@@ -103,7 +103,8 @@ class Recovery:
         self.rejoin_s = rejoin_s  # a silent host's time to come back before it is judged again
         self._deciding: set[str] = set()                   # alarm ids being judged now
         self._timers: dict[str, asyncio.TimerHandle] = {}  # alarm id -> its next judgement (wait, retry)
-        self._failures: dict[str, int] = {}                # alarm id -> failed fence attempts in a row
+        self._failures: dict[str, int] = {}                # alarm id -> failed attempts in a row
+        self._granted: set[str] = set()                    # alarm ids judged fit to fence: a budget token spent
 
     # -- state for the responder and Diagnostics -------------------------------------------------
 
@@ -120,12 +121,12 @@ class Recovery:
             t.cancel()
         self._timers.clear()
         self._failures.clear()
+        self._granted.clear()
 
     def forget(self, alarm_id: str) -> None:
-        timer = self._timers.pop(alarm_id, None)
-        if timer is not None:
-            timer.cancel()
+        self.forget_timer(alarm_id)
         self._failures.pop(alarm_id, None)
+        self._granted.discard(alarm_id)
 
     # -- a new incident ----------------------------------------------------------------------------
 
@@ -140,16 +141,22 @@ class Recovery:
                       phase=Phase.INCIDENT_PHASE_SUSPECTED, silence=t.fault_type == SILENCE,
                       actions=tuple(sorted(rule.actions)))
         stamp(tl, Stage.STAGE_CORRELATED)
-        r.alarms.add(alarm)  # QueryFaults sees it from now on
-        await r.durable.open_incident(alarm, rule.actions)
-        await r.publish(alarm, tl, step=Step.NOTIFY_SUSPECTED, stage=Stage.STAGE_SUSPECT_PUBLISHED)
+        self._deciding.add(alarm.id)  # the caller judges it next: the safety net must not judge it meanwhile
+        try:
+            r.alarms.add(alarm)  # QueryFaults sees it from now on
+            await r.durable.open_incident(alarm, rule.actions)
+            await r.publish(alarm, tl, step=Step.NOTIFY_SUSPECTED, stage=Stage.STAGE_SUSPECT_PUBLISHED)
+        except BaseException:
+            self._deciding.discard(alarm.id)  # the sweep judges it (or a new leader resumes it)
+            raise
         return alarm
 
-    async def decide(self, alarm: Alarm, *, settle: bool = True, retry: bool = False) -> None:
+    async def decide(self, alarm: Alarm, *, settle: bool = True) -> None:
         """Judge the suspicion against the fleet and act on the verdict. Runs as its own task: the settle
-        wait (for faults that share a cause to arrive) holds no lock."""
+        wait (for faults that share a cause to arrive) holds no lock. Whatever fails on the way (etcd past its
+        write deadline, a controller error) is tried again with backoff: an incident is never left stuck."""
         r = self.r
-        self._timers.pop(alarm.id, None)
+        self.forget_timer(alarm.id)
         self._deciding.add(alarm.id)
         try:
             wait = self.guard.settle_for(alarm.host, alarm.silence) if settle else 0.0
@@ -159,23 +166,35 @@ class Recovery:
                 if r.alarms.get(alarm.id) is not alarm or not alarm.withdrawable:
                     return  # withdrawn, enabled or fenced meanwhile
                 r.durable.check()
-                j = self.guard.judge(alarm.host, silence=alarm.silence, fence_shared=self._fences_shared(),
-                                     retry=retry)
-                if j.verdict is Verdict.WITHDRAW:
-                    await r.withdraw(alarm, j.reason)
-                elif j.verdict is Verdict.HOLD:
-                    log.warning("not fencing %s for %s: %s", alarm.host, alarm.fault.fault_type, j.reason)
-                    await self.causes.hold(alarm, j)
-                elif j.verdict is Verdict.WAIT:
-                    alarm.fault.fault_details["guard"] = j.reason
-                    log.warning("fencing %s later: %s", alarm.host, j.reason)
-                    self._later(alarm, j.retry_at - time.monotonic(), retry=retry)
-                else:
-                    alarm.fault.fault_details.pop("guard", None)
-                    alarm.held_by = ""
-                    await self.run(alarm, alarm.actions or sorted(FENCE_ALL), {})
+                await self._judge(alarm)
+        except (NotLeader, asyncio.CancelledError):
+            raise
+        except Exception:  # noqa: BLE001 - see the docstring
+            n = self._failures[alarm.id] = self._failures.get(alarm.id, 0) + 1
+            delay = self.retry.delay(n)
+            log.exception("incident %s on %s: judging or fencing failed; again in %.1fs", alarm.id, alarm.host, delay)
+            if r.alarms.get(alarm.id) is alarm:
+                self._later(alarm, delay)
         finally:
             self._deciding.discard(alarm.id)
+
+    async def _judge(self, alarm: Alarm) -> None:
+        retry = alarm.id in self._granted  # judged fit before (its fence failed): no second token
+        j = self.guard.judge(alarm.host, silence=alarm.silence, fence_shared=self._fences_shared(), retry=retry)
+        if j.verdict is Verdict.WITHDRAW:
+            await self.r.withdraw(alarm, j.reason)
+        elif j.verdict is Verdict.HOLD:
+            log.warning("not fencing %s for %s: %s", alarm.host, alarm.fault.fault_type, j.reason)
+            await self.causes.hold(alarm, j)
+        elif j.verdict is Verdict.WAIT:
+            alarm.fault.fault_details["guard"] = j.reason
+            log.warning("fencing %s later: %s", alarm.host, j.reason)
+            self._later(alarm, j.retry_at - time.monotonic())
+        else:
+            self._granted.add(alarm.id)
+            alarm.fault.fault_details.pop("guard", None)
+            alarm.held_by = ""
+            await self.run(alarm, alarm.actions or sorted(FENCE_ALL), {})
 
     def _fences_shared(self) -> bool:
         rule = self.r.policy.match(SWITCH_DOWN, common_pb2.SEVERITY_CRITICAL)
@@ -183,15 +202,15 @@ class Recovery:
 
     def later(self, alarm: Alarm, delay: float) -> None:
         """Judge the suspicion again in ``delay`` seconds (unless something judges it first)."""
-        self._later(alarm, delay, retry=False)
+        self._later(alarm, delay)
 
-    def _later(self, alarm: Alarm, delay: float, *, retry: bool) -> None:
+    def _later(self, alarm: Alarm, delay: float) -> None:
         self.forget_timer(alarm.id)
         loop = asyncio.get_running_loop()
 
         def due() -> None:
             self._timers.pop(alarm.id, None)
-            self.r.spawn(self.decide(alarm, settle=False, retry=retry), f"judging {alarm.host} again")
+            self.r.spawn(self.decide(alarm, settle=False), f"judging {alarm.host} again")
         self._timers[alarm.id] = loop.call_later(max(0.0, delay), due)
 
     def forget_timer(self, alarm_id: str) -> None:
@@ -216,8 +235,10 @@ class Recovery:
             if alarm.phase not in (Phase.INCIDENT_PHASE_HELD, Phase.INCIDENT_PHASE_UNFENCED):
                 alarm.phase = Phase.INCIDENT_PHASE_SUSPECTED
             if self.guard.is_link_fault(alarm.fault.fault_type):
-                self.guard.link_lost(alarm.host)
-            if alarm.silence:  # its agent may be reconnecting to this leader: withdrawn if it did, else judged
+                self.guard.link_lost(alarm.host, alarm.component)
+            if alarm.silence or self.guard.settle_for(alarm.host, False) > 0:
+                # its agent, or its switch peers' agents, may still be reconnecting to this leader: what they
+                # say (or do not) decides; judged once the takeover grace is over
                 self.later(alarm, self.rejoin_s)
             else:
                 r.spawn(self.decide(alarm), f"judging {alarm.host} again after the takeover")
@@ -231,6 +252,10 @@ class Recovery:
         """Fence (unless journalled done), then tell owners and the controller (the caller holds the lock)."""
         r, d, host, tl = self.r, self.r.durable, alarm.host, alarm.timeline
         bmc = r.bmc_for(host)
+        if alarm.fault.fault_type == POWER_OFF and Step.FENCE not in done:
+            # the evidence was the BMC saying off: confirmed, never sent. On again, the suspicion was wrong.
+            if await self._powered_on(alarm, bmc):
+                return
         if Step.CONFIRM_OFF not in done:
             alarm.fencing = True
             try:
@@ -285,6 +310,20 @@ class Recovery:
             fault_id=alarm.id, host_id=host, fault_type=alarm.fault.fault_type, timeline=tl,
             servers=len(alarm.servers), fenced=True))
 
+    async def _powered_on(self, alarm: Alarm, bmc: Bmc | None) -> bool:
+        """For power-off evidence: True (and withdrawn) when the BMC now says on, or failed when it cannot say."""
+        try:
+            if bmc is None:
+                raise RuntimeError(f"no BMC is configured for host {alarm.host}")
+            state = await self.r.fencer.power_state(bmc, self.r.fencer.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - reported and retried like a failed fence
+            await self._failed(alarm, f"BMC did not say whether {alarm.host} is off: {exc or type(exc).__name__}")
+            return True
+        if state == "on":
+            await self.r.withdraw(alarm, "the BMC says the host is powered on again")
+            return True
+        return False
+
     async def _failed(self, alarm: Alarm, error: str) -> None:
         """The fence failed: tell the owners (once per distinct error) and try again later."""
         n = self._failures[alarm.id] = self._failures.get(alarm.id, 0) + 1
@@ -302,7 +341,7 @@ class Recovery:
             notice = common_pb2.Timeline()
             notice.CopyFrom(alarm.timeline)
             await self.r.publish(alarm, notice)
-        self._later(alarm, delay, retry=True)
+        self._later(alarm, delay)
 
     async def _mark_down(self, alarm: Alarm, actions: Collection[str]) -> None:
         r, host = self.r, alarm.host

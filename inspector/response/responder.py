@@ -29,9 +29,9 @@ from inspector.response.durable import NullDurable
 from inspector.response.fencing import IpmiFencer
 from inspector.response.policy import Policy, Rule
 from inspector.response.fleet_guard import FleetGuard, GuardConfig, HostView
-from inspector.response.recovery import SILENCE, Recovery, RetryPolicy
+from inspector.response.recovery import Recovery, RetryPolicy
 from inspector.response.root_causes import RootCauses
-from inspector.response.trigger import Trigger, start_timeline
+from inspector.response.trigger import SILENCE, Trigger, start_timeline
 from notifier.server import Publisher
 
 log = logging.getLogger("doctor.inspector.actions")
@@ -64,7 +64,8 @@ class Responder:
         self._spawn = spawn or _create_task
         self.guard = guard or FleetGuard(GuardConfig(enabled=False), lambda: self.resources.hosts,
                                          lambda _h: HostView(True, True))
-        self.causes = RootCauses(self, self.guard, self._rejudge, rejoin_s)
+        self.causes = RootCauses(self, self.guard, self._rejudge, rejoin_s,
+                                 pending=lambda alarm_id: self.recovery.pending(alarm_id))
         self.recovery = Recovery(self, self.guard, self.causes, retry, rejoin_s)
 
     def bmc_for(self, host: str) -> Bmc | None:
@@ -95,7 +96,9 @@ class Responder:
             log.debug("no rule acts on %s from %s", t.fault_type, t.host)
             return
         if rule.fences and self.guard.is_link_fault(t.fault_type):
-            self.guard.link_lost(t.host)  # counted at once: the host's switch peers are judged against it
+            incident = self.alarms.incident(t.host)
+            if incident is None or incident.withdrawable:  # a fenced host's links say nothing of its switch
+                self.guard.link_lost(t.host, t.component)  # counted at once: its switch peers are judged with it
         async with self.lock(t.host):
             incident = self.alarms.incident(t.host)
             if incident is not None:
@@ -129,6 +132,7 @@ class Responder:
     async def clear(self, host: str, component: str) -> None:
         """A component is healthy again: clear its alarm, or withdraw its suspicion (nothing done to the host
         yet, or fencing still failing); a fenced host's incident stays until an administrator enables it."""
+        self.guard.link_back(host, component)
         async with self.lock(host):
             alarm = self.alarms.raised_by(host, component)
             if alarm is None:
@@ -145,8 +149,7 @@ class Responder:
         """The suspicion was wrong or is over: clear it to the same owners (the caller holds the lock)."""
         self.durable.check()
         self.recovery.forget(alarm.id)
-        if self.guard.is_link_fault(alarm.fault.fault_type):
-            self.guard.link_back(alarm.host)
+        self.guard.link_back(alarm.host)
         alarm.phase = Phase.INCIDENT_PHASE_WITHDRAWN
         alarm.fault.fault_details["withdrawn"] = why
         self.alarms.clear(alarm.id)

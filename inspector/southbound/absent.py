@@ -20,12 +20,11 @@ from collections.abc import Awaitable, Callable
 from controller_adapter.base import Bmc
 from doctor_common.api import common_pb2
 from doctor_common.timeline import now_ns
-from inspector.response.trigger import Trigger
+from inspector.response.trigger import POWER_OFF, Trigger
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, Liveness
 
 log = logging.getLogger("doctor.inspector.absent")
 
-POWER_OFF = "compute.host.power.off"
 AGENT_ABSENT = "compute.host.agent.absent"
 
 

@@ -9,7 +9,8 @@ Two measures:
   lost since it was last heard (``Liveness.silence``).
 * **stream read delay**: how long a heartbeat took from the agent's send to
   our read, relative to the smallest delay seen on that stream (so a host's
-  constant clock offset cancels out); the median of the recent ones.
+  constant clock offset cancels out); the latest per host, and the median
+  across hosts (so no single agent, however wrong its clock, moves it).
 
 The inspector is *behind* while either exceeds ``bound_s``, and for
 ``hold_s`` after the loop last did: messages queued meanwhile are still being
@@ -22,7 +23,6 @@ import asyncio
 import logging
 import statistics
 import time
-from collections import deque
 
 log = logging.getLogger("doctor.inspector.lag")
 
@@ -37,7 +37,8 @@ class Lag:
         self.last_late_s = 0.0         # the latest late wake-up above the noise
         self._last_check = time.monotonic()
         self._behind_until = 0.0
-        self._delays: deque[tuple[float, float]] = deque(maxlen=256)  # (monotonic, relative read delay s)
+        self._delays: dict[str, tuple[float, float]] = {}  # host -> (monotonic, its latest relative read delay)
+        self._median: tuple[float, float] = (-1.0, 0.0)    # (computed at, value): a mass event asks often
         self._episode = False
 
     def check(self, now: float | None = None) -> float:
@@ -57,14 +58,24 @@ class Lag:
             log.warning("the inspector's loop ran %.0f ms late: silence of that time is not counted", late * 1e3)
         return late
 
-    def observe_read_delay(self, relative_s: float, now: float | None = None) -> None:
-        self._delays.append((time.monotonic() if now is None else now, relative_s))
+    def observe_read_delay(self, host: str, relative_s: float, now: float | None = None) -> None:
+        self._delays[host] = (time.monotonic() if now is None else now, relative_s)
+        self._median = (-1.0, 0.0)
+
+    def clear_read_delays(self) -> None:
+        self._delays.clear()
+        self._median = (-1.0, 0.0)
 
     def read_delay_s(self, now: float | None = None) -> float:
-        """Median relative read delay of the heartbeats of the last second (0 without any)."""
+        """Median across hosts of their latest relative heartbeat read delay of the last second (0 without any);
+        computed at most every 100 ms."""
         now = time.monotonic() if now is None else now
-        recent = [d for t, d in self._delays if now - t <= 1.0]
-        return statistics.median(recent) if recent else 0.0
+        if 0 <= now - self._median[0] < 0.1:
+            return self._median[1]
+        recent = [d for t, d in self._delays.values() if now - t <= 1.0]
+        value = statistics.median(recent) if recent else 0.0
+        self._median = (now, value)
+        return value
 
     def behind(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now

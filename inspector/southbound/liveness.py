@@ -66,6 +66,7 @@ class Liveness:
     def reset(self) -> None:
         """Forget every host (a new term re-derives them from the agents' Hello; older streams are orphaned)."""
         self.hosts = {}
+        self.lag.clear_read_delays()
 
     def expect(self, host_id: str, grace_s: float) -> HostRecord:
         """A host whose agent was connected to the previous leader: counted UP, silent for now, and declared
@@ -129,7 +130,7 @@ class Liveness:
             return
         delay = (now_ns() - sent_ns) / 1e9
         rec.min_read_delay = min(rec.min_read_delay, delay)
-        self.lag.observe_read_delay(delay - rec.min_read_delay)
+        self.lag.observe_read_delay(rec.host_id, delay - rec.min_read_delay)
 
     async def detach(self, rec: HostRecord, stream: object) -> None:
         """The stream ended. Recent traffic means the peer's kernel closed it: the agent died, not the host."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller_adapter.base import Host
-from inspector.response.fleet_guard import FleetGuard, GuardConfig, HostView, Verdict
+from inspector.response.fleet_guard import FleetGuard, GuardConfig, HostView, Verdict, view_of
 
 
 class Fleet:
@@ -15,8 +15,9 @@ class Fleet:
         self.inventory = {h: Host(h, zone=z, switch=s) for h, (z, s) in spec.items()}
         self.quiet: set[str] = set()
         self.unwatched: set[str] = set()
+        self.lagging = False
         self.now = 100.0
-        self.guard = FleetGuard(cfg, lambda: self.inventory, self.view, lambda: self.now)
+        self.guard = FleetGuard(cfg, lambda: self.inventory, self.view, lambda: self.now, lambda: self.lagging)
 
     def view(self, host: str) -> HostView:
         return HostView(host not in self.unwatched, host in self.quiet)
@@ -135,6 +136,54 @@ def test_the_guard_can_be_switched_off() -> None:
     assert {f.guard.judge(f"c{i}", silence=True).verdict for i in range(1, 7)} == {Verdict.FENCE}
 
 
+def test_the_fleet_has_a_budget_of_its_own() -> None:
+    """Evidence from hosts of many zones at once: each zone could fence two, the fleet fences four at once,
+    then twelve a minute."""
+    spec = {f"z{z}h{i}": (f"az{z}", "") for z in range(6) for i in range(2)}
+    f = Fleet(spec)
+    verdicts = [f.guard.judge(h, silence=False).verdict for h in sorted(spec)]
+    assert verdicts.count(Verdict.FENCE) == 4 and verdicts.count(Verdict.WAIT) == 8
+    waits = [f.guard.judge(h, silence=False) for h in ("z5h0",)]
+    assert "fleet" in waits[0].reason and waits[0].retry_at == pytest.approx(f.now + 5.0)
+
+
+def test_only_positive_liveness_withdraws_a_silence() -> None:
+    """A host taken out of the count (disabled, judged already) is not 'heard': its silence is still judged."""
+    f = Fleet(rack(6))
+    f.quiet.add("c1")
+    f.unwatched.add("c1")
+    assert f.guard.judge("c1", silence=True).verdict is Verdict.FENCE
+
+
+def test_a_lagging_inspector_fences_nothing() -> None:
+    """While the inspector is behind, every suspicion waits: silence it could not observe is no evidence."""
+    f = Fleet(rack(6))
+    f.silent("c1")
+    f.lagging = True
+    assert f.guard.judge("c1", silence=True).verdict is Verdict.WAIT
+    assert f.guard.judge("c2", silence=False).verdict is Verdict.WAIT
+    f.lagging = False
+    assert f.guard.judge("c1", silence=True).verdict is Verdict.FENCE
+
+
+def test_links_count_per_component_and_only_for_watched_hosts() -> None:
+    """A host's link is lost until each component that reported it is back; a fenced (unwatched) host's port
+    reported down by a monitor does not make its healthy peer's loss a switch failure."""
+    f = Fleet(rack(4, switch="tor-a"))
+    f.guard.link_lost("c1", "nic:eth0")
+    f.guard.link_lost("c1", "nic:eth1")
+    f.guard.link_back("c1", "nic:eth0")
+    f.guard.link_lost("c2", "nic:eth0")
+    assert [c.key for c in f.guard.causes()] == ["switch:tor-a"]
+    f.guard.link_back("c1", "nic:eth1")
+    f.now += 1
+    assert f.guard.causes() == []
+    f.unwatched.add("c3")
+    f.guard.link_lost("c3", "monitor:port")
+    f.now += 1
+    assert f.guard.causes() == [] and f.guard.judge("c2", silence=False).verdict is Verdict.FENCE
+
+
 def test_a_whole_fleet_silent_is_the_inspectors_isolation_not_its_switches() -> None:
     """Every host of two racks silent: the broadest cause explains silence (the fleet), though each switch would
     count too; a link reported down is explained by its switch only."""
@@ -145,11 +194,11 @@ def test_a_whole_fleet_silent_is_the_inspectors_isolation_not_its_switches() -> 
 
 
 def test_only_a_link_fault_with_switch_peers_waits_to_be_judged() -> None:
-    """The settle wait is for a failing switch's other hosts to report: a host alone behind its switch, or with
-    none known, and silence (co-silent hosts are quiet already) are judged at once."""
+    """A link fault waits for a failing switch's other hosts to report, unless the host is alone behind its
+    switch or has none known; silence always waits a heartbeat, for a spreading silence to show itself."""
     f = Fleet({**rack(3, switch="tor-a"), "lone": ("az1", "tor-b"), "bare": ("az1", "")})
     assert f.guard.settle_for("c1", silence=False) == GuardConfig().settle_s
-    assert f.guard.settle_for("c1", silence=True) == 0.0
+    assert f.guard.settle_for("bare", silence=True) == GuardConfig().silence_settle_s
     assert f.guard.settle_for("lone", silence=False) == 0.0
     assert f.guard.settle_for("bare", silence=False) == 0.0
 
@@ -166,3 +215,22 @@ def test_a_switch_its_monitor_reports_down_explains_even_one_host() -> None:
     assert f.guard.judge("c1", silence=False).verdict is Verdict.HOLD
     f.guard.switch_reported("tor-a", False)
     assert f.guard.judge("c1", silence=False).verdict is Verdict.FENCE
+
+
+@pytest.mark.parametrize("liveness, silence, kw, expected", [
+    ("up", 0.1, {}, (True, False, True)),                                    # healthy
+    ("up", 1.2, {}, (True, True, False)),                                    # silent, not declared yet: quiet
+    ("unreachable", 2.0, {}, (True, True, False)),                           # declared
+    ("unreachable", 90.0, {}, (False, False, False)),                        # an earlier event's: not counted
+    ("unreachable", 90.0, {"held": True}, (True, True, False)),              # still held: still counted
+    ("unreachable", 2.0, {"judged": True}, (False, False, False)),           # fence failing, retried: judged
+    ("up", 0.1, {"out_of_service": True}, (False, False, True)),             # disabled, yet heard
+    ("agent_down", 0.1, {}, (False, False, False)),                          # agent died: not expected to speak
+])
+def test_how_the_guard_counts_a_host(liveness: str, silence: float, kw: dict[str, bool],
+                                      expected: tuple[bool, bool, bool]) -> None:
+    """Long-dead or already-judged hosts never make a later lone death look like a shared cause; only a host up
+    and heard withdraws a silence."""
+    args = {"out_of_service": False, "judged": False, "held": False, **kw}
+    v = view_of(liveness, silence, 1.0, 60.0, **args)
+    assert (v.watched, v.quiet, v.heard) == expected

@@ -98,11 +98,12 @@ async def test_while_reads_lag_nobody_is_declared_unreachable() -> None:
     await lv.attach(rec, object(), agent_pb2.Hello(host_id="h", boot_id="b"), "peer")
     watcher = asyncio.create_task(lv.watch())
     try:
-        for _ in range(20):
-            lv.lag.observe_read_delay(1.0)
+        for i in range(20):
+            lv.lag.observe_read_delay(f"h{i}", 1.0)
         await asyncio.sleep(0.3)
         assert rec.liveness == UP and lv.lag.behind()
-        lv.lag.observe_read_delay(0.0)  # caught up: the recent median drops once the lagging samples are old
+        for i in range(20):
+            lv.lag.observe_read_delay(f"h{i}", 0.0)  # caught up
         await wait_for(lambda: rec.liveness == UNREACHABLE, 3.0, what="unreachable once caught up")
     finally:
         watcher.cancel()
@@ -117,3 +118,14 @@ def test_a_stall_is_counted_once_whoever_notices_it() -> None:
     assert lag.check(t0 + 0.5) > 0.4
     assert lag.check(t0 + 0.5) == 0.0
     assert 0.45 < lag.lost_s < 0.5 and lag.behind(t0 + 0.55) and not lag.behind(t0 + 0.7)
+
+
+def test_one_agent_with_a_wrong_clock_does_not_hold_up_the_fleet() -> None:
+    """The read delay is a median across hosts of each one's latest: one agent sending stale timestamps, however
+    fast, cannot make the inspector believe it is behind (and so stop declaring anybody unreachable)."""
+    lag = Lag(bound_s=0.05, hold_s=0.1)
+    for i in range(5):
+        lag.observe_read_delay(f"h{i}", 0.001)
+    for _ in range(1000):
+        lag.observe_read_delay("liar", 30.0)
+    assert lag.read_delay_s() < 0.05 and not lag.behind()

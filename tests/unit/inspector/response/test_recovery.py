@@ -1,0 +1,160 @@
+"""An incident's life with the real responder, recovery, guard and root causes, and a BMC and controller that
+only count: no path sends a power-off it should not, and no incident is left stuck."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from controller_adapter.base import Bmc, Host
+from doctor_common.api import common_pb2, fault_pb2
+from doctor_common.etcd_guard import EtcdUnavailable
+from doctor_common.lab.cloud import wait_for
+from inspector.ha.etcd_store import Incident
+from inspector.response.alarms import AlarmStore, alarm_from_json, alarm_to_json
+from inspector.response.correlate import ResourceMap
+from inspector.response.durable import NullDurable
+from inspector.response.fencing import FenceResult
+from inspector.response.fleet_guard import FleetGuard, GuardConfig, HostView
+from inspector.response.policy import default_policy
+from inspector.response.recovery import RetryPolicy
+from inspector.response.responder import Responder
+from inspector.response.trigger import Trigger
+from notifier.log import MemoryLog
+from notifier.registry import Registry
+from notifier.server import Publisher
+
+P = fault_pb2.IncidentPhase
+
+
+class Bmcs:
+    """Every host's power, and what was sent to it."""
+
+    timeout_s = 1.0
+
+    def __init__(self) -> None:
+        self.power: dict[str, str] = {}
+        self.sent: list[str] = []
+
+    async def power_state(self, bmc: Bmc, timeout: float | None = None) -> str:
+        return self.power.get(bmc.address, "on")
+
+    async def power_off(self, host: str, bmc: Bmc | None, *, deadline: float | None = None) -> FenceResult:
+        if self.power.get(host, "on") == "off":
+            return FenceResult(True, already_off=True)
+        self.sent.append(host)
+        self.power[host] = "off"
+        return FenceResult(True)
+
+    async def confirm_off(self, host: str, bmc: Bmc | None, *, deadline: float | None = None) -> FenceResult:
+        return FenceResult(self.power.get(host) == "off")
+
+
+class Controller:
+    async def force_down(self, host: str, down: bool = True) -> None:
+        pass
+
+    async def reset_servers_state(self, ids: list[str], state: Any) -> dict[str, Any]:
+        return {}
+
+    async def set_ports_data_plane_status(self, ids: list[str], status: str) -> dict[str, Any]:
+        return {}
+
+
+class Journal(NullDurable):
+    """Standalone's journal, made to fail its first write of a step when told to."""
+
+    def __init__(self) -> None:
+        self.fail_next_step = False
+
+    async def step(self, incident_id: str, step: Any, detail: dict[str, Any]) -> None:
+        if self.fail_next_step:
+            self.fail_next_step = False
+            raise EtcdUnavailable("etcd did not answer in time")
+
+
+class World:
+    def __init__(self, spec: dict[str, tuple[str, str]], cfg: GuardConfig = GuardConfig(settle_s=0.0,
+                                                                                      silence_settle_s=0.0)) -> None:
+        self.resources = ResourceMap(Controller())  # type: ignore[arg-type]
+        self.resources.hosts = {h: Host(h, zone=z, switch=s, bmc=Bmc(h)) for h, (z, s) in spec.items()}
+        self.quiet: set[str] = set()
+        self.alarms = AlarmStore()
+        self.log = MemoryLog(10_000)
+        self.bmcs = Bmcs()
+        self.journal = Journal()
+        self.guard = FleetGuard(cfg, lambda: self.resources.hosts, self.view)
+        self.r = Responder(default_policy(), self.resources, Controller(), self.bmcs, self.alarms,  # type: ignore[arg-type]
+                           Publisher(self.log, Registry()), durable=self.journal, guard=self.guard,
+                           retry=RetryPolicy(0.05, 0.1), rejoin_s=0.2)
+
+    def view(self, host: str) -> HostView:
+        return HostView(True, host in self.quiet)
+
+    def phase(self, host: str) -> int | None:
+        inc = self.alarms.incident(host)
+        return inc.phase if inc else None
+
+    async def fault(self, host: str, fault_type: str, component: str) -> None:
+        await self.r.fault(Trigger(host, fault_type, common_pb2.SEVERITY_CRITICAL, component=component))
+
+    def phases_logged(self, host: str) -> list[int]:
+        return [n.phase for n in self.log._entries for p in n.physical_resource_info if p.physical_resource_id == host]
+
+
+async def test_power_off_evidence_is_confirmed_never_sent() -> None:
+    """The BMC said off while the agent was away; by the time the incident is judged (the budget made it wait)
+    the host is on again: the suspicion is withdrawn and nothing is sent to the BMC."""
+    w = World({f"c{i}": ("az1", "") for i in range(6)},
+              GuardConfig(settle_s=0.0, silence_settle_s=0.0, fence_burst=1, fence_rate_per_minute=600.0))
+    w.bmcs.power.update({"c1": "off", "c2": "off"})
+    await w.fault("c1", "compute.host.power.off", "power")
+    await w.fault("c2", "compute.host.power.off", "power")
+    assert w.phase("c1") == P.INCIDENT_PHASE_MARKED_DOWN and w.phase("c2") == P.INCIDENT_PHASE_SUSPECTED
+    w.bmcs.power["c2"] = "on"  # powered back on before its turn came
+    await wait_for(lambda: w.phase("c2") is None, 5, what="c2 withdrawn")
+    assert w.bmcs.sent == [] and w.phases_logged("c2")[-1] == P.INCIDENT_PHASE_WITHDRAWN
+
+
+async def test_a_journal_failure_after_the_power_off_does_not_leave_the_incident_stuck() -> None:
+    """etcd fails the write that records the fence: the incident is tried again, and ends marked down with its
+    notices, without a second power-off."""
+    w = World({f"c{i}": ("az1", "") for i in range(6)})
+    w.journal.fail_next_step = True
+    await w.fault("c1", "compute.host.nic.down", "nic:eth0")
+    await wait_for(lambda: w.phase("c1") == P.INCIDENT_PHASE_MARKED_DOWN, 5, what="the incident finished")
+    assert w.bmcs.sent == ["c1"]
+    assert w.phases_logged("c1") == [P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_FENCED, P.INCIDENT_PHASE_MARKED_DOWN]
+
+
+async def test_a_new_leader_keeps_a_reported_switch_down_and_its_host_held() -> None:
+    """A monitor reported the switch down and a host behind it lost its link: held. The next leader reads the
+    alarms the previous one left (the switch's word among them) and holds it too; nothing is powered off."""
+    spec = {"a": ("az1", "tor1"), **{f"x{i}": ("az1", f"tor{i + 2}") for i in range(6)}}
+    old = World(spec)
+    old.guard.switch_reported("tor1", True, "all ports down")
+    await old.r.causes.sweep()
+    await old.fault("a", "compute.host.nic.down", "nic:eth0")
+    assert old.phase("a") == P.INCIDENT_PHASE_HELD
+
+    new = World(spec)
+    new.alarms.replace([alarm_from_json(alarm_to_json(a), lambda _i: None, lambda _i: None) for a in old.alarms])
+    new.guard.reset()
+    new.r.causes.took_over()
+    inc = new.alarms.incident("a")
+    assert inc is not None
+    await new.r.recovery.resume(Incident(inc.id, {"alarm_id": inc.id, "actions": []}, ()))
+    await new.r.causes.sweep()
+    await asyncio.sleep(0.4)  # past the new leader's rejoin grace (0.2 s): judged again by now
+    assert new.phase("a") == P.INCIDENT_PHASE_HELD and new.bmcs.sent == []
+
+
+async def test_a_suspicion_nothing_judges_is_judged_by_the_sweep() -> None:
+    """Whatever dropped a suspicion's judgement (a crashed task), the sweep judges it again."""
+    w = World({f"c{i}": ("az1", "") for i in range(6)})
+    w.quiet.add("c1")
+    alarm = await w.r.recovery.suspect(Trigger("c1", "compute.host.unreachable", common_pb2.SEVERITY_CRITICAL,
+                                               component="agent"), default_policy().rules[1])
+    w.r.recovery._deciding.discard(alarm.id)  # as if its task had died
+    await w.r.causes.sweep()
+    await wait_for(lambda: w.phase("c1") == P.INCIDENT_PHASE_MARKED_DOWN, 5, what="judged by the sweep")
