@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from controller_adapter.base import ServerState  # noqa: E402
 from doctor_common.api import common_pb2, fault_pb2  # noqa: E402
 from doctor_common.client import DoctorClient  # noqa: E402
-from doctor_common.lab.cloud import Lab, wait_for  # noqa: E402
+from doctor_common.lab.cloud import NO_FENCING_BUDGET, Lab, wait_for  # noqa: E402
 from doctor_common.timeline import Stage, as_dict, percentile, stage_durations, stage_name  # noqa: E402
 
 HOST = "compute-1"
@@ -34,7 +34,7 @@ MARKED_DOWN = fault_pb2.INCIDENT_PHASE_MARKED_DOWN
 async def measure(servers: int, runs: int) -> dict[str, object]:
     # the same host is fenced again and again here: lift the zone's fencing budget, which would pace it
     lab = Lab(hosts=1, servers_per_host=servers, projects=("tenant",),
-              extra_config="[guard]\nfence_burst = 100000\nfence_rate_per_minute = 100000\n")
+              extra_config=NO_FENCING_BUDGET)
     inbox: list[fault_pb2.FaultNotification] = []
     ready = asyncio.Event()
     await lab.start()

@@ -286,19 +286,18 @@ class Recovery:
         if Stage.STAGE_FENCED not in as_dict(tl):
             stamp(tl, Stage.STAGE_FENCED)
         crashpoint.reached("after_fence")
-        # the owners hear of the power-off now; the controller's work follows as an update
-        jobs = []
+        # the owners hear of the power-off first: published, and their streams given the loop to write it,
+        # before the controller's calls start (dozens of them through openstacksdk compete for the GIL)
         if Step.NOTIFY_FENCED not in done:
-            notice = common_pb2.Timeline()
-            notice.CopyFrom(tl)
-            jobs.append(r.publish(alarm, notice, step=Step.NOTIFY_FENCED, stage=Stage.STAGE_FENCE_PUBLISHED))
+            await r.publish(alarm, tl, step=Step.NOTIFY_FENCED, stage=Stage.STAGE_FENCE_PUBLISHED)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        jobs = []
         if Step.MARK_DOWN not in done:
             jobs.append(self._mark_down(alarm, actions))
         if Step.SERVERS_ERROR not in done:
             jobs.append(self._virtual_resources(alarm, actions))
         await asyncio.gather(*jobs)
-        if Step.NOTIFY_FENCED not in done:  # its stamp joins the incident's timeline (the final notice shows it)
-            stamp(tl, Stage.STAGE_FENCE_PUBLISHED, as_dict(notice)[Stage.STAGE_FENCE_PUBLISHED])
         crashpoint.reached("after_mark_down")
         if "mark_down_error" not in alarm.fault.fault_details:
             alarm.phase = Phase.INCIDENT_PHASE_MARKED_DOWN
