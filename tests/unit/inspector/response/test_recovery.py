@@ -158,3 +158,17 @@ async def test_a_suspicion_nothing_judges_is_judged_by_the_sweep() -> None:
     w.r.recovery._deciding.discard(alarm.id)  # as if its task had died
     await w.r.causes.sweep()
     await wait_for(lambda: w.phase("c1") == P.INCIDENT_PHASE_MARKED_DOWN, 5, what="judged by the sweep")
+
+
+async def test_later_faults_of_a_handled_host_are_recorded_as_derived_and_announced_once() -> None:
+    """The host is fenced for its NIC; its hypervisor check then fails too (twice): the incident records it as
+    a derived fault and announces that once; no second incident, no second power-off."""
+    w = World({f"c{i}": ("az1", "") for i in range(6)})
+    await w.fault("c1", "compute.host.nic.down", "nic:eth0")
+    assert w.phase("c1") == P.INCIDENT_PHASE_MARKED_DOWN
+    before = len(w.log._entries)
+    for _ in range(2):
+        await w.fault("c1", "compute.hypervisor.down", "hypervisor:libvirtd")
+    inc = w.alarms.incident("c1")
+    assert inc is not None and "correlated.compute.hypervisor.down" in inc.fault.fault_details
+    assert len(w.log._entries) == before + 1 and len(w.alarms.on_host("c1")) == 1 and w.bmcs.sent == ["c1"]
