@@ -18,8 +18,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from doctor_common.api import (agent_pb2, agent_pb2_grpc, common_pb2, diagnostics_pb2, diagnostics_pb2_grpc, fault_pb2,
-                               fault_pb2_grpc)
+from doctor_common.api import (
+    agent_pb2,
+    agent_pb2_grpc,
+    common_pb2,
+    diagnostics_pb2,
+    diagnostics_pb2_grpc,
+    fault_pb2,
+    fault_pb2_grpc,
+)
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import Stage, now_ns

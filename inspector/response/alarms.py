@@ -17,7 +17,6 @@ from controller_adapter.base import Port, Server
 from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.timeline import now_ns
 
-
 Phase = fault_pb2.IncidentPhase
 # an incident in one of these phases is withdrawn when its host is heard again (or its component recovers):
 # nothing has been done to the host yet, or fencing failed and is being retried

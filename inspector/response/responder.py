@@ -27,8 +27,8 @@ from inspector.response.alarms import Alarm, AlarmStore, Phase, new_fault
 from inspector.response.correlate import ResourceMap
 from inspector.response.durable import NullDurable
 from inspector.response.fencing import IpmiFencer
-from inspector.response.policy import Policy, Rule
 from inspector.response.fleet_guard import FleetGuard, GuardConfig, HostView
+from inspector.response.policy import Policy, Rule
 from inspector.response.recovery import Recovery, RetryPolicy
 from inspector.response.root_causes import RootCauses
 from inspector.response.trigger import SILENCE, Trigger, start_timeline

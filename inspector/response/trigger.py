@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from doctor_common.api import common_pb2
 from doctor_common.timeline import Stage, stamp
 
-
 SILENCE = "compute.host.unreachable"     # judged from the agent's silence: absence of evidence
 POWER_OFF = "compute.host.power.off"     # the BMC says off while nobody asked: confirmed, never sent
 

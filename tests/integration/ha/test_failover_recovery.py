@@ -16,8 +16,13 @@ from doctor_common.client import DoctorClient
 from doctor_common.lab.cloud import wait_for
 from doctor_common.lab.replicated import HaLab
 from tests.etcd_cluster import EtcdCluster
-from tests.integration.ha.conftest import (INCIDENT_PHASES, assert_delivered_exactly_once, keys_under, phases_of,
-                                          read_log)
+from tests.integration.ha.conftest import (
+    INCIDENT_PHASES,
+    assert_delivered_exactly_once,
+    keys_under,
+    phases_of,
+    read_log,
+)
 
 PROJECTS = ("project-a", "project-b", "project-c")  # servers: vm-1-1 a, vm-1-2 b, vm-2-1 c, vm-2-2 a
 
