@@ -261,6 +261,7 @@ class Inspector:
         log.info("inspector %s serving on %s", self.cfg.node_id, ", ".join(self.cfg.listen))
 
     async def stop(self, grace: float = 1.0) -> None:
+        self.liveness.closing = True  # the agents' streams end because we end them: no agent died
         if self.leadership is not None:
             await self.leadership.stop_campaign()  # hands over at once
         for t in [*self._loops, *self._tasks]:

@@ -62,6 +62,7 @@ class Liveness:
         self.on_change = on_change
         self.lag = lag or Lag(bound_s=max(0.05, timeout_s / 5), hold_s=timeout_s)
         self.hosts: dict[str, HostRecord] = {}
+        self.closing = False  # this inspector is stopping: the streams end because it ends them
 
     def reset(self) -> None:
         """Forget every host (a new term re-derives them from the agents' Hello; older streams are orphaned)."""
@@ -137,6 +138,8 @@ class Liveness:
         if rec.stream is not stream or not self.current(rec):
             return  # replaced by a newer stream of the same host, or a record of an earlier term
         rec.stream, rec.connected = None, False
+        if self.closing:
+            return  # not the agent's doing: it reconnects to the next inspector, which judges it afresh
         if rec.goodbye:
             await self._set(rec, STOPPED)
         elif rec.liveness == UP and self.silence(rec) < self.timeout_s:
