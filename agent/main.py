@@ -194,6 +194,11 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"doctor-agent: bad configuration: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        problems = [f"{args.config}: checkers.{c.name}.{key}: {what}" for c in cfg.checkers
+                    for key, what in (c.check_host() if hasattr(c, "check_host") else [])]
+        if problems:
+            print("doctor-agent: bad configuration for this host:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 2
         print(f"{args.config}: ok (host {cfg.host_id}, checkers: {', '.join(c.name for c in cfg.checkers)})")
         return 0
     setup_logging(cfg.log_level)

@@ -4,6 +4,12 @@ A link counts as up when the kernel says its operational state is UP (carrier
 present and administratively up). Every ``reconcile_s`` the checker asks the
 kernel for each watched link again, in case a netlink datagram was dropped
 (ENOBUFS under a burst, which also triggers an immediate re-read).
+
+An interface the host never had since the agent started is a configuration
+problem, not a NIC fault: it is reported as ``compute.host.agent.misconfigured``
+(a warning for administrators; nothing is fenced for it), and
+``doctor-agent --check-config`` refuses it. An interface seen and then gone is
+a fault like a link down.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from doctor_common.timeline import now_ns
 log = logging.getLogger("doctor.agent.nic")
 
 FAULT_TYPE = "compute.host.nic.down"
+MISCONFIGURED = "compute.host.agent.misconfigured"
 RECV_BYTES = 1 << 16  # a link message with every attribute is ~1.5 KB; the kernel batches several
 
 
@@ -38,6 +45,7 @@ class NicChecker:
         self.netns = netns
         self.reconcile_s = reconcile_s
         self._sequence = itertools.count(1)
+        self._seen: set[str] = set()  # interfaces present at some point since the agent started
 
     @classmethod
     def from_config(cls, cfg: Section, host_id: str) -> "NicChecker":
@@ -48,8 +56,21 @@ class NicChecker:
         cfg.done()
         return checker
 
+    def check_host(self) -> list[tuple[str, str]]:
+        """``--check-config``: (key, problem) for every configured interface this host does not have."""
+        present = present_interfaces(self.interfaces, self.netns)
+        where = f" in network namespace {self.netns}" if self.netns else ""
+        return [("interfaces", f"interface {i!r} does not exist on this host{where} (a typo?)")
+                for i in self.interfaces if i not in present]
+
     def _reading(self, ifname: str, link: rtnetlink.Link | None, observed_ns: int) -> Reading:
         component = f"nic:{ifname}"
+        if (link is None or link.deleted) and ifname not in self._seen:
+            return Reading(component, Status.WARNING, MISCONFIGURED, common_pb2.SEVERITY_WARNING,
+                           f"interface {ifname} does not exist on this host (never seen since the agent started): "
+                           "check [checkers.nic] interfaces", {"interface": ifname, "operstate": "ABSENT"},
+                           observed_ns)
+        self._seen.add(ifname)
         if link is None or link.deleted:
             return Reading(component, Status.FAULT, FAULT_TYPE, common_pb2.SEVERITY_CRITICAL,
                            f"{ifname} is absent", {"interface": ifname, "operstate": "ABSENT"}, observed_ns)
@@ -110,3 +131,24 @@ class NicChecker:
                         yield self._reading(msg.ifname, msg, observed)
         finally:
             sock.close()
+
+
+def present_interfaces(names: list[str], netns: str | None = None, timeout_s: float = 2.0) -> set[str]:
+    """Which of ``names`` the kernel has (in ``netns``), asked once over rtnetlink."""
+    sock = rtnetlink.open_socket(0, netns)
+    try:
+        sock.setblocking(True)
+        sock.settimeout(timeout_s)
+        asked = {}
+        for seq, name in enumerate(names, 1):
+            sock.send(rtnetlink.get_link_request(name, seq))
+            asked[seq] = name
+        found: set[str] = set()
+        while asked:
+            for msg in rtnetlink.decode(sock.recv(RECV_BYTES)):
+                name = asked.pop(msg.sequence, None)  # an Error (ENODEV): not present
+                if isinstance(msg, rtnetlink.Link) and name is not None:
+                    found.add(name)
+        return found
+    finally:
+        sock.close()

@@ -92,7 +92,7 @@ class Lab:
     def __init__(self, hosts: int = 3, servers_per_host: int = 2, projects: tuple[str, ...] = ("project-a", "project-b"),
                  unfenceable: tuple[str, ...] = (), workdir: Path | None = None, netns: bool = True,
                  liveness_timeout_ms: int = 500, heartbeat_interval_ms: int = 100, extra_config: str = "",
-                 switch: str = "", fencing_timeout_s: float = 3.0) -> None:
+                 switch: str = "", fencing_timeout_s: float = 3.0, nic_interfaces: tuple[str, ...] = ("eth0",)) -> None:
         self.tag = secrets.token_hex(2)
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="doctor-lab-"))
         self.own_dir = workdir is None
@@ -111,6 +111,7 @@ class Lab:
         self.extra_config = extra_config  # appended inside [fencing]: keys for it first, then tables of its own
         self.switch = switch              # every host behind this top-of-rack switch (a rack)
         self.fencing_timeout_s = fencing_timeout_s
+        self.nic_interfaces = nic_interfaces  # what each agent's nic checker watches (eth0 is the veth)
         k = 0  # owners round-robin across all servers, so hosts mix projects differently
         for i in range(1, hosts + 1):
             name = f"compute-{i}"
@@ -163,7 +164,8 @@ class Lab:
     def write_agent_files(self, inspectors: list[str], agent_keys: str = "", log_level: str = "warning") -> None:
         """Each host's agent.toml. Without namespaces there is no link of the host's own to watch (lo's operstate
         is "unknown", which the nic checker rightly reports): a trivial command check stands in."""
-        checker = ('[checkers.nic]\ninterfaces = ["eth0"]\n' if self.use_netns
+        listed_nics = ", ".join(f'"{i}"' for i in self.nic_interfaces)
+        checker = (f'[checkers.nic]\ninterfaces = [{listed_nics}]\n' if self.use_netns
                    else '[checkers.exec.commands.alive]\nargv = ["true"]\n')
         listed = ", ".join(f'"{e}"' for e in inspectors)
         for h in self.hosts.values():

@@ -187,11 +187,14 @@ argv = ["true"]
                        "checkers.hypervisor.libvirt_sockets[0]"),
                       ('[checkers.hypervisor]\ndebounce_n = 5\n', "checkers.hypervisor.debounce_n"),
                       ('[checkers.exec]\n', "checkers.exec.commands"),
+                      ('[checkers.nic]\ninterfaces = ["lo", "eht9"]\n', "checkers.nic.interfaces"),
                       ('[checkers.smart]\n', "checkers.smart")]:
         bad = write_config(tmp_path, "127.0.0.1:1", body)
         res = subprocess.run([*AGENT, "--config", str(bad), "--check-config"], capture_output=True, text=True,
                              timeout=60)
         assert res.returncode == 2 and f"{bad}: {key}:" in res.stderr, (key, res.stderr)
+        if key == "checkers.nic.interfaces":  # a typo is named, not only the key
+            assert "'eht9' does not exist on this host" in res.stderr and "'lo'" not in res.stderr
 
 
 # What the daemon must not load (docs/agent.md, "Footprint"): each was megabytes of RSS, grpcio 10 MB and

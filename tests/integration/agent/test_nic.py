@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.checkers.base import Status
-from agent.checkers.nic import FAULT_TYPE, NicChecker
+from agent.checkers.nic import FAULT_TYPE, MISCONFIGURED, NicChecker
 from doctor_common.lab.cloud import ip
 
 from .conftest import Levels
@@ -45,12 +45,14 @@ async def test_carrier_loss_and_return(veth: tuple[str, str], levels: Callable[[
 
 async def test_absent_link_then_created_then_deleted(veth: tuple[str, str],
                                                      levels: Callable[[Any], Levels]) -> None:
-    """A watched link that does not exist is a fault; created and up, it is OK at once (an event, not the
-    reconciliation: reconcile_s is long); deleted, it is absent again. (A veth: no dummy module here.)"""
+    """A watched link the host never had is a configuration problem (a warning for administrators, never the
+    NIC fault that fences); created and up, it is OK at once (an event, not the reconciliation: reconcile_s is
+    long); deleted once seen, it is a fault. (A veth: no dummy module here.)"""
     ns, _ = veth
     async with levels(NicChecker(["eth0", "dummy7"], netns=ns, reconcile_s=30)) as lv:
         now = await lv.until(lambda n: "nic:dummy7" in n and "nic:eth0" in n)
-        assert now["nic:dummy7"].status == Status.FAULT and now["nic:dummy7"].details["operstate"] == "ABSENT"
+        assert now["nic:dummy7"].status == Status.WARNING and now["nic:dummy7"].fault_type == MISCONFIGURED
+        assert "never seen" in now["nic:dummy7"].description and now["nic:dummy7"].details["operstate"] == "ABSENT"
         assert now["nic:eth0"].status == Status.OK
         ip("-n", ns, "link", "add", "dummy7", "type", "veth", "peer", "name", "dummy7p")
         ip("-n", ns, "link", "set", "dummy7p", "up")
@@ -58,7 +60,7 @@ async def test_absent_link_then_created_then_deleted(veth: tuple[str, str],
         await lv.until(lambda n: n["nic:dummy7"].status == Status.OK, what="dummy7 up")
         ip("-n", ns, "link", "del", "dummy7")
         now = await lv.until(lambda n: n["nic:dummy7"].status == Status.FAULT, what="dummy7 deleted")
-        assert now["nic:dummy7"].details["operstate"] == "ABSENT"
+        assert now["nic:dummy7"].details["operstate"] == "ABSENT" and now["nic:dummy7"].fault_type == FAULT_TYPE
         assert now["nic:eth0"].status == Status.OK
 
 
