@@ -134,6 +134,7 @@ class Host:
             iface = "eth0"
         pw = self.tmp / "bmc.pw"
         pw.write_text("bench-secret\n")
+        pw.chmod(0o600)
         sensors = self.tmp / "sensors.json"
         write_sensors(sensors, SENSORS)
         port = free_port(socket.SOCK_DGRAM)

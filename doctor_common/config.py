@@ -123,6 +123,11 @@ class Section:
             raise self.error(name, f"give either {name} or {name}_file, not both")
         if file is not None:
             try:
+                mode = file.stat().st_mode & 0o777
+                if mode & 0o077:
+                    raise self.error(f"{name}_file", f"{file} is open to group or others (mode {mode:04o}): chmod 600 "
+                                                     "it; a secret must be readable by its owner only, as ssh "
+                                                     "requires of a private key")
                 return file.read_text().strip()
             except OSError as exc:
                 raise self.error(f"{name}_file", f"cannot read {file}: {exc.strerror}") from None

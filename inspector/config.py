@@ -57,10 +57,19 @@ def _bmc(s: Section) -> Bmc:
 
 def _auth(a: Section) -> TokenAuth:
     consumers: dict[str, Principal] = {}
+    given: dict[str, str] = {}  # token -> the key that gave it first: one token, one identity
+
+    def once(s: Section, token: str) -> None:
+        if token in given:
+            raise s.error("token", f"is also given to {given[token]}: one token must stand for one identity "
+                                   "(whoever holds it could act as either)")
+        given[token] = s.key("token")
+
     for c in a.sections("consumers"):
         token = c.secret("token")
         if not token:
             raise c.error("token", "is required (token or token_file)")
+        once(c, token)
         admin = c.bool("admin", False)
         project = c.str("project", None)
         if admin == (project is not None):
@@ -72,11 +81,25 @@ def _auth(a: Section) -> TokenAuth:
         token = g.secret("token")
         if not token:
             raise g.error("token", "is required (token or token_file)")
+        once(g, token)
         agents[token] = g.str("host")
         g.done()
     anonymous = a.bool("allow_anonymous_agents", False)
     a.done()
     return TokenAuth(consumers, agents, anonymous)
+
+
+def _listen_address(i: Section, index: int, address: str) -> None:
+    """host:port, [v6]:port, :port (every address) or unix:/path; a missing port would be gRPC's 443."""
+    try:
+        if address.startswith(":"):
+            port = address[1:]
+            if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+        else:
+            parse_endpoint(address)
+    except ValueError as exc:
+        raise i.error(f"listen[{index}]", f"{address!r}: {exc} (host:port, :port or unix:/path)") from None
 
 
 def _advertise(i: Section, listen: list[str]) -> str:
@@ -105,6 +128,8 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
     listen = i.str_list("listen", ["127.0.0.1:50051"])
     if not listen:
         raise i.error("listen", "give at least one address (host:port or unix:/path)")
+    for index, address in enumerate(listen):
+        _listen_address(i, index, address)
     policy_path = i.path("policy", None)
     opts: dict[str, Any] = dict(
         heartbeat_interval_ms=i.int("heartbeat_interval_ms", 500, min=10, max=60000),

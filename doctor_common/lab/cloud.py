@@ -129,8 +129,9 @@ class Lab:
     # -- files ---------------------------------------------------------------------------------
 
     def write_files(self) -> Path:
-        (self.dir / "bmc.pass").write_text(self.bmc_password)
-        (self.dir / "bad.pass").write_text("not-the-password")
+        for name, secret in (("bmc.pass", self.bmc_password), ("bad.pass", "not-the-password")):
+            (self.dir / name).write_text(secret)
+            (self.dir / name).chmod(0o600)  # secrets readable by their owner only (the config refuses others)
         inv = []
         for h in self.hosts.values():
             pw = "bad.pass" if h.name in self.unfenceable else "bmc.pass"

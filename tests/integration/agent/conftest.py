@@ -70,6 +70,7 @@ class Vbmc:
 def vbmc(tmp_path: Path) -> Iterator[Vbmc]:
     password = tmp_path / "bmc.pw"
     password.write_text(f"{uuid.uuid4().hex}\n")
+    password.chmod(0o600)
     sensors = tmp_path / "sensors.json"
     write_sensors(sensors, HEALTHY_SENSORS)
     port = fresh_bmc_port()  # never one an earlier session in this process talked to

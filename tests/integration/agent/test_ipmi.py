@@ -97,6 +97,7 @@ async def test_no_bmc_at_all_is_reported_fast(tmp_path: Any, levels: Callable[[A
     """Nothing listens on the port: the warning comes at the timeout, not after pyghmi's own seconds."""
     pw = tmp_path / "pw"
     pw.write_text("x\n")
+    pw.chmod(0o600)
     sec = Section(tmp_path / "agent.toml", {"address": "127.0.0.1", "port": fresh_bmc_port(), "password_file": str(pw),
                                             "interval_s": 0.1, "timeout_s": 0.3, "debounce_n": 1, "debounce_m": 1},
                   "checkers.ipmi.")

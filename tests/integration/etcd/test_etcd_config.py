@@ -32,6 +32,7 @@ def test_defaults(tmp_path: Path) -> None:
 def test_full_table_with_password_file(tmp_path: Path) -> None:
     """Every key is read; the password comes from a file relative to the config and never shows in repr."""
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o600)
     for name in ("ca.pem", "c.pem", "c.key"):
         (tmp_path / name).write_text("x")
     cfg = load_etcd_config(write(tmp_path, """
@@ -120,6 +121,7 @@ async def test_username_and_password(needs_etcd: str, tmp_path: Path) -> None:
             await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=2)
             await auth.AuthEnable(rpc.AuthEnableRequest(), timeout=2)
         (tmp_path / "pw").write_text("rootpw\n")
+        (tmp_path / "pw").chmod(0o600)
         path = write(tmp_path, f'[etcd]\nendpoints = ["{cluster.endpoints[0]}"]\nprefix = "/nfv-doctor-test/auth"\n'
                                'username = "root"\npassword_file = "pw"\nlease_ttl_s = 1\n')
         cfg = load_etcd_config(path)

@@ -23,6 +23,12 @@ def _write(tmp_path: Path, body: str) -> Path:
     ("[[auth.consumers]]\ntoken = \"t\"\n", "auth.consumers[0].project", "either project"),
     ("[[auth.consumers]]\nproject = \"p\"\n", "auth.consumers[0].token", "required"),
     ("[fencing.bmc.c1]\nport = 623\n", "fencing.bmc.c1.address", "required"),
+    ('[[auth.consumers]]\ntoken = "t"\nproject = "p"\n[[auth.consumers]]\ntoken = "t"\nadmin = true\n',
+     "auth.consumers[1].token", "also given to auth.consumers[0].token"),
+    ('[[auth.consumers]]\ntoken = "t"\nadmin = true\n[[auth.agents]]\nhost = "c1"\ntoken = "t"\n',
+     "auth.agents[0].token", "one token must stand for one identity"),
+    ("[guard]\nmax_silent_share = 1.5\n", "guard.max_silent_share", "at most 1.0"),
+    ('[guard]\nlink_fault_types = ["compute.host.*"]\n', "guard.link_fault_types[0]", "exact fault types"),
 ])
 def test_bad_inspector_config_names_file_and_key(tmp_path: Path, body: str, key: str, words: str) -> None:
     """Each mistake is reported with the file's path and the dotted key, and says what is wrong."""
@@ -63,7 +69,7 @@ async def test_good_config_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("listen, key, words", [
     (":50051", "inspector.advertise", "is a wildcard"),
     ("0.0.0.0:50051", "inspector.advertise", "is a wildcard"),
-    ("localhost:http", "inspector.listen", "port"),
+    ("localhost:http", "inspector.listen[0]", "port"),
 ])
 def test_a_replicated_inspector_must_be_reachable_where_it_says(tmp_path: Path, listen: str, key: str,
                                                                 words: str) -> None:
@@ -76,3 +82,39 @@ def test_a_replicated_inspector_must_be_reachable_where_it_says(tmp_path: Path, 
     with pytest.raises(ConfigError) as err:
         load_inspector_config(p)
     assert err.value.key == key and words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("listen, words", [
+    ("127.0.0.1", "expected host:port"),      # gRPC would listen on 443
+    (":http", "is not a number"),
+    ("unix:relative.sock", "absolute socket path"),
+])
+def test_a_listen_address_needs_a_port(tmp_path: Path, listen: str, words: str) -> None:
+    """A listen address without a port (gRPC would take 443) or otherwise malformed is refused, naming which."""
+    (tmp_path / "inv.toml").write_text(INVENTORY)
+    p = tmp_path / "inspector.toml"
+    p.write_text(f'[inspector]\nnode_id = "n"\nlisten = ["127.0.0.1:50051", "{listen}"]\n'
+                 '[controller.embedded]\ninventory = "inv.toml"\n')
+    with pytest.raises(ConfigError) as err:
+        load_inspector_config(p)
+    assert err.value.key == "inspector.listen[1]" and words in str(err.value), str(err.value)
+
+
+def test_a_secret_file_open_to_others_is_refused(tmp_path: Path) -> None:
+    """A token file readable by group or others is refused, saying to chmod 600 it (as ssh does with a private
+    key); at 0600 it is read."""
+    secret = tmp_path / "admin.token"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    p = _write(tmp_path, f'[[auth.consumers]]\ntoken_file = "{secret}"\nadmin = true\n')
+    with pytest.raises(ConfigError) as err:
+        load_inspector_config(p)
+    assert err.value.key == "auth.consumers[0].token_file" and "chmod 600" in str(err.value)
+    assert "0644" in str(err.value)
+    secret.chmod(0o600)
+    cfg = load_inspector_config(p)
+    try:
+        assert len(cfg.auth._consumers) == 1
+    finally:
+        import asyncio
+        asyncio.run(cfg.controller.close())

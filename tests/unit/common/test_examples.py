@@ -29,6 +29,7 @@ async def test_example_inspector_config_loads(tmp_path: Path) -> None:
     for name in ("tok-epc-vnfm", "tok-noc", "tok-agent-compute-1", "tok-agent-compute-2",
                  "bmc-compute-1.pass", "bmc-compute-2.pass"):
         (tmp_path / name).write_text(name)
+        (tmp_path / name).chmod(0o600)  # as the docs install them
     cfg = load_inspector_config(tmp_path / "inspector.toml")
     try:
         assert cfg.controller.name == "embedded" and cfg.fencing_retry_s == 0.05
@@ -41,6 +42,7 @@ def test_example_agent_config_loads(tmp_path: Path) -> None:
     """examples/agent.toml validates once its token file exists."""
     text = (EXAMPLES / "agent.toml").read_text().replace("/etc/doctor/agent.token", str(tmp_path / "t"))
     (tmp_path / "t").write_text("token")
+    (tmp_path / "t").chmod(0o600)
     (tmp_path / "agent.toml").write_text(text)
     cfg = load_agent_config(tmp_path / "agent.toml")
     assert cfg.host_id == "compute-1" and len(cfg.endpoints) == 2
