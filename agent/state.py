@@ -52,6 +52,16 @@ class AgentState:
         self.changed.set()
         return event
 
+    def resend_levels(self, observed_ns: int) -> None:
+        """Every component's current level again, as new events (the inspector asked: it forgot them)."""
+        for state in list(self.components.values()):
+            self.sequence += 1
+            self.unacked[self.sequence] = agent_pb2.Event(sequence=self.sequence, state=state,
+                                                          observed_unix_nanos=observed_ns)
+        while len(self.unacked) > MAX_UNACKED:
+            self.unacked.popitem(last=False)
+        self.changed.set()
+
     def ack(self, sequence: int) -> None:
         while self.unacked:
             first = next(iter(self.unacked))

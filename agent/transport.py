@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -226,6 +227,9 @@ class AgentLink:
             log.info("inspector redirects to leader %s", msg.redirect.leader_endpoint)
             self._redirect = msg.redirect.leader_endpoint or None
             raise ConnectionError("redirected")
+        elif kind == "resync":
+            log.info("the inspector asks for every component's level again")
+            self.state.resend_levels(time.time_ns())
         elif kind == "config":
             self._accepted = True  # the inspector took the stream (only a leader sends its config)
             if msg.config.heartbeat_interval_ms:

@@ -134,7 +134,7 @@ class DoctorClient:
         stub = diagnostics_pb2_grpc.HostsStub(self._channel)
         return await stub.ListHosts(diagnostics_pb2.ListHostsRequest(), metadata=self._md, timeout=timeout)
 
-    async def enable_host(self, host: str, timeout: float = 10.0) -> diagnostics_pb2.HostInfo:
+    async def enable_host(self, host: str, timeout: float = 10.0, force: bool = False) -> diagnostics_pb2.HostInfo:
         stub = diagnostics_pb2_grpc.HostsStub(self._channel)
-        return await stub.EnableHost(diagnostics_pb2.EnableHostRequest(host_id=host), metadata=self._md,
+        return await stub.EnableHost(diagnostics_pb2.EnableHostRequest(host_id=host, force=force), metadata=self._md,
                                      timeout=timeout)

@@ -90,7 +90,7 @@ async def cmd_hosts(c: DoctorClient, args: argparse.Namespace) -> None:
 
 
 async def cmd_enable_host(c: DoctorClient, args: argparse.Namespace) -> None:
-    h = await c.enable_host(args.host)
+    h = await c.enable_host(args.host, force=args.force)
     print(f"{h.host_id}: {host_status_name(h.host_status)}")
 
 
@@ -154,8 +154,10 @@ def cli(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="role, leader, agents, alarms, subscriptions")
     st.add_argument("--checks", action="store_true", help="also each agent's checkers: runs, failures, crashes")
     sub.add_parser("hosts", help="hosts with their status and liveness")
-    e = sub.add_parser("enable-host", help="declare a fenced host repaired (clears its alarms)")
+    e = sub.add_parser("enable-host", help="declare a fenced host repaired (clears its alarms); refused, saying "
+                                            "why, while its agent or BMC says it is not")
     e.add_argument("host")
+    e.add_argument("--force", action="store_true", help="enable although its agent or BMC says it is not repaired")
     for name, helptext in (("faults", "active faults you may see"), ("subscribe", "stream notifications")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--resource", action="append", help="virtual resource id (repeatable)")

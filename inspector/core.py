@@ -297,6 +297,34 @@ class Inspector:
                                                         or incident.phase == fault_pb2.INCIDENT_PHASE_UNFENCED),
                        held=incident is not None and incident.phase == fault_pb2.INCIDENT_PHASE_HELD)
 
+    async def enable_blockers(self, host: str) -> list[str]:
+        """What still says the host is not fit to serve: its agent's faulty components, an agent not connected,
+        a BMC reporting power off or not answering (``EnableHost`` refuses unless forced)."""
+        wrong = []
+        rec = self.liveness.hosts.get(host)
+        if rec is None or not rec.connected:
+            wrong.append(f"its agent is not connected ({rec.liveness if rec else 'never seen'}): its state is unknown")
+        else:
+            wrong += [f"its agent reports {c.component} {agent_pb2.ComponentStatus.Name(c.status).removeprefix('COMPONENT_STATUS_').lower()}"
+                      f" ({c.fault_type}: {c.description})" for c in rec.components.values() if c.status in FAULTY]
+        bmc = self.responder.bmc_for(host)
+        if bmc is not None:
+            try:
+                if await self.fencer.power_state(bmc, min(5.0, self.fencer.timeout_s)) == "off":
+                    wrong.append("its BMC reports power off: power it on first")
+            except Exception as exc:  # noqa: BLE001 - said, not raised
+                wrong.append(f"its BMC does not answer ({exc or type(exc).__name__}): it could not be fenced again")
+        return wrong
+
+    def resync(self, host: str) -> None:
+        """Forget the host's levels and ask its agent for all of them again: a fault still there is raised anew
+        (the agent sends a level only when it changes)."""
+        rec = self.liveness.hosts.get(host)
+        if rec is not None:
+            rec.components.clear()
+            self._faults_responded = {k for k in self._faults_responded if k[0] != host}
+            rec.resync = True
+
     def guard_status(self) -> diagnostics_pb2.GuardStatus:
         """Whether the fleet guard holds and why, and how far behind this replica runs (Diagnostics)."""
         incidents = self.alarms.incidents() if self.acting else []

@@ -174,15 +174,21 @@ class ConfigHint(_message.Message):
     heartbeat_interval_ms: int
     def __init__(self, heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
+class Resync(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GatewayMessage(_message.Message):
-    __slots__ = ("ack", "redirect", "config")
+    __slots__ = ("ack", "redirect", "config", "resync")
     ACK_FIELD_NUMBER: _ClassVar[int]
     REDIRECT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     redirect: Redirect
     config: ConfigHint
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., redirect: _Optional[_Union[Redirect, _Mapping]] = ..., config: _Optional[_Union[ConfigHint, _Mapping]] = ...) -> None: ...
+    resync: Resync
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., redirect: _Optional[_Union[Redirect, _Mapping]] = ..., config: _Optional[_Union[ConfigHint, _Mapping]] = ..., resync: _Optional[_Union[Resync, _Mapping]] = ...) -> None: ...
 
 class JsonEventReport(_message.Message):
     __slots__ = ("json",)

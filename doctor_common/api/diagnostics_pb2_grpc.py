@@ -174,6 +174,10 @@ class HostsServicer:
     def EnableHost(self, request, context):
         """The administrator declares a fenced host repaired: clear its alarms and
         lift the forced-down state (servers stay as their owners left them).
+        Refused (FAILED_PRECONDITION, naming what is still wrong) while its agent
+        reports a faulty component or is not connected, or its BMC reports power
+        off or does not answer, unless forced. Its agent is then asked for its
+        whole state again, so a fault still there is raised again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -63,6 +63,10 @@ class Replica(Protocol):
 
     def guard_status(self) -> diagnostics_pb2.GuardStatus: ...
 
+    async def enable_blockers(self, host: str) -> list[str]: ...
+
+    def resync(self, host: str) -> None: ...
+
     async def require_leader(self, context: grpc.aio.ServicerContext, key: str = "") -> None: ...
 
 
@@ -123,8 +127,16 @@ class HostsServicer(diagnostics_pb2_grpc.HostsServicer):
         if request.host_id not in self.i.resources.hosts:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"host {request.host_id!r} is not in the inventory")
         await self.i.require_leader(context)
+        if not request.force:
+            wrong = await self.i.enable_blockers(request.host_id)
+            if wrong:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"host {request.host_id} is not ready to serve again: {'; '.join(wrong)}. "
+                                    "Repair it first (docs/fleet-safety.md, \"Bringing a fenced host back\"), or "
+                                    "enable it with force if you know better")
         try:
             await self.i.responder.enable_host(request.host_id)
         except ControllerError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"controller refused: {exc}")
+        self.i.resync(request.host_id)
         return self._info(request.host_id)

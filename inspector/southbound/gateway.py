@@ -145,6 +145,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 if rec.stream is not stream:
                     await context.abort(grpc.StatusCode.ABORTED, "a newer stream of this host took over")
                 await self.liveness.heard(rec)
+                if rec.resync:
+                    rec.resync = False
+                    yield agent_pb2.GatewayMessage(resync=agent_pb2.Resync())
                 kind = msg.WhichOneof("kind")
                 if kind == "events":
                     acked = self._events(rec, msg.events)

@@ -42,6 +42,7 @@ class HostRecord:
     min_read_delay: float = float("inf")  # the stream's smallest heartbeat delay (clock offset + network)
     changed_at: float = 0.0         # monotonic: when its liveness last changed
     host_boot_id: str = ""          # the kernel's boot id, as its agent last reported it
+    resync: bool = False            # ask its agent for every level again (with the next message it sends)
     last_sequence: int = 0          # highest event sequence processed for boot_id
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics

@@ -147,22 +147,51 @@ async def test_fault_present_at_reconnect_is_acted_on(make_lab) -> None:  # type
 
 
 async def test_enable_host_clears_the_incident(make_lab) -> None:  # type: ignore[no-untyped-def]
-    """After repair, EnableHost lifts forced-down and clears the alarm; owners are told it cleared, and
-    QueryFaults no longer lists it."""
+    """EnableHost is refused while the host is still broken, naming what is (its NIC down, its BMC off); once
+    repaired it lifts forced-down and clears the alarm; owners are told it cleared, and QueryFaults no longer
+    lists it."""
+    import grpc
+
     lab = await make_lab(hosts=1, servers_per_host=1, projects=("project-a",))
     c = await make_lab.consumer(lab, "project-a")
     lab.cut_link("compute-1")
     await wait_for(lambda: c.of_phase(MARKED_DOWN), 10, what="notification")
     assert (await c.client.query_faults()).virtual_resource_info
-    admin = lab.tokens["admin"]
     from doctor_common.client import DoctorClient
-    async with DoctorClient(lab.endpoint, admin) as adm:
+    async with DoctorClient(lab.endpoint, lab.tokens["admin"]) as adm:
+        try:
+            await adm.enable_host("compute-1")
+            raise AssertionError("a host with its NIC down and its BMC off was put back in service")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "nic:eth0" in exc.details() and "power off" in exc.details(), exc.details()
+        # the repair: link back, powered on; its agent says the NIC is up
+        lab.restore_link("compute-1")
+        await lab.inspector.fencer.power_on(lab.inspector.responder.bmc_for("compute-1"))
+        nic = lab.inspector.liveness.hosts["compute-1"].components
+        await wait_for(lambda: nic["nic:eth0"].status == 1, 10, what="the NIC up again")
         info = await adm.enable_host("compute-1")
     assert info.host_status == common_pb2.HOST_STATUS_UP and not info.active_alarms
     await wait_for(lambda: len(c.faults) == 4, 10, what="cleared notification")
     assert c.faults[3].virtual_resource_info[0].faults[0].state == common_pb2.ALARM_STATE_CLEARED
     assert c.faults[3].phase == P.INCIDENT_PHASE_CLOSED
     assert not (await c.client.query_faults()).virtual_resource_info
+
+
+async def test_a_forced_enable_raises_a_fault_still_there_again(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """The administrator forces the host back although its link is still down: the inspector asks its agent for
+    every level again, and the NIC fault, unchanged at the agent, is raised again (a new suspicion)."""
+    lab = await make_lab(hosts=1, servers_per_host=1, projects=("project-a",),
+                         extra_config="[guard]\nfence_burst = 10\nfleet_fence_burst = 10\n")
+    c = await make_lab.consumer(lab, "project-a")
+    lab.cut_link("compute-1")
+    await wait_for(lambda: c.of_phase(MARKED_DOWN), 10, what="fenced")
+    await lab.inspector.fencer.power_on(lab.inspector.responder.bmc_for("compute-1"))
+    from doctor_common.client import DoctorClient
+    async with DoctorClient(lab.endpoint, lab.tokens["admin"]) as adm:
+        await adm.enable_host("compute-1", force=True)
+    await wait_for(lambda: c.phases()[3:5] == [P.INCIDENT_PHASE_CLOSED, SUSPECTED], 10, what="raised again")
+    assert c.faults[4].virtual_resource_info[0].faults[0].fault_type == "compute.host.nic.down"
 
 
 async def test_doctorctl_profile_shows_the_faults_stages(make_lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
