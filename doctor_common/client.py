@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
@@ -89,8 +89,14 @@ class DoctorClient:
             call.cancel()
 
     async def subscribe(self, flt: fault_pb2.SubscribeFilter | None = None, resume_after: int = 0,
-                        max_backoff_s: float = 2.0) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
-        """Like subscribe_once, but reconnects and resumes; follows the leader hint of a follower."""
+                        max_backoff_s: float = 2.0,
+                        on_resync: Callable[[str], None] | None = None) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
+        """Like subscribe_once, but reconnects and resumes; follows the leader hint of a follower.
+
+        It never gives up on a cursor the inspector cannot resume from (OUT_OF_RANGE: older than its retention,
+        or beyond its log): it resynchronises with a new subscription, whose first message is a snapshot of
+        everything the caller may see now, and calls ``on_resync`` with the reason. Notifications between the
+        cursor and that snapshot are lost to the caller: treat the snapshot as the truth (the docs say more)."""
         cursor = resume_after
         subscription_id = ""
         backoff = 0.05
@@ -107,6 +113,13 @@ class DoctorClient:
                     backoff = 0.05
                     yield msg
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    log.warning("cannot resume after %d (%s): resynchronising with a new subscription and its "
+                                "snapshot", cursor, exc.details())
+                    if on_resync is not None:
+                        on_resync(exc.details() or "")
+                    cursor, subscription_id, backoff = 0, "", 0.05
+                    continue
                 if exc.code() not in _RETRYABLE:
                     raise
                 leader = leader_hint(exc)

@@ -46,6 +46,7 @@ class InspectorConfig:
     advertise_agents: str = ""           # the endpoint agents are redirected to (default: advertise)
     takeover_grace_s: float = 10.0       # a new leader waits this long for agents that were connected before
     subscription_expiry_s: float = 86400.0
+    notifier_state: str = ""             # standalone: the SQLite file of the log and subscriptions ("" in memory)
 
 
 def _bmc(s: Section) -> Bmc:
@@ -189,6 +190,10 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
     opts["queue_limit"] = n.int("queue_limit", 1000, min=1)
     opts["retention"] = n.int("retention", 10_000, min=1)
     opts["subscription_expiry_s"] = n.float("subscription_expiry_s", 86400.0, min=1.0)
+    state = n.path("state", None)
+    if state is None and backend == "embedded" and isinstance(sub.data.get("state"), str):
+        state = Section(sub.file, dict(sub.data)).path("state").parent / "notifications.sqlite"  # beside it
+    opts["notifier_state"] = str(state) if state is not None else ""
     n.done()
 
     if "etcd" in root.data:

@@ -52,6 +52,7 @@ from inspector.southbound.messages import FAULTY
 from notifier.log import MemoryLog, NotificationLog
 from notifier.registry import NOT_LEADER, Registry
 from notifier.server import FaultManagementServicer, Publisher
+from notifier.sqlite_log import SqliteLog, SqliteRecords, SqliteStore
 from notifier.subscriptions import SubscriptionBook
 
 log = logging.getLogger("doctor.inspector")
@@ -80,8 +81,15 @@ class Inspector:
         self._faults_responded: set[tuple[str, str]] = set()  # (host, component) faulty since its last clear
         self.registry = Registry(cfg.queue_limit)
         self.durable: Any = EtcdDurable(self.leadership.store) if self.leadership else NullDurable()
-        self.log: Any = self.leadership.log if self.leadership else (notification_log or MemoryLog(cfg.retention))
-        self.book = self.leadership.book if self.leadership else SubscriptionBook(None, cfg.subscription_expiry_s)
+        # standalone: the log and the subscriptions in a local SQLite file, so a restart loses nothing
+        self.local = SqliteStore(cfg.notifier_state) if not self.leadership and cfg.notifier_state else None
+        if self.leadership:
+            self.log: Any = self.leadership.log
+            self.book = self.leadership.book
+        else:
+            self.log = notification_log or (SqliteLog(self.local, cfg.retention) if self.local
+                                            else MemoryLog(cfg.retention))
+            self.book = SubscriptionBook(SqliteRecords(self.local) if self.local else None, cfg.subscription_expiry_s)
         # the test hook's "after_publish": the incident's final notice, appended, not yet fanned out
         self.publisher = Publisher(self.log, self.registry, after_append=lambda _seq, stage: crashpoint.reached(
             "after_publish") if stage == Stage.STAGE_PUBLISHED else None)
@@ -254,9 +262,13 @@ class Inspector:
                      self.cfg.node_id, ", ".join(self.cfg.listen), ",".join(e.endpoints), e.prefix, e.lease_ttl_s,
                      self.cfg.advertise)
             return
+        await self.book.load()  # the subscriptions a previous run of this process recorded (if any)
         self._warm_bmcs()
         self._loops = self._leader_loops()
-        log.warning("STANDALONE MODE: one inspector, its state in this process only: NOT highly available "
+        log.warning("STANDALONE MODE: one inspector, its state on this machine only"
+                    + (f" (notifications and subscriptions in {self.cfg.notifier_state})" if self.local else
+                       " (notifications in memory: set [notifier] state to keep them across restarts)")
+                    + ": NOT highly available "
                     "(add an [etcd] table and run several replicas for that; docs/ha.md)")
         log.info("inspector %s serving on %s", self.cfg.node_id, ", ".join(self.cfg.listen))
 
@@ -275,6 +287,8 @@ class Inspector:
             await self.leadership.close()
         await self.fencer.close()
         await self.controller.close()
+        if self.local is not None:
+            await self.local.close()
 
     def _leader_loops(self) -> list[asyncio.Task[Any]]:
         """What the acting replica runs: its own lag, liveness, shared causes, the resource map's refresh."""

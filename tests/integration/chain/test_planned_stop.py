@@ -13,6 +13,6 @@ async def test_stopping_the_inspector_raises_no_agent_alarm(make_lab) -> None:  
     inspector = lab.inspector
     await inspector.stop(0.2)
     lab.inspector = None  # stopped already: the lab's teardown must not stop it again
-    logged = [f.fault_type for n in inspector.log._entries for p in n.physical_resource_info for f in p.faults]
+    logged = [f.fault_type for n in inspector.log._cache for p in n.physical_resource_info for f in p.faults]
     assert "compute.host.agent.down" not in logged and len(inspector.alarms) == 0
     assert {r.liveness for r in inspector.liveness.hosts.values()} == {"up"}
