@@ -39,7 +39,7 @@ from inspector.operator.faultview import FaultView
 from inspector.response import crashpoint
 from inspector.response.alarms import AlarmStore, alarm_from_json
 from inspector.response.correlate import ResourceMap
-from inspector.response.durable import EtcdDurable, NullDurable
+from inspector.response.durable import EtcdDurable, LocalDurable, NullDurable
 from inspector.response.fencing import IpmiFencer
 from inspector.response.fleet_guard import FleetGuard, HostView, view_of
 from inspector.response.responder import Responder
@@ -52,7 +52,7 @@ from inspector.southbound.messages import FAULTY
 from notifier.log import MemoryLog, NotificationLog
 from notifier.registry import NOT_LEADER, Registry
 from notifier.server import FaultManagementServicer, Publisher
-from notifier.sqlite_log import SqliteLog, SqliteRecords, SqliteStore
+from notifier.sqlite_log import SqliteLog, SqliteRecords, SqliteState, SqliteStore
 from notifier.subscriptions import SubscriptionBook
 
 log = logging.getLogger("doctor.inspector")
@@ -80,9 +80,11 @@ class Inspector:
         self.alarms = AlarmStore()
         self._faults_responded: set[tuple[str, str]] = set()  # (host, component) faulty since its last clear
         self.registry = Registry(cfg.queue_limit)
-        self.durable: Any = EtcdDurable(self.leadership.store) if self.leadership else NullDurable()
-        # standalone: the log and the subscriptions in a local SQLite file, so a restart loses nothing
+        # standalone: the log, the subscriptions, the alarms and the journal in a local SQLite file, so a restart
+        # loses nothing and carries on like a new leader does
         self.local = SqliteStore(cfg.notifier_state) if not self.leadership and cfg.notifier_state else None
+        self.durable: Any = (EtcdDurable(self.leadership.store) if self.leadership else
+                             LocalDurable(SqliteState(self.local), cfg.node_id) if self.local else NullDurable())
         if self.leadership:
             self.log: Any = self.leadership.log
             self.book = self.leadership.book
@@ -169,21 +171,7 @@ class Inspector:
             await self.resources.load()
         except Exception as exc:  # noqa: BLE001 - a controller outage must not stop a takeover: the map is cached
             log.warning("could not refresh the resource map at takeover, using the cached one: %s", exc)
-        alarms, hosts, incidents = await self.durable.load()
-        self.alarms.replace([alarm_from_json(d, self.resources.servers.get, self.resources.ports.get)
-                             for d in alarms.values()])
-        await self.book.load()
-        self.guard.reset()
-        self.responder.causes.took_over()
-        self.liveness.reset()
-        for h, d in hosts.items():  # a host that rebooted during the takeover is still told apart
-            if d.get("host_boot_id"):
-                self.liveness.record(h).host_boot_id = str(d["host_boot_id"])
-        expected = {h for h, d in hosts.items() if d.get("liveness") == UP and h in self.resources.hosts}
-        # a host suspected for silence and not fenced yet is judged afresh: declared again only if still silent
-        expected |= {a.host for a in self.alarms.incidents() if a.silence and a.withdrawable}
-        for host in expected:  # connected to the previous leader: noticed if they do not come back
-            self.liveness.expect(host, self.cfg.takeover_grace_s)
+        incidents, expected = await self._restore()
         self._epoch += 1
         self.acting, self.role = True, "leader"
         await self._set_health(True)
@@ -204,6 +192,26 @@ class Inspector:
             for t in loops:
                 t.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _restore(self) -> tuple[dict[str, Any], set[str]]:
+        """Carry on from what the previous leader (or this process's previous run) left: alarms, subscriptions,
+        the hosts it had up (expected back within the takeover grace), the incidents to finish."""
+        alarms, hosts, incidents = await self.durable.load()
+        self.alarms.replace([alarm_from_json(d, self.resources.servers.get, self.resources.ports.get)
+                             for d in alarms.values()])
+        await self.book.load()
+        self.guard.reset()
+        self.responder.causes.took_over()
+        self.liveness.reset()
+        for h, d in hosts.items():  # a host that rebooted meanwhile is still told apart
+            if d.get("host_boot_id"):
+                self.liveness.record(h).host_boot_id = str(d["host_boot_id"])
+        expected = {h for h, d in hosts.items() if d.get("liveness") == UP and h in self.resources.hosts}
+        # a host suspected for silence and not fenced yet is judged afresh: declared again only if still silent
+        expected |= {a.host for a in self.alarms.incidents() if a.silence and a.withdrawable}
+        for host in expected:  # connected before: noticed if they do not come back
+            self.liveness.expect(host, self.cfg.takeover_grace_s)
+        return incidents, expected
 
     async def follow(self) -> None:
         """Not (or no longer) leading: stop acting now, end every stream so it reconnects to the leader."""
@@ -262,7 +270,13 @@ class Inspector:
                      self.cfg.node_id, ", ".join(self.cfg.listen), ",".join(e.endpoints), e.prefix, e.lease_ttl_s,
                      self.cfg.advertise)
             return
-        await self.book.load()  # the subscriptions a previous run of this process recorded (if any)
+        incidents, expected = await self._restore()  # what a previous run of this process left, if anything
+        for inc in incidents.values():
+            self._act(self.responder.recovery.resume(inc), f"finishing incident {inc.incident_id}")
+        if incidents or expected or len(self.alarms):
+            log.warning("carrying on from the previous run: %d alarms, %d incidents to finish, %d subscriptions, "
+                        "log at %d; waiting up to %.1fs for %d agents", len(self.alarms), len(incidents),
+                        len(self.book.records), self.log.last_sequence, self.cfg.takeover_grace_s, len(expected))
         self._warm_bmcs()
         self._loops = self._leader_loops()
         log.warning("STANDALONE MODE: one inspector, its state on this machine only"
@@ -411,7 +425,7 @@ class Inspector:
     async def _liveness_changed(self, rec: HostRecord, old: str, new: str) -> None:
         if not self.acting or not self.liveness.current(rec):
             return
-        if self.leadership is not None:
+        if self.leadership is not None or self.local is not None:
             self._act(self.durable.save_host(rec.host_id, new, rec.boot_id, rec.host_boot_id),
                       f"liveness of {rec.host_id}")
         now = now_ns()

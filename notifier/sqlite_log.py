@@ -31,7 +31,9 @@ T = TypeVar("T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (sequence INTEGER PRIMARY KEY, notification BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS subscriptions (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state (kind TEXT NOT NULL, id TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, id));
 """
+Op = Callable[[sqlite3.Connection], None]  # a write applied in the same transaction as a log append
 CACHED = 1000  # the newest entries held in memory too: what resuming consumers usually read
 
 
@@ -91,24 +93,27 @@ class SqliteLog:
     async def load(self) -> int:
         return self._last
 
-    async def append(self, notification: fault_pb2.FaultNotification, *, also: Sequence[Any] = ()) -> int:
-        if also:
-            raise ValueError("SqliteLog cannot apply storage operations")
+    async def append(self, notification: fault_pb2.FaultNotification, *, also: Sequence[Op] = ()) -> int:
+        """Store the notification (and apply ``also``, the responder's state writes) in one transaction."""
         seq = self._last + 1
         notification.sequence = seq
         blob = notification.SerializeToString()
-        await self.store.run(self._insert, seq, blob)  # committed before anyone is offered it
+        await self.store.run(self._insert, seq, blob, list(also))  # committed before anyone is offered it
         self._last = seq
         self._cache.append(notification)
         if seq - self._first >= self.retention:
             self._first = seq - self.retention + 1
         return seq
 
-    def _insert(self, seq: int, blob: bytes) -> None:
+    def _insert(self, seq: int, blob: bytes, also: list[Op]) -> None:
         db = self.store._db
-        db.execute("INSERT INTO log(sequence, notification) VALUES (?, ?)", (seq, blob))
-        if seq % 100 == 0:  # retention, in batches
-            db.execute("DELETE FROM log WHERE sequence <= ?", (seq - self.retention,))
+        with db:
+            db.execute("BEGIN")
+            db.execute("INSERT INTO log(sequence, notification) VALUES (?, ?)", (seq, blob))
+            for op in also:
+                op(db)
+            if seq % 100 == 0:  # retention, in batches
+                db.execute("DELETE FROM log WHERE sequence <= ?", (seq - self.retention,))
 
     async def read(self, after: int, up_to: int) -> list[fault_pb2.FaultNotification]:
         if after >= up_to:
@@ -142,3 +147,46 @@ class SqliteRecords:
     async def items(self) -> dict[str, Any]:
         rows = await self.store.run(lambda: self.store._db.execute("SELECT id, record FROM subscriptions").fetchall())
         return {rid: json.loads(rec) for rid, rec in rows}
+
+
+class SqliteState:
+    """Keyed JSON values by kind (alarms, hosts, incidents, steps) for the standalone responder's durable state
+    (``inspector/response/durable.py``): written alone, or as ops inside a log append."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def put_op(kind: str, item_id: str, value: Any) -> Op:
+        data = json.dumps(value)
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO state(kind, id, value) VALUES (?, ?, ?) "
+                       "ON CONFLICT(kind, id) DO UPDATE SET value=excluded.value", (kind, item_id, data))
+        return put
+
+    @staticmethod
+    def delete_op(kind: str, item_id: str) -> Op:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM state WHERE kind=? AND id=?", (kind, item_id))
+        return delete
+
+    @staticmethod
+    def delete_prefix_op(kind: str, prefix: str) -> Op:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM state WHERE kind=? AND substr(id, 1, ?)=?", (kind, len(prefix), prefix))
+        return delete
+
+    async def apply(self, *ops: Op) -> None:
+        def tx() -> None:
+            db = self.store._db
+            with db:
+                db.execute("BEGIN")
+                for op in ops:
+                    op(db)
+        await self.store.run(tx)
+
+    async def items(self, kind: str) -> dict[str, Any]:
+        rows = await self.store.run(lambda: self.store._db.execute(
+            "SELECT id, value FROM state WHERE kind=? ORDER BY rowid", (kind,)).fetchall())
+        return {rid: json.loads(value) for rid, value in rows}

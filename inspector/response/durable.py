@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.shielded import start_shielded
-from inspector.ha.etcd_store import EtcdStore, Incident, Step, json_codec
+from inspector.ha.etcd_store import EtcdStore, Incident, Step, StepRecord, json_codec
 from inspector.ha.term import Term
 from inspector.response.alarms import Alarm, alarm_to_json
+from notifier.sqlite_log import SqliteState
 
 log = logging.getLogger("doctor.inspector.durable")
 T = TypeVar("T")
@@ -58,6 +60,9 @@ class NullDurable:
 
     async def save_host(self, host: str, liveness: str, boot_id: str, host_boot_id: str = "") -> None:
         return None
+
+    async def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Incident]]:
+        return {}, {}, {}
 
 
 class EtcdDurable(NullDurable):
@@ -127,6 +132,54 @@ class EtcdDurable(NullDurable):
         alarms, hosts, incidents = await asyncio.gather(self.alarms.items(), self.hosts.items(),
                                                         self.store.incidents())
         return alarms, hosts, incidents
+
+
+class LocalDurable(NullDurable):
+    """Standalone with a local file (``[notifier] state``): alarms, hosts and the recovery journal in SQLite,
+    each alarm change in the same transaction as the log append announcing it, so a restart carries on like
+    a new leader does (only this process ever acts: no term to check)."""
+
+    def __init__(self, state: SqliteState, node_id: str = "") -> None:
+        self.state = state
+        self.node_id = node_id
+
+    async def open_incident(self, alarm: Alarm, actions: Sequence[str]) -> None:
+        data = {"alarm_id": alarm.id, "host": alarm.host, "actions": sorted(actions)}
+        await self.state.apply(self.state.put_op("incidents", alarm.id, data),
+                               self.state.put_op("alarms", alarm.id, alarm_to_json(alarm)))
+
+    async def step(self, incident_id: str, step: Step, detail: dict[str, Any]) -> None:
+        await self.state.apply(self._step_op(incident_id, step, detail))
+
+    def _step_op(self, incident_id: str, step: Step, detail: dict[str, Any] | None) -> Any:
+        record = {"step": str(step), "node_id": self.node_id, "time_unix": time.time(), "detail": detail or {}}
+        return self.state.put_op("steps", f"{incident_id}/{step}", record)
+
+    async def close_incident(self, incident_id: str) -> None:
+        await self.state.apply(self.state.delete_op("incidents", incident_id),
+                               self.state.delete_prefix_op("steps", f"{incident_id}/"))
+
+    def publish_ops(self, alarm: Alarm, *, cleared: bool = False, step: Step | None = None,
+                    detail: dict[str, Any] | None = None) -> list[Any]:
+        ops = [self.state.delete_op("alarms", alarm.id) if cleared
+               else self.state.put_op("alarms", alarm.id, alarm_to_json(alarm))]
+        if step is not None:
+            ops.append(self._step_op(alarm.id, step, detail))
+        return ops
+
+    async def save_host(self, host: str, liveness: str, boot_id: str, host_boot_id: str = "") -> None:
+        await self.state.apply(self.state.put_op("hosts", host, {"liveness": liveness, "boot_id": boot_id,
+                                                                 "host_boot_id": host_boot_id}))
+
+    async def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Incident]]:
+        alarms, hosts, incidents, steps = await asyncio.gather(
+            self.state.items("alarms"), self.state.items("hosts"), self.state.items("incidents"),
+            self.state.items("steps"))
+        by_incident: dict[str, list[StepRecord]] = {}
+        for order, (key, s) in enumerate(steps.items()):
+            by_incident.setdefault(key.split("/", 1)[0], []).append(StepRecord(
+                s["step"], 0, s.get("node_id", ""), float(s.get("time_unix", 0)), s.get("detail", {}), order))
+        return alarms, hosts, {i: Incident(i, d, tuple(by_incident.get(i, ()))) for i, d in incidents.items()}
 
 
 def _log_refusal(task: "asyncio.Task[Any]", what: str) -> None:

@@ -75,8 +75,9 @@ class RootCauses:
         """A new term with the previous leader's alarms: restore the switches reported down, and release
         nothing until the agents had their grace to come back."""
         self._dirty.clear()
-        self._quiet_until = time.monotonic() + self.rejoin_s
-        for key, root in self.roots().items():
+        roots = self.roots()
+        self._quiet_until = time.monotonic() + self.rejoin_s if roots else 0.0  # nothing carried: nothing to keep
+        for key, root in roots.items():
             reported = root.fault.fault_details.get("reported")
             if key.startswith("switch:") and reported:
                 self.guard.switch_reported(key.split(":", 1)[1], True, reported)

@@ -19,9 +19,8 @@ MARKED_DOWN = fault_pb2.INCIDENT_PHASE_MARKED_DOWN
 async def test_a_restart_continues_the_sequence_and_every_consumer_resumes(make_lab) -> None:  # type: ignore[no-untyped-def]
     """compute-1 fails and is handled (notices 1-3); the inspector stops; compute-2's link fails while it is
     down (its agent holds the event); a new inspector starts from the same files: the sequence goes on at 4,
-    the consumer's subscription is recognised, and it receives every notification once, in order, up to
-    compute-2's. (Alarms are not kept across a standalone restart yet: compute-1, still down, is announced
-    again as its agent's Hello says so.)"""
+    the consumer's subscription is recognised, and it receives 1..6, each once, in order. compute-1's incident,
+    kept in the same file, is not announced again."""
     lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",))
     client = DoctorClient(lab.endpoint, lab.tokens["admin"])
     received: list[fault_pb2.FaultNotification] = []
@@ -49,9 +48,10 @@ async def test_a_restart_continues_the_sequence_and_every_consumer_resumes(make_
                        for n in received)
         await wait_for(compute2_done, 20, what="compute-2's notices after the restart")
         await asyncio.sleep(0.3)  # anything still on its way
-        seqs = [n.sequence for n in received]
-        assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 6, f"a gap or a duplicate: {seqs}"
-        assert seqs[-1] == lab.inspector.log.last_sequence
+        assert [n.sequence for n in received] == [1, 2, 3, 4, 5, 6]
+        assert {n.physical_resource_info[0].physical_resource_id for n in received[3:]} == {"compute-2"}
+        assert lab.inspector.log.last_sequence == 6 and lab.power("compute-1") == ("off", 1)
+        assert len(lab.inspector.alarms.incidents()) == 2, "compute-1's incident carried over"
         assert len(snapshots) == 2 and snapshots[0] == snapshots[1], "the same subscription, resumed"
     finally:
         task.cancel()
