@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doctor_common.lab.vbmc import read_state
+from doctor_common.lab.vbmc import read_state, write_sensors
 
 PY = sys.executable
 # for benches that fence the same host again and again: the fleet guard's budgets would pace them
@@ -92,7 +92,8 @@ class Lab:
     def __init__(self, hosts: int = 3, servers_per_host: int = 2, projects: tuple[str, ...] = ("project-a", "project-b"),
                  unfenceable: tuple[str, ...] = (), workdir: Path | None = None, netns: bool = True,
                  liveness_timeout_ms: int = 500, heartbeat_interval_ms: int = 100, extra_config: str = "",
-                 switch: str = "", fencing_timeout_s: float = 3.0, nic_interfaces: tuple[str, ...] = ("eth0",)) -> None:
+                 switch: str = "", fencing_timeout_s: float = 3.0, nic_interfaces: tuple[str, ...] = ("eth0",),
+                 sensors: list[dict[str, Any]] | None = None) -> None:
         self.tag = secrets.token_hex(2)
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="doctor-lab-"))
         self.own_dir = workdir is None
@@ -112,6 +113,11 @@ class Lab:
         self.switch = switch              # every host behind this top-of-rack switch (a rack)
         self.fencing_timeout_s = fencing_timeout_s
         self.nic_interfaces = nic_interfaces  # what each agent's nic checker watches (eth0 is the veth)
+        # sensors: each host's virtual BMC serves these (write_sensors' format) and its agent's ipmi checker reads
+        # them over the LAN; agents outside namespaces only (the BMCs listen on the root namespace's loopback)
+        self._sensor_spec = sensors
+        if sensors is not None and netns:
+            raise ValueError("a lab with sensors runs its agents outside network namespaces (netns=False)")
         k = 0  # owners round-robin across all servers, so hosts mix projects differently
         for i in range(1, hosts + 1):
             name = f"compute-{i}"
@@ -125,6 +131,8 @@ class Lab:
             self.hosts[name] = h
         self.inspector: Any = None
         self._created_netns: list[str] = []
+        self.sensors = ({h: [dict(x) for x in self._sensor_spec] for h in self.hosts}
+                        if self._sensor_spec is not None else None)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -170,10 +178,13 @@ class Lab:
                    else '[checkers.exec.commands.alive]\nargv = ["true"]\n')
         listed = ", ".join(f'"{e}"' for e in inspectors)
         for h in self.hosts.values():
+            ipmi = (f'[checkers.ipmi]\naddress = "127.0.0.1"\nport = {h.bmc_port}\nusername = "admin"\n'
+                    f'password_file = "{self.dir / "bmc.pass"}"\ninterval_s = 0.1\ntimeout_s = 10\n'
+                    'debounce_n = 1\ndebounce_m = 1\n' if self.sensors is not None else "")
             (self.dir / f"{h.name}.agent.toml").write_text(
                 f'[agent]\nhost_id = "{h.name}"\ninspector = [{listed}]\ntoken = "{h.agent_token}"\n'
                 f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\n{agent_keys}log_level = "{log_level}"\n\n'
-                f'{checker}')
+                f'{checker}{ipmi}')
 
     # -- parts ---------------------------------------------------------------------------------
 
@@ -189,10 +200,14 @@ class Lab:
     async def start_bmc(self, h: LabHost, power: str = "on", attempts: int = 5) -> None:
         """Start the host's virtual BMC; a port taken since it was picked gets a fresh one."""
         env = dict(os.environ, VBMC_PASSWORD=self.bmc_password)
+        extra: list[str] = []
+        if self.sensors is not None:
+            self.publish_sensors(h.name)
+            extra = ["--sensors-file", str(self._sensors_file(h.name))]
         for _ in range(attempts):
             h.bmc_proc = await asyncio.create_subprocess_exec(
                 PY, "-m", "doctor_common.lab.vbmc", "--port", str(h.bmc_port), "--state-file", str(h.bmc_state),
-                "--power", power, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+                "--power", power, *extra, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
             assert h.bmc_proc.stdout is not None
             line = await asyncio.wait_for(h.bmc_proc.stdout.readline(), 15)
             if b"listening" in line:
@@ -277,6 +292,19 @@ class Lab:
         if proc is not None and proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+    def _sensors_file(self, host: str) -> Path:
+        return self.dir / f"{host}.sensors.json"
+
+    def publish_sensors(self, host: str) -> None:
+        assert self.sensors is not None, "this lab has no sensors"
+        write_sensors(self._sensors_file(host), self.sensors[host])
+
+    def set_sensor(self, host: str, name: str, **values: Any) -> None:
+        """Change one sensor of the host's BMC (e.g. value=1200 for a slowing fan): its agent reads it next."""
+        assert self.sensors is not None, "this lab has no sensors"
+        next(s for s in self.sensors[host] if s["name"] == name).update(values)
+        self.publish_sensors(host)
 
     def freeze_bmc(self, host: str) -> None:
         """The host's BMC stops answering (SIGSTOP): a dead BMC, as fencing sees it."""

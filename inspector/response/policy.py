@@ -66,13 +66,18 @@ class Policy:
 FENCE_ALL = frozenset({"fence", "mark_down", "reset_servers", "ports_down", "notify"})
 
 DEFAULT_RULES = [
-    # the host is gone or cut off: fence it, then hand its servers to their owners
+    # the host is gone or cut off: fence it, then hand its servers to their owners (the fleet guard judges first)
     Rule("nic-down", ("compute.host.nic.down",), FENCE_ALL, severity_from_name("critical")),
     Rule("host-unreachable", ("compute.host.unreachable",), FENCE_ALL, severity_from_name("major")),
     Rule("power-failure", ("compute.host.power.*",), FENCE_ALL, severity_from_name("critical")),
-    # agent death is not host death (principle 4): administrators only
+    # the seeds' southbound example: a monitor says the host is down (its sample inspector marks it down)
+    Rule("host-down", ("compute.host.down",), FENCE_ALL, severity_from_name("critical")),
+    # agent death (or its misconfiguration) is not host death (principle 4): administrators only
     Rule("agent-down", ("compute.host.agent.*",), frozenset({"notify_admin"})),
-    # everything else a host reports (hypervisor, sensors, operator checks): tell the owners
+    # the annex: a disk crash behind redundant storage is for OAM, not for the owners
+    Rule("disk", ("compute.host.disk.*",), frozenset({"notify_admin"})),
+    # everything else a host reports (CPU, memory, mainboard, OS crash, hypervisor, sensors, restarts, operator
+    # checks) from warning up: tell the owners at once, so they switch over or migrate (the annex's actions)
     Rule("other", ("*",), frozenset({"notify"}), severity_from_name("warning")),
 ]
 

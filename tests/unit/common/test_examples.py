@@ -13,7 +13,9 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 def test_example_policy_loads() -> None:
     """examples/policy.toml parses and its first rule fences on NIC down."""
     policy = load_policy(EXAMPLES / "policy.toml")
-    assert policy.rules[0].fences and policy.rules[2].count == 3
+    assert policy.rules[0].fences and policy.rules[2].fences and policy.rules[3].count == 3
+    # a steady IPMI warning reaches its owners (fault prediction): nothing aggregates it away
+    assert policy.decide("h", "compute.host.ipmi.fan", 3).actions == frozenset({"notify"})
 
 
 async def test_example_inspector_config_loads(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import pytest
 
 from doctor_common.api import common_pb2
 from doctor_common.config import ConfigError
-from inspector.response.policy import default_policy, load_policy
+from doctor_common.faults import severity_from_name
+from inspector.response.policy import FENCE_ALL, default_policy, load_policy
 
 CRIT, MAJOR, WARN = common_pb2.SEVERITY_CRITICAL, common_pb2.SEVERITY_MAJOR, common_pb2.SEVERITY_WARNING
 
@@ -48,3 +49,17 @@ def test_bad_policy_file_names_the_rule_and_key(tmp_path: Path, rule: str, key: 
     with pytest.raises(ConfigError) as err:
         load_policy(f)
     assert err.value.key == key and words in str(err.value) and str(f) in str(err.value)
+
+
+@pytest.mark.parametrize("fault_type, severity, actions", [
+    ("compute.host.down", "critical", FENCE_ALL),                       # the seeds' southbound example
+    ("compute.host.nic.down", "critical", FENCE_ALL),
+    ("compute.host.memory.failure", "critical", frozenset({"notify"})),  # the annex: switch to hot standby
+    ("compute.host.ipmi.fan", "warning", frozenset({"notify"})),        # fault prediction reaches the owners
+    ("compute.host.disk.crash", "indeterminate", frozenset({"notify_admin"})),  # the annex: inform OAM
+    ("compute.host.agent.misconfigured", "warning", frozenset({"notify_admin"})),
+])
+def test_the_default_policy_for_the_seeds_faults(fault_type: str, severity: str, actions: frozenset[str]) -> None:
+    """The seeds' southbound types and the annex's host faults map to sensible default actions."""
+    rule = default_policy().decide("h", fault_type, severity_from_name(severity))
+    assert rule is not None and rule.actions == actions, (fault_type, rule)
