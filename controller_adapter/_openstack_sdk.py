@@ -58,15 +58,27 @@ def connect(settings: Settings) -> Any:
                                    tls_min_version=getattr(old, "tls_min_version", None))
         http.mount("https://", pool)
         http.mount("http://", pool)
-        # authenticate and discover both endpoints now, on one thread: the proxies are created lazily
-        # and unsynchronised inside the SDK
+        # authenticate and discover Nova now; Neutron on first use (``network``): a Neutron that does not
+        # answer must not keep Nova's operations (force-down, resets) from working
         conn.authorize()
         conn.compute.get_endpoint_data()
-        conn.network.get_endpoint_data()
     except BaseException:
         conn.close()  # the next call starts afresh; do not leak this one's sockets
         raise
     return conn
+
+
+_NETWORK_LOCK = threading.Lock()
+
+
+def network(conn: Any) -> Any:
+    """The network proxy, its endpoint discovered once (the SDK creates proxies lazily and unsynchronised: one
+    thread at a time here); a discovery that fails is tried again by the next network call."""
+    with _NETWORK_LOCK:
+        if not getattr(conn, "_doctor_network_ready", False):
+            conn.network.get_endpoint_data()
+            conn._doctor_network_ready = True
+    return conn.network
 
 
 def supports(conn: Any, microversion: str) -> bool:
@@ -219,21 +231,21 @@ def busy_migrations(conn: Any, host: str) -> list[Any]:
 
 
 def ports(conn: Any, host: str) -> list[Port]:
-    return sorted((to_port(p) for p in conn.network.ports(**{"binding:host_id": host})), key=lambda p: p.id)
+    return sorted((to_port(p) for p in network(conn).ports(**{"binding:host_id": host})), key=lambda p: p.id)
 
 
 def all_ports(conn: Any) -> list[Port]:
-    bound = (to_port(p) for p in conn.network.ports())
+    bound = (to_port(p) for p in network(conn).ports())
     return sorted((p for p in bound if p.host), key=lambda p: p.id)
 
 
 def has_extension(conn: Any, alias: str) -> bool:
     # one GET of the list: find_extension() would GET the alias, then the list on a 404
-    return any(e.alias == alias for e in conn.network.extensions())
+    return any(e.alias == alias for e in network(conn).extensions())
 
 
 def set_data_plane_status(conn: Any, port_id: str, status: str) -> None:
-    conn.network.update_port(port_id, data_plane_status=status)
+    network(conn).update_port(port_id, data_plane_status=status)
 
 
 def move(conn: Any, server_id: str, kind: str, target: str | None) -> None:

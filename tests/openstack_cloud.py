@@ -186,6 +186,7 @@ class FakeCloud:
         # True: a migration finishes within the request; False: it stays "running" until complete_migrations()
         self.instant_migrations = instant_migrations
         self.latency_s = 0.0  # added to every Nova/Neutron request, outside the state lock
+        self.network_url: str | None = None  # Neutron's endpoint in the catalog (default: this server's; "": none)
         self.token = TOKEN  # the one valid token; revoke_tokens() replaces it
         self._lock = threading.Lock()
         self._services: dict[str, Service] = {}
@@ -355,6 +356,11 @@ class FakeCloud:
         with self._lock:
             self._rules.append(_Rule(method, re.compile(path_regex), times, status=status))
 
+    def clear_rules(self) -> None:
+        """Forget every failure and stall still pending."""
+        with self._lock:
+            self._rules.clear()
+
     def stall(self, method: str, path_regex: str, seconds: float, times: int = 1) -> Stall:
         """Hold the next ``times`` matching requests for ``seconds``, or until released, or until stop()."""
         stall = Stall(seconds, threading.Event(), threading.Event())
@@ -464,7 +470,8 @@ class FakeCloud:
             "roles": [{"id": "r-admin", "name": "admin"}],
             "catalog": [endpoint("identity", "keystone", f"{self.url}/identity"),
                         endpoint("compute", "nova", f"{self.url}/compute/v2.1"),
-                        endpoint("network", "neutron", f"{self.url}/network")],
+                        *([] if self.network_url == "" else
+                          [endpoint("network", "neutron", self.network_url or f"{self.url}/network")])],
         }
 
     # -- Nova ------------------------------------------------------------------------------

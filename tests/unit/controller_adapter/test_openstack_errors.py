@@ -187,3 +187,25 @@ async def test_failed_connect_is_retried_afresh(make_cloud: MakeCloud, make_cont
     ctl = await make_controller(cloud, connect=False, retries=1)
     assert [h.name for h in await ctl.list_hosts()] == ["c1", "c2", "c3"]
     assert [r.status for r in of(cloud, "POST", "/identity/v3/auth/tokens")] == [503, 201]
+
+
+@pytest.mark.parametrize("neutron", ["refusing", "missing"])
+async def test_a_neutron_that_does_not_answer_degrades_only_port_updates(
+        neutron: str, make_cloud: MakeCloud, make_controller: MakeController) -> None:
+    """Neutron's endpoint refuses connections, or the catalog has none: Nova's operations (force-down, server
+    resets) work regardless, since only Nova is discovered up front; port updates fail, saying why."""
+    import socket
+
+    cloud = seed(make_cloud())
+    if neutron == "missing":
+        cloud.network_url = ""
+    else:
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            cloud.network_url = f"http://127.0.0.1:{s.getsockname()[1]}/network"
+    ctl = await make_controller(cloud, retries=0, timeout_s=1.0)
+    await ctl.force_down("c1")
+    assert cloud.service("c1").forced_down
+    assert await ctl.reset_servers_state(["s1"], ServerState.ERROR) == {}
+    with pytest.raises(ControllerError):
+        await ctl.set_ports_data_plane_status(["port-1"], "DOWN")
