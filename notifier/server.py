@@ -80,6 +80,33 @@ class Publisher:
             raise
 
 
+SNAPSHOT_PART_BYTES = 1 << 20  # well under gRPC's 4 MiB default receive limit, whatever the fleet's size
+
+
+def snapshot_parts(sub_id: str, last_sequence: int, virtual: Sequence[common_pb2.VirtualResourceInfo],
+                   physical: Sequence[common_pb2.PhysicalResourceInfo],
+                   limit: int = SNAPSHOT_PART_BYTES) -> list[fault_pb2.SubscribeResponse]:
+    """The snapshot as SubscribeResponses of about ``limit`` bytes at most (one resource larger than that goes
+    alone), each naming the subscription and the log position; every one but the last has ``more`` set."""
+    def empty() -> fault_pb2.SubscribeResponse:
+        return fault_pb2.SubscribeResponse(subscription_id=sub_id, last_sequence=last_sequence)
+
+    parts: list[fault_pb2.SubscribeResponse] = []
+    current, size, count = empty(), 64, 0
+    for field, items in (("virtual_resource_info", virtual), ("physical_resource_info", physical)):
+        for item in items:
+            n = item.ByteSize() + 8  # with its tag and length
+            if count and size + n > limit:
+                parts.append(current)
+                current, size, count = empty(), 64, 0
+            getattr(current, field).append(item)
+            size, count = size + n, count + 1
+    parts.append(current)
+    for part in parts[:-1]:
+        part.more = True
+    return parts
+
+
 async def _always(_context: grpc.aio.ServicerContext, key: str = "") -> None:
     return None
 
@@ -138,9 +165,8 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot record the subscription: {exc}")
             virtual, physical = await self.state.visible_resources(principal)
             virtual, physical = view_resources(principal, flt, virtual, physical, require_faults=False)
-            await self._write(context, sub, cut, fault_pb2.SubscribeStreamMessage(subscribed=fault_pb2.SubscribeResponse(
-                subscription_id=sub.id, virtual_resource_info=virtual, physical_resource_info=physical,
-                last_sequence=sub.start_sequence)))
+            for part in snapshot_parts(sub.id, sub.start_sequence, virtual, physical):
+                await self._write(context, sub, cut, fault_pb2.SubscribeStreamMessage(subscribed=part))
             if replay:
                 try:
                     missed = await self.log.read(resume, sub.start_sequence)

@@ -50,16 +50,18 @@ class SubscribeRequest(_message.Message):
     def __init__(self, filter: _Optional[_Union[SubscribeFilter, _Mapping]] = ..., resume_after: _Optional[int] = ..., subscription_id: _Optional[str] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("subscription_id", "virtual_resource_info", "physical_resource_info", "last_sequence")
+    __slots__ = ("subscription_id", "virtual_resource_info", "physical_resource_info", "last_sequence", "more")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     VIRTUAL_RESOURCE_INFO_FIELD_NUMBER: _ClassVar[int]
     PHYSICAL_RESOURCE_INFO_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     virtual_resource_info: _containers.RepeatedCompositeFieldContainer[_common_pb2.VirtualResourceInfo]
     physical_resource_info: _containers.RepeatedCompositeFieldContainer[_common_pb2.PhysicalResourceInfo]
     last_sequence: int
-    def __init__(self, subscription_id: _Optional[str] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    more: bool
+    def __init__(self, subscription_id: _Optional[str] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class FaultNotification(_message.Message):
     __slots__ = ("notification_id", "sequence", "event_time_unix_nanos", "virtual_resource_info", "physical_resource_info", "timeline", "fenced", "fencing_error", "phase")

@@ -110,3 +110,21 @@ def test_query_time_range() -> None:
     assert view_notification(A, after, n) is None
     with pytest.raises(FilterError, match="before"):
         Filter.from_proto(fault_pb2.FaultQueryFilter(event_start_unix_nanos=5, event_end_unix_nanos=1))
+
+
+def test_a_large_snapshot_goes_in_parts_under_the_limit() -> None:
+    """Thousands of resources: each part stays under the limit, names the subscription and position, every
+    part but the last says more follows, and together they hold every resource once, in order."""
+    from notifier.server import snapshot_parts
+
+    virtual = [common_pb2.VirtualResourceInfo(virtual_resource_id=f"vm-{i}", project_id="p", faults=[_fault()])
+               for i in range(3000)]
+    physical = [common_pb2.PhysicalResourceInfo(physical_resource_id=f"h-{i}", faults=[_fault()] * 3)
+                for i in range(3000)]
+    parts = snapshot_parts("s1", 42, virtual, physical, limit=64 * 1024)
+    assert len(parts) > 5 and all(p.ByteSize() <= 64 * 1024 for p in parts)
+    assert [p.more for p in parts] == [True] * (len(parts) - 1) + [False]
+    assert {(p.subscription_id, p.last_sequence) for p in parts} == {("s1", 42)}
+    assert [v.virtual_resource_id for p in parts for v in p.virtual_resource_info] == [f"vm-{i}" for i in range(3000)]
+    assert [h.physical_resource_id for p in parts for h in p.physical_resource_info] == [f"h-{i}" for i in range(3000)]
+    assert snapshot_parts("s1", 0, [], []) == [fault_pb2.SubscribeResponse(subscription_id="s1")]
