@@ -93,8 +93,16 @@ class EmbeddedController:
 
     def __init__(self, inventory: Path, state: Path | None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-ctl")
+        self.inventory = inventory
         hosts, servers, ports = load_inventory(inventory)
         self._db = self._pool.submit(self._open, str(state) if state else ":memory:", hosts, servers, ports).result()
+
+    async def reload(self) -> tuple[int, int, int]:
+        """Read the inventory file again (a SIGHUP): what is new is added, state already kept stays; a file with
+        a mistake raises ConfigError (naming it) and changes nothing. Returns (hosts, servers, ports) read."""
+        hosts, servers, ports = await asyncio.to_thread(load_inventory, self.inventory)
+        await self._run(self._add, self._db, hosts, servers, ports)
+        return len(hosts), len(servers), len(ports)
 
     @classmethod
     def from_config(cls, cfg: Section) -> "EmbeddedController":
@@ -113,6 +121,11 @@ class EmbeddedController:
         db.executescript(_SCHEMA)
         if "switch" not in {r[1] for r in db.execute("PRAGMA table_info(hosts)")}:  # a state file from before
             db.execute("ALTER TABLE hosts ADD COLUMN switch TEXT NOT NULL DEFAULT ''")
+        EmbeddedController._add(db, hosts, servers, ports)
+        return db
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, hosts: list[Host], servers: list[Server], ports: list[Port]) -> None:
         with db:
             db.execute("BEGIN")
             # the inventory adds what is new; state already persisted is kept
@@ -125,7 +138,6 @@ class EmbeddedController:
                            [(s.id, s.name, s.host, s.project_id, s.user_id) for s in servers])
             db.executemany("INSERT OR IGNORE INTO ports(id, host, project_id, device_id) VALUES (?,?,?,?)",
                            [(p.id, p.host, p.project_id, p.device_id) for p in ports])
-        return db
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

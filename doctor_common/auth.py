@@ -36,6 +36,11 @@ class TokenAuth:
         self._agents = {_digest(t): h for t, h in agents.items()}
         self.allow_anonymous_agents = allow_anonymous_agents
 
+    def replace(self, other: "TokenAuth") -> None:
+        """Take another configuration's tokens (a reload): servicers holding this object see them at once."""
+        self._consumers, self._agents = other._consumers, other._agents
+        self.allow_anonymous_agents = other.allow_anonymous_agents
+
     @staticmethod
     def _lookup(table: dict[bytes, object], token: str) -> object | None:
         return table.get(_digest(token))  # keyed by SHA-256: a lookup's timing says nothing usable of the token

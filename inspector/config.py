@@ -122,7 +122,9 @@ def _advertise(i: Section, listen: list[str]) -> str:
     raise i.error("advertise", "with [etcd], give the host:port consumers reach this replica at")
 
 
-def load_inspector_config(path: Path | str) -> InspectorConfig:
+def load_inspector_config(path: Path | str, *, build_controller: bool = True) -> InspectorConfig:
+    """The inspector's configuration, every key checked. ``build_controller=False`` (a reload): the controller's
+    table is checked for its backend's name only, and ``controller`` is None (the running one reloads itself)."""
     root = Section.load(path)
     i = root.section("inspector", required=True)
     node_id = i.str("node_id", "") or socket.gethostname()
@@ -210,9 +212,11 @@ def load_inspector_config(path: Path | str) -> InspectorConfig:
     policy = load_policy(policy_path) if policy_path else default_policy()
     root.done()
     # last: the backend may open files or pools, and nothing else can fail after it
-    try:
-        controller = cls.from_config(sub)
-    except (ValueError, OSError) as exc:
-        raise ConfigError(root.file, f"controller.{backend}", str(exc)) from None
+    controller = None
+    if build_controller:
+        try:
+            controller = cls.from_config(sub)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(root.file, f"controller.{backend}", str(exc)) from None
     return InspectorConfig(node_id=node_id, listen=tuple(listen), controller=controller, auth=auth,
                            policy=policy, bmcs=bmcs, path=str(path), **opts)

@@ -30,7 +30,8 @@ from doctor_common.api import (
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import Stage, now_ns
-from inspector.config import InspectorConfig
+from doctor_common.config import ConfigError
+from inspector.config import InspectorConfig, load_inspector_config
 from inspector.ha.leadership import Leadership
 from inspector.ha.redirects import LeaderProbe, Redirector
 from inspector.ha.term import Term
@@ -303,6 +304,32 @@ class Inspector:
         await self.controller.close()
         if self.local is not None:
             await self.local.close()
+
+    async def reload(self) -> bool:
+        """SIGHUP: read the configuration again and take its tokens, consumers, policy and (embedded) inventory.
+        Everything is checked first; a file with a mistake changes nothing, and the log says which file and key.
+        What only a restart can change (addresses, etcd, timings) is named if it changed."""
+        path = self.cfg.path
+        try:
+            new = await asyncio.to_thread(load_inspector_config, path, build_controller=False)
+            reload_inventory = getattr(self.controller, "reload", None)
+            counts = await reload_inventory() if reload_inventory is not None else None
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration is kept: %s", exc)
+            return False
+        self.auth.replace(new.auth)
+        self.responder.policy = new.policy
+        kept = [k for k in ("listen", "etcd", "node_id", "advertise", "advertise_agents", "heartbeat_interval_ms",
+                            "liveness_timeout_s", "guard", "bmcs", "notifier_state")
+                if getattr(new, k) != getattr(self.cfg, k)]
+        try:
+            await self.resources.load()
+        except Exception as exc:  # noqa: BLE001 - the map is refreshed again later; the reload stands
+            log.warning("reloaded, but the resource map could not be read again yet: %s", exc)
+        log.warning("configuration reloaded from %s: %d policy rules, tokens and consumers%s%s", path,
+                    len(new.policy.rules), f", inventory ({counts[0]} hosts, {counts[1]} servers)" if counts else "",
+                    f"; needs a restart to take effect: {', '.join(kept)}" if kept else "")
+        return True
 
     def _leader_loops(self) -> list[asyncio.Task[Any]]:
         """What the acting replica runs: its own lag, liveness, shared causes, the resource map's refresh."""

@@ -3,6 +3,8 @@
 Under systemd (``Type=notify``) it says READY=1 once it serves, pings the
 watchdog while its event loop turns (a blocked loop pings nothing), exits
 non-zero the moment a main loop ends, and says STOPPING=1 on the way out.
+SIGHUP (``systemctl reload``) reads the configuration again: tokens,
+consumers, policy and the embedded inventory, all checked before any is taken.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ async def main(cfg: InspectorConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     log.info("doctor-inspector %s, protobuf %s", __version__, api_implementation.Type())
     inspector = Inspector(cfg)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:  # SIGHUP (systemctl reload): tokens, consumers, policy, inventory
+        task = asyncio.ensure_future(inspector.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     notifier = SystemdNotifier()
     dog: asyncio.Task[None] | None = None
     stopped = asyncio.create_task(stop.wait(), name="stop")

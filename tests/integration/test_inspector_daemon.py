@@ -37,3 +37,68 @@ def test_doctor_inspector_is_a_notify_service(tmp_path: Path, notify: NotifySock
         stderr = proc.stderr.read().decode()
         proc.stderr.close()
     assert "Traceback" not in stderr, stderr
+
+
+def test_sighup_reloads_tokens_and_inventory_and_refuses_a_bad_file(tmp_path: Path, notify: NotifySocket) -> None:
+    """SIGHUP (systemctl reload): a consumer token and a host added to the files work without a restart; a file
+    with a mistake is refused, naming its key, and the running configuration (and the daemon) stay."""
+    import asyncio
+
+    import grpc
+
+    from doctor_common.client import DoctorClient
+    from tests.conftest import free_port
+
+    port = free_port()
+    (tmp_path / "inv.toml").write_text('[[hosts]]\nname = "c1"\n')
+    cfg = tmp_path / "inspector.toml"
+    base = (f'[inspector]\nnode_id = "n"\nlisten = ["127.0.0.1:{port}"]\n'
+            '[controller.embedded]\ninventory = "inv.toml"\n'
+            '[[auth.consumers]]\nname = "noc"\nadmin = true\ntoken = "first"\n')
+    cfg.write_text(base)
+    env = dict(os.environ, NOTIFY_SOCKET=notify.path)
+    logfile = tmp_path / "inspector.log"
+    with logfile.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "inspector.main", "--config", str(cfg)], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+
+    async def logged(words: str) -> None:
+        async with asyncio.timeout(15):
+            while words not in logfile.read_text():
+                await asyncio.sleep(0.05)
+
+    async def hosts(token: str) -> list[str]:
+        async with DoctorClient(f"127.0.0.1:{port}", token) as c:
+            return [h.host_id for h in (await c.hosts()).hosts]
+
+    async def until(token: str, want: list[str]) -> None:
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    if await hosts(token) == want:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+
+    try:
+        assert notify.recv(20).startswith("READY=1")
+        assert asyncio.run(hosts("first")) == ["c1"]
+        cfg.write_text(base + '[[auth.consumers]]\nname = "ops"\nadmin = true\ntoken = "second"\n')
+        (tmp_path / "inv.toml").write_text('[[hosts]]\nname = "c1"\n[[hosts]]\nname = "c2"\n')
+        proc.send_signal(signal.SIGHUP)
+        asyncio.run(until("second", ["c1", "c2"]))
+        cfg.write_text(base + '[notifier]\nqueue_limt = 5\n')  # a typo
+        proc.send_signal(signal.SIGHUP)
+        asyncio.run(logged("reload refused"))
+        assert asyncio.run(hosts("second")) == ["c1", "c2"], "the running configuration is kept"
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = logfile.read_text()
+    assert "configuration reloaded" in stderr and "notifier.queue_limt" in stderr and "kept" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
