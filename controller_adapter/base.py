@@ -96,6 +96,7 @@ class Server:
     project_id: str
     user_id: str = ""
     state: ServerState = ServerState.ACTIVE
+    domain: str = ""    # its libvirt domain's name, when the controller knows it (the id is the domain's uuid)
 
 
 @dataclass(frozen=True)

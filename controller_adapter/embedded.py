@@ -71,7 +71,7 @@ def load_inventory(path: Path) -> tuple[list[Host], list[Server], list[Port]]:
     for s in root.sections("servers"):
         server = Server(
             id=s.str("id"), name=s.str("name", ""), host=s.str("host"),
-            project_id=s.str("project_id"), user_id=s.str("user_id", ""),
+            project_id=s.str("project_id"), user_id=s.str("user_id", ""), domain=s.str("domain", ""),
         )
         if server.host not in names:
             raise s.error("host", f"unknown host {server.host!r}")
@@ -121,6 +121,8 @@ class EmbeddedController:
         db.executescript(_SCHEMA)
         if "switch" not in {r[1] for r in db.execute("PRAGMA table_info(hosts)")}:  # a state file from before
             db.execute("ALTER TABLE hosts ADD COLUMN switch TEXT NOT NULL DEFAULT ''")
+        if "domain" not in {r[1] for r in db.execute("PRAGMA table_info(servers)")}:
+            db.execute("ALTER TABLE servers ADD COLUMN domain TEXT NOT NULL DEFAULT ''")
         EmbeddedController._add(db, hosts, servers, ports)
         return db
 
@@ -134,8 +136,9 @@ class EmbeddedController:
                 db.execute("INSERT INTO hosts(name, zone, switch, bmc) VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE "
                            "SET zone=excluded.zone, switch=excluded.switch, bmc=excluded.bmc",
                            (h.name, h.zone, h.switch, bmc))
-            db.executemany("INSERT OR IGNORE INTO servers(id, name, host, project_id, user_id) VALUES (?,?,?,?,?)",
-                           [(s.id, s.name, s.host, s.project_id, s.user_id) for s in servers])
+            db.executemany("INSERT INTO servers(id, name, host, project_id, user_id, domain) VALUES (?,?,?,?,?,?) "
+                           "ON CONFLICT(id) DO UPDATE SET domain=excluded.domain",
+                           [(s.id, s.name, s.host, s.project_id, s.user_id, s.domain) for s in servers])
             db.executemany("INSERT OR IGNORE INTO ports(id, host, project_id, device_id) VALUES (?,?,?,?)",
                            [(p.id, p.host, p.project_id, p.device_id) for p in ports])
 
@@ -152,10 +155,11 @@ class EmbeddedController:
 
     @staticmethod
     def _server(row: tuple[Any, ...]) -> Server:
-        return Server(id=row[0], name=row[1], host=row[2], project_id=row[3], user_id=row[4], state=ServerState(row[5]))
+        return Server(id=row[0], name=row[1], host=row[2], project_id=row[3], user_id=row[4], state=ServerState(row[5]),
+                      domain=row[6])
 
     _HOST_COLS = "name, zone, bmc, forced_down, disabled, disabled_reason, alive, switch"
-    _SERVER_COLS = "id, name, host, project_id, user_id, state"
+    _SERVER_COLS = "id, name, host, project_id, user_id, state, domain"
 
     # rows become objects in the controller's thread too: thousands of them would stall the event loop
     async def list_hosts(self) -> list[Host]:

@@ -8,14 +8,18 @@ component                fault type                              status   severi
 hypervisor:libvirtd      compute.hypervisor.libvirtd.down        FAULT    major
 hypervisor:socket        compute.hypervisor.socket.unreachable   FAULT    major
 hypervisor:nova_compute  compute.hypervisor.nova_compute.down    WARNING  warning
-hypervisor:qemu          compute.hypervisor.qemu.missing         FAULT    critical
+hypervisor:qemu          compute.hypervisor.qemu.missing         FAULT    critical  (fewer than qemu_min)
+domain:<name>            compute.hypervisor.qemu.missing         FAULT    critical  (one per domain)
 =======================  ======================================  =======  ========
 
 A running VM keeps running when libvirt or nova-compute dies, so those are
 not critical: the host can no longer be managed (the seeds' "hypervisor
 failure" and "status not retrievable"). A qemu that is gone while libvirt
 still lists its domain (a pid file in ``/run/libvirt/qemu``) is a dead VM:
-critical for its owner.
+critical for its owner. Each domain is a component of its own, its details
+naming the domain and its uuid (libvirt's status XML beside the pid file;
+Nova's instance id), so the inspector tells that server's owner only and sets
+only that server to error.
 
 A process matches a pattern (shell-style) by its name, its ``argv[0]``
 (``exec -a``) or, for a script run by an interpreter, the script's name.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -42,6 +47,7 @@ LIBVIRTD_DOWN = "compute.hypervisor.libvirtd.down"
 SOCKET_UNREACHABLE = "compute.hypervisor.socket.unreachable"
 NOVA_COMPUTE_DOWN = "compute.hypervisor.nova_compute.down"
 QEMU_MISSING = "compute.hypervisor.qemu.missing"
+_UUID = re.compile(r"<uuid>\s*([0-9a-fA-F-]{32,36})\s*</uuid>")
 
 DEFAULT = Schedule(interval_s=5.0, timeout_s=3.0, debounce_n=2, debounce_m=3)
 INTERPRETERS = ("python*", "pypy*", "perl*", "ruby*", "sh", "bash", "dash", "node")
@@ -119,6 +125,17 @@ class ProcessCheck(Check):
         if qemu_min > 0:
             self.groups["qemu"] = qemu
         self.table = ProcessTable()
+        self._domains_seen: set[str] = set()
+
+    def domain_uuid(self, name: str) -> str:
+        """The domain's uuid from libvirt's status XML beside its pid file ("" when unreadable)."""
+        if self.qemu_pid_dir is None:
+            return ""
+        try:
+            found = _UUID.search((self.qemu_pid_dir / f"{name}.xml").read_text(errors="replace"))
+        except OSError:
+            return ""
+        return found.group(1) if found else ""
 
     def domains(self) -> dict[str, int]:
         """Running domains libvirt knows of: <name>.pid files in its qemu run directory."""
@@ -153,23 +170,31 @@ class ProcessCheck(Check):
                 readings.append(Reading(f"hypervisor:{group}", status, fault, severity,
                                         f"no {what} process ({patterns})", {"processes": patterns}))
         if self.qemu_pid_dir is not None or self.qemu_min > 0:
-            readings.append(self._qemu(found.get("qemu", [])))
+            readings += self._qemu(found.get("qemu", []))
         return readings
 
-    def _qemu(self, procs: list[Proc]) -> Reading:
+    def _qemu(self, procs: list[Proc]) -> list[Reading]:
         domains = self.domains()
-        dead = sorted(d for d, pid in domains.items() if not self.table.pid_matches(pid, self.qemu))
-        problems = [f"domain {d} has no qemu process" for d in dead]
-        if self.qemu_min > 0 and len(procs) < self.qemu_min:
-            problems.append(f"{len(procs)} qemu processes, expected at least {self.qemu_min}")
+        readings = []
+        for name, pid in sorted(domains.items()):
+            details = {"domain": name, "uuid": self.domain_uuid(name), "pid": str(pid)}
+            if self.table.pid_matches(pid, self.qemu):
+                readings.append(Reading(f"domain:{name}", Status.OK, details=details))
+            else:
+                readings.append(Reading(f"domain:{name}", Status.FAULT, QEMU_MISSING, common_pb2.SEVERITY_CRITICAL,
+                                        f"domain {name} has no qemu process: its VM is dead", details))
+        for name in sorted(self._domains_seen - set(domains)):  # gone from libvirt (deleted, shut off): cleared
+            readings.append(Reading(f"domain:{name}", Status.OK, details={"domain": name, "gone": "true"}))
+        self._domains_seen = set(domains)
         details = {"domains": ",".join(sorted(domains))}
         if self.qemu_min > 0:
             details["qemu_processes"] = str(len(procs))
-        if problems:
-            details["dead_domains"] = ",".join(dead)
-            return Reading("hypervisor:qemu", Status.FAULT, QEMU_MISSING, common_pb2.SEVERITY_CRITICAL,
-                           "; ".join(problems), details)
-        return Reading("hypervisor:qemu", Status.OK, details=details)
+            if len(procs) < self.qemu_min:
+                readings.append(Reading("hypervisor:qemu", Status.FAULT, QEMU_MISSING, common_pb2.SEVERITY_CRITICAL,
+                                        f"{len(procs)} qemu processes, expected at least {self.qemu_min}", details))
+                return readings
+        readings.append(Reading("hypervisor:qemu", Status.OK, details=details))
+        return readings
 
     async def probe(self) -> list[Reading]:
         return await asyncio.to_thread(self._scan)  # psutil reads /proc: keep it off the event loop

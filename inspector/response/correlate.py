@@ -71,6 +71,14 @@ class ResourceMap:
     def ports_on(self, host: str) -> list[Port]:
         return [self.ports[i] for i in sorted(self._ports_by_host.get(host, ()))]
 
+    def server_of(self, host: str, uuid: str = "", domain: str = "") -> Server | None:
+        """The server of a libvirt domain on ``host``: by its uuid (Nova's instance id is the domain's) or by the
+        domain name the inventory gives it."""
+        for s in self.servers_on(host):
+            if (uuid and s.id.lower() == uuid.lower()) or (domain and s.domain == domain):
+                return s
+        return None
+
     def owner_of(self, resource_id: str) -> str | None:
         if resource_id in self.servers:
             return self.servers[resource_id].project_id

@@ -21,7 +21,9 @@ from pathlib import Path
 from doctor_common.config import ConfigError, Section
 from doctor_common.faults import any_type_matches, check_pattern, severity_from_name
 
-ACTIONS = ("fence", "mark_down", "reset_servers", "ports_down", "notify", "notify_admin")
+ACTIONS = ("fence", "mark_down", "reset_servers", "ports_down", "notify", "notify_admin", "server_error")
+# server_error: the one server a fault names (its VM died: a dead qemu) is set to error; needs no fence, the host
+# and its other servers are untouched
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ DEFAULT_RULES = [
     Rule("power-failure", ("compute.host.power.*",), FENCE_ALL, severity_from_name("critical")),
     # the seeds' southbound example: a monitor says the host is down (its sample inspector marks it down)
     Rule("host-down", ("compute.host.down",), FENCE_ALL, severity_from_name("critical")),
+    # a VM whose qemu died: its owner only, and that server to error (the host and its other servers are fine)
+    Rule("server-down", ("compute.hypervisor.qemu.missing",), frozenset({"notify", "server_error"}),
+         severity_from_name("critical")),
     # agent death (or its misconfiguration) is not host death (principle 4): administrators only
     Rule("agent-down", ("compute.host.agent.*",), frozenset({"notify_admin"})),
     # the annex: a disk crash behind redundant storage is for OAM, not for the owners

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from controller_adapter.base import Bmc, Controller, HostStatus, ServerState
+from controller_adapter.base import Bmc, Controller, ControllerError, HostStatus, Port, Server, ServerState
 from doctor_common.api import common_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.timeline import Stage, now_ns, stamp
 from inspector.ha.etcd_store import Step
@@ -190,13 +190,38 @@ class Responder:
         else:
             fault = new_fault(t.host, t.fault_type, t.severity, t.observed_ns or now_ns(), t.description, t.details)
             admin_only = "notify" not in rule.actions
+            servers, ports, named = self._affected(t)
             alarm = Alarm(t.host, t.component, fault, fences=False, admin_only=admin_only,
-                          servers=[] if admin_only else self.resources.servers_on(t.host),
-                          ports=[] if admin_only else self.resources.ports_on(t.host))
+                          servers=[] if admin_only else servers, ports=[] if admin_only else ports)
             self.alarms.add(alarm)
+            if "server_error" in rule.actions and named and not admin_only:
+                await self._server_error(alarm)
         tl = start_timeline(t)
         stamp(tl, Stage.STAGE_CORRELATED)
         await self.publish(alarm, tl)
+
+    def _affected(self, t: Trigger) -> tuple[list[Server], list[Port], bool]:
+        """The servers and ports a fault touches, and whether it named its server: the one server of the VM it
+        names (a libvirt domain's uuid or name) when found on the host, else every one on the host."""
+        uuid, domain = t.details.get("uuid", ""), t.details.get("domain", "")
+        named = self.resources.server_of(t.host, uuid, domain) if uuid or domain else None
+        if named is None:
+            return self.resources.servers_on(t.host), self.resources.ports_on(t.host), False
+        return [named], [p for p in self.resources.ports_on(t.host) if p.device_id == named.id], True
+
+    async def _server_error(self, alarm: Alarm) -> None:
+        """The named server's VM is dead: its state to error (nothing else on the host changes)."""
+        ids = [s.id for s in alarm.servers]
+        self.durable.check()
+        try:
+            failed = await self.controller.reset_servers_state(ids, ServerState.ERROR)
+        except ControllerError as exc:
+            failed = {i: exc for i in ids}
+        self.resources.set_servers_state([i for i in ids if i not in failed], ServerState.ERROR)
+        alarm.servers = [self.resources.servers.get(s.id, s) for s in alarm.servers]
+        if failed:
+            alarm.fault.fault_details["servers_error_failed"] = ",".join(sorted(failed))
+            log.error("server %s could not be set to error: %s", ",".join(sorted(failed)), next(iter(failed.values())))
 
     # -- notification ----------------------------------------------------------------------
 

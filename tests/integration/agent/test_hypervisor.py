@@ -80,27 +80,35 @@ async def test_healthy_host_needs_no_process_scan(procs: Procs, section: Callabl
 
 async def test_a_vm_whose_qemu_died_is_critical(tmp_path: Path, procs: Procs, section: Callable[..., Section],
                                                levels: Callable[[Any], Levels]) -> None:
-    """A domain pid file (libvirt still runs the VM) whose qemu is gone is qemu.missing, naming the domain."""
+    """A domain pid file (libvirt still runs the VM) whose qemu is gone is qemu.missing on that domain's own
+    component, naming the domain and its uuid (libvirt's status XML: Nova's instance id); fewer qemus than
+    qemu_min is a fault of the hypervisor; a domain libvirt dropped is cleared."""
     qemu_name = unique("qemu-system-x86_64")
     run_dir = tmp_path / "qemu"
     run_dir.mkdir()
     vm1, vm2 = procs.named(qemu_name), procs.named(qemu_name)
     (run_dir / "vm1.pid").write_text(f"{vm1.pid}\n")
     (run_dir / "vm2.pid").write_text(f"{vm2.pid}\n")
+    uuid = "6c9f3d9e-1b2a-4c5d-8e7f-0a1b2c3d4e5f"
+    (run_dir / "vm2.xml").write_text(f"<domstatus><domain type='kvm'><name>vm2</name><uuid>{uuid}</uuid>"
+                                     "</domain></domstatus>")
     checker = config(section, libvirt_processes=[], nova_compute_processes=[], libvirt_sockets=[],
                      qemu_processes=["qemu-system-*"], qemu_pid_dir=str(run_dir), qemu_min=2)
     async with levels(checker) as lv:
-        now = await lv.until(lambda n: "hypervisor:qemu" in n)
-        assert now["hypervisor:qemu"].status == Status.OK
+        now = await lv.until(lambda n: "hypervisor:qemu" in n and "domain:vm2" in n)
+        assert now["hypervisor:qemu"].status == Status.OK and now["domain:vm2"].status == Status.OK
         assert now["hypervisor:qemu"].details["domains"] == "vm1,vm2"
         vm2.kill()
         vm2.wait(5)  # reaped: a zombie would still count as one of the qemu processes
-        now = await lv.until(lambda n: n["hypervisor:qemu"].status == Status.FAULT)
-        r = now["hypervisor:qemu"]
-        assert (r.fault_type, r.severity, r.details["dead_domains"]) == (QEMU_MISSING, common_pb2.SEVERITY_CRITICAL,
-                                                                         "vm2")
-        assert "expected at least 2" in r.description
+        now = await lv.until(lambda n: n["domain:vm2"].status == Status.FAULT and
+                             n["hypervisor:qemu"].status == Status.FAULT)
+        r = now["domain:vm2"]
+        assert (r.fault_type, r.severity) == (QEMU_MISSING, common_pb2.SEVERITY_CRITICAL)
+        assert (r.details["domain"], r.details["uuid"]) == ("vm2", uuid) and now["domain:vm1"].status == Status.OK
+        assert "expected at least 2" in now["hypervisor:qemu"].description
         (run_dir / "vm2.pid").unlink()  # libvirt noticed and cleaned up; one VM is still short of qemu_min
+        now = await lv.until(lambda n: n["domain:vm2"].status == Status.OK, what="vm2 dropped: cleared")
+        assert now["domain:vm2"].details["gone"] == "true"
         procs.named(qemu_name)
         await lv.until(lambda n: n["hypervisor:qemu"].status == Status.OK, what="two qemus again")
 

@@ -50,3 +50,23 @@ async def test_topology_comes_from_the_inventory_also_for_an_older_state_file(tm
         assert (hosts["c2"].zone, hosts["c2"].switch) == ("az2", "")
     finally:
         await c.close()
+
+
+async def test_a_server_names_its_libvirt_domain(tmp_path: Path) -> None:
+    """An inventory server may name its libvirt domain: the resource map finds it by that name or by its id
+    (a domain's uuid is Nova's instance id), on its own host only."""
+    from inspector.response.correlate import ResourceMap
+
+    inv = tmp_path / "inv.toml"
+    inv.write_text('[[hosts]]\nname = "c1"\n[[hosts]]\nname = "c2"\n'
+                   '[[servers]]\nid = "s1"\nhost = "c1"\nproject_id = "p"\ndomain = "instance-0001"\n'
+                   '[[servers]]\nid = "s2"\nhost = "c1"\nproject_id = "q"\n')
+    c = EmbeddedController(inv, tmp_path / "state.sqlite")
+    try:
+        rm = ResourceMap(c)
+        await rm.load()
+        s1 = rm.server_of("c1", domain="instance-0001")
+        assert s1 is not None and s1.id == "s1" and s1.domain == "instance-0001"
+        assert rm.server_of("c1", uuid="S2") is not None and rm.server_of("c2", domain="instance-0001") is None
+    finally:
+        await c.close()
