@@ -27,10 +27,10 @@ from doctor_common.api import (
     fault_pb2,
     fault_pb2_grpc,
 )
+from doctor_common.config import ConfigError
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import Stage, now_ns
-from doctor_common.config import ConfigError
 from inspector.config import InspectorConfig, load_inspector_config
 from inspector.ha.leadership import Leadership
 from inspector.ha.redirects import LeaderProbe, Redirector
