@@ -7,7 +7,7 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
-from agent.checkers.base import Reading
+from agent.checkers.base import GONE, Reading
 from doctor_common.api import agent_pb2
 
 MAX_UNACKED = 10_000  # beyond this the oldest edges go: the level in Hello still heals
@@ -37,7 +37,8 @@ class AgentState:
     def update(self, checker: str, reading: Reading) -> agent_pb2.Event | None:
         """Record a reading; return the event when it changed the component's level."""
         previous = self._readings.get(reading.component)
-        if reading.same_level(previous):
+        gone = reading.details.get(GONE) == "true"
+        if (gone and previous is None) or (not gone and reading.same_level(previous)):
             return None
         self._readings[reading.component] = reading
         state = reading.to_proto(checker)
@@ -49,6 +50,9 @@ class AgentState:
         self.unacked[self.sequence] = event
         while len(self.unacked) > MAX_UNACKED:
             self.unacked.popitem(last=False)
+        if gone:  # its last word is on its way (the inspector forgets it too): no Hello carries it again
+            del self.components[reading.component]
+            del self._readings[reading.component]
         self.changed.set()
         return event
 

@@ -27,6 +27,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.stream import recv_message
 
 from agent.state import AgentState
+from doctor_common.agent_limits import MAX_BATCH
 from doctor_common.api import agent_pb2
 from doctor_common.endpoint import parse_endpoint
 from doctor_common.timeline import now_ns
@@ -132,8 +133,7 @@ class AgentLink:
                 sent_up_to = 0
                 pending = [e for e in self.state.unacked.values()]
                 if pending:
-                    self._stamp_sent(pending)
-                    await self._write(stream, agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=pending)))
+                    await self._send_events(stream, pending)
                     sent_up_to = pending[-1].sequence
                 if self.health is not None:
                     await self._write(stream, agent_pb2.AgentMessage(health=self.health()))
@@ -144,6 +144,14 @@ class AgentLink:
                 await self._stream_loop(stream, sent_up_to)
         finally:
             channel.close()
+
+    async def _send_events(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage],
+                           events: list[agent_pb2.Event]) -> None:
+        """In batches the inspector accepts (more would end the stream: every level resent, thousands unacked)."""
+        self._stamp_sent(events)
+        for start in range(0, len(events), MAX_BATCH):
+            batch = events[start:start + MAX_BATCH]
+            await self._write(stream, agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=batch)))
 
     async def _stream_loop(self, stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage],
                            sent_up_to: int) -> None:
@@ -159,8 +167,7 @@ class AgentLink:
                 self.state.changed.clear()
                 fresh = [e for s, e in self.state.unacked.items() if s > sent_up_to]
                 if fresh:
-                    self._stamp_sent(fresh)
-                    await self._write(stream, agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=fresh)))
+                    await self._send_events(stream, fresh)
                     sent_up_to = fresh[-1].sequence
                     continue
                 # no helper task per turn: an idle agent's cost is its heartbeats (docs/agent.md)

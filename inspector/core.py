@@ -244,6 +244,11 @@ class Inspector:
 
     async def start(self) -> None:
         await self.resources.load()
+        restored: tuple[dict[str, Any], set[str]] = ({}, set())
+        if self.leadership is None:
+            # what a previous run of this process left, read before anyone is served: an agent attaching first
+            # would be forgotten by the restore (and its host, expected but never heard, declared unreachable)
+            restored = await self._restore()
         # the keepalive only ends dead transports; silence is judged by heartbeats, so a ping must not end a
         # silent host's stream before the liveness timeout (that would read as agent death: no fencing)
         keepalive = server_options(ping_timeout_ms=max(1000, int(2000 * self.cfg.liveness_timeout_s)))
@@ -271,7 +276,7 @@ class Inspector:
                      self.cfg.node_id, ", ".join(self.cfg.listen), ",".join(e.endpoints), e.prefix, e.lease_ttl_s,
                      self.cfg.advertise)
             return
-        incidents, expected = await self._restore()  # what a previous run of this process left, if anything
+        incidents, expected = restored
         for inc in incidents.values():
             self._act(self.responder.recovery.resume(inc), f"finishing incident {inc.incident_id}")
         if incidents or expected or len(self.alarms):

@@ -19,6 +19,9 @@ from doctor_common.config import Section
 from doctor_common.timeline import now_ns
 
 
+GONE = "gone"  # a reading's detail: the component no longer exists (its OK is its last word; then forgotten)
+
+
 class Status(enum.IntEnum):
     OK = agent_pb2.COMPONENT_STATUS_OK
     WARNING = agent_pb2.COMPONENT_STATUS_WARNING

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from agent.checkers.base import Reading, Status
+from agent.checkers.base import GONE, Reading, Status
 from agent.checkers.polling import Check, PollingChecker, Schedule
 from doctor_common.api import common_pb2
 from doctor_common.config import Section
@@ -183,8 +183,9 @@ class ProcessCheck(Check):
             else:
                 readings.append(Reading(f"domain:{name}", Status.FAULT, QEMU_MISSING, common_pb2.SEVERITY_CRITICAL,
                                         f"domain {name} has no qemu process: its VM is dead", details))
-        for name in sorted(self._domains_seen - set(domains)):  # gone from libvirt (deleted, shut off): cleared
-            readings.append(Reading(f"domain:{name}", Status.OK, details={"domain": name, "gone": "true"}))
+        for name in sorted(self._domains_seen - set(domains)):  # gone from libvirt (deleted, shut off)
+            # its last word: cleared at once (not debounced), then forgotten by the agent and the inspector
+            readings.append(Reading(f"domain:{name}", Status.OK, details={"domain": name, GONE: "true"}))
         self._domains_seen = set(domains)
         details = {"domains": ",".join(sorted(domains))}
         if self.qemu_min > 0:

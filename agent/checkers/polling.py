@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from agent.checkers.base import Reading, Status, alive
+from agent.checkers.base import GONE, Reading, Status, alive
 from doctor_common.agent_limits import MAX_RUNS, MAX_TEXT
 from doctor_common.api import agent_pb2, common_pb2
 from doctor_common.config import Section
@@ -188,7 +188,8 @@ class PollingChecker:
         next_at = clock.time()
         while True:
             for reading in await self.run_once(check):
-                if check.debounced(reading):
+                gone = reading.details.get(GONE) == "true"
+                if check.debounced(reading) and not gone:
                     d = debouncers.get(reading.component)
                     if d is None:
                         d = debouncers[reading.component] = Debouncer(check.schedule.debounce_n,
@@ -197,7 +198,11 @@ class PollingChecker:
                 else:
                     out = reading
                 if out is not None:
-                    check.last[out.component] = out
+                    if gone:  # the component no longer exists: nothing of it is kept
+                        debouncers.pop(out.component, None)
+                        check.last.pop(out.component, None)
+                    else:
+                        check.last[out.component] = out
                     queue.put_nowait(out)
             alive()
             next_at += interval

@@ -207,6 +207,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             rec.components[e.state.component] = e.state
             self.on_state(rec, e.state, trigger_from_state(rec.host_id, e.state, e.observed_unix_nanos,
                                                            e.sent_unix_nanos, received))
+            if e.state.details.get("gone") == "true":  # the component no longer exists (a VM deleted)
+                del rec.components[e.state.component]
         return acked
 
     async def ReportJson(self, request: agent_pb2.JsonEventReport,

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.checkers.base import Status
 from agent.checkers.hypervisor import (
     LIBVIRTD_DOWN,
@@ -78,8 +80,9 @@ async def test_healthy_host_needs_no_process_scan(procs: Procs, section: Callabl
     assert check.table.scans == 1  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("debounce", [(1, 1), (2, 3)])
 async def test_a_vm_whose_qemu_died_is_critical(tmp_path: Path, procs: Procs, section: Callable[..., Section],
-                                               levels: Callable[[Any], Levels]) -> None:
+                                               levels: Callable[[Any], Levels], debounce: tuple[int, int]) -> None:
     """A domain pid file (libvirt still runs the VM) whose qemu is gone is qemu.missing on that domain's own
     component, naming the domain and its uuid (libvirt's status XML: Nova's instance id); fewer qemus than
     qemu_min is a fault of the hypervisor; a domain libvirt dropped is cleared."""
@@ -93,7 +96,8 @@ async def test_a_vm_whose_qemu_died_is_critical(tmp_path: Path, procs: Procs, se
     (run_dir / "vm2.xml").write_text(f"<domstatus><domain type='kvm'><name>vm2</name><uuid>{uuid}</uuid>"
                                      "</domain></domstatus>")
     checker = config(section, libvirt_processes=[], nova_compute_processes=[], libvirt_sockets=[],
-                     qemu_processes=["qemu-system-*"], qemu_pid_dir=str(run_dir), qemu_min=2)
+                     qemu_processes=["qemu-system-*"], qemu_pid_dir=str(run_dir), qemu_min=2,
+                     debounce_n=debounce[0], debounce_m=debounce[1])
     async with levels(checker) as lv:
         now = await lv.until(lambda n: "hypervisor:qemu" in n and "domain:vm2" in n)
         assert now["hypervisor:qemu"].status == Status.OK and now["domain:vm2"].status == Status.OK
