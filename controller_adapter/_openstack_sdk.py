@@ -11,11 +11,21 @@ the shared ``openstack.connection.Connection``. Two traps of openstacksdk 4.x
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller_adapter.base import ControllerError, Host, NotFound, Port, Server, ServerState, Unsupported
+from controller_adapter.base import (
+    BackendUnavailable,
+    ControllerError,
+    Host,
+    NotFound,
+    Port,
+    Server,
+    ServerState,
+    Unsupported,
+)
 
 BINARY = "nova-compute"
 # Nova's migration statuses that mean "over"; anything else (queued, preparing, running,
@@ -68,16 +78,30 @@ def connect(settings: Settings) -> Any:
     return conn
 
 
-_NETWORK_LOCK = threading.Lock()
+_NETWORK_LOCK = threading.Lock()  # guards each connection's own lock's creation only
+NETWORK_RETRY_S = 30.0            # a Neutron that failed its discovery is not asked again before this
 
 
 def network(conn: Any) -> Any:
     """The network proxy, its endpoint discovered once (the SDK creates proxies lazily and unsynchronised: one
-    thread at a time here); a discovery that fails is tried again by the next network call."""
+    thread per connection at a time here). A failed discovery is remembered for ``NETWORK_RETRY_S``: network
+    calls fail at once meanwhile instead of each waiting out the timeout and holding a worker Nova's calls
+    need."""
     with _NETWORK_LOCK:
-        if not getattr(conn, "_doctor_network_ready", False):
+        lock = conn.__dict__.setdefault("_doctor_network_lock", threading.Lock())
+    with lock:
+        if getattr(conn, "_doctor_network_ready", False):
+            return conn.network
+        failed = getattr(conn, "_doctor_network_failed", None)
+        if failed is not None and time.monotonic() - failed[0] < NETWORK_RETRY_S:
+            raise BackendUnavailable(f"Neutron did not answer {time.monotonic() - failed[0]:.0f}s ago ({failed[1]}); "
+                                     f"tried again {NETWORK_RETRY_S:.0f}s after that")
+        try:
             conn.network.get_endpoint_data()
-            conn._doctor_network_ready = True
+        except Exception as exc:
+            conn._doctor_network_failed = (time.monotonic(), f"{type(exc).__name__}: {exc}")
+            raise
+        conn._doctor_network_ready = True
     return conn.network
 
 

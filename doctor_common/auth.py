@@ -36,6 +36,19 @@ class TokenAuth:
         self._agents = {_digest(t): h for t, h in agents.items()}
         self.allow_anonymous_agents = allow_anonymous_agents
 
+    @staticmethod
+    def credential(context: grpc.aio.ServicerContext) -> bytes:
+        """What identifies the caller's token without keeping it (its digest; empty without a token)."""
+        token = bearer_token(context)
+        return _digest(token) if token is not None else b""
+
+    def still_consumer(self, credential: bytes, principal: Principal) -> bool:
+        """The token behind ``credential`` still stands for exactly ``principal`` (after a reload)."""
+        return self._consumers.get(credential) == principal
+
+    def still_agent(self, credential: bytes, host: str) -> bool:
+        return self._agents.get(credential) == host
+
     def replace(self, other: "TokenAuth") -> None:
         """Take another configuration's tokens (a reload): servicers holding this object see them at once."""
         self._consumers, self._agents = other._consumers, other._agents

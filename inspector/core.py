@@ -51,7 +51,7 @@ from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY
 from notifier.log import MemoryLog, NotificationLog
-from notifier.registry import NOT_LEADER, Registry
+from notifier.registry import NOT_LEADER, REVOKED, Registry
 from notifier.server import FaultManagementServicer, Publisher
 from notifier.sqlite_log import SqliteLog, SqliteRecords, SqliteState, SqliteStore
 from notifier.subscriptions import SubscriptionBook
@@ -122,6 +122,7 @@ class Inspector:
         self.ports: list[int] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
+        self._reloading = asyncio.Lock()
 
     # -- leadership (the gateway's LeaderGate) ---------------------------------------------------
 
@@ -315,14 +316,23 @@ class Inspector:
         Everything is checked first; a file with a mistake changes nothing, and the log says which file and key.
         What only a restart can change (addresses, etcd, timings) is named if it changed."""
         path = self.cfg.path
-        try:
-            new = await asyncio.to_thread(load_inspector_config, path, build_controller=False)
-            reload_inventory = getattr(self.controller, "reload", None)
-            counts = await reload_inventory() if reload_inventory is not None else None
-        except ConfigError as exc:
-            log.error("reload refused, the running configuration is kept: %s", exc)
-            return False
+        async with self._reloading:  # one at a time: two SIGHUPs in a row apply one version, then the next
+            try:
+                new = await asyncio.to_thread(load_inspector_config, path, build_controller=False)
+                reload_inventory = getattr(self.controller, "reload", None)
+                counts = await reload_inventory() if reload_inventory is not None else None
+            except ConfigError as exc:
+                log.error("reload refused, the running configuration is kept: %s", exc)
+                return False
+            except Exception as exc:  # noqa: BLE001 - a reload must never take the daemon down
+                log.error("reload failed, the running configuration is kept: %s: %s", type(exc).__name__, exc)
+                return False
+            return await self._apply(new, counts)
+
+    async def _apply(self, new: InspectorConfig, counts: tuple[int, int, int] | None) -> bool:
+        path = self.cfg.path
         self.auth.replace(new.auth)
+        self._revoke()
         self.responder.policy = new.policy
         kept = [k for k in ("listen", "etcd", "node_id", "advertise", "advertise_agents", "heartbeat_interval_ms",
                             "liveness_timeout_s", "guard", "bmcs", "notifier_state")
@@ -335,6 +345,20 @@ class Inspector:
                     len(new.policy.rules), f", inventory ({counts[0]} hosts, {counts[1]} servers)" if counts else "",
                     f"; needs a restart to take effect: {', '.join(kept)}" if kept else "")
         return True
+
+    def _revoke(self) -> None:
+        """After a reload: end the streams opened with credentials that no longer stand for the same identity
+        (a consumer removed or made another project's; an agent token removed), so they must authenticate anew."""
+        revoked = [sub for sub in self.registry if not self.auth.still_consumer(sub.credential, sub.principal)]
+        for sub in revoked:
+            sub.end(REVOKED)
+        agents = [r for r in self.liveness.hosts.values()
+                  if r.connected and r.credential and not self.auth.still_agent(r.credential, r.host_id)]
+        for rec in agents:
+            rec.revoked = True
+        if revoked or agents:
+            log.warning("reload withdrew credentials: %d subscriptions and %d agent streams ended", len(revoked),
+                        len(agents))
 
     def _leader_loops(self) -> list[asyncio.Task[Any]]:
         """What the acting replica runs: its own lag, liveness, shared causes, the resource map's refresh."""

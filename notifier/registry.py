@@ -22,7 +22,7 @@ log = logging.getLogger("doctor.notifier")
 
 OVERFLOW = object()  # queue sentinel: the stream must end (the consumer fell behind, or see ``ended_by``)
 
-FELL_BEHIND, NOT_LEADER, REPLACED = "fell_behind", "not_leader", "replaced"
+FELL_BEHIND, NOT_LEADER, REPLACED, REVOKED = "fell_behind", "not_leader", "replaced", "revoked"
 
 
 @dataclass(eq=False)
@@ -36,7 +36,8 @@ class Subscriber:
     last_delivered: int = 0
     delivered: int = 0
     cut: asyncio.Event = field(default_factory=asyncio.Event)  # set on overflow: end the stream now
-    ended_by: str = ""            # why the stream must end: FELL_BEHIND, NOT_LEADER or REPLACED
+    ended_by: str = ""            # why the stream must end: FELL_BEHIND, NOT_LEADER, REPLACED or REVOKED
+    credential: bytes = b""       # the digest of the token it was opened with (a reload may withdraw it)
     leader_hint: str = ""         # with NOT_LEADER: where the consumer should go
 
     @property

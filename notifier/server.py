@@ -15,7 +15,7 @@ from doctor_common.shielded import shielded
 from doctor_common.timeline import Stage, now_ns, stamp
 from notifier.filters import Filter, FilterError, view_notification, view_resources
 from notifier.log import CursorExpired, MemoryLog, NotificationLog
-from notifier.registry import FELL_BEHIND, NOT_LEADER, OVERFLOW, Registry, Subscriber
+from notifier.registry import FELL_BEHIND, NOT_LEADER, OVERFLOW, REVOKED, Registry, Subscriber
 from notifier.subscriptions import SubscriptionBook
 
 log = logging.getLogger("doctor.notifier")
@@ -149,6 +149,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         known = self.book.resumable(request.subscription_id, principal) if request.subscription_id else None
         # register before reading the log: nothing published from here on can fall between the two
         sub = self.registry.add(principal, flt, self.log.last_sequence, known.id if known else "")
+        sub.credential = self.auth.credential(context)
         # a recognised subscription resumes even from 0 (its snapshot was taken before anything was logged);
         # resume_after=0 on a new one means "from now on"
         replay = bool(resume or known)
@@ -211,6 +212,10 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"this replica stopped leading; subscribe again with resume_after={sub.last_delivered} "
                                 "at the leader", trailing_metadata=(("doctor-leader", sub.leader_hint),))
+        if sub.ended_by == REVOKED:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "the credentials this subscription was opened with are no longer valid (the "
+                                "inspector's configuration was reloaded without them)")
         if sub.ended_by and sub.ended_by != FELL_BEHIND:
             await context.abort(grpc.StatusCode.ABORTED, f"subscription {sub.id} was resumed by a newer stream")
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

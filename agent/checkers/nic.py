@@ -58,8 +58,11 @@ class NicChecker:
 
     def check_host(self) -> list[tuple[str, str]]:
         """``--check-config``: (key, problem) for every configured interface this host does not have."""
-        present = present_interfaces(self.interfaces, self.netns)
         where = f" in network namespace {self.netns}" if self.netns else ""
+        try:
+            present = present_interfaces(self.interfaces, self.netns)
+        except OSError as exc:  # a timeout, a namespace that does not exist
+            return [("interfaces", f"cannot ask the kernel for its interfaces{where}: {exc or type(exc).__name__}")]
         return [("interfaces", f"interface {i!r} does not exist on this host{where} (a typo?)")
                 for i in self.interfaces if i not in present]
 

@@ -195,7 +195,8 @@ class Responder:
                           servers=[] if admin_only else servers, ports=[] if admin_only else ports)
             self.alarms.add(alarm)
             if "server_error" in rule.actions and named and not admin_only:
-                await self._server_error(alarm)
+                # the owner hears first; the controller's update follows (an update of the same alarm)
+                self.spawn(self._server_error(alarm), f"setting {alarm.servers[0].id} to error")
         tl = start_timeline(t)
         stamp(tl, Stage.STAGE_CORRELATED)
         await self.publish(alarm, tl)
@@ -210,18 +211,25 @@ class Responder:
         return [named], [p for p in self.resources.ports_on(t.host) if p.device_id == named.id], True
 
     async def _server_error(self, alarm: Alarm) -> None:
-        """The named server's VM is dead: its state to error (nothing else on the host changes)."""
+        """The named server's VM is dead: its state to error (nothing else on the host changes), announced as
+        an update of the alarm once the controller answered."""
         ids = [s.id for s in alarm.servers]
         self.durable.check()
         try:
             failed = await self.controller.reset_servers_state(ids, ServerState.ERROR)
         except ControllerError as exc:
             failed = {i: exc for i in ids}
-        self.resources.set_servers_state([i for i in ids if i not in failed], ServerState.ERROR)
-        alarm.servers = [self.resources.servers.get(s.id, s) for s in alarm.servers]
-        if failed:
-            alarm.fault.fault_details["servers_error_failed"] = ",".join(sorted(failed))
-            log.error("server %s could not be set to error: %s", ",".join(sorted(failed)), next(iter(failed.values())))
+        async with self.lock(alarm.host):
+            if self.alarms.get(alarm.id) is not alarm:
+                return  # cleared meanwhile
+            self.resources.set_servers_state([i for i in ids if i not in failed], ServerState.ERROR)
+            alarm.servers = [self.resources.servers.get(s.id, s) for s in alarm.servers]
+            if failed:
+                alarm.fault.fault_details["servers_error_failed"] = ",".join(sorted(failed))
+                log.error("server %s could not be set to error: %s", ",".join(sorted(failed)),
+                          next(iter(failed.values())))
+            alarm.touch()
+            await self.publish(alarm, common_pb2.Timeline())
 
     # -- notification ----------------------------------------------------------------------
 

@@ -130,6 +130,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         rec = self.liveness.record(hello.host_id)
         stream = object()
         rebooted = await self.liveness.attach(rec, stream, hello, context.peer())
+        rec.credential = self.auth.credential(context) if await self.auth.agent_host(context) is not None else b""
+        rec.revoked = False
         yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=self.heartbeat_interval_ms))
         try:
             if rebooted:
@@ -144,6 +146,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica stopped leading: reconnect")
                 if rec.stream is not stream:
                     await context.abort(grpc.StatusCode.ABORTED, "a newer stream of this host took over")
+                if rec.revoked:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                        "this agent's token was withdrawn (the inspector's configuration was reloaded "
+                                        "without it)")
                 await self.liveness.heard(rec)
                 if rec.resync:
                     rec.resync = False

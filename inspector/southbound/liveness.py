@@ -43,6 +43,8 @@ class HostRecord:
     changed_at: float = 0.0         # monotonic: when its liveness last changed
     host_boot_id: str = ""          # the kernel's boot id, as its agent last reported it
     resync: bool = False            # ask its agent for every level again (with the next message it sends)
+    credential: bytes = b""         # the digest of the host token its stream was opened with (b"": anonymous)
+    revoked: bool = False           # that token was withdrawn by a reload: the stream is ended
     last_sequence: int = 0          # highest event sequence processed for boot_id
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics

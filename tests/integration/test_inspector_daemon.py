@@ -41,7 +41,8 @@ def test_doctor_inspector_is_a_notify_service(tmp_path: Path, notify: NotifySock
 
 def test_sighup_reloads_tokens_and_inventory_and_refuses_a_bad_file(tmp_path: Path, notify: NotifySocket) -> None:
     """SIGHUP (systemctl reload): a consumer token and a host added to the files work without a restart; a file
-    with a mistake is refused, naming its key, and the running configuration (and the daemon) stay."""
+    with a mistake is refused, naming its key, and the running configuration (and the daemon) stay; a token the
+    files no longer give ends the subscription opened with it."""
     import asyncio
 
     import grpc
@@ -93,6 +94,22 @@ def test_sighup_reloads_tokens_and_inventory_and_refuses_a_bad_file(tmp_path: Pa
         asyncio.run(logged("reload refused"))
         assert asyncio.run(hosts("second")) == ["c1", "c2"], "the running configuration is kept"
         assert proc.poll() is None
+
+        async def withdrawn() -> grpc.StatusCode:
+            """The first token's open subscription, when a reload drops that token."""
+            async with DoctorClient(f"127.0.0.1:{port}", "first") as c:
+                stream = c.subscribe_once()
+                assert (await anext(stream)).WhichOneof("kind") == "subscribed"
+                cfg.write_text(base.replace('token = "first"', 'token = "second"'))
+                proc.send_signal(signal.SIGHUP)
+                try:
+                    async with asyncio.timeout(15):
+                        async for _ in stream:
+                            pass
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                raise AssertionError("the stream went on")
+        assert asyncio.run(withdrawn()) == grpc.StatusCode.UNAUTHENTICATED
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
