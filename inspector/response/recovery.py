@@ -260,6 +260,7 @@ class Recovery:
             alarm.fencing = True
             try:
                 deadline = time.monotonic() + r.fencer.timeout_s  # one bound for the whole attempt
+                sent: dict[str, Any] | None = None
                 if Step.FENCE not in done:
                     d.check()
                     crashpoint.reached("before_fence")
@@ -267,12 +268,17 @@ class Recovery:
                     if not res.ok:
                         await self._failed(alarm, res.error)
                         return
-                    await d.step(alarm.id, Step.FENCE, {"ok": True, "already_off": res.already_off})
+                    sent = {"ok": True, "already_off": res.already_off}
                 d.check()
+                # confirmed first, journalled after: a write between the two wakes a thread that makes pyghmi's
+                # reply race (and its retransmit wait) likelier; a leader that dies in between finds no fence
+                # recorded and fences again, which finds the host already off
                 res = await r.fencer.confirm_off(host, bmc, deadline=deadline)
                 if not res.ok:
                     await self._failed(alarm, res.error)
                     return
+                if sent is not None:
+                    await d.step(alarm.id, Step.FENCE, sent)
                 await d.step(alarm.id, Step.CONFIRM_OFF, {"ok": True})
             finally:
                 alarm.fencing = False
