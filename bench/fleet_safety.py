@@ -78,8 +78,9 @@ class Inbox:
         await self.client.close()
 
 
-async def with_lab(run: Any, **kw: Any) -> Any:
-    lab = Lab(**kw)
+async def with_lab(run: Any, lab: Lab | None = None, **kw: Any) -> Any:
+    """Runs ``run(lab, inbox)`` on a started lab (``lab`` if given, else ``Lab(**kw)``) and closes both."""
+    lab = lab or Lab(**kw)
     await lab.start()
     inbox = Inbox(lab, "tenant")
     try:
@@ -182,14 +183,7 @@ async def notices(runs: int, servers: int, openstack_latency_s: float | None = N
         lab = OpenStackLab(cloud, **kw)
         lab.extra_config += NO_FENCING_BUDGET
         cloud.latency_s = openstack_latency_s
-        await lab.start()
-        inbox = Inbox(lab, "tenant")
-        try:
-            await asyncio.wait_for(inbox.ready.wait(), 10)
-            return await run(lab, inbox)
-        finally:
-            await inbox.close()
-            await lab.close()
+        return await with_lab(run, lab=lab)
     finally:
         cloud.stop()
 

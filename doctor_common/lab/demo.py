@@ -45,6 +45,14 @@ async def _consume(client: DoctorClient, inbox: list[fault_pb2.FaultNotification
             inbox.append(msg.fault)
 
 
+async def _stop_consumers(tasks: list[asyncio.Task[None]], clients: list[DoctorClient]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for c in clients:
+        await c.close()
+
+
 async def run() -> int:
     lab = Lab(hosts=3, servers_per_host=2, projects=PROJECTS)
     clients: list[DoctorClient] = []
@@ -115,11 +123,7 @@ async def run() -> int:
         say("\n== " + ("done: fenced, marked down, only the owners told" if ok else "UNEXPECTED RESULT: see above"))
         return 0 if ok and await mass_silence(lab, inboxes) else 1
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for c in clients:
-            await c.close()
+        await _stop_consumers(tasks, clients)
         await lab.close()
         say("   removed the namespaces, links, processes and files the demo created")
 
@@ -221,11 +225,7 @@ async def run_ha() -> int:
                         if ok else "UNEXPECTED RESULT: see above"))
         return 0 if ok else 1
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for c in clients:
-            await c.close()
+        await _stop_consumers(tasks, clients)
         if lab is not None:
             await lab.close()
         await etcd.stop()

@@ -93,6 +93,14 @@ class Holding(Protocol):
     async def hold(self, alarm: Alarm, judgement: Judgement) -> None: ...
 
 
+async def servers_to_error(controller: Controller, ids: list[str]) -> dict[str, ControllerError]:
+    """The servers the controller could not set to error; a failure of the whole call counts against each."""
+    try:
+        return await controller.reset_servers_state(ids, ServerState.ERROR)
+    except ControllerError as exc:
+        return {i: exc for i in ids}
+
+
 class Recovery:
     def __init__(self, responder: Responding, guard: FleetGuard, causes: Holding,
                  retry: RetryPolicy = RetryPolicy(), rejoin_s: float = 10.0) -> None:
@@ -384,10 +392,7 @@ class Recovery:
         r = self.r
         ids = [s.id for s in alarm.servers]
         r.durable.check()
-        try:
-            failed = await r.controller.reset_servers_state(ids, ServerState.ERROR)
-        except ControllerError as exc:
-            failed = {i: exc for i in ids}
+        failed = await servers_to_error(r.controller, ids)
         r.resources.set_servers_state([i for i in ids if i not in failed], ServerState.ERROR)
         alarm.servers = r.resources.servers_on(alarm.host) or alarm.servers
         if failed:

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from controller_adapter.base import Bmc, Controller, ControllerError, HostStatus, Port, Server, ServerState
+from controller_adapter.base import Bmc, Controller, HostStatus, Port, Server, ServerState
 from doctor_common.api import common_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.timeline import Stage, now_ns, stamp
 from inspector.ha.etcd_store import Step
@@ -29,7 +29,7 @@ from inspector.response.durable import NullDurable
 from inspector.response.fencing import IpmiFencer
 from inspector.response.fleet_guard import FleetGuard, GuardConfig, HostView
 from inspector.response.policy import Policy, Rule
-from inspector.response.recovery import Recovery, RetryPolicy
+from inspector.response.recovery import Recovery, RetryPolicy, servers_to_error
 from inspector.response.root_causes import RootCauses
 from inspector.response.trigger import SILENCE, Trigger, start_timeline
 from notifier.server import Publisher
@@ -215,10 +215,7 @@ class Responder:
         an update of the alarm once the controller answered."""
         ids = [s.id for s in alarm.servers]
         self.durable.check()
-        try:
-            failed = await self.controller.reset_servers_state(ids, ServerState.ERROR)
-        except ControllerError as exc:
-            failed = {i: exc for i in ids}
+        failed = await servers_to_error(self.controller, ids)
         async with self.lock(alarm.host):
             if self.alarms.get(alarm.id) is not alarm:
                 return  # cleared meanwhile
