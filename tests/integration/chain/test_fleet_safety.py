@@ -159,7 +159,10 @@ async def test_a_dead_bmc_is_retried_until_the_host_is_fenced(make_lab) -> None:
         await wait_for(lambda: UNFENCED in host_phases(owner, "compute-2"), 10, what="the unfenced notice")
         n = next(n for n in owner.faults if n.phase == UNFENCED)
         assert not n.fenced and "did not" in n.fencing_error
-        await asyncio.sleep(1.0)  # a few attempts fail while the BMC stays dead
+        inc = lab.inspector.alarms.incident("compute-2")
+        assert inc is not None
+        await wait_for(lambda: int(inc.fault.fault_details.get("fence_attempts", "0")) >= 3, 10,
+                       what="a few attempts failing while the BMC stays dead")
     finally:
         lab.thaw_bmc("compute-2")
     await wait_for(lambda: MARKED_DOWN in host_phases(owner, "compute-2"), 15, what="fenced once the BMC answers")

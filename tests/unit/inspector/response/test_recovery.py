@@ -4,6 +4,7 @@ only count: no path sends a power-off it should not, and no incident is left stu
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from controller_adapter.base import Bmc, Host
@@ -145,8 +146,12 @@ async def test_a_new_leader_keeps_a_reported_switch_down_and_its_host_held() -> 
     assert inc is not None
     await new.r.recovery.resume(Incident(inc.id, {"alarm_id": inc.id, "actions": []}, ()))
     await new.r.causes.sweep()
-    await asyncio.sleep(0.4)  # past the new leader's rejoin grace (0.2 s): judged again by now
+    # the sweep after the new leader's grace is the one that would release a cause it had forgotten
+    await wait_for(lambda: time.monotonic() >= new.r.causes._quiet_until, 2, what="the rejoin grace")
+    assert await new.r.causes.sweep() == []
+    await wait_for(lambda: not new.r.causes.pending(inc.id), 2, what="no judgement under way")
     assert new.phase("a") == P.INCIDENT_PHASE_HELD and new.bmcs.sent == []
+    assert "switch:tor1" in new.r.causes.roots()
 
 
 async def test_a_suspicion_nothing_judges_is_judged_by_the_sweep() -> None:
