@@ -9,6 +9,7 @@ from typing import Any
 
 from controller_adapter import backend_class
 from controller_adapter.base import Bmc
+from controller_adapter.embedded_etcd import EtcdEmbeddedController
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.config import ConfigError, Section
 from doctor_common.endpoint import parse_endpoint
@@ -215,6 +216,8 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
     controller = None
     if build_controller:
         try:
+            if backend == "embedded" and opts.get("etcd") is not None:
+                cls = EtcdEmbeddedController  # one truth for every replica: its state in etcd
             controller = cls.from_config(sub)
         except (ValueError, OSError) as exc:
             raise ConfigError(root.file, f"controller.{backend}", str(exc)) from None

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from controller_adapter.embedded_etcd import EtcdEmbeddedController
 from doctor_common.api import (
     agent_pb2,
     agent_pb2_grpc,
@@ -72,6 +73,11 @@ class Inspector:
         self.leadership = Leadership(
             cfg.etcd, node_id=cfg.node_id, advertise=cfg.advertise, advertise_agents=cfg.advertise_agents,
             retention=cfg.retention, subscription_expiry_s=cfg.subscription_expiry_s) if cfg.etcd is not None else None
+        if self.leadership and isinstance(self.controller, EtcdEmbeddedController):
+            e = cfg.etcd
+            assert e is not None
+            self.controller.bind(self.leadership.client, e.prefix, self.leadership.election,
+                                 call_timeout_s=e.call_timeout_s, write_deadline_s=e.write_deadline_s)
         self.role = "follower" if self.leadership else "standalone"
         self.acting = self.leadership is None  # only the acting leader watches, responds and takes streams
         self.term: Term | None = None
@@ -170,6 +176,8 @@ class Inspector:
         self.term = self.durable.term = term
         await self.log.load()
         try:
+            if isinstance(self.controller, EtcdEmbeddedController):
+                await self.controller.sync()  # what the previous leader marked, whatever this replica's watch saw
             await self.resources.load()
         except Exception as exc:  # noqa: BLE001 - a controller outage must not stop a takeover: the map is cached
             log.warning("could not refresh the resource map at takeover, using the cached one: %s", exc)

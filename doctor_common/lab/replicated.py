@@ -86,8 +86,8 @@ class HaLab(Lab):
                 f'advertise = "{r.endpoint}"\nadvertise_agents = "unix:{r.socket}"\n'
                 f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nliveness_timeout_ms = {self.liveness_timeout_ms}\n'
                 f'takeover_grace_ms = {self.takeover_grace_ms}\nlog_level = "info"\n\n'
-                f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n'
-                f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = 3.0\nipmi_retry_ms = 20\n\n'
+                f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n\n'
+                f'[fencing]\ntimeout_s = 3.0\nipmi_retry_ms = 20\n\n'
                 f'{self.etcd_table()}\n{self.extra_config}\n{self.auth_tables()}')
         self.write_agent_files([f"unix:{r.socket}" for r in self.replicas],
                                f"max_backoff_s = {self.agent_max_backoff_s}\n", log_level="info")

@@ -50,7 +50,7 @@ class Step(StrEnum):
 
 
 RECOVERY_STEPS: tuple[Step, ...] = tuple(Step)
-RESERVED = frozenset({"leader", "state", "recovery", "log"})  # key spaces under the prefix used elsewhere
+RESERVED = frozenset({"leader", "state", "recovery", "log", "controller"})  # key spaces under the prefix used elsewhere
 
 
 @dataclass(frozen=True)

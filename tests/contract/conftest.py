@@ -1,8 +1,8 @@
-"""Both controller backends, seeded with the same hosts, servers and ports, behind one fixture."""
+"""Every controller backend (embedded on SQLite, embedded on etcd, OpenStack), seeded with the same hosts, servers and ports, behind one fixture."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +10,13 @@ import pytest
 
 from controller_adapter.base import Controller
 from controller_adapter.embedded import EmbeddedController
+from controller_adapter.embedded_etcd import EtcdEmbeddedController
 from controller_adapter.openstack import OpenStackController
 from doctor_common.config import Section
+from doctor_common.etcd_guard import TokenGuard
+from inspector.ha.etcd_config import EtcdConfig, connect
+from tests.conftest import _unavailable, etcd_binary
+from tests.etcd_cluster import EtcdCluster
 from tests.openstack_cloud import FakeCloud
 
 # (name, zone); (id, name, host, project, user); (id, host, project, device)
@@ -77,10 +82,39 @@ async def _openstack(tmp_path: Path) -> tuple[Backend, Callable[[], Awaitable[No
     return Backend("openstack", ctl, set_alive), close
 
 
-@pytest.fixture(params=["embedded", "openstack"])
+async def _embedded_etcd(tmp_path: Path, etcd: EtcdCluster) -> tuple[Backend, Callable[[], Awaitable[None]]]:
+    """The replicated mode's embedded controller: state in a real etcd, written under a leader key's token."""
+    (tmp_path / "inventory.toml").write_text(_inventory())
+    (tmp_path / "inspector.toml").write_text('[controller.embedded]\ninventory = "inventory.toml"\n')
+    prefix = f"/contract/{tmp_path.name}"
+    client = connect(EtcdConfig(endpoints=tuple(etcd.endpoints), prefix=prefix, call_timeout_s=2.0))
+    t = client.transactions
+    leader = f"{prefix}/leader".encode()
+    _, resp = await client.transaction(compare=[t.create(leader) == 0], success=[t.put(leader, b"{}")], failure=[])
+    ctl = EtcdEmbeddedController.from_config(_section(tmp_path / "inspector.toml", "embedded"))
+    ctl.bind(client, prefix, TokenGuard(client, leader, resp[0].response_put.header.revision))
+
+    async def close() -> None:
+        await ctl.close()
+        await client.delete_prefix(prefix.encode())
+        await client.close()
+    return Backend("embedded", ctl, ctl.set_alive), close
+
+
+@pytest.fixture(scope="session")
+def contract_etcd() -> Iterator[EtcdCluster]:
+    if etcd_binary() is None:
+        _unavailable("needs Debian's etcd-server (make setup installs it)")
+    with EtcdCluster(1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["embedded", "embedded-etcd", "openstack"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    make = {"embedded": _embedded, "openstack": _openstack}[request.param]
-    b, close = await make(tmp_path)
+    if request.param == "embedded-etcd":
+        b, close = await _embedded_etcd(tmp_path, request.getfixturevalue("contract_etcd"))
+    else:
+        b, close = await {"embedded": _embedded, "openstack": _openstack}[request.param](tmp_path)
     try:
         yield b
     finally:
