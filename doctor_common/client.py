@@ -6,6 +6,10 @@ subscription, so a new leader recognises it), so a caller sees every
 notification once, in order. Given several endpoints (the inspector
 replicas), it follows a follower's ``doctor-leader`` hint and otherwise moves
 on to the next endpoint when the current one fails.
+
+Maintenance: administrators start, follow, query and end sessions
+(``maintenance_*``); a consumer answers the ``MaintenanceNotification`` it
+receives on its subscription with ``reply``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
-from doctor_common.api import diagnostics_pb2, diagnostics_pb2_grpc, fault_pb2, fault_pb2_grpc
+from doctor_common.api import (
+    diagnostics_pb2,
+    diagnostics_pb2_grpc,
+    fault_pb2,
+    fault_pb2_grpc,
+    maintenance_pb2,
+    maintenance_pb2_grpc,
+)
 from doctor_common.grpcutil import auth_metadata, channel_options
 from doctor_common.timeline import Stage, now_ns, stamp
 
@@ -103,8 +114,11 @@ class DoctorClient:
         while True:
             try:
                 async for msg in self.subscribe_once(flt, cursor, subscription_id):
-                    if msg.WhichOneof("kind") == "fault":
+                    kind = msg.WhichOneof("kind")
+                    if kind == "fault":
                         cursor = msg.fault.sequence
+                    elif kind == "maintenance":
+                        cursor = msg.maintenance.sequence
                     else:
                         if msg.subscribed.subscription_id != subscription_id and cursor == 0:
                             # a new subscription starts at its snapshot; a resumed one replays from the cursor
@@ -151,3 +165,54 @@ class DoctorClient:
         stub = diagnostics_pb2_grpc.HostsStub(self._channel)
         return await stub.EnableHost(diagnostics_pb2.EnableHostRequest(host_id=host, force=force), metadata=self._md,
                                      timeout=timeout)
+
+    # -- maintenance (doctor/v1/maintenance.proto) -------------------------------------------------
+
+    @property
+    def maintenance(self) -> maintenance_pb2_grpc.MaintenanceStub:
+        return maintenance_pb2_grpc.MaintenanceStub(self._channel)
+
+    async def maintenance_start(self, hosts: Sequence[str], reason: str = "", reply_timeout_s: int = 0,
+                                empty_timeout_s: int = 0, metadata: dict[str, str] | None = None
+                                ) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+        """Administrators: put ``hosts`` into maintenance; yields the session's progress until it is in
+        maintenance, rolled back or failed (stop reading whenever: the session goes on)."""
+        req = maintenance_pb2.StateChangeRequest(
+            physical_resource_state=[maintenance_pb2.PhysicalResourceState(
+                physical_resource_id=h, physical_resource_state="maintenance", metadata=metadata or {})
+                for h in hosts],
+            reason=reason, reply_timeout_s=reply_timeout_s, empty_timeout_s=empty_timeout_s)
+        async for msg in self.maintenance.StateChange(req, metadata=self._md):
+            yield msg
+
+    async def maintenance_end(self, hosts: Sequence[str]) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+        """Administrators: back to normal (a session still in progress is cancelled: rolled back)."""
+        req = maintenance_pb2.StateChangeRequest(physical_resource_state=[
+            maintenance_pb2.PhysicalResourceState(physical_resource_id=h, physical_resource_state="normal")
+            for h in hosts])
+        async for msg in self.maintenance.StateChange(req, metadata=self._md):
+            yield msg
+
+    async def maintenance_watch(self, session_id: str) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+        async for msg in self.maintenance.Watch(maintenance_pb2.WatchRequest(session_id=session_id),
+                                                metadata=self._md):
+            yield msg
+
+    async def maintenance_query(self, hosts: Sequence[str] = (), state: str = "", zone: str = "",
+                                timeout: float = 10.0) -> maintenance_pb2.StateQueryResponse:
+        flt = maintenance_pb2.StateQueryFilter(physical_resource_id=list(hosts), physical_resource_state=state,
+                                               zone_id=zone)
+        return await self.maintenance.StateQuery(maintenance_pb2.StateQueryRequest(filter=flt), metadata=self._md,
+                                                 timeout=timeout)
+
+    async def reply(self, session_id: str, instructions: dict[str, int | tuple[int, str]] | None = None,
+                    nack: bool = False, reason: str = "", timeout: float = 10.0) -> maintenance_pb2.MaintenanceReplyAck:
+        """Consumers: answer a MaintenanceNotification. ``instructions``: server id → ``Instruction`` (or
+        ``(Instruction, target_host)``), one for each of your servers it lists; or ``nack=True``."""
+        items = []
+        for server_id, how in (instructions or {}).items():
+            kind, target = how if isinstance(how, tuple) else (how, "")
+            items.append(maintenance_pb2.ServerInstruction(server_id=server_id, instruction=kind, target_host=target))
+        return await self.maintenance.Reply(maintenance_pb2.MaintenanceReply(
+            session_id=session_id, instructions=items, nack=nack, reason=reason), metadata=self._md, timeout=timeout)
+

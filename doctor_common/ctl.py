@@ -1,4 +1,4 @@
-"""doctorctl: look at and operate a running nfv-doctor (status, hosts, faults, subscribe, profile)."""
+"""doctorctl: look at and operate a running nfv-doctor (status, hosts, faults, subscribe, profile, maintenance)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import json_format
 
 from doctor_common.api import agent_pb2, diagnostics_pb2, fault_pb2
+from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.client import DoctorClient
 from doctor_common.faults import host_status_name, severity_from_name, severity_name
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
@@ -139,6 +140,79 @@ async def cmd_profile(c: DoctorClient, args: argparse.Namespace) -> None:
     print(format_table(profile_table(t.timeline for t in r.timelines)))
 
 
+def _session_state(state: int) -> str:
+    return mpb.SessionState.Name(state).removeprefix("SESSION_STATE_").lower()
+
+
+def _print_progress(msg: mpb.MaintenanceProgress) -> None:
+    s = msg.session
+    print(f"{_when(msg.time_unix_nanos)}  session {s.session_id}  {_session_state(s.state):<22} {msg.event}", flush=True)
+
+
+def _session_result(s: mpb.SessionInfo) -> int:
+    """0 when the session reached what was asked (in maintenance, or completed), 2 when it rolled back or failed."""
+    if s.state in (mpb.SESSION_STATE_ROLLED_BACK, mpb.SESSION_STATE_FAILED):
+        print(f"session {s.session_id} {_session_state(s.state)}: {s.detail}", file=sys.stderr)
+        for o in s.servers:
+            print(f"  server {o.server_id} ({o.project_id}) on {o.host or 'nowhere (deleted)'}"
+                  + (f": {o.error}" if o.error else ""), file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _follow(stream: object) -> int:
+    last: mpb.SessionInfo | None = None
+    async for msg in stream:  # type: ignore[attr-defined]
+        _print_progress(msg)
+        last = msg.session
+    return _session_result(last) if last is not None else 0
+
+
+async def cmd_maintenance(c: DoctorClient, args: argparse.Namespace) -> int:
+    if args.action == "start":
+        bad = [kv for kv in args.meta or [] if "=" not in kv or kv.startswith("=")]
+        if bad:
+            raise SystemExit(f"doctorctl: --meta {bad[0]!r}: give KEY=VALUE")
+        metadata = dict(kv.split("=", 1) for kv in args.meta or [])
+        return await _follow(c.maintenance_start(args.hosts, args.reason, args.reply_timeout, args.empty_timeout,
+                                                 metadata))
+    if args.action == "end":
+        return await _follow(c.maintenance_end(args.hosts))
+    if args.action == "watch":
+        return await _follow(c.maintenance_watch(args.session))
+    r = await c.maintenance_query(args.hosts, args.state or "", args.zone or "")
+    if args.json:
+        print(json_format.MessageToJson(r))
+        return 0
+    print(f"{'host':<16} {'state':<12} {'zone':<8} {'session':<13} {'session state':<22} detail")
+    for h in r.physical_resource_info:
+        s = h.session if h.HasField("session") else None
+        print(f"{h.physical_resource_id:<16} {h.physical_resource_state:<12} {h.zone_id or '-':<8} "
+              f"{s.session_id if s else '-':<13} {_session_state(s.state) if s else '-':<22} "
+              f"{(s.detail or s.reason) if s else ''}")
+    return 0
+
+
+_INSTRUCTIONS = {"migrate": mpb.INSTRUCTION_MIGRATE, "live-migrate": mpb.INSTRUCTION_LIVE_MIGRATE,
+                 "own-action": mpb.INSTRUCTION_OWN_ACTION, "nack": mpb.INSTRUCTION_NACK}
+
+
+async def cmd_reply(c: DoctorClient, args: argparse.Namespace) -> int:
+    instructions: dict[str, int | tuple[int, str]] = {}
+    for item in args.server or []:
+        server, _, how = item.partition("=")
+        kind, _, target = how.partition(":")
+        if not server or kind not in _INSTRUCTIONS:
+            raise SystemExit(f"doctorctl: --server {item!r}: give SERVER=INSTRUCTION[:TARGET_HOST], INSTRUCTION one "
+                             f"of {', '.join(_INSTRUCTIONS)}")
+        instructions[server] = (_INSTRUCTIONS[kind], target) if target else _INSTRUCTIONS[kind]
+    if not instructions and not args.nack:
+        raise SystemExit("doctorctl: reply needs --server SERVER=INSTRUCTION for each of your servers, or --nack")
+    ack = await c.reply(args.session, instructions, nack=args.nack, reason=args.reason or "")
+    print(f"session {ack.session_id}: {_session_state(ack.state)}")
+    return 0
+
+
 def _token(args: argparse.Namespace) -> str | None:
     if args.token_file:
         return Path(args.token_file).read_text().strip()
@@ -171,20 +245,44 @@ def cli(argv: list[str] | None = None) -> int:
             s.add_argument("--count", type=int, default=0, help="exit after this many notifications")
     pr = sub.add_parser("profile", help="per-stage latency of the last faults (the seeds' profiler)")
     pr.add_argument("--last", type=int, default=10)
+    m = sub.add_parser("maintenance", help="planned maintenance of hosts: start, status, watch, end")
+    ma = m.add_subparsers(dest="action", required=True)
+    ms = ma.add_parser("start", help="disable the hosts, ask their servers' owners, empty them; live progress "
+                                     "(exit 2 when it rolls back)")
+    ms.add_argument("hosts", nargs="+")
+    ms.add_argument("--reason", default="")
+    ms.add_argument("--reply-timeout", type=int, default=0, help="seconds owners have to answer (default: the "
+                                                                 "inspector's [maintenance] reply_timeout_s)")
+    ms.add_argument("--empty-timeout", type=int, default=0, help="seconds to empty the hosts once answered")
+    ms.add_argument("--meta", action="append", help="KEY=VALUE kept with the session (repeatable)")
+    mq = ma.add_parser("status", help="hosts with their state and maintenance session")
+    mq.add_argument("hosts", nargs="*")
+    mq.add_argument("--state", help="normal, maintenance, down, unknown, error")
+    mq.add_argument("--zone")
+    mq.add_argument("--json", action="store_true")
+    mw = ma.add_parser("watch", help="a session's progress until it settles")
+    mw.add_argument("session")
+    me = ma.add_parser("end", help="back to normal: hosts enabled, owners told (cancels a session in progress)")
+    me.add_argument("hosts", nargs="+")
+    r = sub.add_parser("reply", help="a consumer's answer to a maintenance notification")
+    r.add_argument("session")
+    r.add_argument("--server", action="append", metavar="SERVER=INSTRUCTION[:TARGET]",
+                   help=f"one per server of yours; INSTRUCTION: {', '.join(_INSTRUCTIONS)} (repeatable)")
+    r.add_argument("--nack", action="store_true", help="refuse: the session rolls back")
+    r.add_argument("--reason")
     args = p.parse_args(argv)
     handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
 
-    async def run() -> None:
+    async def run() -> int:
         async with DoctorClient(args.endpoint, _token(args)) as c:
-            await handler(c, args)
+            return await handler(c, args) or 0
     try:
-        asyncio.run(run())
+        return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:
         print(f"doctorctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from doctor_common.auth import Principal, TokenAuth
 from doctor_common.config import ConfigError, Section
 from doctor_common.endpoint import parse_endpoint
 from inspector.ha.etcd_config import EtcdConfig
+from inspector.maintenance.workflow import MaintenanceConfig
 from inspector.response.fleet_guard import GuardConfig
 from inspector.response.policy import Policy, default_policy, load_policy
 from inspector.response.recovery import RetryPolicy
@@ -48,6 +49,7 @@ class InspectorConfig:
     takeover_grace_s: float = 10.0       # a new leader waits this long for agents that were connected before
     subscription_expiry_s: float = 86400.0
     notifier_state: str = ""             # standalone: the SQLite file of the log and subscriptions ("" in memory)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
 
 def _bmc(s: Section) -> Bmc:
@@ -188,6 +190,13 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
             raise g.error(f"link_fault_types[{index}]", "give exact fault types (e.g. compute.host.nic.down)")
     opts["max_lag_s"] = g.int("max_lag_ms", max(50, int(opts["liveness_timeout_s"] * 200)), min=10) / 1000
     g.done()
+
+    m = root.section("maintenance")
+    opts["maintenance"] = MaintenanceConfig(
+        reply_timeout_s=m.float("reply_timeout_s", 120.0, min=1.0, max=86400.0),
+        empty_timeout_s=m.float("empty_timeout_s", 600.0, min=1.0, max=86400.0),
+        max_parallel_moves=m.int("max_parallel_moves", 4, min=1, max=100))
+    m.done()
 
     n = root.section("notifier")
     opts["queue_limit"] = n.int("queue_limit", 1000, min=1)

@@ -27,6 +27,7 @@ from doctor_common.api import (
     diagnostics_pb2_grpc,
     fault_pb2,
     fault_pb2_grpc,
+    maintenance_pb2_grpc,
 )
 from doctor_common.config import ConfigError
 from doctor_common.etcd_guard import NotLeader
@@ -36,6 +37,8 @@ from inspector.config import InspectorConfig, load_inspector_config
 from inspector.ha.leadership import Leadership
 from inspector.ha.redirects import LeaderProbe, Redirector
 from inspector.ha.term import Term
+from inspector.maintenance.servicer import MaintenanceServicer
+from inspector.maintenance.workflow import Workflow
 from inspector.operator.diagnostics import DiagnosticsServicer, HostsServicer
 from inspector.operator.faultview import FaultView
 from inspector.response import crashpoint
@@ -59,8 +62,10 @@ from notifier.subscriptions import SubscriptionBook
 
 log = logging.getLogger("doctor.inspector")
 
-SERVICES = ("doctor.v1.AgentGateway", "doctor.v1.FaultManagement", "doctor.v1.Diagnostics", "doctor.v1.Hosts")
-LEADER_ONLY = ("doctor.v1.AgentGateway", "doctor.v1.FaultManagement", "doctor.v1.Hosts")  # NOT_SERVING on followers
+SERVICES = ("doctor.v1.AgentGateway", "doctor.v1.FaultManagement", "doctor.v1.Diagnostics", "doctor.v1.Hosts",
+            "doctor.v1.Maintenance")
+LEADER_ONLY = ("doctor.v1.AgentGateway", "doctor.v1.FaultManagement", "doctor.v1.Hosts",  # NOT_SERVING on followers
+               "doctor.v1.Maintenance")
 
 
 class Inspector:
@@ -114,6 +119,9 @@ class Inspector:
                                    self.publisher, cfg.bmcs, self.durable, guard=self.guard, retry=cfg.fence_retry,
                                    rejoin_s=cfg.takeover_grace_s + cfg.liveness_timeout_s, spawn=self._act)
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
+        self.maintenance = Workflow(self.controller, self.resources, self.publisher.publish, self.durable,
+                                    cfg.maintenance, self._act, self.responder.host_state)
+        self.responder.in_maintenance = self.maintenance.in_maintenance
         self.absent = AbsentWatch(self.liveness, self.responder.bmc_for, self.fencer.power_state,
                                   lambda t: self._act(self.responder.fault(t), f"{t.fault_type} on {t.host}"),
                                   cfg.absent_poll_s, cfg.agent_return_deadline_s)
@@ -182,11 +190,14 @@ class Inspector:
         except Exception as exc:  # noqa: BLE001 - a controller outage must not stop a takeover: the map is cached
             log.warning("could not refresh the resource map at takeover, using the cached one: %s", exc)
         incidents, expected = await self._restore()
+        sessions = await self.maintenance.restore()
         self._epoch += 1
         self.acting, self.role = True, "leader"
         await self._set_health(True)
         for inc in incidents.values():
             self._act(self.responder.recovery.resume(inc), f"finishing incident {inc.incident_id}")
+        for session in sessions:
+            self.maintenance.resume(session)
         self._warm_bmcs()
         log.warning("%s leads (token %d), ready in %.0f ms: %d alarms, %d incidents to finish, %d subscriptions, "
                     "log at %d; waiting up to %.1fs for %d agents", self.cfg.node_id, term.token,
@@ -233,6 +244,7 @@ class Inspector:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.responder.recovery.cancel_all()
+        self.maintenance.clear()
         self.guard.reset()
         ended = self.registry.end_all(NOT_LEADER, self.leader_endpoint() or "")
         self.book.clear()
@@ -254,10 +266,12 @@ class Inspector:
     async def start(self) -> None:
         await self.resources.load()
         restored: tuple[dict[str, Any], set[str]] = ({}, set())
+        sessions = []
         if self.leadership is None:
             # what a previous run of this process left, read before anyone is served: an agent attaching first
             # would be forgotten by the restore (and its host, expected but never heard, declared unreachable)
             restored = await self._restore()
+            sessions = await self.maintenance.restore()
         # the keepalive only ends dead transports; silence is judged by heartbeats, so a ping must not end a
         # silent host's stream before the liveness timeout (that would read as agent death: no fencing)
         keepalive = server_options(ping_timeout_ms=max(1000, int(2000 * self.cfg.liveness_timeout_s)))
@@ -269,6 +283,8 @@ class Inspector:
             self.auth, self.view, self.log, self.registry, self.book, self.require_leader), server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(self), server)
         diagnostics_pb2_grpc.add_HostsServicer_to_server(HostsServicer(self), server)
+        maintenance_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(
+            self.auth, self.maintenance, self.require_leader), server)
         self.health = await add_health_and_reflection(server, SERVICES)
         for address in self.cfg.listen:
             port = server.add_insecure_port(address)
@@ -288,6 +304,8 @@ class Inspector:
         incidents, expected = restored
         for inc in incidents.values():
             self._act(self.responder.recovery.resume(inc), f"finishing incident {inc.incident_id}")
+        for session in sessions:
+            self.maintenance.resume(session)
         if incidents or expected or len(self.alarms):
             log.warning("carrying on from the previous run: %d alarms, %d incidents to finish, %d subscriptions, "
                         "log at %d; waiting up to %.1fs for %d agents", len(self.alarms), len(incidents),

@@ -112,15 +112,26 @@ def view_notification(principal: Principal, flt: Filter, n: fault_pb2.FaultNotif
     """The principal's share of a notification, or None when nothing in it is theirs."""
     if principal.admin and flt == Filter():
         return n  # the common administrator case: no copy
-    virtual, physical = view_resources(principal, flt, list(n.virtual_resource_info), list(n.physical_resource_info))
+    maintenance = n.HasField("maintenance")
+    if maintenance:
+        # a request for consent reaches every owner whose resources it names, whatever fault types or severity
+        # the subscription narrowed faults to: only ownership and the resource filters apply
+        flt = Filter(resource_types=flt.resource_types, resource_ids=flt.resource_ids)
+    virtual, physical = view_resources(principal, flt, list(n.virtual_resource_info), list(n.physical_resource_info),
+                                       require_faults=not maintenance)
     if not virtual and not physical:
         return None
     out = fault_pb2.FaultNotification(virtual_resource_info=virtual, physical_resource_info=physical)
     for field in _SHARED_FIELDS:  # everything but the resources, whatever fields the contract grows
         if field.message_type is not None:
-            getattr(out, field.name).CopyFrom(getattr(n, field.name))
+            if n.HasField(field.name):  # CopyFrom would mark an absent one present
+                getattr(out, field.name).CopyFrom(getattr(n, field.name))
         else:
             setattr(out, field.name, getattr(n, field.name))
+    if maintenance and not principal.admin:  # the owner's own servers' outcomes, nobody else's
+        mine = [o for o in out.maintenance.servers if principal.owns(o.project_id)]
+        del out.maintenance.servers[:]
+        out.maintenance.servers.extend(mine)
     return out
 
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc
+from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc, maintenance_pb2
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.shielded import shielded
 from doctor_common.timeline import Stage, now_ns, stamp
@@ -226,6 +226,8 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
     def _delivered(sub: Subscriber, n: fault_pb2.FaultNotification) -> fault_pb2.SubscribeStreamMessage:
         sub.last_delivered = n.sequence
         sub.delivered += 1
+        if n.HasField("maintenance"):
+            return fault_pb2.SubscribeStreamMessage(maintenance=maintenance_message(n))
         return fault_pb2.SubscribeStreamMessage(fault=n)
 
     async def QueryFaults(self, request: fault_pb2.FaultQueryRequest,
@@ -253,6 +255,18 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"server {request.server_id!r} does not exist")
         host, status = result  # type: ignore[misc]
         return fault_pb2.ServerHostStatusResponse(server_id=request.server_id, host=host, host_status=status)
+
+
+def maintenance_message(n: fault_pb2.FaultNotification) -> maintenance_pb2.MaintenanceNotification:
+    """A maintenance entry of the log as the consumer receives it: the notice, with the envelope's sequence, id,
+    time and (already filtered) resources."""
+    out = maintenance_pb2.MaintenanceNotification()
+    out.CopyFrom(n.maintenance)
+    out.notification_id, out.sequence, out.event_time_unix_nanos = (n.notification_id, n.sequence,
+                                                                    n.event_time_unix_nanos)
+    out.virtual_resource_info.extend(n.virtual_resource_info)
+    out.physical_resource_info.extend(n.physical_resource_info)
+    return out
 
 
 def stamp_delivered(n: fault_pb2.FaultNotification) -> None:

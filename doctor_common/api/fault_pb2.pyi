@@ -1,4 +1,5 @@
 from doctor_common.api import common_pb2 as _common_pb2
+from doctor_common.api import maintenance_pb2 as _maintenance_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -64,7 +65,7 @@ class SubscribeResponse(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class FaultNotification(_message.Message):
-    __slots__ = ("notification_id", "sequence", "event_time_unix_nanos", "virtual_resource_info", "physical_resource_info", "timeline", "fenced", "fencing_error", "phase")
+    __slots__ = ("notification_id", "sequence", "event_time_unix_nanos", "virtual_resource_info", "physical_resource_info", "timeline", "fenced", "fencing_error", "phase", "maintenance")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +75,7 @@ class FaultNotification(_message.Message):
     FENCED_FIELD_NUMBER: _ClassVar[int]
     FENCING_ERROR_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
+    MAINTENANCE_FIELD_NUMBER: _ClassVar[int]
     notification_id: str
     sequence: int
     event_time_unix_nanos: int
@@ -83,15 +85,18 @@ class FaultNotification(_message.Message):
     fenced: bool
     fencing_error: str
     phase: IncidentPhase
-    def __init__(self, notification_id: _Optional[str] = ..., sequence: _Optional[int] = ..., event_time_unix_nanos: _Optional[int] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., timeline: _Optional[_Union[_common_pb2.Timeline, _Mapping]] = ..., fenced: _Optional[bool] = ..., fencing_error: _Optional[str] = ..., phase: _Optional[_Union[IncidentPhase, str]] = ...) -> None: ...
+    maintenance: _maintenance_pb2.MaintenanceNotification
+    def __init__(self, notification_id: _Optional[str] = ..., sequence: _Optional[int] = ..., event_time_unix_nanos: _Optional[int] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., timeline: _Optional[_Union[_common_pb2.Timeline, _Mapping]] = ..., fenced: _Optional[bool] = ..., fencing_error: _Optional[str] = ..., phase: _Optional[_Union[IncidentPhase, str]] = ..., maintenance: _Optional[_Union[_maintenance_pb2.MaintenanceNotification, _Mapping]] = ...) -> None: ...
 
 class SubscribeStreamMessage(_message.Message):
-    __slots__ = ("subscribed", "fault")
+    __slots__ = ("subscribed", "fault", "maintenance")
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     FAULT_FIELD_NUMBER: _ClassVar[int]
+    MAINTENANCE_FIELD_NUMBER: _ClassVar[int]
     subscribed: SubscribeResponse
     fault: FaultNotification
-    def __init__(self, subscribed: _Optional[_Union[SubscribeResponse, _Mapping]] = ..., fault: _Optional[_Union[FaultNotification, _Mapping]] = ...) -> None: ...
+    maintenance: _maintenance_pb2.MaintenanceNotification
+    def __init__(self, subscribed: _Optional[_Union[SubscribeResponse, _Mapping]] = ..., fault: _Optional[_Union[FaultNotification, _Mapping]] = ..., maintenance: _Optional[_Union[_maintenance_pb2.MaintenanceNotification, _Mapping]] = ...) -> None: ...
 
 class FaultQueryFilter(_message.Message):
     __slots__ = ("virtual_resource_type", "virtual_resource_id", "fault_type", "min_severity", "event_start_unix_nanos", "event_end_unix_nanos", "fault_id")

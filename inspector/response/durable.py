@@ -64,12 +64,25 @@ class NullDurable:
     async def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Incident]]:
         return {}, {}, {}
 
+    # -- maintenance sessions (inspector/maintenance/): one JSON document each, None deletes it ------------
+
+    def session_ops(self, session_id: str, data: dict[str, Any] | None) -> list[Any]:
+        """The session's write as operations of another transaction (the log append announcing its step)."""
+        return []
+
+    async def save_session(self, session_id: str, data: dict[str, Any] | None) -> None:
+        return None
+
+    async def load_sessions(self) -> dict[str, dict[str, Any]]:
+        return {}
+
 
 class EtcdDurable(NullDurable):
     def __init__(self, store: EtcdStore) -> None:
         self.store = store
         self.alarms = store.collection("alarms", *json_codec())
         self.hosts = store.collection("hosts", *json_codec())
+        self.sessions = store.collection("maintenance", *json_codec())
         self.term: Term | None = None
         self._host_locks: dict[str, asyncio.Lock] = {}
 
@@ -133,6 +146,17 @@ class EtcdDurable(NullDurable):
                                                         self.store.incidents())
         return alarms, hosts, incidents
 
+    def session_ops(self, session_id: str, data: dict[str, Any] | None) -> list[Any]:
+        self.check()
+        return [self.sessions.delete_op(session_id) if data is None else self.sessions.put_op(session_id, data)]
+
+    async def save_session(self, session_id: str, data: dict[str, Any] | None) -> None:
+        write = self.sessions.delete(session_id) if data is None else self.sessions.put(session_id, data)
+        await self._write(write, f"maintenance session {session_id}")
+
+    async def load_sessions(self) -> dict[str, dict[str, Any]]:
+        return await self.sessions.items()
+
 
 class LocalDurable(NullDurable):
     """Standalone with a local file (``[notifier] state``): alarms, hosts and the recovery journal in SQLite,
@@ -180,6 +204,16 @@ class LocalDurable(NullDurable):
             by_incident.setdefault(key.split("/", 1)[0], []).append(StepRecord(
                 s["step"], 0, s.get("node_id", ""), float(s.get("time_unix", 0)), s.get("detail", {}), order))
         return alarms, hosts, {i: Incident(i, d, tuple(by_incident.get(i, ()))) for i, d in incidents.items()}
+
+    def session_ops(self, session_id: str, data: dict[str, Any] | None) -> list[Any]:
+        return [self.state.delete_op("maintenance", session_id) if data is None
+                else self.state.put_op("maintenance", session_id, data)]
+
+    async def save_session(self, session_id: str, data: dict[str, Any] | None) -> None:
+        await self.state.apply(*self.session_ops(session_id, data))
+
+    async def load_sessions(self) -> dict[str, dict[str, Any]]:
+        return await self.state.items("maintenance")
 
 
 def _log_refusal(task: "asyncio.Task[Any]", what: str) -> None:

@@ -14,6 +14,7 @@ notification announcing it (``durable.publish_ops``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -67,6 +68,8 @@ class Responder:
         self.causes = RootCauses(self, self.guard, self._rejudge, rejoin_s,
                                  pending=lambda alarm_id: self.recovery.pending(alarm_id))
         self.recovery = Recovery(self, self.guard, self.causes, retry, rejoin_s)
+        # whether the host is in maintenance (empty, being worked on): set by the maintenance workflow
+        self.in_maintenance: Callable[[str], bool] = lambda _host: False
 
     def bmc_for(self, host: str) -> Bmc | None:
         """The inspector's own config wins over what the controller knows."""
@@ -95,6 +98,11 @@ class Responder:
         if rule is None:
             log.debug("no rule acts on %s from %s", t.fault_type, t.host)
             return
+        if rule.fences and self.in_maintenance(t.host):
+            # emptied and being worked on: its symptoms are the work's; nobody on it to protect, nothing to fence
+            log.info("%s on %s, which is in maintenance: administrators are told, it is not fenced", t.fault_type,
+                     t.host)
+            rule = dataclasses.replace(rule, actions=frozenset())
         if rule.fences and self.guard.is_link_fault(t.fault_type):
             incident = self.alarms.incident(t.host)
             if incident is None or incident.withdrawable:  # a fenced host's links say nothing of its switch

@@ -1,0 +1,1 @@
+"""NFVI maintenance: the administrators' sessions, the owners' consent, emptying hosts, rollback."""

@@ -1,0 +1,183 @@
+"""Maintenance sessions end to end against a real inspector, its embedded controller and virtual BMCs:
+consent, emptying, rollback (issue 13). Servers are placed round robin: on compute-1, vm-1-1 is
+project-a's and vm-1-2 project-b's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from controller_adapter.base import HostStatus
+from doctor_common.api import common_pb2
+from doctor_common.api import maintenance_pb2 as mpb
+from doctor_common.client import DoctorClient
+from doctor_common.lab.cloud import Lab
+from tests.integration.maintenance.conftest import Progress
+
+S = mpb.SessionState
+MIGRATE, LIVE, OWN, NACK = (mpb.INSTRUCTION_MIGRATE, mpb.INSTRUCTION_LIVE_MIGRATE, mpb.INSTRUCTION_OWN_ACTION,
+                            mpb.INSTRUCTION_NACK)
+HAPPY = [S.SESSION_STATE_ACCEPTED, S.SESSION_STATE_HOSTS_DISABLED, S.SESSION_STATE_OWNERS_NOTIFIED,
+         S.SESSION_STATE_REPLIES_RECEIVED, S.SESSION_STATE_INSTRUCTIONS_EXECUTED, S.SESSION_STATE_HOSTS_EMPTY,
+         S.SESSION_STATE_IN_MAINTENANCE]
+
+
+async def where(lab: Lab, server: str) -> str:
+    return (await lab.inspector.controller.server_host_status(server))[0]
+
+
+async def host(lab: Lab, name: str) -> Any:
+    return await lab.inspector.controller.get_host(name)
+
+
+async def test_owners_consent_the_host_is_emptied_and_returned_to_service(site: Any) -> None:
+    """Each owner is told of its own server only, with the deadline and the instructions allowed; both answer;
+    the servers are moved to other enabled hosts; the administrator's stream walks every step to IN_MAINTENANCE;
+    nothing is powered off. Ending it enables the host again and tells the owners."""
+    lab = await site(hosts=3, servers_per_host=2)
+    a, b = await site.owner(lab, "project-a"), await site.owner(lab, "project-b")
+    progress = Progress(site.admin(lab).maintenance_start(["compute-1"], reason="BIOS 2.1",
+                                                          metadata={"work": "bios"}))
+    sid = await progress.first()
+
+    asked_a = await a.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    asked_b = await b.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    assert [v.virtual_resource_id for v in asked_a.virtual_resource_info] == ["vm-1-1"]
+    assert [o.server_id for o in asked_a.servers] == ["vm-1-1"], "nobody else's servers"
+    assert [v.virtual_resource_id for v in asked_b.virtual_resource_info] == ["vm-1-2"]
+    assert asked_a.virtual_resource_info[0].virtual_resource_state == "maintenance"
+    assert asked_a.virtual_resource_info[0].host_status == common_pb2.HOST_STATUS_MAINTENANCE
+    assert asked_a.reply_deadline_unix_nanos > 0 and NACK in asked_a.allowed and asked_a.reason == "BIOS 2.1"
+    assert (await host(lab, "compute-1")).status is HostStatus.MAINTENANCE, "no new placements meanwhile"
+
+    ack = await a.client.reply(sid, {"vm-1-1": (LIVE, "compute-3")})
+    assert ack.state == S.SESSION_STATE_OWNERS_NOTIFIED, "still waiting for project-b"
+    await b.client.reply(sid, {"vm-1-2": MIGRATE})
+    done = await progress.end()
+
+    assert done.state == S.SESSION_STATE_IN_MAINTENANCE and progress.states() == HAPPY
+    assert await where(lab, "vm-1-1") == "compute-3" and await where(lab, "vm-1-2") in ("compute-2", "compute-3")
+    assert await lab.inspector.controller.host_is_empty("compute-1")
+    assert {o.server_id: (o.from_host, o.done) for o in done.servers} == {
+        "vm-1-1": ("compute-1", True), "vm-1-2": ("compute-1", True)}
+    told = await a.notice(sid, S.SESSION_STATE_IN_MAINTENANCE)
+    assert told.servers[0].host == "compute-3", "the owner hears where its server went"
+    q = await site.admin(lab).maintenance_query(["compute-1"])
+    info = q.physical_resource_info[0]
+    assert (info.physical_resource_state, info.session.session_id, info.metadata["work"]) == (
+        "maintenance", sid, "bios")
+
+    ended = [m async for m in site.admin(lab).maintenance_end(["compute-1"])]
+    assert ended[-1].session.state == S.SESSION_STATE_COMPLETED
+    assert (await host(lab, "compute-1")).status is HostStatus.UP
+    await a.notice(sid, S.SESSION_STATE_COMPLETED)
+    await b.notice(sid, S.SESSION_STATE_COMPLETED)
+    assert all(lab.power(h)[1] == 0 for h in lab.hosts), "maintenance never powers anything off"
+    assert a.sequences == sorted(set(a.sequences)), "each notice once, in order"
+
+
+async def test_a_nack_rolls_it_back_and_nothing_moves(site: Any) -> None:
+    """project-a agrees, project-b refuses: the session rolls back before any move, the host is enabled again
+    and both owners are told it is cancelled, with the NACK's reason for the administrator."""
+    lab = await site(hosts=3, servers_per_host=2)
+    a, b = await site.owner(lab, "project-a"), await site.owner(lab, "project-b")
+    progress = Progress(site.admin(lab).maintenance_start(["compute-1"]))
+    sid = await progress.first()
+    await a.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await a.client.reply(sid, {"vm-1-1": MIGRATE})
+    await b.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await b.client.reply(sid, nack=True, reason="active member, no standby yet")
+    done = await progress.end()
+
+    assert done.state == S.SESSION_STATE_ROLLED_BACK
+    assert "NACK from project-b (active member, no standby yet)" in done.detail
+    assert S.SESSION_STATE_REPLIES_RECEIVED not in progress.states()
+    assert await where(lab, "vm-1-1") == "compute-1" and await where(lab, "vm-1-2") == "compute-1"
+    assert (await host(lab, "compute-1")).status is HostStatus.UP
+    assert (await a.notice(sid, S.SESSION_STATE_ROLLED_BACK)).virtual_resource_info[0].virtual_resource_state \
+        == "normal"
+    await b.notice(sid, S.SESSION_STATE_ROLLED_BACK)
+
+
+async def test_an_owner_who_never_answers_rolls_it_back_at_the_deadline(site: Any) -> None:
+    """project-b never answers: at the reply deadline the session rolls back, naming who did not answer."""
+    lab = await site(hosts=3, servers_per_host=2)
+    a = await site.owner(lab, "project-a")
+    progress = Progress(site.admin(lab).maintenance_start(["compute-1"], reply_timeout_s=1))
+    sid = await progress.first()
+    await a.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await a.client.reply(sid, {"vm-1-1": MIGRATE})
+    done = await progress.end()
+    assert done.state == S.SESSION_STATE_ROLLED_BACK and "no reply by the deadline from project-b" in done.detail
+    assert (await host(lab, "compute-1")).status is HostStatus.UP
+    await a.notice(sid, S.SESSION_STATE_ROLLED_BACK)
+
+
+async def test_a_failed_migration_rolls_back_and_says_where_servers_are(site: Any) -> None:
+    """compute-3 is in a session of its own (disabled), so vm-1-2's move there fails; vm-1-1 moved to compute-2
+    before that. The session rolls back; the report says vm-1-1 is on compute-2 now, and vm-1-2 why not."""
+    lab = await site(hosts=3, servers_per_host=2)
+    a, b = await site.owner(lab, "project-a"), await site.owner(lab, "project-b")
+    other = Progress(site.admin(lab).maintenance_start(["compute-3"]))
+    await other.first()
+    progress = Progress(site.admin(lab).maintenance_start(["compute-1"]))
+    sid = await progress.first()
+    await a.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await b.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await a.client.reply(sid, {"vm-1-1": (MIGRATE, "compute-2")})
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # a target in maintenance itself is refused at once ...
+        await b.client.reply(sid, {"vm-1-2": (MIGRATE, "compute-1")})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await b.client.reply(sid, {"vm-1-2": (MIGRATE, "compute-3")})  # ... one disabled meanwhile fails on the move
+    done = await progress.end()
+
+    assert done.state == S.SESSION_STATE_ROLLED_BACK and "vm-1-2" in done.detail
+    outcome = {o.server_id: o for o in done.servers}
+    assert await where(lab, "vm-1-1") == "compute-2" and outcome["vm-1-1"].host == "compute-2"
+    assert outcome["vm-1-1"].done and not outcome["vm-1-2"].done and outcome["vm-1-2"].error
+    assert await where(lab, "vm-1-2") == "compute-1"
+    assert (await host(lab, "compute-1")).status is HostStatus.UP
+    told = await a.notice(sid, S.SESSION_STATE_ROLLED_BACK)
+    assert told.servers[0].host == "compute-2", "the owner hears where its server is now"
+
+
+async def test_one_session_per_host_and_requests_checked(site: Any) -> None:
+    """A second session on a host is refused; so are unknown hosts, a consumer asking for maintenance, replies
+    for someone else's server or leaving a server out, and a reply to a session not waiting for replies."""
+    lab = await site(hosts=2, servers_per_host=2)
+    a = await site.owner(lab, "project-a")
+    admin = site.admin(lab)
+    progress = Progress(admin.maintenance_start(["compute-1"]))
+    sid = await progress.first()
+    await a.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+
+    async def code(stream_or_call: Any) -> grpc.StatusCode:
+        try:
+            if hasattr(stream_or_call, "__aiter__"):
+                async for _ in stream_or_call:
+                    pass
+            else:
+                await stream_or_call
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        raise AssertionError("not refused")
+
+    assert await code(admin.maintenance_start(["compute-1"])) == grpc.StatusCode.ALREADY_EXISTS
+    assert await code(admin.maintenance_start(["nowhere"])) == grpc.StatusCode.NOT_FOUND
+    assert await code(admin.maintenance_start([])) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code(a.client.maintenance_start(["compute-2"])) == grpc.StatusCode.PERMISSION_DENIED
+    assert await code(a.client.reply(sid, {"vm-1-2": MIGRATE})) == grpc.StatusCode.PERMISSION_DENIED
+    assert await code(a.client.reply(sid, {})) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code(a.client.reply("no-such-session", {"vm-1-1": MIGRATE})) == grpc.StatusCode.NOT_FOUND
+    async with DoctorClient(lab.endpoint, "not-a-token") as stranger:
+        assert await code(stranger.reply(sid, nack=True)) == grpc.StatusCode.UNAUTHENTICATED
+    still = (await admin.maintenance_query(["compute-1"])).physical_resource_info[0].session
+    assert still.state == S.SESSION_STATE_OWNERS_NOTIFIED, "nothing refused changed the session"
+
+    cancelled = [m async for m in admin.maintenance_end(["compute-1"])]  # ends it: a cancel, rolled back
+    assert cancelled[-1].session.state == S.SESSION_STATE_ROLLED_BACK
+    assert "cancelled by admin" in cancelled[-1].session.detail
+    assert await code(a.client.reply(sid, {"vm-1-1": MIGRATE})) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await progress.end()).state == S.SESSION_STATE_ROLLED_BACK
