@@ -185,9 +185,11 @@ class DoctorClient:
         async for msg in self.maintenance.StateChange(req, metadata=self._md):
             yield msg
 
-    async def maintenance_end(self, hosts: Sequence[str]) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
-        """Administrators: back to normal (a session still in progress is cancelled: rolled back)."""
-        req = maintenance_pb2.StateChangeRequest(physical_resource_state=[
+    async def maintenance_end(self, hosts: Sequence[str], force: bool = False
+                              ) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+        """Administrators: back to normal (a session still in progress is cancelled: rolled back). Refused while
+        a host's agent or BMC says it is not fit to serve, unless ``force``."""
+        req = maintenance_pb2.StateChangeRequest(force=force, physical_resource_state=[
             maintenance_pb2.PhysicalResourceState(physical_resource_id=h, physical_resource_state="normal")
             for h in hosts])
         async for msg in self.maintenance.StateChange(req, metadata=self._md):

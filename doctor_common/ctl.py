@@ -177,7 +177,7 @@ async def cmd_maintenance(c: DoctorClient, args: argparse.Namespace) -> int:
         return await _follow(c.maintenance_start(args.hosts, args.reason, args.reply_timeout, args.empty_timeout,
                                                  metadata))
     if args.action == "end":
-        return await _follow(c.maintenance_end(args.hosts))
+        return await _follow(c.maintenance_end(args.hosts, force=args.force))
     if args.action == "watch":
         return await _follow(c.maintenance_watch(args.session))
     r = await c.maintenance_query(args.hosts, args.state or "", args.zone or "")
@@ -264,6 +264,7 @@ def cli(argv: list[str] | None = None) -> int:
     mw.add_argument("session")
     me = ma.add_parser("end", help="back to normal: hosts enabled, owners told (cancels a session in progress)")
     me.add_argument("hosts", nargs="+")
+    me.add_argument("--force", action="store_true", help="although a host's agent or BMC says it is not fit")
     r = sub.add_parser("reply", help="a consumer's answer to a maintenance notification")
     r.add_argument("session")
     r.add_argument("--server", action="append", metavar="SERVER=INSTRUCTION[:TARGET]",

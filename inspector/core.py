@@ -120,7 +120,8 @@ class Inspector:
                                    rejoin_s=cfg.takeover_grace_s + cfg.liveness_timeout_s, spawn=self._act)
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
         self.maintenance = Workflow(self.controller, self.resources, self.publisher.publish, self.durable,
-                                    cfg.maintenance, self._act, self.responder.host_state)
+                                    cfg.maintenance, self._act, self.responder.host_state,
+                                    blockers=self.enable_blockers, resync=self.resync)
         self.responder.in_maintenance = self.maintenance.in_maintenance
         self.absent = AbsentWatch(self.liveness, self.responder.bmc_for, self.fencer.power_state,
                                   lambda t: self._act(self.responder.fault(t), f"{t.fault_type} on {t.host}"),

@@ -66,16 +66,18 @@ class PhysicalResourceState(_message.Message):
     def __init__(self, physical_resource_id: _Optional[str] = ..., physical_resource_state: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StateChangeRequest(_message.Message):
-    __slots__ = ("physical_resource_state", "reply_timeout_s", "empty_timeout_s", "reason")
+    __slots__ = ("physical_resource_state", "reply_timeout_s", "empty_timeout_s", "reason", "force")
     PHYSICAL_RESOURCE_STATE_FIELD_NUMBER: _ClassVar[int]
     REPLY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     EMPTY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     physical_resource_state: _containers.RepeatedCompositeFieldContainer[PhysicalResourceState]
     reply_timeout_s: int
     empty_timeout_s: int
     reason: str
-    def __init__(self, physical_resource_state: _Optional[_Iterable[_Union[PhysicalResourceState, _Mapping]]] = ..., reply_timeout_s: _Optional[int] = ..., empty_timeout_s: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, physical_resource_state: _Optional[_Iterable[_Union[PhysicalResourceState, _Mapping]]] = ..., reply_timeout_s: _Optional[int] = ..., empty_timeout_s: _Optional[int] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ServerOutcome(_message.Message):
     __slots__ = ("server_id", "project_id", "instruction", "from_host", "host", "done", "error")

@@ -55,7 +55,7 @@ class MaintenanceServicer(maintenance_pb2_grpc.MaintenanceServicer):
                 sessions, done = [await self.workflow.start(principal, request)], _started
             else:
                 hosts = [r.physical_resource_id for r in request.physical_resource_state]
-                sessions, done = await self.workflow.end(principal, hosts), _ended
+                sessions, done = await self.workflow.end(principal, hosts, request.force), _ended
         except Refused as exc:
             await _refuse(context, exc)
         for s in sessions:

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.auth import Principal
 from doctor_common.etcd_guard import NotLeader
 from inspector.maintenance.session import ALLOWED, MOVES, S, Answer, Outcome, Session, state_name
+from inspector.response import crashpoint
 from inspector.response.correlate import ResourceMap
 
 log = logging.getLogger("doctor.inspector.maintenance")
@@ -77,7 +78,9 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
 class Workflow:
     def __init__(self, controller: Controller, resources: ResourceMap, publish: Callable[..., Any], durable: Any,
-                 cfg: MaintenanceConfig, spawn: Spawn, host_state: Callable[[str], str]) -> None:
+                 cfg: MaintenanceConfig, spawn: Spawn, host_state: Callable[[str], str],
+                 blockers: Callable[[str], Awaitable[list[str]]] | None = None,
+                 resync: Callable[[str], None] | None = None) -> None:
         self.controller = controller
         self.resources = resources
         self.publish = publish          # Publisher.publish(notification, also=ops)
@@ -85,6 +88,8 @@ class Workflow:
         self.cfg = cfg
         self.spawn = spawn              # runs a session under the current term (cancelled when it is lost)
         self.host_state = host_state
+        self.blockers = blockers or _nothing_wrong   # what says a host is not fit to serve (enable-host's checks)
+        self.resync = resync or (lambda _host: None)  # ask the host's agent for its whole state again
         self.sessions: dict[str, Session] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, set[asyncio.Queue[mpb.MaintenanceProgress | None]]] = {}
@@ -165,8 +170,9 @@ class Workflow:
                     req.reason or "no reason given")
         return s
 
-    async def end(self, principal: Principal, hosts: list[str]) -> list[Session]:
-        """Back to normal: a session in maintenance completes; one still in progress is cancelled (rolled back)."""
+    async def end(self, principal: Principal, hosts: list[str], force: bool = False) -> list[Session]:
+        """Back to normal: a session in maintenance completes — refused while a host's agent or BMC says it is not
+        fit to serve, unless forced; one still in progress is cancelled (rolled back: its hosts were fit)."""
         found: list[Session] = []
         for host in hosts:
             await self._known(host)
@@ -175,6 +181,12 @@ class Workflow:
                 raise Refused("FAILED_PRECONDITION", f"host {host!r} is in no maintenance session")
             if s not in found:
                 found.append(s)
+        if not force:
+            wrong = [f"{h}: {why}" for s in found if s.state == S.SESSION_STATE_IN_MAINTENANCE for h in s.hosts
+                     for why in await self.blockers(h)]
+            if wrong:
+                raise Refused("FAILED_PRECONDITION", "not back in service: " + "; ".join(wrong)
+                              + " (fix it, or end with force if you know better)")
         for s in found:
             if not s.ended_by:
                 s.ended_by = principal.name
@@ -382,6 +394,7 @@ class Workflow:
                               f"{o.server_id} failed: {exc}"
                     await self.durable.save_session(s.id, s.to_json())
                     raise _Rollback(o.error) from None
+                crashpoint.reached("maintenance_moving")
         while True:  # moved (or, the owner's own action: gone) within the session's time for emptying
             self._check(s)
             try:
@@ -421,6 +434,7 @@ class Workflow:
         for host in s.hosts:
             await self.controller.set_disabled(host, False)
             self.resources.set_host(host, disabled=False, disabled_reason="")
+            self.resync(host)  # a fault the work left behind is raised again, now that it counts
         await self._step(s, S.SESSION_STATE_COMPLETED, f"maintenance ended by {s.ended_by}: hosts back in service",
                          notice=True)
         log.warning("maintenance session %s: %s back in service (%s)", s.id, ", ".join(s.hosts), s.ended_by)
@@ -517,6 +531,10 @@ class Workflow:
     def _last_session(self, host: str) -> Session | None:
         mine = [s for s in self.sessions.values() if host in s.hosts]
         return max(mine, key=lambda s: s.created_ns) if mine else None
+
+
+async def _nothing_wrong(_host: str) -> list[str]:
+    return []
 
 
 _HOST_STATUS = {"UP": common_pb2.HOST_STATUS_UP, "UNKNOWN": common_pb2.HOST_STATUS_UNKNOWN,

@@ -13,8 +13,10 @@ Points (in recovery order): ``before_fence`` (incident journalled, nothing
 done), ``after_fence`` (power-off confirmed and journalled, host not yet
 marked down), ``after_mark_down`` (controller updated and journalled, not
 yet published), ``after_publish`` (notification appended to the log, not yet
-offered to any subscriber). Unset (always, in production) they cost one
-comparison. Never set them outside tests.
+offered to any subscriber; a maintenance notice too). Maintenance:
+``maintenance_moving`` (a server's move asked of the controller and done
+there, not yet recorded as done). Unset (always, in production) they cost
+one comparison. Never set them outside tests.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import signal
 
 log = logging.getLogger("doctor.inspector.crashpoint")
 
-POINTS = ("before_fence", "after_fence", "after_mark_down", "after_publish")
+POINTS = ("before_fence", "after_fence", "after_mark_down", "after_publish", "maintenance_moving")
 _crash_at = ""
 _pause_at = ""
 

@@ -69,7 +69,11 @@ async def test_owners_consent_the_host_is_emptied_and_returned_to_service(site: 
     assert (info.physical_resource_state, info.session.session_id, info.metadata["work"]) == (
         "maintenance", sid, "bios")
 
-    ended = [m async for m in site.admin(lab).maintenance_end(["compute-1"])]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # no agent here: nothing says the host is fit
+        [m async for m in site.admin(lab).maintenance_end(["compute-1"])]
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "compute-1: its agent is not connected" in (refused.value.details() or "")
+    ended = [m async for m in site.admin(lab).maintenance_end(["compute-1"], force=True)]
     assert ended[-1].session.state == S.SESSION_STATE_COMPLETED
     assert (await host(lab, "compute-1")).status is HostStatus.UP
     await a.notice(sid, S.SESSION_STATE_COMPLETED)
