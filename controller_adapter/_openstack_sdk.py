@@ -249,6 +249,11 @@ def reset_state(conn: Any, server_id: str, state: str) -> None:
     conn.compute.reset_server_state(server_id, state)
 
 
+def confirm_resize(conn: Any, server_id: str) -> None:
+    """A finished cold migration waits in VERIFY_RESIZE for this (or Nova's resize_confirm_window)."""
+    conn.compute.confirm_server_resize(server_id)
+
+
 def busy_migrations(conn: Any, host: str) -> list[Any]:
     """Migrations from or to ``host`` that are not over."""
     return [m for m in conn.compute.migrations(host=host) if (m.status or "").lower() not in TERMINAL_MIGRATION]

@@ -54,6 +54,8 @@ T = TypeVar("T")
 log = logging.getLogger("doctor.controller.openstack")
 Settings = sdk.Settings
 
+COLD_MIGRATION_TIMEOUT_S = 600.0  # how long a cold migration may take to reach VERIFY_RESIZE
+COLD_MIGRATION_POLL_S = 0.2
 _EXTENSION_CACHE_S = 60.0  # how long the data-plane-status extension check is trusted
 _DPS_MISSING = ("Neutron lacks the 'data-plane-status' extension: enable the ML2 extension driver "
                 "(ml2_conf.ini: [ml2] extension_drivers = ...,data_plane_status) and restart neutron-server")
@@ -231,8 +233,32 @@ class OpenStackController:
         try:
             await self._call(f"{kind} server {server_id}", sdk.move, server_id, kind, target_host, retry=False,
                              policy=policy)
+            if kind == "cold":
+                await self._confirm_cold_migration(server_id)
         finally:
             self._servers_changed()
+
+    async def _confirm_cold_migration(self, server_id: str) -> None:
+        """A cold migration ends in VERIFY_RESIZE until confirmed; until then Nova counts it as in progress (the
+        source is not empty). Wait for it (bounded), confirm, and report a migration that fell back as failed."""
+        deadline = time.monotonic() + COLD_MIGRATION_TIMEOUT_S
+        while True:
+            s = await self._call(f"server {server_id}", sdk.get_server, server_id, retry=True,
+                                 policy="os_compute_api:servers:show")
+            status = (s.status or "").upper()
+            if status == "VERIFY_RESIZE":
+                await self._call(f"confirm the resize of {server_id}", sdk.confirm_resize, server_id, retry=False,
+                                 policy="os_compute_api:servers:confirm_resize")
+                return
+            if status == "ERROR":
+                raise ControllerError(f"the cold migration of {server_id} failed: the server is in ERROR")
+            if status == "ACTIVE" and not s.task_state:
+                raise ControllerError(f"the cold migration of {server_id} did not happen: the server is ACTIVE on "
+                                      f"{s.compute_host or 'its host'}")
+            if time.monotonic() > deadline:
+                raise ControllerError(f"the cold migration of {server_id} did not finish in "
+                                      f"{COLD_MIGRATION_TIMEOUT_S:.0f}s (status {status})")
+            await asyncio.sleep(COLD_MIGRATION_POLL_S)
 
     # -- ports -----------------------------------------------------------------------------
 

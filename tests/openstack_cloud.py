@@ -619,6 +619,15 @@ class FakeCloud:
                 raise _nova_error(400, f"Invalid input for field/attribute state: {args!r}")
             s.vm_state, s.status, s.task_state = args["state"], args["state"].upper(), None
             return 202, None
+        if action == "confirmResize":
+            if args is not None:
+                raise _nova_error(400, f"Invalid input for confirmResize: {args!r}")
+            mig = next((m for m in reversed(self._migrations) if m.server_id == s.id and m.type == "migration"
+                        and m.status == "finished"), None)
+            if s.status != "VERIFY_RESIZE" or mig is None:
+                raise _nova_error(409, f"Cannot 'confirmResize' instance {s.id} while it is in status {s.status}")
+            s.status, mig.status = "ACTIVE", "confirmed"
+            return 204, None
         if action == "os-migrateLive":
             allowed = {"host", "block_migration"} | ({"force"} if mv >= (2, 30) else set()) \
                 | ({"disk_over_commit"} if mv < (2, 25) else set())
