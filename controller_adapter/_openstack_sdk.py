@@ -249,6 +249,16 @@ def reset_state(conn: Any, server_id: str, state: str) -> None:
     conn.compute.reset_server_state(server_id, state)
 
 
+def set_running(conn: Any, server_id: str, running: bool) -> None:
+    """os-start / os-stop, unless the server is already so (Nova answers 409 to a repeat)."""
+    s = conn.compute.get_server(server_id)
+    stopped = (s.vm_state or "").lower() == "stopped"
+    if running and stopped:
+        conn.compute.start_server(server_id)
+    elif not running and not stopped:
+        conn.compute.stop_server(server_id)
+
+
 def confirm_resize(conn: Any, server_id: str) -> None:
     """A finished cold migration waits in VERIFY_RESIZE for this (or Nova's resize_confirm_window)."""
     conn.compute.confirm_server_resize(server_id)

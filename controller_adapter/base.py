@@ -152,6 +152,11 @@ class Controller(Protocol):
         """(host, host_status) of a server; raise NotFound for an unknown server."""
         ...
 
+    async def set_servers_running(self, server_ids: list[str], running: bool) -> dict[str, ControllerError]:
+        """Start (``running``) or shut down servers where they are (Nova os-start / os-stop); one already so is
+        left as is. Returns the failures by id."""
+        ...
+
     async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True) -> None: ...
 
     async def host_is_empty(self, host: str) -> bool:

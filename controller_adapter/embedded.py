@@ -241,6 +241,25 @@ class EmbeddedController:
             return failed
         return await self._run(tx)
 
+    async def set_servers_running(self, server_ids: list[str], running: bool) -> dict[str, ControllerError]:
+        frm, to = (ServerState.STOPPED, ServerState.ACTIVE) if running else (ServerState.ACTIVE, ServerState.STOPPED)
+
+        def tx() -> dict[str, ControllerError]:
+            failed: dict[str, ControllerError] = {}
+            with self._db:
+                self._db.execute("BEGIN")
+                for sid in server_ids:
+                    row = self._db.execute("SELECT state FROM servers WHERE id=?", (sid,)).fetchone()
+                    if row is None:
+                        failed[sid] = NotFound(f"server {sid!r} does not exist")
+                    elif row[0] == frm.value:
+                        self._db.execute("UPDATE servers SET state=? WHERE id=?", (to.value, sid))
+                    elif row[0] != to.value:
+                        failed[sid] = ControllerError(f"server {sid!r} is {row[0]}: it cannot be "
+                                                      f"{'started' if running else 'shut down'}")
+            return failed
+        return await self._run(tx)
+
     async def set_ports_data_plane_status(self, port_ids: list[str], status: str) -> dict[str, ControllerError]:
         if status not in ("ACTIVE", "DOWN"):
             raise ControllerError(f"data_plane_status must be ACTIVE or DOWN, not {status!r}")

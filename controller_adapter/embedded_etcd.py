@@ -410,6 +410,30 @@ class EtcdEmbeddedController:
                 failed.update({sid: exc for sid in chunk})
         return failed
 
+    async def set_servers_running(self, server_ids: list[str], running: bool) -> dict[str, ControllerError]:
+        frm, to = (ServerState.STOPPED, ServerState.ACTIVE) if running else (ServerState.ACTIVE, ServerState.STOPPED)
+        await self._current()
+        failed: dict[str, ControllerError] = {
+            sid: NotFound(f"server {sid!r} does not exist") for sid in server_ids if sid not in self._static["server"]}
+        for sid in dict.fromkeys(server_ids):
+            if sid not in failed and self._server(sid).state not in (frm, to):
+                failed[sid] = ControllerError(f"server {sid!r} is {self._server(sid).state.value}: it cannot be "
+                                              f"{'started' if running else 'shut down'}")
+        known = [sid for sid in dict.fromkeys(server_ids) if sid not in failed]
+        for i in range(0, len(known), CHUNK):
+            chunk = known[i:i + CHUNK]
+
+            def change(chunk: list[str] = chunk) -> list[tuple[str, str, dict[str, Any]]]:
+                return [("server", sid, {"host": self._server(sid).host, "state": to.value})
+                        for sid in chunk if self._server(sid).state is frm]
+            try:
+                await self._write_many(change)
+            except ControllerNotLeader:
+                raise
+            except ControllerError as exc:
+                failed.update({sid: exc for sid in chunk})
+        return failed
+
     async def set_ports_data_plane_status(self, port_ids: list[str], status: str) -> dict[str, ControllerError]:
         if status not in ("ACTIVE", "DOWN"):
             raise ControllerError(f"data_plane_status must be ACTIVE or DOWN, not {status!r}")

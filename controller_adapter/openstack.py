@@ -220,6 +220,24 @@ class OpenStackController:
                 raise result
         return failed
 
+    async def set_servers_running(self, server_ids: list[str], running: bool) -> dict[str, ControllerError]:
+        ids = list(dict.fromkeys(server_ids))
+        policy = "os_compute_api:servers:start" if running else "os_compute_api:servers:stop"
+        try:
+            # looked at first, so a repeat is harmless: retried
+            results = await asyncio.gather(*(
+                self._call(f"{'start' if running else 'stop'} server {sid}", sdk.set_running, sid, running,
+                           retry=True, policy=policy) for sid in ids), return_exceptions=True)
+        finally:
+            self._servers_changed()
+        failed: dict[str, ControllerError] = {}
+        for sid, result in zip(ids, results):
+            if isinstance(result, ControllerError):
+                failed[sid] = result
+            elif isinstance(result, BaseException):
+                raise result
+        return failed
+
     async def server_host_status(self, server_id: str) -> tuple[str, HostStatus]:
         return await self._call(f"host status of server {server_id}", _host_status, server_id, retry=True,
                                 policy="os_compute_api:servers:show")

@@ -194,7 +194,7 @@ async def cmd_maintenance(c: DoctorClient, args: argparse.Namespace) -> int:
 
 
 _INSTRUCTIONS = {"migrate": mpb.INSTRUCTION_MIGRATE, "live-migrate": mpb.INSTRUCTION_LIVE_MIGRATE,
-                 "own-action": mpb.INSTRUCTION_OWN_ACTION, "nack": mpb.INSTRUCTION_NACK}
+                 "leave": mpb.INSTRUCTION_LEAVE, "own-action": mpb.INSTRUCTION_OWN_ACTION, "nack": mpb.INSTRUCTION_NACK}
 
 
 async def cmd_reply(c: DoctorClient, args: argparse.Namespace) -> int:

@@ -619,6 +619,15 @@ class FakeCloud:
                 raise _nova_error(400, f"Invalid input for field/attribute state: {args!r}")
             s.vm_state, s.status, s.task_state = args["state"], args["state"].upper(), None
             return 202, None
+        if action in ("os-stop", "os-start"):
+            if args is not None:
+                raise _nova_error(400, f"Invalid input for {action}: {args!r}")
+            want = "stopped" if action == "os-stop" else "active"
+            if s.vm_state != ("active" if action == "os-stop" else "stopped"):
+                raise _nova_error(409, f"Cannot '{action.removeprefix('os-')}' instance {s.id} while it is in "
+                                       f"vm_state {s.vm_state}")
+            s.vm_state, s.status, s.task_state = want, "SHUTOFF" if want == "stopped" else "ACTIVE", None
+            return 202, None
         if action == "confirmResize":
             if args is not None:
                 raise _nova_error(400, f"Invalid input for confirmResize: {args!r}")

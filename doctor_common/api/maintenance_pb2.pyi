@@ -30,6 +30,7 @@ class Instruction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTRUCTION_LIVE_MIGRATE: _ClassVar[Instruction]
     INSTRUCTION_OWN_ACTION: _ClassVar[Instruction]
     INSTRUCTION_NACK: _ClassVar[Instruction]
+    INSTRUCTION_LEAVE: _ClassVar[Instruction]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_ACCEPTED: SessionState
 SESSION_STATE_HOSTS_DISABLED: SessionState
@@ -47,6 +48,7 @@ INSTRUCTION_MIGRATE: Instruction
 INSTRUCTION_LIVE_MIGRATE: Instruction
 INSTRUCTION_OWN_ACTION: Instruction
 INSTRUCTION_NACK: Instruction
+INSTRUCTION_LEAVE: Instruction
 
 class PhysicalResourceState(_message.Message):
     __slots__ = ("physical_resource_id", "physical_resource_state", "metadata")

@@ -22,7 +22,9 @@ SETTLED_STATES = frozenset({S.SESSION_STATE_IN_MAINTENANCE, S.SESSION_STATE_ROLL
                             S.SESSION_STATE_COMPLETED})
 OVER_STATES = frozenset({S.SESSION_STATE_ROLLED_BACK, S.SESSION_STATE_FAILED, S.SESSION_STATE_COMPLETED})
 MOVES = frozenset({mpb.INSTRUCTION_MIGRATE, mpb.INSTRUCTION_LIVE_MIGRATE})
-ALLOWED = (mpb.INSTRUCTION_MIGRATE, mpb.INSTRUCTION_LIVE_MIGRATE, mpb.INSTRUCTION_OWN_ACTION, mpb.INSTRUCTION_NACK)
+LEAVE = mpb.INSTRUCTION_LEAVE
+ALLOWED = (mpb.INSTRUCTION_MIGRATE, mpb.INSTRUCTION_LIVE_MIGRATE, mpb.INSTRUCTION_LEAVE, mpb.INSTRUCTION_OWN_ACTION,
+           mpb.INSTRUCTION_NACK)
 
 
 def state_name(state: int) -> str:
@@ -39,7 +41,7 @@ class Outcome:
     host: str
     instruction: int = 0
     target: str = ""
-    started: bool = False     # the move was asked of the controller (a new leader checks before asking again)
+    started: bool = False     # asked of the controller (a new leader checks before asking again)
     done: bool = False
     error: str = ""
 
@@ -99,6 +101,10 @@ class Session:
             reply_deadline_unix_nanos=self.reply_deadline_ns, projects=self.projects,
             answered=sorted(self.answers), servers=[o.to_proto() for o in self.servers.values()], detail=self.detail,
             metadata=self.metadata, ended_by=self.ended_by)
+
+    def left(self) -> list[Outcome]:
+        """Servers their owners chose to leave shut down on their host through the maintenance."""
+        return [o for o in self.servers.values() if o.instruction == LEAVE]
 
     def missing(self) -> list[str]:
         """Owners who have not answered."""

@@ -34,12 +34,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from controller_adapter.base import Controller, ControllerError, NotFound
+from controller_adapter.base import Controller, ControllerError, NotFound, ServerState
 from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.auth import Principal
 from doctor_common.etcd_guard import NotLeader
-from inspector.maintenance.session import ALLOWED, MOVES, S, Answer, Outcome, Session, state_name
+from inspector.maintenance.session import ALLOWED, LEAVE, MOVES, S, Answer, Outcome, Session, state_name
 from inspector.response import crashpoint
 from inspector.response.correlate import ResourceMap
 
@@ -93,6 +93,8 @@ class Workflow:
         self.sessions: dict[str, Session] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, set[asyncio.Queue[mpb.MaintenanceProgress | None]]] = {}
+        self._asked: set[tuple[str, str]] = set()  # (session, server) moves this process asked for
+        self._locks: dict[str, asyncio.Lock] = {}
 
     # -- who is where ----------------------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class Workflow:
         """No longer acting: the next leader carries on; watchers are ended (they follow it)."""
         self.sessions.clear()
         self._wake.clear()
+        self._asked.clear()
         for queues in self._watchers.values():
             for q in queues:
                 q.put_nowait(None)
@@ -162,7 +165,7 @@ class Workflow:
         s = Session(id=uuid.uuid4().hex[:12], hosts=hosts, reason=req.reason, requested_by=principal.name,
                     reply_timeout_s=float(req.reply_timeout_s or self.cfg.reply_timeout_s),
                     empty_timeout_s=float(req.empty_timeout_s or self.cfg.empty_timeout_s), metadata=metadata)
-        await self.durable.save_session(s.id, s.to_json())
+        await self._save(s)
         self.sessions[s.id] = s
         self._progress(s, f"accepted from {principal.name}: {', '.join(hosts)}")
         self.spawn(self._run(s), f"maintenance session {s.id}")
@@ -235,7 +238,7 @@ class Workflow:
             o.instruction, o.target = ins.instruction, ins.target_host
         for p in projects:
             s.answers[p] = Answer(nack=nack, reason=req.reason, by=principal.name)
-        await self.durable.save_session(s.id, s.to_json())  # the answer stands once acknowledged
+        await self._save(s)  # the answer stands once acknowledged
         self._progress(s, f"{'NACK' if nack else 'reply'} from {principal.name} for {', '.join(projects)}"
                           + (f": {req.reason}" if req.reason else ""))
         self._wake_up(s)
@@ -329,7 +332,7 @@ class Workflow:
         if notice:
             await self._publish(s)
         else:
-            await self.durable.save_session(s.id, s.to_json())
+            await self._save(s)
         self._progress(s, event)
 
     async def _disable(self, s: Session) -> None:
@@ -381,20 +384,35 @@ class Workflow:
         await self._step(s, S.SESSION_STATE_INSTRUCTIONS_EXECUTED, "instructions executed")
 
     async def _carry_out(self, s: Session, o: Outcome, gate: asyncio.Semaphore) -> None:
+        if o.instruction == LEAVE:
+            await self._shut_down(s, o)
+            return
+        if o.instruction in MOVES and o.started and (s.id, o.server_id) not in self._asked:
+            # asked by a previous leader (or run): ask again only if it is still on its host and not moving —
+            # a move that happened or is under way is not asked twice
+            here = {x.id: x for x in await self.controller.servers_on_host(o.from_host)}
+            srv = here.get(o.server_id)
+            if srv is not None and srv.state is not ServerState.MIGRATING:
+                log.warning("maintenance session %s: %s was to move but is still on %s: asking again", s.id,
+                            o.server_id, o.from_host)
+                o.started = False
         if o.instruction in MOVES and not o.started:
             async with gate:
                 self._check(s)
                 o.started = True
-                await self.durable.save_session(s.id, s.to_json())  # asked once: a new leader checks first
-                try:
-                    await self.controller.migrate_server(o.server_id, o.target or None,
-                                                         live=o.instruction == mpb.INSTRUCTION_LIVE_MIGRATE)
-                except ControllerError as exc:
-                    o.error = f"{mpb.Instruction.Name(o.instruction).removeprefix('INSTRUCTION_').lower()} of " \
-                              f"{o.server_id} failed: {exc}"
-                    await self.durable.save_session(s.id, s.to_json())
-                    raise _Rollback(o.error) from None
-                crashpoint.reached("maintenance_moving")
+                await self._save(s)  # recorded before it is asked: a new leader checks before asking again
+                self._asked.add((s.id, o.server_id))
+                # gone already (a move whose record a crash lost, the owner's doing): nothing to ask
+                if o.server_id in {x.id for x in await self.controller.servers_on_host(o.from_host)}:
+                    try:
+                        await self.controller.migrate_server(o.server_id, o.target or None,
+                                                             live=o.instruction == mpb.INSTRUCTION_LIVE_MIGRATE)
+                    except ControllerError as exc:
+                        o.error = f"{mpb.Instruction.Name(o.instruction).removeprefix('INSTRUCTION_').lower()} " \
+                                  f"of {o.server_id} failed: {exc}"
+                        await self._save(s)
+                        raise _Rollback(o.error) from None
+                    crashpoint.reached("maintenance_moving")
         while True:  # moved (or, the owner's own action: gone) within the session's time for emptying
             self._check(s)
             try:
@@ -403,7 +421,7 @@ class Workflow:
                 host = ""  # deleted by its owner
             if host != o.from_host:
                 o.host, o.done = host, True
-                await self.durable.save_session(s.id, s.to_json())
+                await self._save(s)
                 self._progress(s, f"server {o.server_id} " + (f"now on {host}" if host else "deleted by its owner"))
                 return
             if time.time_ns() > s.empty_deadline_ns:
@@ -411,15 +429,56 @@ class Workflow:
                 raise _Rollback(o.error)
             await self._sleep(s, POLL_S)
 
-    async def _confirm_empty(self, s: Session) -> None:
-        s.empty_deadline_ns = s.empty_deadline_ns or time.time_ns() + int(s.empty_timeout_s * 1e9)
+    async def _shut_down(self, s: Session, o: Outcome) -> None:
+        """LEAVE: shut it down where it is (and check it is), to be started again when the maintenance ends."""
+        if not o.started:
+            o.started = True
+            await self._save(s)
         while True:
             self._check(s)
-            full = [h for h in s.hosts if not await self.controller.host_is_empty(h)]
+            failed = await self.controller.set_servers_running([o.server_id], False)
+            if failed:
+                o.error = f"shutting {o.server_id} down failed: {failed[o.server_id]}"
+                await self._save(s)
+                raise _Rollback(o.error)
+            here = {x.id: x for x in await self.controller.servers_on_host(o.from_host)}
+            srv = here.get(o.server_id)
+            if srv is not None and srv.state is ServerState.STOPPED:
+                o.done = True
+                await self._save(s)
+                self._progress(s, f"server {o.server_id} shut down on {o.from_host}, as its owner asked")
+                return
+            if srv is None:
+                raise _Rollback(f"server {o.server_id}, to be left shut down on {o.from_host}, is not there any more")
+            if time.time_ns() > s.empty_deadline_ns:
+                o.error = f"server {o.server_id} not shut down after {s.empty_timeout_s:.0f}s"
+                raise _Rollback(o.error)
+            await self._sleep(s, POLL_S)
+
+    async def _start_left(self, s: Session) -> list[str]:
+        """Start the servers left shut down (the maintenance is over, or rolled back); the failures, in words."""
+        ids = [o.server_id for o in s.left() if o.started]
+        failed = await self.controller.set_servers_running(ids, True) if ids else {}
+        for sid, exc in failed.items():
+            s.servers[sid].error = f"could not be started again: {exc}"
+        return [f"{sid} could not be started again: {exc}" for sid, exc in failed.items()]
+
+    async def _confirm_empty(self, s: Session) -> None:
+        s.empty_deadline_ns = s.empty_deadline_ns or time.time_ns() + int(s.empty_timeout_s * 1e9)
+        left = {o.server_id for o in s.left()}
+        while True:
+            self._check(s)
+            full: dict[str, list[str]] = {}
+            for h in s.hosts:
+                on = [x.id for x in await self.controller.servers_on_host(h)]
+                others = [x for x in on if x not in left]
+                # with servers left on it, the host is empty of the others (it cannot be "empty" for the controller)
+                if others or (len(others) == len(on) and not await self.controller.host_is_empty(h)):
+                    full[h] = others
             if not full:
                 break
             if time.time_ns() > s.empty_deadline_ns:
-                names = [srv.id for h in full for srv in await self.controller.servers_on_host(h)]
+                names = [x for xs in full.values() for x in xs]
                 raise _Rollback(f"{', '.join(full)} not empty in time (still: {', '.join(names) or 'a migration'})")
             await self._sleep(s, POLL_S)
         await self._step(s, S.SESSION_STATE_HOSTS_EMPTY, "hosts empty")
@@ -435,8 +494,11 @@ class Workflow:
             await self.controller.set_disabled(host, False)
             self.resources.set_host(host, disabled=False, disabled_reason="")
             self.resync(host)  # a fault the work left behind is raised again, now that it counts
-        await self._step(s, S.SESSION_STATE_COMPLETED, f"maintenance ended by {s.ended_by}: hosts back in service",
-                         notice=True)
+        problems = await self._start_left(s)
+        if problems:
+            s.detail = "; ".join(problems)
+        await self._step(s, S.SESSION_STATE_COMPLETED, f"maintenance ended by {s.ended_by}: hosts back in service"
+                         + (f" ({s.detail})" if problems else ""), notice=True)
         log.warning("maintenance session %s: %s back in service (%s)", s.id, ", ".join(s.hosts), s.ended_by)
 
     async def _rollback(self, s: Session) -> None:
@@ -449,6 +511,10 @@ class Workflow:
                     self.resources.set_host(host, disabled=False, disabled_reason="")
                 except ControllerError as exc:
                     errors.append(f"{host} could not be enabled again: {exc}")
+            try:
+                errors += await self._start_left(s)
+            except ControllerError as exc:
+                errors.append(f"the servers left shut down could not be started again: {exc}")
             if not errors:
                 break
             await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
@@ -466,9 +532,11 @@ class Workflow:
                                                                  S.SESSION_STATE_IN_MAINTENANCE)
               else common_pb2.HOST_STATUS_UP)
         asked = s.state == S.SESSION_STATE_OWNERS_NOTIFIED
+        held = asked or s.state == S.SESSION_STATE_IN_MAINTENANCE
         virtual = [common_pb2.VirtualResourceInfo(
             virtual_resource_id=o.server_id, virtual_resource_type="server", project_id=o.project_id,
-            virtual_resource_state="maintenance" if asked else "normal", physical_resource_id=o.host,
+            virtual_resource_state="maintenance" if asked or (held and o.instruction == LEAVE and o.done)
+            else "normal", physical_resource_id=o.host,
             host_status=hs if o.host in s.hosts else common_pb2.HOST_STATUS_UP) for o in s.servers.values()]
         physical = [common_pb2.PhysicalResourceInfo(
             physical_resource_id=h, physical_resource_state="maintenance" if hs == common_pb2.HOST_STATUS_MAINTENANCE
@@ -482,8 +550,8 @@ class Workflow:
         n = fault_pb2.FaultNotification(notification_id=f"maintenance.{s.id}.{state_name(s.state)}",
                                         event_time_unix_nanos=time.time_ns(), virtual_resource_info=virtual,
                                         physical_resource_info=physical, maintenance=notice)
-        ops = self.durable.session_ops(s.id, s.to_json())
-        await self.publish(n, also=ops)
+        async with self._saving(s):
+            await self.publish(n, also=self.durable.session_ops(s.id, s.to_json()))
 
     def _progress(self, s: Session, event: str) -> None:
         msg = self.progress(s, event)
@@ -504,7 +572,17 @@ class Workflow:
             self.sessions.pop(old.id, None)
 
     async def _forget(self, s: Session) -> None:
-        await self.durable.save_session(s.id, None)
+        async with self._saving(s):
+            await self.durable.save_session(s.id, None)
+
+    def _saving(self, s: Session) -> asyncio.Lock:
+        """One write of a session at a time, each serialising it when its turn comes: concurrent steps (moves in
+        parallel) never let an older picture of the session land after a newer one."""
+        return self._locks.setdefault(s.id, asyncio.Lock())
+
+    async def _save(self, s: Session) -> None:
+        async with self._saving(s):
+            await self.durable.save_session(s.id, s.to_json())
 
     def _wake_up(self, s: Session) -> None:
         ev = self._wake.get(s.id)

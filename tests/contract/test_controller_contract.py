@@ -187,3 +187,17 @@ async def test_state_is_kept_per_host(backend: Backend) -> None:
     await backend.ctl.set_disabled("c2", True, "why")
     assert [h.status for h in await backend.ctl.list_hosts()] == [HostStatus.DOWN, HostStatus.MAINTENANCE, HostStatus.UP]
     assert isinstance(await backend.ctl.get_host("c3"), Host)
+
+
+async def test_servers_shut_down_and_started_where_they_are(backend: Backend) -> None:
+    """A server shut down is STOPPED on its host (it stays there); started again, ACTIVE; asking twice is
+    harmless; an unknown id is reported by id while the others are done."""
+    failed = await backend.ctl.set_servers_running(["s1", "ghost"], False)
+    assert list(failed) == ["ghost"] and isinstance(failed["ghost"], NotFound)
+    assert [(s.id, s.state) for s in await backend.ctl.servers_on_host("c1")] == [
+        ("s1", ServerState.STOPPED), ("s2", ServerState.ACTIVE)]
+    assert await backend.ctl.set_servers_running(["s1"], False) == {}
+    assert await backend.ctl.set_servers_running(["s1"], True) == {}
+    assert (await backend.ctl.servers_on_host("c1"))[0].state is ServerState.ACTIVE
+    assert await backend.ctl.set_servers_running(["s1"], True) == {}
+

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from controller_adapter.base import HostStatus
+from controller_adapter.base import HostStatus, ServerState
 from doctor_common.api import common_pb2
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.client import DoctorClient
@@ -17,8 +17,8 @@ from doctor_common.lab.cloud import Lab
 from tests.integration.maintenance.conftest import Progress
 
 S = mpb.SessionState
-MIGRATE, LIVE, OWN, NACK = (mpb.INSTRUCTION_MIGRATE, mpb.INSTRUCTION_LIVE_MIGRATE, mpb.INSTRUCTION_OWN_ACTION,
-                            mpb.INSTRUCTION_NACK)
+MIGRATE, LIVE, OWN, NACK, LEAVE = (mpb.INSTRUCTION_MIGRATE, mpb.INSTRUCTION_LIVE_MIGRATE,
+                                   mpb.INSTRUCTION_OWN_ACTION, mpb.INSTRUCTION_NACK, mpb.INSTRUCTION_LEAVE)
 HAPPY = [S.SESSION_STATE_ACCEPTED, S.SESSION_STATE_HOSTS_DISABLED, S.SESSION_STATE_OWNERS_NOTIFIED,
          S.SESSION_STATE_REPLIES_RECEIVED, S.SESSION_STATE_INSTRUCTIONS_EXECUTED, S.SESSION_STATE_HOSTS_EMPTY,
          S.SESSION_STATE_IN_MAINTENANCE]
@@ -185,3 +185,52 @@ async def test_one_session_per_host_and_requests_checked(site: Any) -> None:
     assert "cancelled by admin" in cancelled[-1].session.detail
     assert await code(a.client.reply(sid, {"vm-1-1": MIGRATE})) == grpc.StatusCode.FAILED_PRECONDITION
     assert (await progress.end()).state == S.SESSION_STATE_ROLLED_BACK
+
+
+async def state_of(lab: Lab, server: str) -> ServerState:
+    host_name = await where(lab, server)
+    return next(s.state for s in await lab.inspector.controller.servers_on_host(host_name) if s.id == server)
+
+
+async def test_a_server_left_shut_down_stays_and_is_started_again_at_the_end(site: Any) -> None:
+    """project-a leaves vm-1-1 where it is (shut down for the work, started after); project-b's vm-1-2 moves.
+    The host is in maintenance with only vm-1-1 on it, stopped; ending the maintenance starts it again."""
+    lab = await site(hosts=3, servers_per_host=2)
+    a, b = await site.owner(lab, "project-a"), await site.owner(lab, "project-b")
+    progress = Progress(site.admin(lab).maintenance_start(["compute-1"]))
+    sid = await progress.first()
+    await a.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await a.client.reply(sid, {"vm-1-1": LEAVE})
+    await b.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await b.client.reply(sid, {"vm-1-2": MIGRATE})
+    done = await progress.end()
+
+    assert done.state == S.SESSION_STATE_IN_MAINTENANCE, done.detail
+    assert [s.id for s in await lab.inspector.controller.servers_on_host("compute-1")] == ["vm-1-1"]
+    assert await state_of(lab, "vm-1-1") is ServerState.STOPPED
+    told = await a.notice(sid, S.SESSION_STATE_IN_MAINTENANCE)
+    assert told.virtual_resource_info[0].virtual_resource_state == "maintenance" and told.servers[0].done
+
+    ended = [m async for m in site.admin(lab).maintenance_end(["compute-1"], force=True)]
+    assert ended[-1].session.state == S.SESSION_STATE_COMPLETED
+    assert await state_of(lab, "vm-1-1") is ServerState.ACTIVE and await where(lab, "vm-1-1") == "compute-1"
+    await a.notice(sid, S.SESSION_STATE_COMPLETED)
+
+
+async def test_a_rollback_starts_again_a_server_left_shut_down(site: Any) -> None:
+    """vm-1-1 is shut down as its owner asked; vm-1-2's move then fails (its target is in a session of its own):
+    the rollback starts vm-1-1 again on compute-1."""
+    lab = await site(hosts=3, servers_per_host=2)
+    a, b = await site.owner(lab, "project-a"), await site.owner(lab, "project-b")
+    await Progress(site.admin(lab).maintenance_start(["compute-3"])).first()
+    progress = Progress(site.admin(lab).maintenance_start(["compute-1"]))
+    sid = await progress.first()
+    await a.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await a.client.reply(sid, {"vm-1-1": LEAVE})
+    await b.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    await b.client.reply(sid, {"vm-1-2": (MIGRATE, "compute-3")})
+    done = await progress.end()
+    assert done.state == S.SESSION_STATE_ROLLED_BACK and "vm-1-2" in done.detail
+    assert {o.server_id: o.done for o in done.servers}["vm-1-1"], "it had been shut down"
+    assert await state_of(lab, "vm-1-1") is ServerState.ACTIVE and await where(lab, "vm-1-1") == "compute-1"
+

@@ -107,19 +107,23 @@ async def test_no_usable_host(make_cloud: MakeCloud, make_controller: MakeContro
 
 
 async def test_cold_migration(make_cloud: MakeCloud, make_controller: MakeController) -> None:
-    """live=False posts migrate (with a host from 2.56; Unsupported with one below)."""
+    """live=False posts migrate (with a host from 2.56; Unsupported with one below), then confirms the resize
+    once Nova holds it in VERIFY_RESIZE, so the migration is over (the source host counts as empty)."""
     new = seed(make_cloud(compute_max="2.90"))
     ctl = await make_controller(new)
     await ctl.migrate_server("s1", "c2", live=False)
-    assert posts(new) == [("/compute/v2.1/servers/s1/action", {"migrate": {"host": "c2"}}, "2.90")]
-    assert new.server("s1").host == "c2"
+    assert posts(new) == [("/compute/v2.1/servers/s1/action", {"migrate": {"host": "c2"}}, "2.90"),
+                          ("/compute/v2.1/servers/s1/action", {"confirmResize": None}, "2.90")]
+    assert new.server("s1").host == "c2" and new.server("s1").status == "ACTIVE"
+    assert [m.status for m in new.migrations()] == ["confirmed"], "not left waiting in VERIFY_RESIZE"
 
     old = seed(make_cloud(compute_max="2.52"))
     ctl = await make_controller(old)
     with pytest.raises(Unsupported, match="2.56"):
         await ctl.migrate_server("s1", "c2", live=False)
     await ctl.migrate_server("s1", live=False)
-    assert posts(old) == [("/compute/v2.1/servers/s1/action", {"migrate": None}, "2.52")]
+    assert posts(old) == [("/compute/v2.1/servers/s1/action", {"migrate": None}, "2.52"),
+                          ("/compute/v2.1/servers/s1/action", {"confirmResize": None}, "2.52")]
 
 
 async def test_evacuation_needs_2_14(make_cloud: MakeCloud, make_controller: MakeController) -> None:
