@@ -21,6 +21,7 @@ from agent.checkers.base import Checker, Reading, Status, set_beat
 from agent.config import AgentConfig, load_agent_config
 from agent.state import AgentState
 from agent.transport import AgentLink
+from agent.host_facts import host_facts
 from doctor_common import __version__
 from doctor_common.agent_limits import MAX_CHECKERS, MAX_TEXT
 from doctor_common.api import agent_pb2, common_pb2
@@ -34,6 +35,7 @@ log = logging.getLogger("doctor.agent")
 CHECKER_FAILED = "compute.host.agent.checker_failed"
 READY_TIMEOUT_S = 30.0     # READY=1 at the latest this long after start, whatever a checker does
 TRANSPORT_DEADLINE_S = 60.0  # a connect to a black-holed inspector can take ~20 s
+FACTS_TIMEOUT_S = 3.0      # reading the host facts (agent/host_facts.py) before the first Hello
 
 
 class Supervisor:
@@ -135,6 +137,10 @@ class Agent:
         log.info("ready: %s", status)
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:  # before the first Hello, which carries them; bounded: a hanging probe delays nothing for long
+            self.state.facts = await asyncio.wait_for(asyncio.to_thread(host_facts), FACTS_TIMEOUT_S)
+        except (asyncio.TimeoutError, OSError) as exc:
+            log.warning("host facts (firmware, hypervisor versions) not read: %s", exc or type(exc).__name__)
         for sup in self.supervisors:
             self.tasks.append(asyncio.create_task(sup.run(), name=f"checker-{sup.checker.name}"))
         transport = asyncio.create_task(self.link.run(), name="transport")

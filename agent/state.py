@@ -33,6 +33,7 @@ class AgentState:
         self._readings: dict[str, Reading] = {}
         self.unacked: OrderedDict[int, agent_pb2.Event] = OrderedDict()
         self.changed = asyncio.Event()  # set when there is something new to send
+        self.facts: dict[str, str] = {}          # what the host runs (agent/host_facts.py), sent in every Hello
 
     def update(self, checker: str, reading: Reading) -> agent_pb2.Event | None:
         """Record a reading; return the event when it changed the component's level."""
@@ -76,4 +77,4 @@ class AgentState:
     def hello(self) -> agent_pb2.AgentMessage:
         return agent_pb2.AgentMessage(hello=agent_pb2.Hello(
             host_id=self.host_id, boot_id=self.boot_id, host_boot_id=self.host_boot_id, agent_version=self.version,
-            components=list(self.components.values()), last_sequence=self.sequence))
+            components=list(self.components.values()), last_sequence=self.sequence, facts=self.facts))

@@ -121,7 +121,7 @@ class Inspector:
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
         self.maintenance = Workflow(self.controller, self.resources, self.publisher.publish, self.durable,
                                     cfg.maintenance, self._act, self.responder.host_state,
-                                    blockers=self.enable_blockers, resync=self.resync)
+                                    blockers=self.enable_blockers, resync=self.resync, facts=self._facts)
         self.responder.in_maintenance = self.maintenance.in_maintenance
         self.absent = AbsentWatch(self.liveness, self.responder.bmc_for, self.fencer.power_state,
                                   lambda t: self._act(self.responder.fault(t), f"{t.fault_type} on {t.host}"),
@@ -426,6 +426,10 @@ class Inspector:
             except Exception as exc:  # noqa: BLE001 - said, not raised
                 wrong.append(f"its BMC does not answer ({exc or type(exc).__name__}): it could not be fenced again")
         return wrong
+
+    def _facts(self, host: str) -> dict[str, str]:
+        rec = self.liveness.hosts.get(host)
+        return rec.facts if rec is not None else {}
 
     def resync(self, host: str) -> None:
         """Forget the host's levels and ask its agent for all of them again: a fault still there is raised anew

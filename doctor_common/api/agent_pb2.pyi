@@ -61,20 +61,29 @@ class Event(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., state: _Optional[_Union[ComponentState, _Mapping]] = ..., observed_unix_nanos: _Optional[int] = ..., sent_unix_nanos: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host_id", "boot_id", "agent_version", "components", "last_sequence", "host_boot_id")
+    __slots__ = ("host_id", "boot_id", "agent_version", "components", "last_sequence", "host_boot_id", "facts")
+    class FactsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HOST_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     boot_id: str
     agent_version: str
     components: _containers.RepeatedCompositeFieldContainer[ComponentState]
     last_sequence: int
     host_boot_id: str
-    def __init__(self, host_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentState, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., host_boot_id: _Optional[str] = ...) -> None: ...
+    facts: _containers.ScalarMap[str, str]
+    def __init__(self, host_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentState, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., host_boot_id: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)

@@ -80,7 +80,8 @@ class Workflow:
     def __init__(self, controller: Controller, resources: ResourceMap, publish: Callable[..., Any], durable: Any,
                  cfg: MaintenanceConfig, spawn: Spawn, host_state: Callable[[str], str],
                  blockers: Callable[[str], Awaitable[list[str]]] | None = None,
-                 resync: Callable[[str], None] | None = None) -> None:
+                 resync: Callable[[str], None] | None = None,
+                 facts: Callable[[str], dict[str, str]] | None = None) -> None:
         self.controller = controller
         self.resources = resources
         self.publish = publish          # Publisher.publish(notification, also=ops)
@@ -90,6 +91,7 @@ class Workflow:
         self.host_state = host_state
         self.blockers = blockers or _nothing_wrong   # what says a host is not fit to serve (enable-host's checks)
         self.resync = resync or (lambda _host: None)  # ask the host's agent for its whole state again
+        self.facts = facts or (lambda _host: {})     # what the host runs, as its agent says (firmware, hypervisor)
         self.sessions: dict[str, Session] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, set[asyncio.Queue[mpb.MaintenanceProgress | None]]] = {}
@@ -253,8 +255,13 @@ class Workflow:
             if (ids and name not in ids) or (f.zone_id and h.zone != f.zone_id) or \
                     (f.physical_resource_state and state != f.physical_resource_state):
                 continue
+            facts = self.facts(name)
             info = mpb.PhysicalResourceStateInfo(physical_resource_id=name, physical_resource_state=state,
-                                                 zone_id=h.zone, host_status=_HOST_STATUS.get(h.status.value, 0))
+                                                 zone_id=h.zone, host_status=_HOST_STATUS.get(h.status.value, 0),
+                                                 firmware_version=facts.get("firmware_version", ""),
+                                                 hypervisor_version=facts.get("hypervisor_version", ""))
+            if facts.get("kernel"):
+                info.metadata["kernel"] = facts["kernel"]
             s = self.session_of(name) or self._last_session(name)
             if s is not None:
                 info.session.CopyFrom(s.info())

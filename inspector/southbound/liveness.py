@@ -35,6 +35,7 @@ class HostRecord:
     connected: bool = False
     boot_id: str = ""
     agent_version: str = ""
+    facts: dict[str, str] = field(default_factory=dict)  # what the host runs, as its agent last said (Hello)
     peer: str = ""
     last_seen: float = 0.0          # monotonic, for timeouts
     last_seen_ns: int = 0           # wall clock, for humans
@@ -119,6 +120,7 @@ class Liveness:
         rec.stream, rec.connected, rec.goodbye = stream, True, False
         rec.min_read_delay = float("inf")
         rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
+        rec.facts = dict(hello.facts)
         self._seen(rec)
         await self._set(rec, UP)
         return rebooted

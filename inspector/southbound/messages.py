@@ -62,6 +62,8 @@ def check_hello(h: agent_pb2.Hello) -> None:
         raise BadMessage(f"hello.host_boot_id must be at most {MAX_ID} characters")
     if len(h.components) > MAX_COMPONENTS:
         raise BadMessage(f"hello.components: at most {MAX_COMPONENTS}")
+    if len(h.facts) > MAX_DETAILS or any(len(k) > MAX_ID or len(v) > MAX_TEXT for k, v in h.facts.items()):
+        raise BadMessage(f"hello.facts: at most {MAX_DETAILS} entries of {MAX_ID}/{MAX_TEXT} characters")
     for i, c in enumerate(h.components):
         check_state(c, f"hello.components[{i}]")
 

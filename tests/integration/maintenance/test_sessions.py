@@ -10,10 +10,11 @@ import grpc
 import pytest
 
 from controller_adapter.base import HostStatus, ServerState
-from doctor_common.api import common_pb2
+from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.client import DoctorClient
-from doctor_common.lab.cloud import Lab
+from doctor_common.grpcutil import auth_metadata
+from doctor_common.lab.cloud import Lab, wait_for
 from tests.integration.maintenance.conftest import Progress
 
 S = mpb.SessionState
@@ -234,3 +235,34 @@ async def test_a_rollback_starts_again_a_server_left_shut_down(site: Any) -> Non
     assert {o.server_id: o.done for o in done.servers}["vm-1-1"], "it had been shut down"
     assert await state_of(lab, "vm-1-1") is ServerState.ACTIVE and await where(lab, "vm-1-1") == "compute-1"
 
+
+
+async def test_state_query_names_versions_zone_and_filters(site: Any) -> None:
+    """An agent's Hello carries its host's facts: StateQuery answers them as the seeds' PhysicalResourceInfo
+    (firmware and hypervisor versions, kernel in metadata); the filter narrows by host, state and zone."""
+    lab = await site(hosts=2, servers_per_host=1)
+    admin = site.admin(lab)
+    async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+        call = agent_pb2_grpc.AgentGatewayStub(ch).Connect(metadata=auth_metadata(lab.hosts["compute-1"].agent_token))
+        await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+            host_id="compute-1", boot_id="b1", agent_version="t", facts={
+                "firmware_version": "SeaBIOS 1.16.2", "hypervisor_version": "qemu 7.2.9, libvirt 9.0.0",
+                "kernel": "6.1.0-28-amd64"})))
+
+        async def reported() -> bool:
+            q = await admin.maintenance_query(["compute-1"])
+            return bool(q.physical_resource_info and q.physical_resource_info[0].firmware_version)
+        await wait_for(reported, 10, 0.02, "compute-1's facts")
+        one = (await admin.maintenance_query(["compute-1"])).physical_resource_info[0]
+        assert (one.firmware_version, one.hypervisor_version, one.metadata["kernel"]) == (
+            "SeaBIOS 1.16.2", "qemu 7.2.9, libvirt 9.0.0", "6.1.0-28-amd64")
+        assert one.physical_resource_state == "normal" and one.host_status == common_pb2.HOST_STATUS_UP
+        call.cancel()
+    everyone = await admin.maintenance_query()
+    assert [h.physical_resource_id for h in everyone.physical_resource_info] == ["compute-1", "compute-2"]
+    assert not (await admin.maintenance_query(state="maintenance")).physical_resource_info
+    assert not (await admin.maintenance_query(zone="nowhere")).physical_resource_info
+    async with DoctorClient(lab.endpoint, lab.tokens["project-a"]) as consumer:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await consumer.maintenance_query()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -128,3 +128,40 @@ def test_a_large_snapshot_goes_in_parts_under_the_limit() -> None:
     assert [v.virtual_resource_id for p in parts for v in p.virtual_resource_info] == [f"vm-{i}" for i in range(3000)]
     assert [h.physical_resource_id for p in parts for h in p.physical_resource_info] == [f"h-{i}" for i in range(3000)]
     assert snapshot_parts("s1", 0, [], []) == [fault_pb2.SubscribeResponse(subscription_id="s1")]
+
+
+def _maintenance_notice() -> fault_pb2.FaultNotification:
+    from doctor_common.api import maintenance_pb2 as mpb
+    return fault_pb2.FaultNotification(
+        notification_id="maintenance.s1.owners_notified", sequence=9,
+        virtual_resource_info=[
+            common_pb2.VirtualResourceInfo(virtual_resource_id="vm-a", virtual_resource_type="server",
+                                           project_id="project-a", virtual_resource_state="maintenance"),
+            common_pb2.VirtualResourceInfo(virtual_resource_id="vm-b", virtual_resource_type="server",
+                                           project_id="project-b", virtual_resource_state="maintenance")],
+        physical_resource_info=[common_pb2.PhysicalResourceInfo(physical_resource_id="compute-1")],
+        maintenance=mpb.MaintenanceNotification(session_id="s1", state=mpb.SESSION_STATE_OWNERS_NOTIFIED, servers=[
+            mpb.ServerOutcome(server_id="vm-a", project_id="project-a"),
+            mpb.ServerOutcome(server_id="vm-b", project_id="project-b")]))
+
+
+def test_a_maintenance_notice_reaches_each_owner_with_its_own_servers_only() -> None:
+    """No faults are needed for a consent request to pass, and fault filters do not hold it back; each owner
+    sees its servers (and their outcomes) only; a resource filter still applies; the administrator sees all."""
+    n = _maintenance_notice()
+    a = view_notification(A, Filter(), n)
+    assert a is not None and [v.virtual_resource_id for v in a.virtual_resource_info] == ["vm-a"]
+    assert [o.server_id for o in a.maintenance.servers] == ["vm-a"] and a.maintenance.session_id == "s1"
+    assert not a.physical_resource_info
+    critical_only = Filter(fault_types=("compute.host.*",), min_severity=common_pb2.SEVERITY_CRITICAL)
+    assert view_notification(A, critical_only, n) is not None, "a consent request is not a fault to filter"
+    assert view_notification(A, Filter(resource_ids=frozenset({"vm-other"})), n) is None
+    assert view_notification(A, Filter(resource_types=("port",)), n) is None
+    full = view_notification(ADMIN, Filter(), n)
+    assert full is not None and len(full.maintenance.servers) == 2 and full.physical_resource_info
+
+
+def test_a_fault_view_does_not_grow_an_empty_maintenance_field() -> None:
+    """A copied view of a fault notification stays a fault: the stream must not take it for maintenance."""
+    v = view_notification(A, Filter(), _notification())
+    assert v is not None and not v.HasField("maintenance") and v.notification_id == "n1"
