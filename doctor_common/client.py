@@ -195,6 +195,14 @@ class DoctorClient:
         async for msg in self.maintenance.StateChange(req, metadata=self._md):
             yield msg
 
+    async def retire(self, server_ids: Sequence[str], reason: str = "", reply_timeout_s: int = 0,
+                     empty_timeout_s: int = 0) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+        """Administrators: VM retirement — ask the owners of these servers, move them off their hosts."""
+        req = maintenance_pb2.RetireRequest(server_ids=list(server_ids), reason=reason,
+                                            reply_timeout_s=reply_timeout_s, empty_timeout_s=empty_timeout_s)
+        async for msg in self.maintenance.Retire(req, metadata=self._md):
+            yield msg
+
     async def maintenance_watch(self, session_id: str) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
         async for msg in self.maintenance.Watch(maintenance_pb2.WatchRequest(session_id=session_id),
                                                 metadata=self._md):

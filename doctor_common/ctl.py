@@ -176,6 +176,8 @@ async def cmd_maintenance(c: DoctorClient, args: argparse.Namespace) -> int:
         metadata = dict(kv.split("=", 1) for kv in args.meta or [])
         return await _follow(c.maintenance_start(args.hosts, args.reason, args.reply_timeout, args.empty_timeout,
                                                  metadata))
+    if args.action == "retire":
+        return await _follow(c.retire(args.servers, args.reason, args.reply_timeout, args.empty_timeout))
     if args.action == "end":
         return await _follow(c.maintenance_end(args.hosts, force=args.force))
     if args.action == "watch":
@@ -255,6 +257,12 @@ def cli(argv: list[str] | None = None) -> int:
                                                                  "inspector's [maintenance] reply_timeout_s)")
     ms.add_argument("--empty-timeout", type=int, default=0, help="seconds to empty the hosts once answered")
     ms.add_argument("--meta", action="append", help="KEY=VALUE kept with the session (repeatable)")
+    mr = ma.add_parser("retire", help="VM retirement: ask the owners of these servers, move them off their hosts "
+                                      "(no host disabled; exit 2 when it rolls back)")
+    mr.add_argument("servers", nargs="+")
+    mr.add_argument("--reason", default="")
+    mr.add_argument("--reply-timeout", type=int, default=0)
+    mr.add_argument("--empty-timeout", type=int, default=0)
     mq = ma.add_parser("status", help="hosts with their state and maintenance session")
     mq.add_argument("hosts", nargs="*")
     mq.add_argument("--state", help="normal, maintenance, down, unknown, error")

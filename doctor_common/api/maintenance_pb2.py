@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from doctor_common.api import common_pb2 as doctor_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64octor/v1/maintenance.proto\x12\tdoctor.v1\x1a\x16\x64octor/v1/common.proto\"\xc9\x01\n\x15PhysicalResourceState\x12\x1c\n\x14physical_resource_id\x18\x01 \x01(\t\x12\x1f\n\x17physical_resource_state\x18\x02 \x01(\t\x12@\n\x08metadata\x18\x03 \x03(\x0b\x32..doctor.v1.PhysicalResourceState.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x12StateChangeRequest\x12\x41\n\x17physical_resource_state\x18\x01 \x03(\x0b\x32 .doctor.v1.PhysicalResourceState\x12\x17\n\x0freply_timeout_s\x18\x02 \x01(\r\x12\x17\n\x0f\x65mpty_timeout_s\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\xa1\x01\n\rServerOutcome\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12+\n\x0binstruction\x18\x03 \x01(\x0e\x32\x16.doctor.v1.Instruction\x12\x11\n\tfrom_host\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\x97\x03\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.doctor.v1.SessionState\x12\r\n\x05hosts\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\x12\x1a\n\x12\x63reated_unix_nanos\x18\x06 \x01(\x03\x12!\n\x19reply_deadline_unix_nanos\x18\x07 \x01(\x03\x12\x10\n\x08projects\x18\x08 \x03(\t\x12\x10\n\x08\x61nswered\x18\t \x03(\t\x12)\n\x07servers\x18\n \x03(\x0b\x32\x18.doctor.v1.ServerOutcome\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\x12\x36\n\x08metadata\x18\x0c \x03(\x0b\x32$.doctor.v1.SessionInfo.MetadataEntry\x12\x10\n\x08\x65nded_by\x18\r \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x13MaintenanceProgress\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.doctor.v1.SessionInfo\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x17\n\x0ftime_unix_nanos\x18\x03 \x01(\x03\"b\n\x10StateQueryFilter\x12\x1c\n\x14physical_resource_id\x18\x01 \x03(\t\x12\x1f\n\x17physical_resource_state\x18\x02 \x01(\t\x12\x0f\n\x07zone_id\x18\x03 \x01(\t\"@\n\x11StateQueryRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.doctor.v1.StateQueryFilter\"\xed\x02\n\x19PhysicalResourceStateInfo\x12\x1c\n\x14physical_resource_id\x18\x01 \x01(\t\x12\x1f\n\x17physical_resource_state\x18\x02 \x01(\t\x12\x18\n\x10\x66irmware_version\x18\x03 \x01(\t\x12\x1a\n\x12hypervisor_version\x18\x04 \x01(\t\x12\x0f\n\x07zone_id\x18\x05 \x01(\t\x12\x44\n\x08metadata\x18\x06 \x03(\x0b\x32\x32.doctor.v1.PhysicalResourceStateInfo.MetadataEntry\x12*\n\x0bhost_status\x18\x07 \x01(\x0e\x32\x15.doctor.v1.HostStatus\x12\'\n\x07session\x18\x08 \x01(\x0b\x32\x16.doctor.v1.SessionInfo\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x12StateQueryResponse\x12\x44\n\x16physical_resource_info\x18\x01 \x03(\x0b\x32$.doctor.v1.PhysicalResourceStateInfo\"\"\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"h\n\x11ServerInstruction\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12+\n\x0binstruction\x18\x02 \x01(\x0e\x32\x16.doctor.v1.Instruction\x12\x13\n\x0btarget_host\x18\x03 \x01(\t\"x\n\x10MaintenanceReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x32\n\x0cinstructions\x18\x02 \x03(\x0b\x32\x1c.doctor.v1.ServerInstruction\x12\x0c\n\x04nack\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"Q\n\x13MaintenanceReplyAck\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.doctor.v1.SessionState\"\xa6\x03\n\x17MaintenanceNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x1d\n\x15\x65vent_time_unix_nanos\x18\x03 \x01(\x03\x12=\n\x15virtual_resource_info\x18\x04 \x03(\x0b\x32\x1e.doctor.v1.VirtualResourceInfo\x12?\n\x16physical_resource_info\x18\x05 \x03(\x0b\x32\x1f.doctor.v1.PhysicalResourceInfo\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x17.doctor.v1.SessionState\x12!\n\x19reply_deadline_unix_nanos\x18\x08 \x01(\x03\x12\'\n\x07\x61llowed\x18\t \x03(\x0e\x32\x16.doctor.v1.Instruction\x12\x0e\n\x06reason\x18\n \x01(\t\x12)\n\x07servers\x18\x0b \x03(\x0b\x32\x18.doctor.v1.ServerOutcome*\x92\x03\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SESSION_STATE_ACCEPTED\x10\x01\x12 \n\x1cSESSION_STATE_HOSTS_DISABLED\x10\x02\x12!\n\x1dSESSION_STATE_OWNERS_NOTIFIED\x10\x03\x12\"\n\x1eSESSION_STATE_REPLIES_RECEIVED\x10\x04\x12\'\n#SESSION_STATE_INSTRUCTIONS_EXECUTED\x10\x05\x12\x1d\n\x19SESSION_STATE_HOSTS_EMPTY\x10\x06\x12 \n\x1cSESSION_STATE_IN_MAINTENANCE\x10\x07\x12\x1e\n\x1aSESSION_STATE_ROLLING_BACK\x10\x08\x12\x1d\n\x19SESSION_STATE_ROLLED_BACK\x10\t\x12\x18\n\x14SESSION_STATE_FAILED\x10\n\x12\x1b\n\x17SESSION_STATE_COMPLETED\x10\x0b*\xaa\x01\n\x0bInstruction\x12\x1b\n\x17INSTRUCTION_UNSPECIFIED\x10\x00\x12\x17\n\x13INSTRUCTION_MIGRATE\x10\x01\x12\x1c\n\x18INSTRUCTION_LIVE_MIGRATE\x10\x02\x12\x1a\n\x16INSTRUCTION_OWN_ACTION\x10\x03\x12\x14\n\x10INSTRUCTION_NACK\x10\x04\x12\x15\n\x11INSTRUCTION_LEAVE\x10\x05\x32\xb2\x02\n\x0bMaintenance\x12N\n\x0bStateChange\x12\x1d.doctor.v1.StateChangeRequest\x1a\x1e.doctor.v1.MaintenanceProgress0\x01\x12I\n\nStateQuery\x12\x1c.doctor.v1.StateQueryRequest\x1a\x1d.doctor.v1.StateQueryResponse\x12\x42\n\x05Watch\x12\x17.doctor.v1.WatchRequest\x1a\x1e.doctor.v1.MaintenanceProgress0\x01\x12\x44\n\x05Reply\x12\x1b.doctor.v1.MaintenanceReply\x1a\x1e.doctor.v1.MaintenanceReplyAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64octor/v1/maintenance.proto\x12\tdoctor.v1\x1a\x16\x64octor/v1/common.proto\"e\n\rRetireRequest\x12\x12\n\nserver_ids\x18\x01 \x03(\t\x12\x17\n\x0freply_timeout_s\x18\x02 \x01(\r\x12\x17\n\x0f\x65mpty_timeout_s\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xc9\x01\n\x15PhysicalResourceState\x12\x1c\n\x14physical_resource_id\x18\x01 \x01(\t\x12\x1f\n\x17physical_resource_state\x18\x02 \x01(\t\x12@\n\x08metadata\x18\x03 \x03(\x0b\x32..doctor.v1.PhysicalResourceState.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x12StateChangeRequest\x12\x41\n\x17physical_resource_state\x18\x01 \x03(\x0b\x32 .doctor.v1.PhysicalResourceState\x12\x17\n\x0freply_timeout_s\x18\x02 \x01(\r\x12\x17\n\x0f\x65mpty_timeout_s\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\xa1\x01\n\rServerOutcome\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12+\n\x0binstruction\x18\x03 \x01(\x0e\x32\x16.doctor.v1.Instruction\x12\x11\n\tfrom_host\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xab\x03\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.doctor.v1.SessionState\x12\r\n\x05hosts\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\x12\x1a\n\x12\x63reated_unix_nanos\x18\x06 \x01(\x03\x12!\n\x19reply_deadline_unix_nanos\x18\x07 \x01(\x03\x12\x10\n\x08projects\x18\x08 \x03(\t\x12\x10\n\x08\x61nswered\x18\t \x03(\t\x12)\n\x07servers\x18\n \x03(\x0b\x32\x18.doctor.v1.ServerOutcome\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\x12\x36\n\x08metadata\x18\x0c \x03(\x0b\x32$.doctor.v1.SessionInfo.MetadataEntry\x12\x10\n\x08\x65nded_by\x18\r \x01(\t\x12\x12\n\nretirement\x18\x0e \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x13MaintenanceProgress\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.doctor.v1.SessionInfo\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x17\n\x0ftime_unix_nanos\x18\x03 \x01(\x03\"b\n\x10StateQueryFilter\x12\x1c\n\x14physical_resource_id\x18\x01 \x03(\t\x12\x1f\n\x17physical_resource_state\x18\x02 \x01(\t\x12\x0f\n\x07zone_id\x18\x03 \x01(\t\"@\n\x11StateQueryRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.doctor.v1.StateQueryFilter\"\xed\x02\n\x19PhysicalResourceStateInfo\x12\x1c\n\x14physical_resource_id\x18\x01 \x01(\t\x12\x1f\n\x17physical_resource_state\x18\x02 \x01(\t\x12\x18\n\x10\x66irmware_version\x18\x03 \x01(\t\x12\x1a\n\x12hypervisor_version\x18\x04 \x01(\t\x12\x0f\n\x07zone_id\x18\x05 \x01(\t\x12\x44\n\x08metadata\x18\x06 \x03(\x0b\x32\x32.doctor.v1.PhysicalResourceStateInfo.MetadataEntry\x12*\n\x0bhost_status\x18\x07 \x01(\x0e\x32\x15.doctor.v1.HostStatus\x12\'\n\x07session\x18\x08 \x01(\x0b\x32\x16.doctor.v1.SessionInfo\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x12StateQueryResponse\x12\x44\n\x16physical_resource_info\x18\x01 \x03(\x0b\x32$.doctor.v1.PhysicalResourceStateInfo\"\"\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"h\n\x11ServerInstruction\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12+\n\x0binstruction\x18\x02 \x01(\x0e\x32\x16.doctor.v1.Instruction\x12\x13\n\x0btarget_host\x18\x03 \x01(\t\"x\n\x10MaintenanceReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x32\n\x0cinstructions\x18\x02 \x03(\x0b\x32\x1c.doctor.v1.ServerInstruction\x12\x0c\n\x04nack\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"Q\n\x13MaintenanceReplyAck\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.doctor.v1.SessionState\"\xa6\x03\n\x17MaintenanceNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x1d\n\x15\x65vent_time_unix_nanos\x18\x03 \x01(\x03\x12=\n\x15virtual_resource_info\x18\x04 \x03(\x0b\x32\x1e.doctor.v1.VirtualResourceInfo\x12?\n\x16physical_resource_info\x18\x05 \x03(\x0b\x32\x1f.doctor.v1.PhysicalResourceInfo\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x17.doctor.v1.SessionState\x12!\n\x19reply_deadline_unix_nanos\x18\x08 \x01(\x03\x12\'\n\x07\x61llowed\x18\t \x03(\x0e\x32\x16.doctor.v1.Instruction\x12\x0e\n\x06reason\x18\n \x01(\t\x12)\n\x07servers\x18\x0b \x03(\x0b\x32\x18.doctor.v1.ServerOutcome*\x92\x03\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SESSION_STATE_ACCEPTED\x10\x01\x12 \n\x1cSESSION_STATE_HOSTS_DISABLED\x10\x02\x12!\n\x1dSESSION_STATE_OWNERS_NOTIFIED\x10\x03\x12\"\n\x1eSESSION_STATE_REPLIES_RECEIVED\x10\x04\x12\'\n#SESSION_STATE_INSTRUCTIONS_EXECUTED\x10\x05\x12\x1d\n\x19SESSION_STATE_HOSTS_EMPTY\x10\x06\x12 \n\x1cSESSION_STATE_IN_MAINTENANCE\x10\x07\x12\x1e\n\x1aSESSION_STATE_ROLLING_BACK\x10\x08\x12\x1d\n\x19SESSION_STATE_ROLLED_BACK\x10\t\x12\x18\n\x14SESSION_STATE_FAILED\x10\n\x12\x1b\n\x17SESSION_STATE_COMPLETED\x10\x0b*\xaa\x01\n\x0bInstruction\x12\x1b\n\x17INSTRUCTION_UNSPECIFIED\x10\x00\x12\x17\n\x13INSTRUCTION_MIGRATE\x10\x01\x12\x1c\n\x18INSTRUCTION_LIVE_MIGRATE\x10\x02\x12\x1a\n\x16INSTRUCTION_OWN_ACTION\x10\x03\x12\x14\n\x10INSTRUCTION_NACK\x10\x04\x12\x15\n\x11INSTRUCTION_LEAVE\x10\x05\x32\xf8\x02\n\x0bMaintenance\x12N\n\x0bStateChange\x12\x1d.doctor.v1.StateChangeRequest\x1a\x1e.doctor.v1.MaintenanceProgress0\x01\x12I\n\nStateQuery\x12\x1c.doctor.v1.StateQueryRequest\x1a\x1d.doctor.v1.StateQueryResponse\x12\x42\n\x05Watch\x12\x17.doctor.v1.WatchRequest\x1a\x1e.doctor.v1.MaintenanceProgress0\x01\x12\x44\n\x05Reply\x12\x1b.doctor.v1.MaintenanceReply\x1a\x1e.doctor.v1.MaintenanceReplyAck\x12\x44\n\x06Retire\x12\x18.doctor.v1.RetireRequest\x1a\x1e.doctor.v1.MaintenanceProgress0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,44 +38,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONINFO_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_PHYSICALRESOURCESTATEINFO_METADATAENTRY']._loaded_options = None
   _globals['_PHYSICALRESOURCESTATEINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SESSIONSTATE']._serialized_start=2518
-  _globals['_SESSIONSTATE']._serialized_end=2920
-  _globals['_INSTRUCTION']._serialized_start=2923
-  _globals['_INSTRUCTION']._serialized_end=3093
-  _globals['_PHYSICALRESOURCESTATE']._serialized_start=67
-  _globals['_PHYSICALRESOURCESTATE']._serialized_end=268
-  _globals['_PHYSICALRESOURCESTATE_METADATAENTRY']._serialized_start=221
-  _globals['_PHYSICALRESOURCESTATE_METADATAENTRY']._serialized_end=268
-  _globals['_STATECHANGEREQUEST']._serialized_start=271
-  _globals['_STATECHANGEREQUEST']._serialized_end=439
-  _globals['_SERVEROUTCOME']._serialized_start=442
-  _globals['_SERVEROUTCOME']._serialized_end=603
-  _globals['_SESSIONINFO']._serialized_start=606
-  _globals['_SESSIONINFO']._serialized_end=1013
-  _globals['_SESSIONINFO_METADATAENTRY']._serialized_start=221
-  _globals['_SESSIONINFO_METADATAENTRY']._serialized_end=268
-  _globals['_MAINTENANCEPROGRESS']._serialized_start=1015
-  _globals['_MAINTENANCEPROGRESS']._serialized_end=1117
-  _globals['_STATEQUERYFILTER']._serialized_start=1119
-  _globals['_STATEQUERYFILTER']._serialized_end=1217
-  _globals['_STATEQUERYREQUEST']._serialized_start=1219
-  _globals['_STATEQUERYREQUEST']._serialized_end=1283
-  _globals['_PHYSICALRESOURCESTATEINFO']._serialized_start=1286
-  _globals['_PHYSICALRESOURCESTATEINFO']._serialized_end=1651
-  _globals['_PHYSICALRESOURCESTATEINFO_METADATAENTRY']._serialized_start=221
-  _globals['_PHYSICALRESOURCESTATEINFO_METADATAENTRY']._serialized_end=268
-  _globals['_STATEQUERYRESPONSE']._serialized_start=1653
-  _globals['_STATEQUERYRESPONSE']._serialized_end=1743
-  _globals['_WATCHREQUEST']._serialized_start=1745
-  _globals['_WATCHREQUEST']._serialized_end=1779
-  _globals['_SERVERINSTRUCTION']._serialized_start=1781
-  _globals['_SERVERINSTRUCTION']._serialized_end=1885
-  _globals['_MAINTENANCEREPLY']._serialized_start=1887
-  _globals['_MAINTENANCEREPLY']._serialized_end=2007
-  _globals['_MAINTENANCEREPLYACK']._serialized_start=2009
-  _globals['_MAINTENANCEREPLYACK']._serialized_end=2090
-  _globals['_MAINTENANCENOTIFICATION']._serialized_start=2093
-  _globals['_MAINTENANCENOTIFICATION']._serialized_end=2515
-  _globals['_MAINTENANCE']._serialized_start=3096
-  _globals['_MAINTENANCE']._serialized_end=3402
+  _globals['_SESSIONSTATE']._serialized_start=2641
+  _globals['_SESSIONSTATE']._serialized_end=3043
+  _globals['_INSTRUCTION']._serialized_start=3046
+  _globals['_INSTRUCTION']._serialized_end=3216
+  _globals['_RETIREREQUEST']._serialized_start=66
+  _globals['_RETIREREQUEST']._serialized_end=167
+  _globals['_PHYSICALRESOURCESTATE']._serialized_start=170
+  _globals['_PHYSICALRESOURCESTATE']._serialized_end=371
+  _globals['_PHYSICALRESOURCESTATE_METADATAENTRY']._serialized_start=324
+  _globals['_PHYSICALRESOURCESTATE_METADATAENTRY']._serialized_end=371
+  _globals['_STATECHANGEREQUEST']._serialized_start=374
+  _globals['_STATECHANGEREQUEST']._serialized_end=542
+  _globals['_SERVEROUTCOME']._serialized_start=545
+  _globals['_SERVEROUTCOME']._serialized_end=706
+  _globals['_SESSIONINFO']._serialized_start=709
+  _globals['_SESSIONINFO']._serialized_end=1136
+  _globals['_SESSIONINFO_METADATAENTRY']._serialized_start=324
+  _globals['_SESSIONINFO_METADATAENTRY']._serialized_end=371
+  _globals['_MAINTENANCEPROGRESS']._serialized_start=1138
+  _globals['_MAINTENANCEPROGRESS']._serialized_end=1240
+  _globals['_STATEQUERYFILTER']._serialized_start=1242
+  _globals['_STATEQUERYFILTER']._serialized_end=1340
+  _globals['_STATEQUERYREQUEST']._serialized_start=1342
+  _globals['_STATEQUERYREQUEST']._serialized_end=1406
+  _globals['_PHYSICALRESOURCESTATEINFO']._serialized_start=1409
+  _globals['_PHYSICALRESOURCESTATEINFO']._serialized_end=1774
+  _globals['_PHYSICALRESOURCESTATEINFO_METADATAENTRY']._serialized_start=324
+  _globals['_PHYSICALRESOURCESTATEINFO_METADATAENTRY']._serialized_end=371
+  _globals['_STATEQUERYRESPONSE']._serialized_start=1776
+  _globals['_STATEQUERYRESPONSE']._serialized_end=1866
+  _globals['_WATCHREQUEST']._serialized_start=1868
+  _globals['_WATCHREQUEST']._serialized_end=1902
+  _globals['_SERVERINSTRUCTION']._serialized_start=1904
+  _globals['_SERVERINSTRUCTION']._serialized_end=2008
+  _globals['_MAINTENANCEREPLY']._serialized_start=2010
+  _globals['_MAINTENANCEREPLY']._serialized_end=2130
+  _globals['_MAINTENANCEREPLYACK']._serialized_start=2132
+  _globals['_MAINTENANCEREPLYACK']._serialized_end=2213
+  _globals['_MAINTENANCENOTIFICATION']._serialized_start=2216
+  _globals['_MAINTENANCENOTIFICATION']._serialized_end=2638
+  _globals['_MAINTENANCE']._serialized_start=3219
+  _globals['_MAINTENANCE']._serialized_end=3595
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,18 @@ INSTRUCTION_OWN_ACTION: Instruction
 INSTRUCTION_NACK: Instruction
 INSTRUCTION_LEAVE: Instruction
 
+class RetireRequest(_message.Message):
+    __slots__ = ("server_ids", "reply_timeout_s", "empty_timeout_s", "reason")
+    SERVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    server_ids: _containers.RepeatedScalarFieldContainer[str]
+    reply_timeout_s: int
+    empty_timeout_s: int
+    reason: str
+    def __init__(self, server_ids: _Optional[_Iterable[str]] = ..., reply_timeout_s: _Optional[int] = ..., empty_timeout_s: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class PhysicalResourceState(_message.Message):
     __slots__ = ("physical_resource_id", "physical_resource_state", "metadata")
     class MetadataEntry(_message.Message):
@@ -100,7 +112,7 @@ class ServerOutcome(_message.Message):
     def __init__(self, server_id: _Optional[str] = ..., project_id: _Optional[str] = ..., instruction: _Optional[_Union[Instruction, str]] = ..., from_host: _Optional[str] = ..., host: _Optional[str] = ..., done: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "state", "hosts", "reason", "requested_by", "created_unix_nanos", "reply_deadline_unix_nanos", "projects", "answered", "servers", "detail", "metadata", "ended_by")
+    __slots__ = ("session_id", "state", "hosts", "reason", "requested_by", "created_unix_nanos", "reply_deadline_unix_nanos", "projects", "answered", "servers", "detail", "metadata", "ended_by", "retirement")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +133,7 @@ class SessionInfo(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ENDED_BY_FIELD_NUMBER: _ClassVar[int]
+    RETIREMENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: SessionState
     hosts: _containers.RepeatedScalarFieldContainer[str]
@@ -134,7 +147,8 @@ class SessionInfo(_message.Message):
     detail: str
     metadata: _containers.ScalarMap[str, str]
     ended_by: str
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ..., created_unix_nanos: _Optional[int] = ..., reply_deadline_unix_nanos: _Optional[int] = ..., projects: _Optional[_Iterable[str]] = ..., answered: _Optional[_Iterable[str]] = ..., servers: _Optional[_Iterable[_Union[ServerOutcome, _Mapping]]] = ..., detail: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ended_by: _Optional[str] = ...) -> None: ...
+    retirement: bool
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ..., created_unix_nanos: _Optional[int] = ..., reply_deadline_unix_nanos: _Optional[int] = ..., projects: _Optional[_Iterable[str]] = ..., answered: _Optional[_Iterable[str]] = ..., servers: _Optional[_Iterable[_Union[ServerOutcome, _Mapping]]] = ..., detail: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ended_by: _Optional[str] = ..., retirement: _Optional[bool] = ...) -> None: ...
 
 class MaintenanceProgress(_message.Message):
     __slots__ = ("session", "event", "time_unix_nanos")

@@ -54,6 +54,11 @@ class MaintenanceStub:
                 request_serializer=doctor_dot_v1_dot_maintenance__pb2.MaintenanceReply.SerializeToString,
                 response_deserializer=doctor_dot_v1_dot_maintenance__pb2.MaintenanceReplyAck.FromString,
                 _registered_method=True)
+        self.Retire = channel.unary_stream(
+                '/doctor.v1.Maintenance/Retire',
+                request_serializer=doctor_dot_v1_dot_maintenance__pb2.RetireRequest.SerializeToString,
+                response_deserializer=doctor_dot_v1_dot_maintenance__pb2.MaintenanceProgress.FromString,
+                _registered_method=True)
 
 
 class MaintenanceServicer:
@@ -92,6 +97,17 @@ class MaintenanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retire(self, request, context):
+        """Administrators: VM retirement (seeds 02-use_cases), the same consent flow
+        for named servers rather than whole hosts — nothing is disabled; the
+        owners are asked, their instructions executed, and the session COMPLETED
+        once every named server has left the host it was on (or ROLLED_BACK).
+        Cancel it with StateChange "normal" on one of its hosts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +130,11 @@ def add_MaintenanceServicer_to_server(servicer, server):
                     servicer.Reply,
                     request_deserializer=doctor_dot_v1_dot_maintenance__pb2.MaintenanceReply.FromString,
                     response_serializer=doctor_dot_v1_dot_maintenance__pb2.MaintenanceReplyAck.SerializeToString,
+            ),
+            'Retire': grpc.unary_stream_rpc_method_handler(
+                    servicer.Retire,
+                    request_deserializer=doctor_dot_v1_dot_maintenance__pb2.RetireRequest.FromString,
+                    response_serializer=doctor_dot_v1_dot_maintenance__pb2.MaintenanceProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +245,33 @@ class Maintenance:
             '/doctor.v1.Maintenance/Reply',
             doctor_dot_v1_dot_maintenance__pb2.MaintenanceReply.SerializeToString,
             doctor_dot_v1_dot_maintenance__pb2.MaintenanceReplyAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/doctor.v1.Maintenance/Retire',
+            doctor_dot_v1_dot_maintenance__pb2.RetireRequest.SerializeToString,
+            doctor_dot_v1_dot_maintenance__pb2.MaintenanceProgress.FromString,
             options,
             channel_credentials,
             insecure,

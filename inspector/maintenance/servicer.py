@@ -61,6 +61,15 @@ class MaintenanceServicer(maintenance_pb2_grpc.MaintenanceServicer):
         for s in sessions:
             await self._follow(context, s, done, "accepted")
 
+    async def Retire(self, request: mpb.RetireRequest, context: grpc.aio.ServicerContext) -> None:
+        principal = await self.auth.admin(context)
+        await self.gate(context)
+        try:
+            s = await self.workflow.retire(principal, request)
+        except Refused as exc:
+            await _refuse(context, exc)
+        await self._follow(context, s, _ended, "accepted")
+
     async def Watch(self, request: mpb.WatchRequest, context: grpc.aio.ServicerContext) -> None:
         await self.auth.admin(context)
         await self.gate(context)

@@ -25,6 +25,7 @@ MOVES = frozenset({mpb.INSTRUCTION_MIGRATE, mpb.INSTRUCTION_LIVE_MIGRATE})
 LEAVE = mpb.INSTRUCTION_LEAVE
 ALLOWED = (mpb.INSTRUCTION_MIGRATE, mpb.INSTRUCTION_LIVE_MIGRATE, mpb.INSTRUCTION_LEAVE, mpb.INSTRUCTION_OWN_ACTION,
            mpb.INSTRUCTION_NACK)
+RETIRE_ALLOWED = tuple(i for i in ALLOWED if i != mpb.INSTRUCTION_LEAVE)  # retired servers leave their host
 
 
 def state_name(state: int) -> str:
@@ -75,6 +76,7 @@ class Session:
     servers: dict[str, Outcome] = field(default_factory=dict)
     detail: str = ""
     ended_by: str = ""        # who asked to end the maintenance (or cancel the session)
+    retire: list[str] = field(default_factory=list)  # a VM retirement: these servers, no host disabled
 
     @property
     def active(self) -> bool:
@@ -100,11 +102,15 @@ class Session:
             requested_by=self.requested_by, created_unix_nanos=self.created_ns,
             reply_deadline_unix_nanos=self.reply_deadline_ns, projects=self.projects,
             answered=sorted(self.answers), servers=[o.to_proto() for o in self.servers.values()], detail=self.detail,
-            metadata=self.metadata, ended_by=self.ended_by)
+            metadata=self.metadata, ended_by=self.ended_by, retirement=bool(self.retire))
 
     def left(self) -> list[Outcome]:
         """Servers their owners chose to leave shut down on their host through the maintenance."""
         return [o for o in self.servers.values() if o.instruction == LEAVE]
+
+    @property
+    def allowed(self) -> tuple[int, ...]:
+        return RETIRE_ALLOWED if self.retire else ALLOWED
 
     def missing(self) -> list[str]:
         """Owners who have not answered."""

@@ -39,7 +39,7 @@ from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.auth import Principal
 from doctor_common.etcd_guard import NotLeader
-from inspector.maintenance.session import ALLOWED, LEAVE, MOVES, S, Answer, Outcome, Session, state_name
+from inspector.maintenance.session import LEAVE, MOVES, S, Answer, Outcome, Session, state_name
 from inspector.response import crashpoint
 from inspector.response.correlate import ResourceMap
 
@@ -47,6 +47,7 @@ log = logging.getLogger("doctor.inspector.maintenance")
 
 POLL_S = 0.05            # how often a move, an owner's own action or an empty host is checked
 MAX_HOSTS = 100          # per StateChange
+MAX_SERVERS = 1000       # per Retire
 MAX_TEXT = 1024          # reason, metadata values
 MAX_METADATA = 64
 HISTORY = 200            # settled sessions kept for StateQuery / Watch
@@ -175,6 +176,40 @@ class Workflow:
                     req.reason or "no reason given")
         return s
 
+    async def retire(self, principal: Principal, req: mpb.RetireRequest) -> Session:
+        """VM retirement: the consent flow for named servers; no host is disabled."""
+        ids = list(req.server_ids)
+        if not ids:
+            raise Refused("INVALID_ARGUMENT", "server_ids lists no server")
+        if len(ids) > MAX_SERVERS or len(set(ids)) != len(ids):
+            raise Refused("INVALID_ARGUMENT", f"server_ids: at most {MAX_SERVERS}, each once")
+        if len(req.reason) > MAX_TEXT:
+            raise Refused("INVALID_ARGUMENT", f"reason is longer than {MAX_TEXT} characters")
+        hosts: list[str] = []
+        for sid in ids:
+            try:
+                host, _ = await self.controller.server_host_status(sid)
+            except NotFound:
+                raise Refused("NOT_FOUND", f"server {sid!r} does not exist") from None
+            if not host:
+                raise Refused("FAILED_PRECONDITION", f"server {sid!r} is on no host")
+            other = self.session_of(host)
+            if other is not None:
+                raise Refused("ALREADY_EXISTS", f"server {sid!r} is on {host}, in session {other.id} "
+                                                f"({state_name(other.state)}): one session per host")
+            if host not in hosts:
+                hosts.append(host)
+        s = Session(id=uuid.uuid4().hex[:12], hosts=hosts, reason=req.reason, requested_by=principal.name,
+                    reply_timeout_s=float(req.reply_timeout_s or self.cfg.reply_timeout_s),
+                    empty_timeout_s=float(req.empty_timeout_s or self.cfg.empty_timeout_s), retire=ids)
+        await self._save(s)
+        self.sessions[s.id] = s
+        self._progress(s, f"retirement accepted from {principal.name}: {', '.join(ids)}")
+        self.spawn(self._run(s), f"retirement session {s.id}")
+        log.warning("retirement session %s: %s asks to retire %s (%s)", s.id, principal.name, ", ".join(ids),
+                    req.reason or "no reason given")
+        return s
+
     async def end(self, principal: Principal, hosts: list[str], force: bool = False) -> list[Session]:
         """Back to normal: a session in maintenance completes — refused while a host's agent or BMC says it is not
         fit to serve, unless forced; one still in progress is cancelled (rolled back: its hosts were fit)."""
@@ -217,9 +252,9 @@ class Workflow:
                 raise Refused("INVALID_ARGUMENT", f"server {ins.server_id!r} is not in session {s.id}")
             if ins.server_id not in mine:
                 raise Refused("PERMISSION_DENIED", f"server {ins.server_id!r} belongs to another project")
-            if ins.instruction not in ALLOWED:
+            if ins.instruction not in s.allowed:
                 raise Refused("INVALID_ARGUMENT", f"server {ins.server_id!r}: give an instruction "
-                                                  f"({', '.join(mpb.Instruction.Name(i) for i in ALLOWED)})")
+                                                  f"({', '.join(mpb.Instruction.Name(i) for i in s.allowed)})")
             if ins.target_host:
                 if ins.instruction not in MOVES:
                     raise Refused("INVALID_ARGUMENT", f"server {ins.server_id!r}: target_host goes with a migration")
@@ -343,6 +378,9 @@ class Workflow:
         self._progress(s, event)
 
     async def _disable(self, s: Session) -> None:
+        if s.retire:  # the hosts stay in service: only the named servers leave them
+            await self._step(s, S.SESSION_STATE_HOSTS_DISABLED, "nothing disabled: a retirement of named servers")
+            return
         for host in s.hosts:
             await self.controller.set_disabled(host, True, f"nfv-doctor maintenance {s.id}: {s.reason}"[:255])
             self.resources.set_host(host, disabled=True, disabled_reason=f"nfv-doctor maintenance {s.id}")
@@ -352,7 +390,8 @@ class Workflow:
         s.servers = {}
         for host in s.hosts:
             for srv in await self.controller.servers_on_host(host):
-                s.servers[srv.id] = Outcome(srv.id, srv.project_id, host, host)
+                if not s.retire or srv.id in s.retire:
+                    s.servers[srv.id] = Outcome(srv.id, srv.project_id, host, host)
         s.projects = sorted({o.project_id for o in s.servers.values()})
         s.reply_deadline_ns = time.time_ns() + int(s.reply_timeout_s * 1e9)
         await self._step(s, S.SESSION_STATE_OWNERS_NOTIFIED,
@@ -388,6 +427,10 @@ class Workflow:
             log.warning("could not refresh the resource map after the moves: %s", exc)
         if failed:
             raise _Rollback("; ".join(str(r) for r in failed))
+        if s.retire:
+            await self._step(s, S.SESSION_STATE_COMPLETED, "retired: every named server has left its host",
+                             notice=True)
+            return
         await self._step(s, S.SESSION_STATE_INSTRUCTIONS_EXECUTED, "instructions executed")
 
     async def _carry_out(self, s: Session, o: Outcome, gate: asyncio.Semaphore) -> None:
@@ -512,7 +555,7 @@ class Workflow:
         errors: list[str] = []
         for attempt in range(ROLLBACK_ATTEMPTS):
             errors = []
-            for host in s.hosts:
+            for host in [] if s.retire else s.hosts:
                 try:
                     await self.controller.set_disabled(host, False)
                     self.resources.set_host(host, disabled=False, disabled_reason="")
@@ -535,8 +578,8 @@ class Workflow:
 
     async def _publish(self, s: Session) -> None:
         """The owners' notice of the session's state, persisted with the session (or its removal, once over)."""
-        hs = (common_pb2.HOST_STATUS_MAINTENANCE if s.state in (S.SESSION_STATE_OWNERS_NOTIFIED,
-                                                                 S.SESSION_STATE_IN_MAINTENANCE)
+        hs = (common_pb2.HOST_STATUS_MAINTENANCE if not s.retire and s.state in (S.SESSION_STATE_OWNERS_NOTIFIED,
+                                                                                  S.SESSION_STATE_IN_MAINTENANCE)
               else common_pb2.HOST_STATUS_UP)
         asked = s.state == S.SESSION_STATE_OWNERS_NOTIFIED
         held = asked or s.state == S.SESSION_STATE_IN_MAINTENANCE
@@ -552,7 +595,7 @@ class Workflow:
             for h in s.hosts]
         notice = mpb.MaintenanceNotification(
             session_id=s.id, state=s.state, reply_deadline_unix_nanos=s.reply_deadline_ns if asked else 0,
-            allowed=list(ALLOWED) if asked else [], reason=s.detail if s.over else s.reason,
+            allowed=list(s.allowed) if asked else [], reason=s.detail if s.over else s.reason,
             servers=[o.to_proto() for o in s.servers.values()])
         n = fault_pb2.FaultNotification(notification_id=f"maintenance.{s.id}.{state_name(s.state)}",
                                         event_time_unix_nanos=time.time_ns(), virtual_resource_info=virtual,

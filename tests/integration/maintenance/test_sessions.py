@@ -266,3 +266,43 @@ async def test_state_query_names_versions_zone_and_filters(site: Any) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await consumer.maintenance_query()
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_vm_retirement_moves_named_servers_with_their_owners_consent(site: Any) -> None:
+    """Retiring vm-1-1 asks project-a only, disables no host, moves just that server and completes; project-b's
+    vm-1-2 on the same host is untouched and its owner hears nothing. LEAVE is no way to retire a server."""
+    lab = await site(hosts=3, servers_per_host=2)
+    a, b = await site.owner(lab, "project-a"), await site.owner(lab, "project-b")
+    progress = Progress(site.admin(lab).retire(["vm-1-1"], reason="DIMM predicted to fail"))
+    sid = await progress.first()
+    asked = await a.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    assert [v.virtual_resource_id for v in asked.virtual_resource_info] == ["vm-1-1"]
+    assert LEAVE not in asked.allowed and asked.virtual_resource_info[0].host_status == common_pb2.HOST_STATUS_UP
+    assert (await host(lab, "compute-1")).status is HostStatus.UP, "no host is disabled for a retirement"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await a.client.reply(sid, {"vm-1-1": LEAVE})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await a.client.reply(sid, {"vm-1-1": LIVE})
+    done = await progress.end()
+
+    assert done.state == S.SESSION_STATE_COMPLETED and done.retirement
+    assert await where(lab, "vm-1-1") != "compute-1" and await where(lab, "vm-1-2") == "compute-1"
+    await a.notice(sid, S.SESSION_STATE_COMPLETED)
+    assert b.notices == [], "project-b owns nothing retired"
+    assert (await host(lab, "compute-1")).status is HostStatus.UP
+
+
+async def test_a_retirement_refused_by_its_owner_changes_nothing(site: Any) -> None:
+    lab = await site(hosts=2, servers_per_host=2)
+    b = await site.owner(lab, "project-b")
+    progress = Progress(site.admin(lab).retire(["vm-1-2", "vm-2-2"]))
+    sid = await progress.first()
+    asked = await b.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+    assert sorted(v.virtual_resource_id for v in asked.virtual_resource_info) == ["vm-1-2", "vm-2-2"]
+    await b.client.reply(sid, nack=True, reason="no capacity for a standby")
+    done = await progress.end()
+    assert done.state == S.SESSION_STATE_ROLLED_BACK and "NACK from project-b" in done.detail
+    assert await where(lab, "vm-1-2") == "compute-1" and await where(lab, "vm-2-2") == "compute-2"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [m async for m in site.admin(lab).retire(["ghost"])]
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
