@@ -264,6 +264,10 @@ def confirm_resize(conn: Any, server_id: str) -> None:
     conn.compute.confirm_server_resize(server_id)
 
 
+def server_migrations(conn: Any, server_id: str) -> list[Any]:
+    return list(conn.compute.migrations(instance_uuid=server_id))
+
+
 def busy_migrations(conn: Any, host: str) -> list[Any]:
     """Migrations from or to ``host`` that are not over."""
     return [m for m in conn.compute.migrations(host=host) if (m.status or "").lower() not in TERMINAL_MIGRATION]

@@ -157,7 +157,11 @@ class Controller(Protocol):
         left as is. Returns the failures by id."""
         ...
 
-    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True) -> None: ...
+    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True,
+                             wait: bool = False) -> None:
+        """Move a server to ``target_host`` (or where the scheduler puts it). With ``wait``, return once the move
+        is over and raise if it failed after being accepted; without, a backend may return once it started."""
+        ...
 
     async def host_is_empty(self, host: str) -> bool:
         """No servers on the host and no migration from it in progress."""

@@ -274,7 +274,8 @@ class EmbeddedController:
             return failed
         return await self._run(tx)
 
-    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True) -> None:
+    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True,
+                             wait: bool = False) -> None:  # done when it returns: nothing to wait for
         def tx() -> None:
             row = self._db.execute("SELECT host FROM servers WHERE id=?", (server_id,)).fetchone()
             if row is None:

@@ -459,7 +459,8 @@ class EtcdEmbeddedController:
         h = self._host(name)
         return not h.forced_down and not h.disabled and h.alive
 
-    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True) -> None:
+    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True,
+                             wait: bool = False) -> None:  # done when it returns: nothing to wait for
         await self._current()
         self._server(server_id)
 

@@ -54,8 +54,8 @@ T = TypeVar("T")
 log = logging.getLogger("doctor.controller.openstack")
 Settings = sdk.Settings
 
-COLD_MIGRATION_TIMEOUT_S = 600.0  # how long a cold migration may take to reach VERIFY_RESIZE
-COLD_MIGRATION_POLL_S = 0.2
+MIGRATION_TIMEOUT_S = 600.0  # how long a live or cold migration may take (the caller may bound it shorter)
+MIGRATION_POLL_S = 0.2
 _EXTENSION_CACHE_S = 60.0  # how long the data-plane-status extension check is trusted
 _DPS_MISSING = ("Neutron lacks the 'data-plane-status' extension: enable the ML2 extension driver "
                 "(ml2_conf.ini: [ml2] extension_drivers = ...,data_plane_status) and restart neutron-server")
@@ -242,41 +242,51 @@ class OpenStackController:
         return await self._call(f"host status of server {server_id}", _host_status, server_id, retry=True,
                                 policy="os_compute_api:servers:show")
 
-    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True) -> None:
-        """Live (or cold) migrate; evacuate instead when the server's host is forced down (fenced)."""
+    async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True,
+                             wait: bool = False) -> None:
+        """Live (or cold) migrate; evacuate instead when the server's host is forced down (fenced). A cold
+        migration is always followed to VERIFY_RESIZE and confirmed (else Nova keeps it in progress); with
+        ``wait`` a live one is followed to its end too, and one Nova accepted and then failed raises."""
         kind = await self._call(f"plan moving server {server_id}", _plan_move, self._ids, server_id, target_host, live,
                                 retry=True, policy="os_compute_api:os-services:list")
         policy = {"live": "os_compute_api:os-migrate-server:migrate_live", "evacuate": "os_compute_api:os-evacuate",
                   "cold": "os_compute_api:os-migrate-server:migrate"}[kind]
         try:
+            follow = kind == "cold" or (wait and kind == "live")
+            before = await self._migration_ids(server_id) if follow else set()
             await self._call(f"{kind} server {server_id}", sdk.move, server_id, kind, target_host, retry=False,
                              policy=policy)
-            if kind == "cold":
-                await self._confirm_cold_migration(server_id)
+            if follow:
+                await self._await_migration(server_id, kind, before)
         finally:
             self._servers_changed()
 
-    async def _confirm_cold_migration(self, server_id: str) -> None:
-        """A cold migration ends in VERIFY_RESIZE until confirmed; until then Nova counts it as in progress (the
-        source is not empty). Wait for it (bounded), confirm, and report a migration that fell back as failed."""
-        deadline = time.monotonic() + COLD_MIGRATION_TIMEOUT_S
+    async def _migration_ids(self, server_id: str) -> set[int]:
+        found = await self._call(f"migrations of {server_id}", sdk.server_migrations, server_id, retry=True,
+                                 policy="os_compute_api:os-migrations:index")
+        return {m.id for m in found}
+
+    async def _await_migration(self, server_id: str, kind: str, before: set[int]) -> None:
+        """Follow the migration our request started (the server's newest one not there before) to its end."""
+        deadline = time.monotonic() + MIGRATION_TIMEOUT_S
         while True:
-            s = await self._call(f"server {server_id}", sdk.get_server, server_id, retry=True,
-                                 policy="os_compute_api:servers:show")
-            status = (s.status or "").upper()
-            if status == "VERIFY_RESIZE":
+            found = await self._call(f"migrations of {server_id}", sdk.server_migrations, server_id, retry=True,
+                                     policy="os_compute_api:os-migrations:index")
+            ours = max((m for m in found if m.id not in before), key=lambda m: m.id, default=None)
+            status = (ours.status or "").lower() if ours is not None else ""
+            if kind == "cold" and status == "finished":
                 await self._call(f"confirm the resize of {server_id}", sdk.confirm_resize, server_id, retry=False,
                                  policy="os_compute_api:servers:confirm_resize")
                 return
-            if status == "ERROR":
-                raise ControllerError(f"the cold migration of {server_id} failed: the server is in ERROR")
-            if status == "ACTIVE" and not s.task_state:
-                raise ControllerError(f"the cold migration of {server_id} did not happen: the server is ACTIVE on "
-                                      f"{s.compute_host or 'its host'}")
+            if status in ("completed", "done", "confirmed"):
+                return
+            if status in ("error", "failed", "cancelled", "reverted"):
+                raise ControllerError(f"the {kind} migration of {server_id} failed: Nova's migration {ours.id} is "
+                                      f"{status}")
             if time.monotonic() > deadline:
-                raise ControllerError(f"the cold migration of {server_id} did not finish in "
-                                      f"{COLD_MIGRATION_TIMEOUT_S:.0f}s (status {status})")
-            await asyncio.sleep(COLD_MIGRATION_POLL_S)
+                raise ControllerError(f"the {kind} migration of {server_id} did not finish in "
+                                      f"{MIGRATION_TIMEOUT_S:.0f}s ({status or 'no migration record'})")
+            await asyncio.sleep(MIGRATION_POLL_S)
 
     # -- ports -----------------------------------------------------------------------------
 

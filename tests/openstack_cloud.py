@@ -313,6 +313,17 @@ class FakeCloud:
                 self._finish_move(m)
             return len(running)
 
+    def fail_migrations(self) -> int:
+        """Every running migration errors, as Nova reports one that failed after it was accepted: the server
+        stays on its source, ACTIVE. Returns how many."""
+        with self._lock:
+            running = [m for m in self._migrations if m.status not in TERMINAL_MIGRATION]
+            for m in running:
+                m.status = "error"
+                s = self._servers[m.server_id]
+                s.status, s.vm_state, s.task_state = "ACTIVE", "active", None
+            return len(running)
+
     def service(self, host: str) -> Service:
         with self._lock:
             return replace(self._services[host])

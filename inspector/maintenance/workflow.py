@@ -168,8 +168,7 @@ class Workflow:
         s = Session(id=uuid.uuid4().hex[:12], hosts=hosts, reason=req.reason, requested_by=principal.name,
                     reply_timeout_s=float(req.reply_timeout_s or self.cfg.reply_timeout_s),
                     empty_timeout_s=float(req.empty_timeout_s or self.cfg.empty_timeout_s), metadata=metadata)
-        await self._save(s)
-        self.sessions[s.id] = s
+        await self._register(s)
         self._progress(s, f"accepted from {principal.name}: {', '.join(hosts)}")
         self.spawn(self._run(s), f"maintenance session {s.id}")
         log.warning("maintenance session %s: %s asks for %s (%s)", s.id, principal.name, ", ".join(hosts),
@@ -202,13 +201,27 @@ class Workflow:
         s = Session(id=uuid.uuid4().hex[:12], hosts=hosts, reason=req.reason, requested_by=principal.name,
                     reply_timeout_s=float(req.reply_timeout_s or self.cfg.reply_timeout_s),
                     empty_timeout_s=float(req.empty_timeout_s or self.cfg.empty_timeout_s), retire=ids)
-        await self._save(s)
-        self.sessions[s.id] = s
+        await self._register(s)
         self._progress(s, f"retirement accepted from {principal.name}: {', '.join(ids)}")
         self.spawn(self._run(s), f"retirement session {s.id}")
         log.warning("retirement session %s: %s asks to retire %s (%s)", s.id, principal.name, ", ".join(ids),
                     req.reason or "no reason given")
         return s
+
+    async def _register(self, s: Session) -> None:
+        """Claim the session's hosts (checked again with no await in between: two requests racing for one host
+        cannot both pass), then record it; a failed write gives the hosts back."""
+        for host in s.hosts:
+            other = self.session_of(host)
+            if other is not None:
+                raise Refused("ALREADY_EXISTS", f"host {host!r} is already in maintenance session {other.id} "
+                                                f"({state_name(other.state)}): one session per host")
+        self.sessions[s.id] = s
+        try:
+            await self._save(s)
+        except BaseException:
+            self.sessions.pop(s.id, None)
+            raise
 
     async def end(self, principal: Principal, hosts: list[str], force: bool = False) -> list[Session]:
         """Back to normal: a session in maintenance completes — refused while a host's agent or BMC says it is not
@@ -269,6 +282,8 @@ class Workflow:
         if not nack and set(given) != set(mine):
             raise Refused("INVALID_ARGUMENT", "give an instruction for each of your servers in the session; missing: "
                                               + ", ".join(sorted(set(mine) - set(given))))
+        if s.state != S.SESSION_STATE_OWNERS_NOTIFIED:  # moved on while the reply was checked
+            raise Refused("FAILED_PRECONDITION", f"session {s.id} takes no replies now: it is {state_name(s.state)}")
         projects = sorted({o.project_id for o in mine.values()})
         for sid, ins in given.items():
             o = s.servers[sid]
@@ -454,9 +469,15 @@ class Workflow:
                 self._asked.add((s.id, o.server_id))
                 # gone already (a move whose record a crash lost, the owner's doing): nothing to ask
                 if o.server_id in {x.id for x in await self.controller.servers_on_host(o.from_host)}:
-                    try:
-                        await self.controller.migrate_server(o.server_id, o.target or None,
-                                                             live=o.instruction == mpb.INSTRUCTION_LIVE_MIGRATE)
+                    left_s = max(0.1, (s.empty_deadline_ns - time.time_ns()) / 1e9)
+                    try:  # a backend that waits for its migration (OpenStack) waits at most until the deadline
+                        await asyncio.wait_for(self.controller.migrate_server(
+                            o.server_id, o.target or None, live=o.instruction == mpb.INSTRUCTION_LIVE_MIGRATE, wait=True),
+                            left_s)
+                    except asyncio.TimeoutError:
+                        o.error = f"the move of {o.server_id} did not finish within {s.empty_timeout_s:.0f}s"
+                        await self._save(s)
+                        raise _Rollback(o.error) from None
                     except ControllerError as exc:
                         o.error = f"{mpb.Instruction.Name(o.instruction).removeprefix('INSTRUCTION_').lower()} " \
                                   f"of {o.server_id} failed: {exc}"

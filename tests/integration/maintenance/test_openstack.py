@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.client import DoctorClient
+from doctor_common.lab.cloud import wait_for
 from tests.integration.maintenance.conftest import Owner, Progress
 from tests.integration.test_fault_chain_openstack import OpenStackLab, api_calls
 from tests.openstack_cloud import FakeCloud
@@ -52,3 +54,34 @@ async def test_a_session_through_nova(tmp_path: Any) -> None:
         await admin.close()
         await lab.close()
         cloud.stop()
+
+
+async def test_a_migration_nova_fails_rolls_the_session_back_at_once(tmp_path: Any) -> None:
+    """Nova accepts vm-1-1's live migration, then reports it failed: the session rolls back without waiting for
+    its deadline, the compute service is enabled again, and the owner is told vm-1-1 is still on compute-1."""
+    cloud = FakeCloud(compute_max="2.90", instant_migrations=False).start()
+    lab = OpenStackLab(cloud, hosts=3, servers_per_host=1, netns=False)
+    admin = DoctorClient(lab.endpoint, lab.tokens["admin"])
+    owner: Owner | None = None
+    try:
+        await lab.start(agents=False)
+        owner = await Owner(lab, "project-a").start()
+        progress = Progress(admin.maintenance_start(["compute-1"]))
+        sid = await progress.first()
+        await owner.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
+        await owner.client.reply(sid, {"vm-1-1": mpb.INSTRUCTION_LIVE_MIGRATE})
+        await wait_for(lambda: any(m.status == "running" for m in cloud.migrations()), 10, 0.01,
+                       "Nova's migration to start")
+        assert cloud.fail_migrations() == 1
+        done = await asyncio.wait_for(progress.end(), 5)
+        assert done.state == S.SESSION_STATE_ROLLED_BACK and "failed: Nova's migration" in done.detail
+        assert not cloud.service("compute-1").disabled
+        told = await owner.notice(sid, S.SESSION_STATE_ROLLED_BACK)
+        assert told.servers[0].host == "compute-1" and told.servers[0].error
+    finally:
+        if owner is not None:
+            await owner.close()
+        await admin.close()
+        await lab.close()
+        cloud.stop()
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -184,3 +185,30 @@ async def test_host_empties_when_migrations_finish(make_cloud: MakeCloud, make_c
     assert cloud.complete_migrations() == 1
     assert await ctl.host_is_empty("c2") is True
     assert [s.id for s in await ctl.servers_on_host("c3")] == ["s4"]
+
+
+async def test_waiting_for_a_live_migration(make_cloud: MakeCloud, make_controller: MakeController) -> None:
+    """With wait, the call returns once Nova's migration completed, and raises once Nova reports the migration
+    it accepted as failed (the server stays on its host)."""
+    cloud = seed(make_cloud(instant_migrations=False))
+    ctl = await make_controller(cloud)
+    moving = asyncio.create_task(ctl.migrate_server("s4", "c3", wait=True))
+    for _ in range(200):  # bounded: the request reaches the cloud within a few polls
+        if any(m.status == "running" for m in cloud.migrations()):
+            break
+        await asyncio.sleep(0.01)
+    assert not moving.done(), "still waiting for Nova's migration"
+    cloud.complete_migrations()
+    await asyncio.wait_for(moving, 5)
+    assert cloud.server("s4").host == "c3"
+
+    failing = asyncio.create_task(ctl.migrate_server("s1", "c2", wait=True))
+    for _ in range(200):
+        if any(m.server_id == "s1" and m.status == "running" for m in cloud.migrations()):
+            break
+        await asyncio.sleep(0.01)
+    assert cloud.fail_migrations() == 1
+    with pytest.raises(ControllerError, match="failed: Nova's migration .* is error"):
+        await asyncio.wait_for(failing, 5)
+    assert cloud.server("s1").host == "c1"
+
