@@ -121,7 +121,7 @@ async def cmd_subscribe(c: DoctorClient, args: argparse.Namespace) -> None:
     count = 0
     async for msg in c.subscribe(_filter(args, fault_pb2.SubscribeFilter), args.resume_after):  # type: ignore[arg-type]
         print(json_format.MessageToJson(msg, indent=None), flush=True)
-        if msg.WhichOneof("kind") == "fault":
+        if msg.WhichOneof("kind") in ("fault", "maintenance"):
             count += 1
             if args.count and count >= args.count:
                 return

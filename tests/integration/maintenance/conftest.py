@@ -51,6 +51,12 @@ class Owner:
                        f"{self.principal}'s {mpb.SessionState.Name(state)} notice of {session_id}")
         return next(n for n in self.notices if n.session_id == session_id and n.state == state)
 
+    async def notice_any(self, state: int, timeout: float = 15.0) -> mpb.MaintenanceNotification:
+        """The first notice in ``state`` of any session (when the test does not know the session yet)."""
+        await wait_for(lambda: any(n.state == state for n in self.notices), timeout, 0.01,
+                       f"{self.principal}'s {mpb.SessionState.Name(state)} notice")
+        return next(n for n in self.notices if n.state == state)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
