@@ -26,7 +26,6 @@ from doctor_common.api import (
     diagnostics_pb2,
     diagnostics_pb2_grpc,
     fault_pb2,
-    fault_pb2_grpc,
     maintenance_pb2_grpc,
 )
 from doctor_common.config import ConfigError
@@ -56,7 +55,7 @@ from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, 
 from inspector.southbound.messages import FAULTY
 from notifier.log import MemoryLog, NotificationLog
 from notifier.registry import NOT_LEADER, REVOKED, Registry
-from notifier.server import FaultManagementServicer, Publisher
+from notifier.server import FaultManagementServicer, Publisher, add_fault_management
 from notifier.sqlite_log import SqliteLog, SqliteRecords, SqliteState, SqliteStore
 from notifier.subscriptions import SubscriptionBook
 
@@ -280,7 +279,7 @@ class Inspector:
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
             self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch), server)
-        fault_pb2_grpc.add_FaultManagementServicer_to_server(FaultManagementServicer(
+        add_fault_management(FaultManagementServicer(
             self.auth, self.view, self.log, self.registry, self.book, self.require_leader), server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(self), server)
         diagnostics_pb2_grpc.add_HostsServicer_to_server(HostsServicer(self), server)

@@ -5,68 +5,113 @@ whose queue is full is marked overflowed and its stream ends with
 RESOURCE_EXHAUSTED, telling it where to resume (DESIGN principle 5). A
 replica that stops leading ends every stream the same way (``end_all``), with
 UNAVAILABLE and the new leader's address.
+
+The fan-out visits only the subscribers who may see a notification — the
+administrators and the projects it names — so thousands of other projects'
+idle subscribers cost nothing on the publish path. Subscribers of one
+project with one filter share one view, serialized once (``wire.Delivery``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
-from dataclasses import dataclass, field
+from collections import deque
 
 from doctor_common.api import fault_pb2
 from doctor_common.auth import Principal
 from notifier.filters import Filter, view_notification
+from notifier.wire import Delivery, delivery
 
 log = logging.getLogger("doctor.notifier")
-
-OVERFLOW = object()  # queue sentinel: the stream must end (the consumer fell behind, or see ``ended_by``)
 
 FELL_BEHIND, NOT_LEADER, REPLACED, REVOKED = "fell_behind", "not_leader", "replaced", "revoked"
 
 
-@dataclass(eq=False)
 class Subscriber:
-    principal: Principal
-    filter: Filter
-    limit: int
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
-    start_sequence: int = 0       # live entries start after this one
-    last_delivered: int = 0
-    delivered: int = 0
-    cut: asyncio.Event = field(default_factory=asyncio.Event)  # set on overflow: end the stream now
-    ended_by: str = ""            # why the stream must end: FELL_BEHIND, NOT_LEADER, REPLACED or REVOKED
-    credential: bytes = b""       # the digest of the token it was opened with (a reload may withdraw it)
-    leader_hint: str = ""         # with NOT_LEADER: where the consumer should go
+    """One live stream's subscription: its identity and filter, its queue of deliveries, and why it must end."""
+
+    __slots__ = ("principal", "filter", "limit", "id", "start_sequence", "last_delivered", "delivered", "ended_by",
+                 "credential", "leader_hint", "task", "writing", "_items", "_waiter")
+
+    def __init__(self, principal: Principal, flt: Filter, limit: int, start_sequence: int = 0) -> None:
+        self.principal = principal
+        self.filter = flt
+        self.limit = limit
+        self.id = uuid.uuid4().hex
+        self.start_sequence = start_sequence  # live entries start after this one
+        self.last_delivered = 0
+        self.delivered = 0
+        self.ended_by = ""          # why the stream must end: FELL_BEHIND, NOT_LEADER, REPLACED or REVOKED
+        self.credential = b""       # the digest of the token it was opened with (a reload may withdraw it)
+        self.leader_hint = ""       # with NOT_LEADER: where the consumer should go
+        self.task: asyncio.Task[object] | None = None  # the handler serving it (interrupted in a blocked write)
+        self.writing = False        # the handler is in a write (a client that stops reading blocks it there)
+        self._items: deque[Delivery] | None = None  # made on the first delivery: an idle subscriber keeps none
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def overflowed(self) -> bool:
         return self.ended_by == FELL_BEHIND
 
+    @property
+    def depth(self) -> int:
+        return len(self._items) if self._items is not None else 0
+
     def end(self, reason: str, leader_hint: str = "") -> None:
-        """End the stream now (its handler may be blocked writing to a client that does not read)."""
+        """End the stream now: a handler waiting for a delivery wakes, one blocked writing to a client that does
+        not read is interrupted (the stream then ends with a status saying why and where to resume)."""
         if self.ended_by:
             return
         self.ended_by, self.leader_hint = reason, leader_hint
-        self.queue.put_nowait(OVERFLOW)
-        self.cut.set()
+        self._items = None
+        self._wake()
+        if self.writing and self.task is not None and not self.task.done():
+            self.task.cancel()
 
-    def offer(self, item: fault_pb2.FaultNotification) -> None:
+    def offer(self, item: Delivery) -> None:
         if self.ended_by:
             return
-        if self.queue.qsize() >= self.limit:
+        if self._items is None:
+            self._items = deque()
+        elif len(self._items) >= self.limit:
             self.end(FELL_BEHIND)
             log.warning("subscription %s (%s) fell %d notifications behind: cutting it off",
                         self.id, self.principal.name, self.limit)
             return
-        self.queue.put_nowait(item)
+        self._items.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next(self) -> Delivery | None:
+        """The next delivery; None once the stream must end (``ended_by`` says why)."""
+        while not self._items and not self.ended_by:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.ended_by or not self._items:
+            return None
+        return self._items.popleft()
+
+    def take_nowait(self) -> Delivery | None:
+        """The next queued delivery, if any (tests and Diagnostics)."""
+        return self._items.popleft() if self._items else None
 
 
 class Registry:
     def __init__(self, queue_limit: int = 1000) -> None:
         self.queue_limit = queue_limit
         self._subs: dict[str, Subscriber] = {}
+        self._admins: dict[str, Subscriber] = {}
+        self._by_project: dict[str, dict[str, Subscriber]] = {}
 
     def add(self, principal: Principal, flt: Filter, start_sequence: int, sub_id: str = "") -> Subscriber:
         """A live subscriber; ``sub_id`` resumes a known subscription (a stream still open under it is ended)."""
@@ -76,12 +121,25 @@ class Registry:
             old = self._subs.get(sub_id)
             if old is not None:
                 old.end(REPLACED)
+                self.remove(old)
         self._subs[sub.id] = sub
+        if principal.admin:
+            self._admins[sub.id] = sub
+        elif principal.project is not None:
+            self._by_project.setdefault(principal.project, {})[sub.id] = sub
         return sub
 
     def remove(self, sub: Subscriber) -> None:
-        if self._subs.get(sub.id) is sub:
-            del self._subs[sub.id]
+        if self._subs.get(sub.id) is not sub:
+            return
+        del self._subs[sub.id]
+        self._admins.pop(sub.id, None)
+        project = sub.principal.project
+        if project is not None and project in self._by_project:
+            mine = self._by_project[project]
+            mine.pop(sub.id, None)
+            if not mine:
+                del self._by_project[project]  # a project whose last subscriber left costs nothing either
 
     def get(self, sub_id: str) -> Subscriber | None:
         return self._subs.get(sub_id)
@@ -90,6 +148,8 @@ class Registry:
         """End every live stream (this replica stopped leading); returns how many."""
         subs = list(self._subs.values())
         self._subs.clear()
+        self._admins.clear()
+        self._by_project.clear()
         for sub in subs:
             sub.end(reason, leader_hint)
         return len(subs)
@@ -101,21 +161,25 @@ class Registry:
         return len(self._subs)
 
     def fan_out(self, notification: fault_pb2.FaultNotification) -> int:
-        """Offer the notification to every subscriber that may and wants to see it; return how many got it."""
-        views: dict[tuple[Principal, Filter], fault_pb2.FaultNotification | None] = {}
+        """Offer the notification to every subscriber that may and wants to see it; return how many got it.
+        Only administrators and the projects the notification names are visited; one view (and one
+        serialization) per project and filter."""
+        projects = {v.project_id for v in notification.virtual_resource_info}
+        groups = [self._admins.values(), *(self._by_project[p].values() for p in projects if p in self._by_project)]
+        views: dict[tuple[str | None, bool, Filter], Delivery | None] = {}
         count = 0
-        for sub in self._subs.values():
+        for sub in itertools.chain(*groups):
             if notification.sequence <= sub.start_sequence:
                 # logged before the subscriber registered (the log's counter had moved, the fan-out had not
                 # happened yet): its replay from the log delivers it; offering it live would repeat it
                 continue
-            key = (sub.principal, sub.filter)
-            if key not in views:  # subscribers with the same identity and filter share one view
-                views[key] = view_notification(sub.principal, sub.filter, notification)
-            view = views[key]
-            if view is not None:
-                sub.offer(view)
+            p = sub.principal
+            key = (p.project, p.admin, sub.filter)  # a view depends on what the principal owns, not its name
+            if key not in views:
+                view = view_notification(p, sub.filter, notification)
+                views[key] = delivery(view) if view is not None else None
+            item = views[key]
+            if item is not None:
+                sub.offer(item)
                 count += 1
         return count
-
-

@@ -9,14 +9,15 @@ from typing import Any, Protocol
 
 import grpc
 
-from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc, maintenance_pb2
+from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.shielded import shielded
 from doctor_common.timeline import Stage, now_ns, stamp
 from notifier.filters import Filter, FilterError, view_notification, view_resources
 from notifier.log import CursorExpired, MemoryLog, NotificationLog
-from notifier.registry import FELL_BEHIND, NOT_LEADER, OVERFLOW, REVOKED, Registry, Subscriber
+from notifier.registry import FELL_BEHIND, NOT_LEADER, REVOKED, Registry, Subscriber
 from notifier.subscriptions import SubscriptionBook
+from notifier.wire import Delivery, delivery, encode
 
 log = logging.getLogger("doctor.notifier")
 
@@ -156,7 +157,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         sub.last_delivered = resume if replay else sub.start_sequence  # where to resume if cut off before any delivery
         log.info("subscription %s for %s (resume_after=%d%s)", sub.id, principal.name, resume,
                  ", resumed" if known else "")
-        cut = asyncio.create_task(sub.cut.wait())
+        sub.task = asyncio.current_task()
         try:
             try:
                 await self.book.attach(sub, request.filter.SerializeToString(deterministic=True))
@@ -166,8 +167,10 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot record the subscription: {exc}")
             virtual, physical = await self.state.visible_resources(principal)
             virtual, physical = view_resources(principal, flt, virtual, physical, require_faults=False)
-            for part in snapshot_parts(sub.id, sub.start_sequence, virtual, physical):
-                await self._write(context, sub, cut, fault_pb2.SubscribeStreamMessage(subscribed=part))
+            parts = snapshot_parts(sub.id, sub.start_sequence, virtual, physical)
+            del virtual, physical  # not kept alive by this frame for the stream's lifetime
+            while parts:
+                await self._write(context, sub, fault_pb2.SubscribeStreamMessage(subscribed=parts.pop(0)))
             if replay:
                 try:
                     missed = await self.log.read(resume, sub.start_sequence)
@@ -176,35 +179,45 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                 for n in missed:
                     view = view_notification(principal, flt, n)
                     if view is not None:
-                        await self._write(context, sub, cut, self._delivered(sub, view))
+                        await self._deliver(context, sub, delivery(view))
+                del missed
             while True:
-                item = await sub.queue.get()
-                if item is OVERFLOW:
+                item = await sub.next()
+                if item is None:
                     await self._cut_off(context, sub)
-                await self._write(context, sub, cut, self._delivered(sub, item))  # type: ignore[arg-type]
+                await self._deliver(context, sub, item)  # type: ignore[arg-type]
         finally:
-            cut.cancel()
+            sub.task = None
             self.registry.remove(sub)
             self.book.detach(sub)
             log.info("subscription %s ended", sub.id)
 
-    async def _write(self, context: grpc.aio.ServicerContext, sub: Subscriber, cut: "asyncio.Task[bool]",
-                     msg: fault_pb2.SubscribeStreamMessage) -> None:
-        """Write, watching for a cut-off meanwhile: a client that stops reading blocks the write forever."""
-        write = asyncio.ensure_future(context.write(msg))
-        # a write abandoned (cut off, or the stream torn down meanwhile) may still fail later: nobody awaits it
-        write.add_done_callback(lambda t: t.cancelled() or t.exception())
-        done, _ = await asyncio.wait({write, cut}, return_when=asyncio.FIRST_COMPLETED)
-        if write not in done:
-            # stop feeding it now; HTTP/2 sends the status after the data already in flight, so the client
-            # learns where to resume as soon as it reads again (or the connection is declared dead)
+    async def _deliver(self, context: grpc.aio.ServicerContext, sub: Subscriber, item: Delivery) -> None:
+        # counted before the write: a write interrupted by a cut-off is already in the transport and reaches the
+        # client ahead of the status, so the cursor the status names includes it
+        sub.last_delivered = item.sequence
+        await self._write(context, sub, item.data)
+        sub.delivered += 1
+
+    async def _write(self, context: grpc.aio.ServicerContext, sub: Subscriber,
+                     msg: bytes | fault_pb2.SubscribeStreamMessage) -> None:
+        """Write (bytes as they are). A client that stops reading blocks the write; the subscriber's ``end``
+        (its queue overflowed, the replica stopped leading, a newer stream took it over) interrupts it."""
+        sub.writing = True
+        try:
+            await context.write(msg)
+        except asyncio.CancelledError:
+            if not sub.ended_by:
+                raise  # the call itself was cancelled (the client left, the server stops)
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            # HTTP/2 sends the status after the data already in flight, so the client learns where to resume as
+            # soon as it reads again (or the connection is declared dead)
             self.registry.remove(sub)
-            while not sub.queue.empty():
-                sub.queue.get_nowait()
-            write.cancel()  # not left pending with an error nobody reads
-            write.add_done_callback(lambda w: w.cancelled() or w.exception())
             await self._cut_off(context, sub)
-        await write
+        finally:
+            sub.writing = False
 
     @staticmethod
     async def _cut_off(context: grpc.aio.ServicerContext, sub: Subscriber) -> None:
@@ -221,14 +234,6 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"consumer too slow: more than {sub.limit} notifications queued; "
                             f"subscribe again with resume_after={sub.last_delivered}")
-
-    @staticmethod
-    def _delivered(sub: Subscriber, n: fault_pb2.FaultNotification) -> fault_pb2.SubscribeStreamMessage:
-        sub.last_delivered = n.sequence
-        sub.delivered += 1
-        if n.HasField("maintenance"):
-            return fault_pb2.SubscribeStreamMessage(maintenance=maintenance_message(n))
-        return fault_pb2.SubscribeStreamMessage(fault=n)
 
     async def QueryFaults(self, request: fault_pb2.FaultQueryRequest,
                           context: grpc.aio.ServicerContext) -> fault_pb2.FaultQueryResponse:
@@ -257,18 +262,25 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         return fault_pb2.ServerHostStatusResponse(server_id=request.server_id, host=host, host_status=status)
 
 
-def maintenance_message(n: fault_pb2.FaultNotification) -> maintenance_pb2.MaintenanceNotification:
-    """A maintenance entry of the log as the consumer receives it: the notice, with the envelope's sequence, id,
-    time and (already filtered) resources."""
-    out = maintenance_pb2.MaintenanceNotification()
-    out.CopyFrom(n.maintenance)
-    out.notification_id, out.sequence, out.event_time_unix_nanos = (n.notification_id, n.sequence,
-                                                                    n.event_time_unix_nanos)
-    out.virtual_resource_info.extend(n.virtual_resource_info)
-    out.physical_resource_info.extend(n.physical_resource_info)
-    return out
-
-
 def stamp_delivered(n: fault_pb2.FaultNotification) -> None:
     """Consumers call this on receipt to close the timeline."""
     stamp(n.timeline, Stage.STAGE_DELIVERED, now_ns())
+
+
+def add_fault_management(servicer: FaultManagementServicer, server: grpc.aio.Server) -> None:
+    """``fault_pb2_grpc.add_FaultManagementServicer_to_server``, but Subscribe's responses may be bytes already
+    serialized (``wire.Delivery``): one serialization per view, not one per subscriber."""
+    handlers = {
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe, request_deserializer=fault_pb2.SubscribeRequest.FromString,
+            response_serializer=encode),
+        "QueryFaults": grpc.unary_unary_rpc_method_handler(
+            servicer.QueryFaults, request_deserializer=fault_pb2.FaultQueryRequest.FromString,
+            response_serializer=fault_pb2.FaultQueryResponse.SerializeToString),
+        "GetServerHostStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetServerHostStatus, request_deserializer=fault_pb2.ServerHostStatusRequest.FromString,
+            response_serializer=fault_pb2.ServerHostStatusResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("doctor.v1.FaultManagement", handlers),))
+    server.add_registered_method_handlers("doctor.v1.FaultManagement", handlers)
+

@@ -89,7 +89,7 @@ class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
                 for r in sorted(i.liveness.hosts.values(), key=lambda r: r.host_id)],
             active_alarms=[a.fault for a in i.alarms],
             subscriptions=[diagnostics_pb2.SubscriptionInfo(
-                subscription_id=s.id, principal=s.principal.name, queue_depth=s.queue.qsize(), delivered=s.delivered,
+                subscription_id=s.id, principal=s.principal.name, queue_depth=s.depth, delivered=s.delivered,
                 connected=True, last_delivered=s.last_delivered) for s in i.registry] + [
                 diagnostics_pb2.SubscriptionInfo(subscription_id=r.id, principal=r.name, connected=False,
                                                  last_delivered=r.last_delivered) for r in i.book.detached()],

@@ -6,7 +6,8 @@ from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.auth import Principal
 from notifier.filters import Filter
 from notifier.log import CursorExpired, MemoryLog
-from notifier.registry import OVERFLOW, Registry
+from notifier.registry import FELL_BEHIND, Registry
+from notifier.wire import Delivery
 
 A = Principal("a", project="project-a")
 
@@ -18,22 +19,59 @@ def _n(i: int) -> fault_pb2.FaultNotification:
 
 
 def test_slow_subscriber_is_cut_off_and_others_keep_receiving() -> None:
-    """A full queue marks only that subscriber overflowed; a reading one gets every notification."""
+    """A full queue ends only that subscriber (its queue dropped: it resumes from the log); a reading one gets
+    every notification."""
     reg = Registry(queue_limit=3)
     slow, fast = reg.add(A, Filter(), 0), reg.add(A, Filter(), 0)
     for i in range(1, 6):
         reg.fan_out(_n(i))
-        fast.queue.get_nowait()  # the fast one keeps up
-    assert slow.overflowed and not fast.overflowed
-    items = [slow.queue.get_nowait() for _ in range(slow.queue.qsize())]
-    assert [x.sequence for x in items[:3]] == [1, 2, 3] and items[3] is OVERFLOW  # type: ignore[union-attr]
+        item = fast.take_nowait()  # the fast one keeps up
+        assert item is not None and item.sequence == i
+    assert slow.overflowed and slow.ended_by == FELL_BEHIND and not fast.overflowed
+    assert slow.take_nowait() is None and slow.depth == 0
 
 
 def test_fan_out_skips_subscribers_who_may_not_see_it() -> None:
     """A notification about project-a's server reaches no project-b subscriber."""
     reg = Registry()
     b = reg.add(Principal("b", project="project-b"), Filter(), 0)
-    assert reg.fan_out(_n(1)) == 0 and b.queue.empty()
+    assert reg.fan_out(_n(1)) == 0 and b.take_nowait() is None
+
+
+def test_one_view_and_one_serialization_per_project_and_filter() -> None:
+    """Every subscriber of a project with the same filter is handed the very same bytes (serialized once),
+    whatever its name; another filter gets its own; the administrators theirs."""
+    reg = Registry()
+    subs = [reg.add(Principal(f"a{i}", project="project-a"), Filter(), 0) for i in range(3)]
+    narrow = reg.add(Principal("a-narrow", project="project-a"), Filter(fault_types=("compute.host.*",)), 0)
+    admin = reg.add(Principal("admin", admin=True), Filter(), 0)
+    assert reg.fan_out(_n(1)) == 5
+    got = [s.take_nowait() for s in subs]
+    assert all(isinstance(d, Delivery) for d in got) and len({id(d.data) for d in got}) == 1  # type: ignore[union-attr]
+    other = narrow.take_nowait()
+    assert other is not None and other.data is not got[0].data  # type: ignore[union-attr]
+    msg = fault_pb2.SubscribeStreamMessage.FromString(got[0].data)  # type: ignore[union-attr]
+    assert msg.fault.sequence == 1 and msg.fault.virtual_resource_info[0].virtual_resource_id == "vm"
+    assert admin.take_nowait() is not None
+
+
+def test_idle_projects_are_not_visited_and_leave_no_trace() -> None:
+    """Subscribers of projects a notification does not name are never looked at; a project whose subscribers
+    all left is forgotten by the index."""
+    reg = Registry()
+    idle = [reg.add(Principal(f"p{i}", project=f"idle-{i}"), Filter(), 0) for i in range(100)]
+    owner = reg.add(A, Filter(), 0)
+    kept = [s.principal for s in idle]
+    for s in idle:
+        s.principal = None  # type: ignore[assignment]  # visiting one would now fail
+    assert reg.fan_out(_n(1)) == 1 and owner.take_nowait() is not None
+    for s, p in zip(idle, kept):
+        s.principal = p
+    reg2 = Registry()
+    subs = [reg2.add(Principal(f"q{i}", project="gone"), Filter(), 0) for i in range(3)]
+    for s in subs:
+        reg2.remove(s)
+    assert "gone" not in reg2._by_project and len(reg2) == 0
 
 
 async def test_memory_log_sequences_reads_and_retention() -> None:

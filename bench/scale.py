@@ -1,0 +1,261 @@
+"""Scale of one inspector process: subscribers (idle and matching), what each costs, how fast the fan-out is.
+
+The inspector (standalone, embedded controller, no agents) runs in this
+process; subscribers are opened by generator processes at nice 10
+(``--subscribe``), each holding its share of the streams over channels of
+100 streams each (their own TCP connections). Notifications are published
+in-process through the real ``Publisher`` (log, registry, fan-out, the
+Subscribe handlers writing to the streams), so the figures are the
+notification path from the log append to the consumer's socket.
+
+* idle: ``--subscribers`` subscribers of 100 other projects, one owner in its
+  own process; 30 notifications for the owner, 50 ms apart. ``owner_p99_ms``
+  is publish → the owner holds it; ``idle_kb_per_subscriber`` the inspector's
+  RSS growth per idle subscriber; ``kb_kept_after_leaving`` what is still held
+  per subscriber once they all left (after a GC and malloc_trim).
+* matching: ``--subscribers`` subscribers that all see every notification
+  (one project owning the server); 10 notifications, back to back.
+  ``deliveries_per_s`` is deliveries / (last delivery − first publish).
+
+    python bench/scale.py              # 10,000 subscribers
+    python bench/scale.py --quick      # 2,000 subscribers, under a minute
+
+The generators share this machine's cores with the inspector (at lower
+priority). The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import gc
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil  # noqa: E402
+
+from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc  # noqa: E402
+from doctor_common.grpcutil import auth_metadata  # noqa: E402
+from doctor_common.lab.cloud import free_port, wait_for  # noqa: E402
+
+PER_CHANNEL = 100
+IDLE_PROJECTS = 100
+
+
+# -- a generator process ---------------------------------------------------------------------------
+
+async def subscribe(endpoint: str, token: str, count: int, expect: int) -> None:
+    """``count`` subscriptions; READY once every snapshot arrived; then, if ``expect``, the receipt time of
+    each notification sequence by the last of its subscribers, and every latency (JSON), then wait for EOF."""
+    import grpc
+
+    tokens = token.split(",")  # round robin: several projects' subscribers from one process
+    channels = [grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(max(1, -(-count // PER_CHANNEL)))]
+    ready = 0
+    last_seen: dict[int, int] = {}
+    latencies: list[float] = []
+    all_ready = asyncio.Event()
+    done = asyncio.Event()
+    got = [0]
+
+    async def one(i: int) -> None:
+        nonlocal ready
+        stub = fault_pb2_grpc.FaultManagementStub(channels[i // PER_CHANNEL])
+        call = stub.Subscribe(fault_pb2.SubscribeRequest(), metadata=auth_metadata(tokens[i % len(tokens)]))
+        async for msg in call:
+            if msg.WhichOneof("kind") == "subscribed":
+                if not msg.subscribed.more:
+                    ready += 1
+                    if ready == count:
+                        all_ready.set()
+                continue
+            now = time.time_ns()
+            n = msg.fault
+            last_seen[n.sequence] = max(last_seen.get(n.sequence, 0), now)
+            latencies.append((now - n.event_time_unix_nanos) / 1e6)
+            got[0] += 1
+            if expect and got[0] >= expect * count:
+                done.set()
+
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+    await all_ready.wait()
+    print("READY", flush=True)
+    if expect:
+        await done.wait()
+        print(json.dumps({"last_seen": last_seen, "latencies": latencies}), flush=True)
+    await asyncio.to_thread(sys.stdin.read)  # until the bench closes our stdin
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for c in channels:
+        await c.close()
+
+
+# -- the bench -------------------------------------------------------------------------------------
+
+class Generator:
+    def __init__(self, endpoint: str, token: str, count: int, expect: int = 0) -> None:
+        self.proc = subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--subscribe", endpoint, token,
+                                      str(count), str(expect)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    async def line(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        out = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout)
+        if not out:
+            raise RuntimeError(f"generator {self.proc.pid} ended (exit {self.proc.poll()})")
+        return out.strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def rss_kb() -> float:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss / 1024
+
+
+def notification(seq_hint: int, owner: str) -> fault_pb2.FaultNotification:
+    now = time.time_ns()
+    f = common_pb2.Fault(fault_id=f"bench-{seq_hint}", fault_type="compute.host.sensor.warning",
+                         severity=common_pb2.SEVERITY_WARNING, event_time_unix_nanos=now,
+                         state=common_pb2.ALARM_STATE_FIRED)
+    return fault_pb2.FaultNotification(
+        notification_id=f"bench-{seq_hint}", event_time_unix_nanos=now,
+        virtual_resource_info=[common_pb2.VirtualResourceInfo(
+            virtual_resource_id="vm-1", virtual_resource_type="server", project_id=owner,
+            virtual_resource_state="normal", physical_resource_id="compute-1", faults=[f])],
+        physical_resource_info=[common_pb2.PhysicalResourceInfo(physical_resource_id="compute-1", faults=[f])])
+
+
+def percentile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+async def run(subscribers: int, procs: int) -> dict[str, Any]:
+    from inspector.config import load_inspector_config
+    from inspector.core import Inspector
+
+    d = Path(tempfile.mkdtemp(prefix="doctor-scale-"))
+    port = free_port()
+    endpoint = f"127.0.0.1:{port}"
+    tokens = {"owner": "tok-owner", **{f"idle-{k}": f"tok-idle-{k}" for k in range(IDLE_PROJECTS)}}
+    (d / "inventory.toml").write_text('[[hosts]]\nname = "compute-1"\n[[servers]]\nid = "vm-1"\nhost = "compute-1"\n'
+                                      'project_id = "owner"\n')
+    consumers = "".join(f'[[auth.consumers]]\nname = "{p}"\nproject = "{p}"\ntoken = "{t}"\n'
+                        for p, t in tokens.items())
+    (d / "inspector.toml").write_text(
+        f'[inspector]\nlisten = ["{endpoint}"]\nlog_level = "warning"\n'
+        f'[controller.embedded]\ninventory = "inventory.toml"\n[notifier]\nqueue_limit = 1000\n{consumers}')
+    insp = Inspector(load_inspector_config(d / "inspector.toml"))
+    await insp.start()
+    me = psutil.Process()
+    out: dict[str, Any] = {"subscribers": subscribers}
+    gens: list[Generator] = []
+    try:
+        # -- idle subscribers of other projects, one owner ------------------------------------------
+        base = rss_kb()
+        per = subscribers // procs
+        for k in range(procs):
+            n = per if k < procs - 1 else subscribers - per * (procs - 1)
+            gens.append(Generator(endpoint, ",".join(tokens[f"idle-{j}"] for j in range(IDLE_PROJECTS)), n))
+        await asyncio.gather(*(g.line(180) for g in gens))
+        await wait_for(lambda: len(insp.registry) >= subscribers, 60, 0.1, "every idle subscriber registered")
+        held = rss_kb()
+        out["idle_kb_per_subscriber"] = round((held - base) / subscribers, 1)
+        owner = Generator(endpoint, tokens["owner"], 1, expect=30)
+        await owner.line(60)
+        cpu0 = me.cpu_times()
+        t0 = time.monotonic()
+        for i in range(30):
+            await insp.publisher.publish(notification(i, "owner"))
+            await asyncio.sleep(0.05)
+        report = json.loads(await owner.line(60))
+        elapsed = time.monotonic() - t0
+        cpu1 = me.cpu_times()
+        out["inspector_cpu_pct"] = round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / elapsed, 1)
+        lat = report["latencies"]
+        out["owner_p50_ms"] = round(statistics.median(lat), 2)
+        out["owner_p99_ms"] = round(percentile(lat, 99), 2)
+        owner.stop()
+        for g in gens:
+            g.stop()
+        gens = []
+        await wait_for(lambda: len(insp.registry) == 0, 60, 0.1, "every subscriber gone")
+        out["kb_kept_after_leaving"] = round(max(0.0, rss_kb() - base) / subscribers, 1)
+
+        # -- every subscriber matches --------------------------------------------------------------
+        expect = 10
+        for k in range(procs):
+            n = per if k < procs - 1 else subscribers - per * (procs - 1)
+            gens.append(Generator(endpoint, tokens["owner"], n, expect=expect))
+        await asyncio.gather(*(g.line(180) for g in gens))
+        await wait_for(lambda: len(insp.registry) >= subscribers, 60, 0.1, "every matching subscriber registered")
+        cpu0 = me.cpu_times()
+        first = time.time_ns()
+        for i in range(expect):
+            await insp.publisher.publish(notification(100 + i, "owner"))
+        await wait_for(lambda: all(s.depth == 0 for s in insp.registry), 300, 0.005, "every queue written out")
+        cpu1 = me.cpu_times()
+        reports = [json.loads(await g.line(300)) for g in gens]
+        last = max(max(r["last_seen"].values()) for r in reports)
+        out["deliveries_per_s"] = round(subscribers * expect / ((last - first) / 1e9))
+        out["matching_last_delivery_ms"] = round((last - first) / 1e6, 1)
+        cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        out["deliveries_per_inspector_cpu_s"] = round(subscribers * expect / cpu)
+    finally:
+        for g in gens:
+            g.stop()
+        await insp.stop(0.5)
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 subscribers")
+    ap.add_argument("--subscribers", type=int, default=0)
+    ap.add_argument("--procs", type=int, default=4, help="generator processes")
+    ap.add_argument("--subscribe", nargs=4, metavar=("ENDPOINT", "TOKEN", "COUNT", "EXPECT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.subscribe:
+        endpoint, token, count, expect = args.subscribe
+        await subscribe(endpoint, token, int(count), int(expect))
+        return
+    subscribers = args.subscribers or (2000 if args.quick else 10_000)
+    r = await run(subscribers, args.procs)
+    print(f"{r['subscribers']} idle subscribers: owner's copy p50 {r['owner_p50_ms']} ms, p99 {r['owner_p99_ms']} ms; "
+          f"inspector {r['inspector_cpu_pct']} % of a core; {r['idle_kb_per_subscriber']} KB each, "
+          f"{r['kb_kept_after_leaving']} KB each kept after they left")
+    print(f"{r['subscribers']} matching subscribers: {r['deliveries_per_s']} deliveries/s "
+          f"(10 notifications, last delivered {r['matching_last_delivery_ms']} ms after the first publish; "
+          f"{r['deliveries_per_inspector_cpu_s']} per second of the inspector's CPU)")
+    print(json.dumps({"bench": "scale", "cpus": len(os.sched_getaffinity(0)),
+                      "shared": f"{args.procs} subscriber generator processes at nice 10", **r}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
