@@ -44,6 +44,8 @@ class Settings:
     retries: int = 2
     compute_api_version: str | None = None
     server_cache_s: float = 0.0
+    max_in_flight: int = 50     # the fault path's writes over raw HTTP at once (``_openstack_http``)
+    http_fast_path: bool = True  # False: those writes through openstacksdk's resource layer too
 
 
 def connect(settings: Settings) -> Any:

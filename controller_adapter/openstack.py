@@ -38,11 +38,13 @@ from typing import Any, Callable, TypeVar
 
 from controller_adapter import _openstack_sdk as sdk
 from controller_adapter._openstack_errors import translate
+from controller_adapter._openstack_http import Endpoints, HttpPath, read_endpoints
 from controller_adapter.base import (
     BackendUnavailable,
     ControllerError,
     Host,
     HostStatus,
+    NotFound,
     Port,
     Server,
     ServerState,
@@ -74,6 +76,10 @@ class OpenStackController:
         self._warned_switches = False  # the aggregates could not be read: said once
         self._servers: dict[str, tuple[float, list[Server]]] = {}  # host -> (fetched at, servers)
         self._generation = 0  # bumped by our own writes to servers: a listing begun before must not be cached
+        # the fault path's writes (force-down, resets, ports) over raw HTTP from the loop, all at once
+        self._http = HttpPath(self._read_endpoints, self._network_endpoint, self.settings.timeout_s,
+                              self.settings.max_in_flight, self.settings.retries) \
+            if self.settings.http_fast_path else None
 
     @classmethod
     def from_config(cls, cfg: Section) -> "OpenStackController":
@@ -91,6 +97,8 @@ class OpenStackController:
             max_workers=cfg.int("max_workers", 8, min=1, max=64),
             retries=cfg.int("retries", 2, min=0, max=10),
             server_cache_s=cfg.float("server_cache_s", 0.0, min=0.0),
+            max_in_flight=cfg.int("max_in_flight", 50, min=1, max=500),
+            http_fast_path=cfg.bool("http_fast_path", True),
         )
         cfg.done()
         return cls(settings)
@@ -131,6 +139,12 @@ class OpenStackController:
                 await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
         raise AssertionError("unreachable")
 
+    async def _read_endpoints(self, reauthenticate: bool) -> Endpoints:
+        return await self._call("authenticate and read the endpoints", read_endpoints, reauthenticate, retry=True)
+
+    async def _network_endpoint(self) -> str:
+        return await self._call("discover Neutron", lambda conn: sdk.network(conn).get_endpoint(), retry=False)
+
     async def connect(self) -> None:
         """Authenticate and discover the endpoints now (otherwise the first call does it)."""
         await self._call("connect", lambda conn: None, retry=True)
@@ -162,8 +176,17 @@ class OpenStackController:
         return sdk.to_host(svc)
 
     async def force_down(self, host: str, down: bool = True) -> None:
-        await self._call(f"force {'down' if down else 'up'} host {host}", sdk.update_service, self._ids, host,
-                         "forced_down", down, retry=True, policy="os_compute_api:os-services:update")
+        what = f"force {'down' if down else 'up'} host {host}"
+        sid = self._ids.get(host)
+        if self._http is not None and sid is not None and (await self._http.endpoints()).compute_max >= (2, 53):
+            try:  # the service's uuid is known: the very PUT the SDK would send, without its resource layer
+                await self._http.call(what, "PUT", "compute", f"/os-services/{sid}", {"forced_down": down},
+                                      microversion="service", policy="os_compute_api:os-services:update")
+                return
+            except NotFound:
+                self._ids.forget(host)  # re-created since: the SDK path looks it up again
+        await self._call(what, sdk.update_service, self._ids, host, "forced_down", down, retry=True,
+                         policy="os_compute_api:os-services:update")
 
     async def set_disabled(self, host: str, disabled: bool, reason: str = "") -> None:
         await self._call(f"{'disable' if disabled else 'enable'} host {host}", sdk.update_service, self._ids, host,
@@ -204,12 +227,18 @@ class OpenStackController:
         if state not in (ServerState.ACTIVE, ServerState.ERROR):
             raise Unsupported(f"Nova's os-resetState sets only active or error, not {state.value}")
         ids = list(dict.fromkeys(server_ids))
+        policy = "os_compute_api:os-admin-actions:reset_state"
         try:
             # os-resetState sets an absolute state: repeating it is harmless, so it is retried
-            results = await asyncio.gather(*(
-                self._call(f"reset server {sid} to {state.value}", sdk.reset_state, sid, state.value, retry=True,
-                           policy="os_compute_api:os-admin-actions:reset_state") for sid in ids),
-                return_exceptions=True)
+            if self._http is not None:
+                results = await asyncio.gather(*(
+                    self._http.call(f"reset server {sid} to {state.value}", "POST", "compute", f"/servers/{sid}/action",
+                                    {"os-resetState": {"state": state.value}}, microversion="server", policy=policy)
+                    for sid in ids), return_exceptions=True)
+            else:
+                results = await asyncio.gather(*(
+                    self._call(f"reset server {sid} to {state.value}", sdk.reset_state, sid, state.value, retry=True,
+                               policy=policy) for sid in ids), return_exceptions=True)
         finally:
             self._servers_changed()
         failed: dict[str, ControllerError] = {}
@@ -309,10 +338,16 @@ class OpenStackController:
             self._dps = (now, present)
         if not self._dps[1]:
             raise Unsupported(_DPS_MISSING)
-        results = await asyncio.gather(*(
-            self._call(f"set data_plane_status of port {pid} to {status}", sdk.set_data_plane_status, pid, status,
-                       retry=True, policy="update_port:data_plane_status (role admin or data_plane_integrator)")
-            for pid in ids), return_exceptions=True)
+        policy = "update_port:data_plane_status (role admin or data_plane_integrator)"
+        if self._http is not None:
+            results = await asyncio.gather(*(
+                self._http.call(f"set data_plane_status of port {pid} to {status}", "PUT", "network", f"/ports/{pid}",
+                                {"port": {"data_plane_status": status}}, policy=policy) for pid in ids),
+                return_exceptions=True)
+        else:
+            results = await asyncio.gather(*(
+                self._call(f"set data_plane_status of port {pid} to {status}", sdk.set_data_plane_status, pid, status,
+                           retry=True, policy=policy) for pid in ids), return_exceptions=True)
         failed: dict[str, ControllerError] = {}
         for pid, result in zip(ids, results):
             if isinstance(result, ControllerError):
@@ -322,6 +357,8 @@ class OpenStackController:
         return failed
 
     async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)

@@ -805,6 +805,7 @@ def _match(query: dict[str, list[str]], key: str, value: str) -> bool:
 class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True  # server_close() joins the handler threads
+    request_queue_size = 256  # listen backlog: socketserver's 5 drops a burst of new connections (1 s SYN retries)
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -875,14 +876,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hosts", type=int, default=3, help="hosts c1..cN")
     ap.add_argument("--servers", type=int, default=0, help="servers s0.. on c1, with one port each")
     ap.add_argument("--latency-ms", type=float, default=0.0, help="added to every Nova/Neutron request")
+    ap.add_argument("--seed", help='JSON file: {"hosts": [{"name", "zone"}], "servers": [{"id", "host", '
+                                   '"project_id"}], "ports": [{"id", "host", "project_id", "device_id"}]} '
+                                   "instead of --hosts/--servers")
     args = ap.parse_args(argv)
     cloud = FakeCloud(compute_max=args.compute_max).start()
     try:
-        for i in range(1, args.hosts + 1):
-            cloud.add_host(f"c{i}")
-        for i in range(args.servers):
-            cloud.add_server(f"s{i}", host="c1", project_id="p1", user_id="u1")
-            cloud.add_port(f"port-{i}", host="c1", project_id="p1", device_id=f"s{i}")
+        if args.seed:
+            seed = json.loads(Path(args.seed).read_text())
+            for h in seed.get("hosts", []):
+                cloud.add_host(h["name"], zone=h.get("zone", "nova"))
+            for sv in seed.get("servers", []):
+                cloud.add_server(sv["id"], host=sv["host"], project_id=sv["project_id"], user_id=sv.get("user_id", ""))
+            for p in seed.get("ports", []):
+                cloud.add_port(p["id"], host=p["host"], project_id=p["project_id"], device_id=p.get("device_id", ""))
+        else:
+            for i in range(1, args.hosts + 1):
+                cloud.add_host(f"c{i}")
+            for i in range(args.servers):
+                cloud.add_server(f"s{i}", host="c1", project_id="p1", user_id="u1")
+                cloud.add_port(f"port-{i}", host="c1", project_id="p1", device_id=f"s{i}")
         cloud.latency_s = args.latency_ms / 1000
         path = cloud.write_clouds_yaml(Path(args.dir))
         print(json.dumps({"url": cloud.url, "clouds_yaml": str(path)}), flush=True)

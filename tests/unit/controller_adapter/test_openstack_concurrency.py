@@ -1,4 +1,4 @@
-"""Per-server and per-port calls run in parallel on a bounded pool; the host's server list can be cached."""
+"""Per-server and per-port calls run in parallel, bounded; the host's server list can be cached."""
 
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ def crowded(cloud: FakeCloud) -> FakeCloud:
     return cloud
 
 
-async def test_resets_run_in_parallel_up_to_max_workers(make_cloud: MakeCloud, make_controller: MakeController) -> None:
-    """16 resets with 8 workers: exactly 8 in flight at once, in about 2 round trips instead of 16."""
+async def test_resets_run_in_parallel_up_to_max_in_flight(make_cloud: MakeCloud,
+                                                          make_controller: MakeController) -> None:
+    """16 resets with max_in_flight 8: exactly 8 in flight at once, in about 2 round trips instead of 16, over at
+    most 8 kept-alive connections (the fault path's raw HTTP, whatever the SDK's worker pool)."""
     cloud = crowded(make_cloud())
-    ctl = await make_controller(cloud, max_workers=8)
+    ctl = await make_controller(cloud, max_in_flight=8, max_workers=1)
     cloud.latency_s, cloud.max_in_flight = LATENCY_S, 0
     started = time.monotonic()
     assert await ctl.reset_servers_state([f"s{i:02}" for i in range(N)], ServerState.ERROR) == {}
@@ -38,18 +40,28 @@ async def test_resets_run_in_parallel_up_to_max_workers(make_cloud: MakeCloud, m
     print(f"{N} resets, {cloud.max_in_flight} in flight: {elapsed * 1000:.0f} ms")
     assert elapsed < N * LATENCY_S / 2, elapsed  # serial would take N * latency
     assert all(cloud.server(f"s{i:02}").status == "ERROR" for i in range(N))
-    # the pooled keep-alive connections are reused: at most one per worker
     assert len({r.client_port for r in of(cloud, "POST", "/compute/v2.1/servers/")}) <= 8
 
 
-async def test_pool_bounds_concurrency(make_cloud: MakeCloud, make_controller: MakeController) -> None:
-    """With max_workers = 3 no more than 3 calls ever reach the cloud at once."""
+async def test_in_flight_bound(make_cloud: MakeCloud, make_controller: MakeController) -> None:
+    """With max_in_flight = 3 no more than 3 port updates ever reach the cloud at once."""
     cloud = crowded(make_cloud())
-    ctl = await make_controller(cloud, max_workers=3)
+    ctl = await make_controller(cloud, max_in_flight=3)
     cloud.latency_s, cloud.max_in_flight = LATENCY_S / 5, 0
     assert await ctl.set_ports_data_plane_status([f"port-{i:02}" for i in range(N)], "DOWN") == {}
     assert cloud.max_in_flight == 3
     assert all(cloud.port(f"port-{i:02}").data_plane_status == "DOWN" for i in range(N))
+
+
+async def test_without_the_fast_path_the_worker_pool_bounds_them(make_cloud: MakeCloud,
+                                                                 make_controller: MakeController) -> None:
+    """http_fast_path = false: the same writes through openstacksdk, at most max_workers at once."""
+    cloud = crowded(make_cloud())
+    ctl = await make_controller(cloud, max_workers=3, http_fast_path=False)
+    cloud.latency_s, cloud.max_in_flight = LATENCY_S / 5, 0
+    assert await ctl.reset_servers_state([f"s{i:02}" for i in range(N)], ServerState.ERROR) == {}
+    assert cloud.max_in_flight == 3
+    assert all(cloud.server(f"s{i:02}").status == "ERROR" for i in range(N))
 
 
 async def test_server_list_cache(make_cloud: MakeCloud, make_controller: MakeController) -> None:

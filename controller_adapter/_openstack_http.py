@@ -1,0 +1,175 @@
+"""The fault path's writes as raw HTTP from the event loop: force-down, os-resetState, data_plane_status.
+
+After a fence, dozens of calls must leave at once. Through openstacksdk each
+one costs 4–5 ms of client CPU in its resource layer, in a worker thread,
+under the GIL (``../shared/notes/openstack.md``): 50 resets queue behind
+each other. Here each is one aiohttp request on the event loop (≈ 0.2 ms of
+CPU), up to ``max_in_flight`` at once over pooled keep-alive connections.
+
+The requests are the SDK's, byte for byte where it matters: method, URL,
+JSON body (``json.dumps`` as requests does), ``X-Auth-Token``, the compute
+microversion the SDK would negotiate for the resource (``OpenStack-API-Version``
+and ``X-OpenStack-Nova-API-Version``). The token, the endpoints and the
+microversions come from the SDK's own connection (keystoneauth), read once in
+a worker thread and again when a token is refused (401: re-authenticate,
+then one retry). Errors map as ``_openstack_errors`` maps the SDK's: 404
+NotFound, 502–504 and connection failures BackendUnavailable (retried for
+these absolute-state writes), 403 naming the policy rule, anything else a
+ControllerError with the status and the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from controller_adapter.base import BackendUnavailable, ControllerError, NotFound
+
+log = logging.getLogger("doctor.controller.openstack")
+
+_UNAVAILABLE = (502, 503, 504)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What a request needs of the SDK's connection (read in a worker thread)."""
+
+    token: str
+    compute: str                 # the compute endpoint, e.g. https://nova:8774/v2.1
+    server_microversion: str     # the SDK's for Server (capped at 2.100), e.g. "2.90"
+    service_microversion: str    # the SDK's for Service (capped at 2.69)
+    compute_max: tuple[int, int]  # the cloud's highest compute microversion
+    user_agent: str
+
+
+def read_endpoints(conn: Any, reauthenticate: bool) -> Endpoints:
+    """In a worker thread: the token (authenticating again if asked), compute endpoint and microversions, as the
+    SDK has them. Neutron's endpoint is read apart (``network_endpoint``): a Neutron that does not answer must
+    not hold Nova's calls."""
+    from openstack.compute.v2.server import Server
+    from openstack.compute.v2.service import Service
+
+    from controller_adapter._openstack_sdk import compute_version
+
+    if reauthenticate:
+        conn.session.invalidate()
+    compute = conn.compute
+    major, _, minor = compute_version(conn).partition(".")
+    return Endpoints(
+        token=conn.session.get_token(), compute=compute.get_endpoint().rstrip("/"),
+        server_microversion=Server._get_microversion(compute) or "",
+        service_microversion=Service._get_microversion(compute) or "",
+        compute_max=(int(major or 2), int(minor or 0)),
+        user_agent=f"nfv-doctor {conn.session.user_agent or 'keystoneauth1'}")
+
+
+class HttpPath:
+    def __init__(self, refresh: Callable[[bool], Awaitable[Endpoints]], network: Callable[[], Awaitable[str]],
+                 timeout_s: float, max_in_flight: int, retries: int) -> None:
+        self._refresh = refresh          # (reauthenticate) -> Endpoints, through the SDK in a worker thread
+        self._read_network = network     # -> Neutron's endpoint, discovered by the SDK (its failures remembered)
+        self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
+        self.retries = retries
+        self._session: aiohttp.ClientSession | None = None
+        self._endpoints: Endpoints | None = None
+        self._network = ""
+        self._lock = asyncio.Lock()
+        self._network_lock = asyncio.Lock()
+
+    async def endpoints(self, reauthenticate: bool = False, stale: Endpoints | None = None) -> Endpoints:
+        async with self._lock:  # one refresh at a time; the calls that saw the same refused token share it
+            if self._endpoints is None or (reauthenticate and self._endpoints is stale):
+                self._endpoints = await self._refresh(reauthenticate)
+            return self._endpoints
+
+    async def network_endpoint(self) -> str:
+        async with self._network_lock:
+            if not self._network:
+                self._network = (await self._read_network()).rstrip("/")
+            return self._network
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=self.max_in_flight),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), json_serialize=json.dumps)
+        return self._session
+
+    async def call(self, what: str, method: str, service: str, path: str, body: Any, *,
+                   microversion: str = "", policy: str | None = None) -> None:
+        """One request; retried on BackendUnavailable (these are writes of absolute state), re-authenticated
+        once on 401. ``microversion``: the resource whose SDK microversion to send ("server", "service")."""
+        attempts = 1 + self.retries
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._once(what, method, service, path, body, microversion, policy)
+                return
+            except BackendUnavailable as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("%s (attempt %d of %d, retrying)", exc, attempt, attempts)
+                await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
+
+    async def _once(self, what: str, method: str, service: str, path: str, body: Any, microversion: str,
+                    policy: str | None) -> None:
+        ep = await self.endpoints()
+        base = ep.compute if service == "compute" else await self.network_endpoint()
+        for auth_attempt in (1, 2):
+            headers = {"X-Auth-Token": ep.token, "Accept": "application/json", "User-Agent": ep.user_agent}
+            mv = getattr(ep, f"{microversion}_microversion") if microversion else ""
+            if mv:
+                headers["OpenStack-API-Version"] = f"compute {mv}"
+                headers["X-OpenStack-Nova-API-Version"] = mv
+            if service == "compute":
+                base = ep.compute
+            try:
+                async with self._client().request(method, base + path, json=body, headers=headers) as resp:
+                    if resp.status == 401 and auth_attempt == 1:
+                        ep = await self.endpoints(reauthenticate=True, stale=ep)
+                        continue
+                    if resp.status < 400:
+                        return
+                    raise _error(what, policy, resp.status, _request_id(resp.headers), await _detail(resp))
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                raise BackendUnavailable(f"{what}: cannot reach the cloud: {exc or type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _request_id(headers: Any) -> str | None:
+    return headers.get("x-openstack-request-id") or headers.get("x-compute-request-id")
+
+
+async def _detail(resp: aiohttp.ClientResponse) -> str:
+    """Nova's and Neutron's error bodies: {"<kind>": {"message": ...}} / {"NeutronError": {"message": ...}}."""
+    text = await resp.text()
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict):
+            for v in doc.values():
+                if isinstance(v, dict) and v.get("message"):
+                    return str(v["message"])
+    except ValueError:
+        pass
+    return text[:300] or f"HTTP {resp.status}"
+
+
+def _error(what: str, policy: str | None, status: int, request_id: str | None, detail: str) -> ControllerError:
+    if status == 404:
+        return NotFound(f"{what}: not found: {detail}", status=status, request_id=request_id)
+    if status in _UNAVAILABLE:
+        return BackendUnavailable(f"{what}: the cloud is unavailable: {detail}", status=status, request_id=request_id)
+    if status == 403 and policy:
+        return ControllerError(f"{what}: forbidden by policy; the account needs {policy} (or the admin role)",
+                               status=status, request_id=request_id)
+    return ControllerError(f"{what}: {detail}", status=status, request_id=request_id)
