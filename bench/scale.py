@@ -16,6 +16,9 @@ notification path from the log append to the consumer's socket.
 * matching: ``--subscribers`` subscribers that all see every notification
   (one project owning the server); 10 notifications, back to back.
   ``deliveries_per_s`` is deliveries / (last delivery − first publish).
+* ingest: 200 agent streams (``--ingest`` generators) sending batches of 20
+  events, the next once the last is acknowledged, for 8 s: ``events_per_s``
+  acknowledged, and per second of the inspector's CPU.
 
     python bench/scale.py              # 10,000 subscribers
     python bench/scale.py --quick      # 2,000 subscribers, under a minute
@@ -51,6 +54,9 @@ from doctor_common.lab.cloud import free_port, wait_for  # noqa: E402
 
 PER_CHANNEL = 100
 IDLE_PROJECTS = 100
+INGEST_STREAMS = 200       # agent streams sending events, in the generator processes
+INGEST_BATCH = 20          # events per message
+INGEST_SECONDS = 8.0
 
 
 # -- a generator process ---------------------------------------------------------------------------
@@ -99,6 +105,49 @@ async def subscribe(endpoint: str, token: str, count: int, expect: int) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for c in channels:
+        await c.close()
+
+
+async def ingest(endpoint: str, first: int, streams: int, seconds: float, batch: int) -> None:
+    """``streams`` agent streams sending batches of ``batch`` events, each batch once the previous one is acked,
+    for ``seconds``; prints the events acknowledged (JSON)."""
+    import grpc
+
+    from doctor_common.api import agent_pb2, agent_pb2_grpc
+
+    channels = [grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(max(1, -(-streams // PER_CHANNEL)))]
+    acked = [0]
+    end = time.monotonic() + seconds
+
+    async def agent(i: int) -> None:
+        call = agent_pb2_grpc.AgentGatewayStub(channels[i // PER_CHANNEL]).Connect()
+        host = f"sim-{first + i}"
+        await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(host_id=host, boot_id=f"b{first + i}",
+                                                                       agent_version="bench")))
+        seq = 0
+        while time.monotonic() < end:
+            events = []
+            for _ in range(batch):
+                seq += 1
+                events.append(agent_pb2.Event(sequence=seq, observed_unix_nanos=time.time_ns(), state=agent_pb2.
+                                              ComponentState(component=f"bench:{seq % 8}", checker="bench",
+                                                             status=agent_pb2.COMPONENT_STATUS_OK,
+                                                             description=f"reading {seq}")))
+            await call.write(agent_pb2.AgentMessage(events=agent_pb2.EventBatch(events=events)))
+            while True:  # the ack of this batch (config hints and the like pass by)
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    return
+                if msg.WhichOneof("kind") == "ack" and msg.ack.sequence >= seq:
+                    break
+            if time.monotonic() < end:
+                acked[0] += batch
+        await call.done_writing()
+
+    await asyncio.gather(*(agent(i) for i in range(streams)), return_exceptions=True)
+    print(json.dumps({"acked": acked[0]}), flush=True)
     for c in channels:
         await c.close()
 
@@ -164,12 +213,14 @@ async def run(subscribers: int, procs: int) -> dict[str, Any]:
     endpoint = f"127.0.0.1:{port}"
     tokens = {"owner": "tok-owner", **{f"idle-{k}": f"tok-idle-{k}" for k in range(IDLE_PROJECTS)}}
     (d / "inventory.toml").write_text('[[hosts]]\nname = "compute-1"\n[[servers]]\nid = "vm-1"\nhost = "compute-1"\n'
-                                      'project_id = "owner"\n')
+                                      'project_id = "owner"\n' + "".join(f'[[hosts]]\nname = "sim-{i}"\n'
+                                                                          for i in range(INGEST_STREAMS)))
     consumers = "".join(f'[[auth.consumers]]\nname = "{p}"\nproject = "{p}"\ntoken = "{t}"\n'
                         for p, t in tokens.items())
     (d / "inspector.toml").write_text(
         f'[inspector]\nlisten = ["{endpoint}"]\nlog_level = "warning"\n'
-        f'[controller.embedded]\ninventory = "inventory.toml"\n[notifier]\nqueue_limit = 1000\n{consumers}')
+        f'[controller.embedded]\ninventory = "inventory.toml"\n[notifier]\nqueue_limit = 1000\n'
+        f'[auth]\nallow_anonymous_agents = true\n{consumers}')
     insp = Inspector(load_inspector_config(d / "inspector.toml"))
     await insp.start()
     me = psutil.Process()
@@ -226,6 +277,25 @@ async def run(subscribers: int, procs: int) -> dict[str, Any]:
         out["matching_last_delivery_ms"] = round((last - first) / 1e6, 1)
         cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         out["deliveries_per_inspector_cpu_s"] = round(subscribers * expect / cpu)
+        for g in gens:
+            g.stop()
+        gens = []
+        await wait_for(lambda: len(insp.registry) == 0, 60, 0.1, "every subscriber gone")
+
+        # -- ingest: agents sending batches of events ----------------------------------------------
+        per_proc = INGEST_STREAMS // procs
+        cpu0 = me.cpu_times()
+        t0 = time.monotonic()
+        ingesters = [subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--ingest", endpoint,
+                                       str(k * per_proc), str(per_proc), str(INGEST_SECONDS), str(INGEST_BATCH)],
+                                      stdout=subprocess.PIPE, text=True) for k in range(procs)]
+        outs = [await asyncio.to_thread(g.communicate, None, INGEST_SECONDS + 60) for g in ingesters]
+        elapsed = time.monotonic() - t0
+        cpu1 = me.cpu_times()
+        acked = sum(json.loads(o[0].strip().splitlines()[-1])["acked"] for o in outs if o[0].strip())
+        out["events_per_s"] = round(acked / INGEST_SECONDS)
+        out["events_per_inspector_cpu_s"] = round(acked / ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)))
+        out["ingest"] = f"{procs * per_proc} streams, batches of {INGEST_BATCH}, {INGEST_SECONDS:.0f} s"
     finally:
         for g in gens:
             g.stop()
@@ -240,7 +310,13 @@ async def main() -> None:
     ap.add_argument("--subscribers", type=int, default=0)
     ap.add_argument("--procs", type=int, default=4, help="generator processes")
     ap.add_argument("--subscribe", nargs=4, metavar=("ENDPOINT", "TOKEN", "COUNT", "EXPECT"), help=argparse.SUPPRESS)
+    ap.add_argument("--ingest", nargs=5, metavar=("ENDPOINT", "FIRST", "STREAMS", "SECONDS", "BATCH"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ingest:
+        endpoint, first, streams, seconds, batch = args.ingest
+        await ingest(endpoint, int(first), int(streams), float(seconds), int(batch))
+        return
     if args.subscribe:
         endpoint, token, count, expect = args.subscribe
         await subscribe(endpoint, token, int(count), int(expect))
@@ -253,6 +329,8 @@ async def main() -> None:
     print(f"{r['subscribers']} matching subscribers: {r['deliveries_per_s']} deliveries/s "
           f"(10 notifications, last delivered {r['matching_last_delivery_ms']} ms after the first publish; "
           f"{r['deliveries_per_inspector_cpu_s']} per second of the inspector's CPU)")
+    print(f"ingest ({r['ingest']}): {r['events_per_s']} events/s acknowledged "
+          f"({r['events_per_inspector_cpu_s']} per second of the inspector's CPU)")
     print(json.dumps({"bench": "scale", "cpus": len(os.sched_getaffinity(0)),
                       "shared": f"{args.procs} subscriber generator processes at nice 10", **r}))
 
