@@ -78,6 +78,28 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+OWN_SERVICES = "/doctor.v1."
+
+
+class Undecodable:
+    """A stream message that could not be decoded, handed to the handler in its place: it answers
+    INVALID_ARGUMENT naming ``error`` (gRPC would end the call with UNKNOWN)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def tolerant(deserialize: Any, method: str) -> Any:
+    def decode(raw: bytes) -> object:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's malformed input
+            return Undecodable(f"cannot decode a message of {method}: {exc}")
+    return decode
+
+
 class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
     """Answer undecodable requests with INVALID_ARGUMENT naming the message, not gRPC's UNKNOWN.
 
@@ -130,6 +152,10 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
                     await inner_us(await decode(raw, context), context)
             return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serializer)
         inner = handler.stream_stream or handler.stream_unary
+        if handler.stream_stream and method.startswith(OWN_SERVICES):
+            # our own streams check each message (``Undecodable``): no generator hop per message
+            return grpc.stream_stream_rpc_method_handler(inner, request_deserializer=tolerant(deserialize, method),
+                                                         response_serializer=serializer)
 
         async def decoded(requests, context):  # type: ignore[no-untyped-def]
             async for raw in requests:

@@ -26,6 +26,7 @@ from controller_adapter.base import NotFound
 from doctor_common.agent_limits import MAX_BATCH
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.auth import TokenAuth
+from doctor_common.grpcutil import Undecodable
 from doctor_common.timeline import now_ns
 from inspector.response.trigger import Trigger
 from inspector.southbound.json_events import parse_json_events
@@ -107,6 +108,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, asyncio.TimeoutError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be Hello")
+        if isinstance(first, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.error)
         if first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the first message on the stream must be Hello, got {first.WhichOneof('kind')}")
@@ -138,6 +141,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 self._restarted(rec)
             self._reconcile(rec, hello)
             async for msg in request_iterator:
+                if isinstance(msg, Undecodable):
+                    raise BadMessage(msg.error)
                 if self.gate.epoch() != epoch:  # the term this stream was opened in is over
                     leader = self.gate.agent_redirect()
                     if leader:

@@ -129,6 +129,15 @@ async def test_undecodable_and_oversized_requests(lab: Lab) -> None:
             async for _ in call:
                 pass
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot decode a message of /doctor.v1.AgentGateway/Connect" in (err.value.details() or "")
+        # garbage after a good Hello: the stream's own check names it too (no per-message decoding hop)
+        call = raw_stream(metadata=auth_metadata(lab.hosts["compute-1"].agent_token))
+        await call.write(hello("compute-1", boot="g").SerializeToString())
+        await call.write(b"\xff\xfe")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cannot decode" in (err.value.details() or "")
     await assert_still_serving(lab)
 
 
