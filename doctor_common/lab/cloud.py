@@ -196,6 +196,15 @@ class Lab:
             ip("link", "set", h.link, "up")
             ip("-n", h.netns, "link", "set", "lo", "up")
             ip("-n", h.netns, "link", "set", "eth0", "up")
+        # pyroute2's first use (its import, its first socket) takes ~140 ms; done here, not in the first cut_link,
+        # which would block the inspector's loop that long (it then rightly refuses to judge silence or fence)
+        def warm() -> None:
+            from pyroute2 import IPRoute  # in a thread: its sync API refuses a running event loop
+            with IPRoute() as ipr:
+                ipr.link_lookup(ifname=next(iter(self.hosts.values())).link)
+        worker = threading.Thread(target=warm, name="lab-link-warm")
+        worker.start()
+        worker.join(10)
 
     async def start_bmc(self, h: LabHost, power: str = "on", attempts: int = 5) -> None:
         """Start the host's virtual BMC; a port taken since it was picked gets a fresh one."""
