@@ -33,7 +33,8 @@ def _version_of(binary: str) -> str:
     if path is None:
         return ""
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S).stdout
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, errors="replace",
+                             timeout=PROBE_TIMEOUT_S).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
     m = re.search(r"\d+\.\d+(?:\.\d+)?", out)

@@ -99,7 +99,9 @@ class HttpPath:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=self.max_in_flight),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s), json_serialize=json.dumps)
+                # per connect and per read, not in total: a request queued behind max_in_flight others is not late
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s),
+                json_serialize=json.dumps)
         return self._session
 
     async def call(self, what: str, method: str, service: str, path: str, body: Any, *,
@@ -137,8 +139,10 @@ class HttpPath:
                     if resp.status < 400:
                         return
                     raise _error(what, policy, resp.status, _request_id(resp.headers), await _detail(resp))
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
                 raise BackendUnavailable(f"{what}: cannot reach the cloud: {exc or type(exc).__name__}") from exc
+            except (aiohttp.ClientError, ValueError) as exc:  # a bad URL, an undecodable answer
+                raise ControllerError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         if self._session is not None:

@@ -132,8 +132,9 @@ def to_host(svc: Any, switch: str = "") -> Host:
 
 
 def server_state(s: Any) -> ServerState:
-    if (s.status or "").upper() == "MIGRATING" or s.task_state == "migrating":
-        return ServerState.MIGRATING
+    if (s.status or "").upper() in ("MIGRATING", "RESIZE", "VERIFY_RESIZE") or \
+            s.task_state in ("migrating", "resize_prep", "resize_migrating", "resize_migrated", "resize_finish"):
+        return ServerState.MIGRATING  # a live move, or a cold one (a resize to the same flavour) not confirmed yet
     if s.vm_state == "error":
         return ServerState.ERROR
     if s.vm_state == "stopped":
@@ -255,6 +256,8 @@ def set_running(conn: Any, server_id: str, running: bool) -> None:
     """os-start / os-stop, unless the server is already so (Nova answers 409 to a repeat)."""
     s = conn.compute.get_server(server_id)
     stopped = (s.vm_state or "").lower() == "stopped"
+    if s.task_state in ("powering-off", "powering-on"):
+        return  # under way already: Nova would answer 409 to a second request
     if running and stopped:
         conn.compute.start_server(server_id)
     elif not running and not stopped:

@@ -366,7 +366,7 @@ class EtcdEmbeddedController:
             if kv is None:
                 self._cache[where[0]].pop(where[1], None)
             else:
-                self._cache[where[0]][where[1]] = _Entry(kv.mod_revision, json.loads(kv.value))
+                self._apply(key, kv.value, kv.mod_revision)
 
     async def _update_host(self, host: str, **fields: Any) -> None:
         await self._current()
@@ -462,10 +462,12 @@ class EtcdEmbeddedController:
     async def migrate_server(self, server_id: str, target_host: str | None = None, live: bool = True,
                              wait: bool = False) -> None:  # done when it returns: nothing to wait for
         await self._current()
-        self._server(server_id)
+        source = self._server(server_id).host
 
         def change() -> list[tuple[str, str, dict[str, Any]]]:
             srv = self._server(server_id)
+            if srv.host != source:
+                return []  # moved already: an earlier try of this very call was applied (outcome was unknown)
             if target_host is not None:
                 if target_host not in self._static["host"] or target_host == srv.host or not self._usable(target_host):
                     raise ControllerError(f"host {target_host!r} cannot take server {server_id!r}")

@@ -160,12 +160,16 @@ def _session_result(s: mpb.SessionInfo) -> int:
     return 0
 
 
-async def _follow(stream: object) -> int:
+async def _follow(stream: object, cancel_ok: bool = False) -> int:
+    """Print the progress; exit status of the outcome (``cancel_ok``: ending a session still in progress rolls it
+    back, which is what was asked)."""
     last: mpb.SessionInfo | None = None
     async for msg in stream:  # type: ignore[attr-defined]
         _print_progress(msg)
         last = msg.session
-    return _session_result(last) if last is not None else 0
+    if last is None or (cancel_ok and last.state == mpb.SESSION_STATE_ROLLED_BACK):
+        return 0
+    return _session_result(last)
 
 
 async def cmd_maintenance(c: DoctorClient, args: argparse.Namespace) -> int:
@@ -179,7 +183,7 @@ async def cmd_maintenance(c: DoctorClient, args: argparse.Namespace) -> int:
     if args.action == "retire":
         return await _follow(c.retire(args.servers, args.reason, args.reply_timeout, args.empty_timeout))
     if args.action == "end":
-        return await _follow(c.maintenance_end(args.hosts, force=args.force))
+        return await _follow(c.maintenance_end(args.hosts, force=args.force), cancel_ok=True)
     if args.action == "watch":
         return await _follow(c.maintenance_watch(args.session))
     r = await c.maintenance_query(args.hosts, args.state or "", args.zone or "")
@@ -213,6 +217,13 @@ async def cmd_reply(c: DoctorClient, args: argparse.Namespace) -> int:
     ack = await c.reply(args.session, instructions, nack=args.nack, reason=args.reason or "")
     print(f"session {ack.session_id}: {_session_state(ack.state)}")
     return 0
+
+
+def _seconds(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError("give seconds between 0 (the inspector's default) and 86400")
+    return value
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -253,16 +264,16 @@ def cli(argv: list[str] | None = None) -> int:
                                      "(exit 2 when it rolls back)")
     ms.add_argument("hosts", nargs="+")
     ms.add_argument("--reason", default="")
-    ms.add_argument("--reply-timeout", type=int, default=0, help="seconds owners have to answer (default: the "
+    ms.add_argument("--reply-timeout", type=_seconds, default=0, help="seconds owners have to answer (default: the "
                                                                  "inspector's [maintenance] reply_timeout_s)")
-    ms.add_argument("--empty-timeout", type=int, default=0, help="seconds to empty the hosts once answered")
+    ms.add_argument("--empty-timeout", type=_seconds, default=0, help="seconds to empty the hosts once answered")
     ms.add_argument("--meta", action="append", help="KEY=VALUE kept with the session (repeatable)")
     mr = ma.add_parser("retire", help="VM retirement: ask the owners of these servers, move them off their hosts "
                                       "(no host disabled; exit 2 when it rolls back)")
     mr.add_argument("servers", nargs="+")
     mr.add_argument("--reason", default="")
-    mr.add_argument("--reply-timeout", type=int, default=0)
-    mr.add_argument("--empty-timeout", type=int, default=0)
+    mr.add_argument("--reply-timeout", type=_seconds, default=0)
+    mr.add_argument("--empty-timeout", type=_seconds, default=0)
     mq = ma.add_parser("status", help="hosts with their state and maintenance session")
     mq.add_argument("hosts", nargs="*")
     mq.add_argument("--state", help="normal, maintenance, down, unknown, error")

@@ -120,7 +120,8 @@ class Inspector:
         self.view = FaultView(self.resources, self.alarms, self.responder, self.controller)
         self.maintenance = Workflow(self.controller, self.resources, self.publisher.publish, self.durable,
                                     cfg.maintenance, self._act, self.responder.host_state,
-                                    blockers=self.enable_blockers, resync=self.resync, facts=self._facts)
+                                    blockers=self.enable_blockers, resync=self.resync, facts=self._facts,
+                                    incident_on=lambda host: self.alarms.incident(host) is not None)
         self.responder.in_maintenance = self.maintenance.in_maintenance
         self.absent = AbsentWatch(self.liveness, self.responder.bmc_for, self.fencer.power_state,
                                   lambda t: self._act(self.responder.fault(t), f"{t.fault_type} on {t.host}"),
@@ -402,7 +403,9 @@ class Inspector:
         h = self.resources.hosts.get(host)
         incident = self.alarms.incident(host)
         return view_of(rec.liveness, self.liveness.silence(rec), self.quiet_after_s, self.cfg.guard.window_s,
-                       out_of_service=h is not None and (h.forced_down or h.disabled),
+                       # a host disabled by a maintenance session still emptying runs servers: it is watched
+                       out_of_service=h is not None and (h.forced_down or (h.disabled and not
+                                                                            self.maintenance.session_active(host))),
                        judged=incident is not None and (incident.fenced or incident.fencing
                                                         or incident.phase == fault_pb2.INCIDENT_PHASE_UNFENCED),
                        held=incident is not None and incident.phase == fault_pb2.INCIDENT_PHASE_HELD)

@@ -203,6 +203,9 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                      msg: bytes | fault_pb2.SubscribeStreamMessage) -> None:
         """Write (bytes as they are). A client that stops reading blocks the write; the subscriber's ``end``
         (its queue overflowed, the replica stopped leading, a newer stream took it over) interrupts it."""
+        if sub.ended_by:  # ended while this handler awaited something else (the book, the state, the log)
+            self.registry.remove(sub)
+            await self._cut_off(context, sub)
         sub.writing = True
         try:
             await context.write(msg)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.api import maintenance_pb2_grpc
+from controller_adapter.base import BackendUnavailable, ControllerError
 from doctor_common.auth import TokenAuth
+from doctor_common.etcd_guard import EtcdError, NotLeader
 from inspector.maintenance.session import OVER_STATES as OVER
 from inspector.maintenance.session import S, Session
 from inspector.maintenance.workflow import Refused, Workflow
@@ -19,6 +21,25 @@ Gate = Callable[..., Awaitable[None]]
 
 async def _refuse(context: grpc.aio.ServicerContext, exc: Refused) -> NoReturn:
     await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+T = TypeVar("T")
+
+
+async def _answer(context: grpc.aio.ServicerContext, gate: Gate, work: Awaitable[T]) -> T:
+    """Run a workflow call; what it raises becomes a status saying what to do (never UNKNOWN)."""
+    try:
+        return await work
+    except Refused as exc:
+        await _refuse(context, exc)
+    except NotLeader as exc:
+        await gate(context)  # names the leader when one is known
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"this replica does not lead any more ({exc}): retry")
+    except (EtcdError, BackendUnavailable) as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"not recorded, nothing changed; try again: {exc}")
+    except ControllerError as exc:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the controller refused: {exc}")
     raise AssertionError("abort returned")  # pragma: no cover
 
 
@@ -50,24 +71,18 @@ class MaintenanceServicer(maintenance_pb2_grpc.MaintenanceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "physical_resource_state: list hosts that all go to 'maintenance' (start a session) "
                                 f"or all back to 'normal' (end it); got {sorted(states) or 'no host'}")
-        try:
-            if states == {"maintenance"}:
-                sessions, done = [await self.workflow.start(principal, request)], _started
-            else:
-                hosts = [r.physical_resource_id for r in request.physical_resource_state]
-                sessions, done = await self.workflow.end(principal, hosts, request.force), _ended
-        except Refused as exc:
-            await _refuse(context, exc)
+        if states == {"maintenance"}:
+            sessions, done = [await _answer(context, self.gate, self.workflow.start(principal, request))], _started
+        else:
+            hosts = [r.physical_resource_id for r in request.physical_resource_state]
+            sessions, done = await _answer(context, self.gate, self.workflow.end(principal, hosts, request.force)), _ended
         for s in sessions:
             await self._follow(context, s, done, "accepted")
 
     async def Retire(self, request: mpb.RetireRequest, context: grpc.aio.ServicerContext) -> None:
         principal = await self.auth.admin(context)
         await self.gate(context)
-        try:
-            s = await self.workflow.retire(principal, request)
-        except Refused as exc:
-            await _refuse(context, exc)
+        s = await _answer(context, self.gate, self.workflow.retire(principal, request))
         await self._follow(context, s, _ended, "accepted")
 
     async def Watch(self, request: mpb.WatchRequest, context: grpc.aio.ServicerContext) -> None:
@@ -83,7 +98,10 @@ class MaintenanceServicer(maintenance_pb2_grpc.MaintenanceServicer):
                       done: Callable[[mpb.SessionInfo], bool], first: str) -> None:
         """The session as it is, then every step until one is ``done`` (judged on the steps sent, not on the
         session, which may be ahead of them)."""
-        queue = self.workflow.watch(s.id)
+        try:
+            queue = self.workflow.watch(s.id)
+        except Refused as exc:
+            await _refuse(context, exc)
         try:
             msg = self.workflow.progress(s, first)
             await context.write(msg)
@@ -107,8 +125,5 @@ class MaintenanceServicer(maintenance_pb2_grpc.MaintenanceServicer):
                     context: grpc.aio.ServicerContext) -> mpb.MaintenanceReplyAck:
         principal = await self.auth.consumer(context)
         await self.gate(context)
-        try:
-            s = await self.workflow.reply(principal, request)
-        except Refused as exc:
-            await _refuse(context, exc)
+        s = await _answer(context, self.gate, self.workflow.reply(principal, request))
         return mpb.MaintenanceReplyAck(session_id=s.id, state=s.state)

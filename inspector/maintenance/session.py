@@ -9,7 +9,7 @@ recorded and nothing is done twice (``workflow.py``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from doctor_common.api import maintenance_pb2 as mpb
@@ -91,7 +91,8 @@ class Session:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Session":
-        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}  # a record written by a newer version: its extras ignored
         d["answers"] = {p: Answer(**a) for p, a in d.get("answers", {}).items()}
         d["servers"] = {i: Outcome(**o) for i, o in d.get("servers", {}).items()}
         return cls(**d)

@@ -82,7 +82,8 @@ class Workflow:
                  cfg: MaintenanceConfig, spawn: Spawn, host_state: Callable[[str], str],
                  blockers: Callable[[str], Awaitable[list[str]]] | None = None,
                  resync: Callable[[str], None] | None = None,
-                 facts: Callable[[str], dict[str, str]] | None = None) -> None:
+                 facts: Callable[[str], dict[str, str]] | None = None,
+                 incident_on: Callable[[str], bool] | None = None) -> None:
         self.controller = controller
         self.resources = resources
         self.publish = publish          # Publisher.publish(notification, also=ops)
@@ -93,6 +94,7 @@ class Workflow:
         self.blockers = blockers or _nothing_wrong   # what says a host is not fit to serve (enable-host's checks)
         self.resync = resync or (lambda _host: None)  # ask the host's agent for its whole state again
         self.facts = facts or (lambda _host: {})     # what the host runs, as its agent says (firmware, hypervisor)
+        self.incident_on = incident_on or (lambda _host: False)  # the fault chain has an open incident there
         self.sessions: dict[str, Session] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, set[asyncio.Queue[mpb.MaintenanceProgress | None]]] = {}
@@ -109,8 +111,14 @@ class Workflow:
         return None
 
     def in_maintenance(self, host: str) -> bool:
+        """Emptied and being worked on (not once its end was asked: it is being returned to service)."""
         s = self.session_of(host)
-        return s is not None and s.state == S.SESSION_STATE_IN_MAINTENANCE
+        return s is not None and s.state == S.SESSION_STATE_IN_MAINTENANCE and not s.ended_by
+
+    def session_active(self, host: str) -> bool:
+        """In a session that has not emptied it yet (its servers may still run there)."""
+        s = self.session_of(host)
+        return s is not None and s.active
 
     # -- a term begins / ends --------------------------------------------------------------------
 
@@ -130,7 +138,7 @@ class Workflow:
         self._asked.clear()
         for queues in self._watchers.values():
             for q in queues:
-                q.put_nowait(None)
+                _end_queue(q)
         self._watchers.clear()
 
     # -- requests ----------------------------------------------------------------------------------
@@ -147,12 +155,13 @@ class Workflow:
             raise Refused("INVALID_ARGUMENT", "a host is listed twice")
         if len(req.reason) > MAX_TEXT:
             raise Refused("INVALID_ARGUMENT", f"reason is longer than {MAX_TEXT} characters")
+        _check_timeouts(req)
         metadata: dict[str, str] = {}
         for host, _, md in wanted:
             if len(md) > MAX_METADATA or any(len(k) > 255 or len(v) > MAX_TEXT for k, v in md.items()):
                 raise Refused("INVALID_ARGUMENT", f"metadata of {host!r}: at most {MAX_METADATA} entries, keys of "
                                                   f"255 and values of {MAX_TEXT} characters")
-            metadata.update({f"{host}.{k}": v for k, v in md.items()})
+            metadata.update({f"{host}/{k}": v for k, v in md.items()})  # host names may hold dots, never "/"
         for host in hosts:
             h = await self._known(host)
             other = self.session_of(host)
@@ -180,8 +189,9 @@ class Workflow:
         ids = list(req.server_ids)
         if not ids:
             raise Refused("INVALID_ARGUMENT", "server_ids lists no server")
-        if len(ids) > MAX_SERVERS or len(set(ids)) != len(ids):
-            raise Refused("INVALID_ARGUMENT", f"server_ids: at most {MAX_SERVERS}, each once")
+        if len(ids) > MAX_SERVERS or len(set(ids)) != len(ids) or any(not i or len(i) > 255 for i in ids):
+            raise Refused("INVALID_ARGUMENT", f"server_ids: at most {MAX_SERVERS} ids of 1-255 characters, each once")
+        _check_timeouts(req)
         if len(req.reason) > MAX_TEXT:
             raise Refused("INVALID_ARGUMENT", f"reason is longer than {MAX_TEXT} characters")
         hosts: list[str] = []
@@ -243,6 +253,11 @@ class Workflow:
         for s in found:
             if not s.ended_by:
                 s.ended_by = principal.name
+                try:
+                    await self._save(s)  # a new leader ends (or cancels) it too
+                except BaseException:
+                    s.ended_by = ""
+                    raise
                 self._progress(s, f"{principal.name} asks to end it")
                 self._wake_up(s)
         return found
@@ -285,12 +300,24 @@ class Workflow:
         if s.state != S.SESSION_STATE_OWNERS_NOTIFIED:  # moved on while the reply was checked
             raise Refused("FAILED_PRECONDITION", f"session {s.id} takes no replies now: it is {state_name(s.state)}")
         projects = sorted({o.project_id for o in mine.values()})
+        before = ({sid: (s.servers[sid].instruction, s.servers[sid].target) for sid in given},
+                  {p: s.answers.get(p) for p in projects})
         for sid, ins in given.items():
             o = s.servers[sid]
             o.instruction, o.target = ins.instruction, ins.target_host
         for p in projects:
             s.answers[p] = Answer(nack=nack, reason=req.reason, by=principal.name)
-        await self._save(s)  # the answer stands once acknowledged
+        try:
+            await self._save(s)  # the answer stands once acknowledged, and only then
+        except BaseException:
+            for sid, (instruction, target) in before[0].items():
+                s.servers[sid].instruction, s.servers[sid].target = instruction, target
+            for p, answer in before[1].items():
+                if answer is None:
+                    s.answers.pop(p, None)
+                else:
+                    s.answers[p] = answer
+            raise
         self._progress(s, f"{'NACK' if nack else 'reply'} from {principal.name} for {', '.join(projects)}"
                           + (f": {req.reason}" if req.reason else ""))
         self._wake_up(s)
@@ -315,7 +342,7 @@ class Workflow:
             s = self.session_of(name) or self._last_session(name)
             if s is not None:
                 info.session.CopyFrom(s.info())
-                prefix = f"{name}."
+                prefix = f"{name}/"
                 info.metadata.update({k[len(prefix):]: v for k, v in s.metadata.items() if k.startswith(prefix)})
             out.append(info)
         return out
@@ -380,16 +407,24 @@ class Workflow:
             h = self.resources.hosts.get(host)
             if h is not None and h.forced_down:
                 raise _Rollback(f"host {host} was fenced by the fault chain")
+            if self.incident_on(host):
+                # suspected, held or being fenced: the fault chain has it; it must not go into maintenance with
+                # an incident pending (a later retry could power it off while it is worked on)
+                raise _Rollback(f"a fault on host {host} is being handled by the fault chain")
         if s.ended_by:
             raise _Rollback(f"cancelled by {s.ended_by}")
 
     async def _step(self, s: Session, state: int, event: str, notice: bool = False) -> None:
         """Record the session at ``state`` (with the owners' notice in the same write when ``notice``)."""
-        s.state = state
-        if notice:
-            await self._publish(s)
-        else:
-            await self._save(s)
+        previous, s.state = s.state, state
+        try:
+            if notice:
+                await self._publish(s)
+            else:
+                await self._save(s)
+        except BaseException:
+            s.state = previous  # not recorded: the step is done again (its actions are idempotent)
+            raise
         self._progress(s, event)
 
     async def _disable(self, s: Session) -> None:
@@ -507,11 +542,13 @@ class Workflow:
             await self._save(s)
         while True:
             self._check(s)
-            failed = await self.controller.set_servers_running([o.server_id], False)
-            if failed:
-                o.error = f"shutting {o.server_id} down failed: {failed[o.server_id]}"
-                await self._save(s)
-                raise _Rollback(o.error)
+            if (s.id, o.server_id) not in self._asked:  # asked once by this process (a shutdown takes a while)
+                failed = await self.controller.set_servers_running([o.server_id], False)
+                if failed:
+                    o.error = f"shutting {o.server_id} down failed: {failed[o.server_id]}"
+                    await self._save(s)
+                    raise _Rollback(o.error)
+                self._asked.add((s.id, o.server_id))
             here = {x.id: x for x in await self.controller.servers_on_host(o.from_host)}
             srv = here.get(o.server_id)
             if srv is not None and srv.state is ServerState.STOPPED:
@@ -573,8 +610,12 @@ class Workflow:
         log.warning("maintenance session %s: %s back in service (%s)", s.id, ", ".join(s.hosts), s.ended_by)
 
     async def _rollback(self, s: Session) -> None:
+        """Enable the hosts again and start the servers left shut down; retried (capped backoff) until done: a
+        session is never left half rolled back and forgotten."""
         errors: list[str] = []
-        for attempt in range(ROLLBACK_ATTEMPTS):
+        attempt = 0
+        while True:
+            attempt += 1
             errors = []
             for host in [] if s.retire else s.hosts:
                 try:
@@ -588,11 +629,10 @@ class Workflow:
                 errors.append(f"the servers left shut down could not be started again: {exc}")
             if not errors:
                 break
-            await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
-        if errors:
-            s.detail = f"{s.detail}; {'; '.join(errors)}"
-            await self._step(s, S.SESSION_STATE_FAILED, "rollback incomplete: " + "; ".join(errors), notice=True)
-            return
+            if attempt == ROLLBACK_ATTEMPTS:
+                log.error("maintenance session %s: rollback not done yet, still trying: %s", s.id, "; ".join(errors))
+                self._progress(s, "rollback not done yet, still trying: " + "; ".join(errors))
+            await asyncio.sleep(min(0.2 * 2 ** min(attempt, 10), 30.0))
         await self._step(s, S.SESSION_STATE_ROLLED_BACK, "rolled back: hosts enabled, owners told", notice=True)
 
     # -- notices, progress, waiting ------------------------------------------------------------------
@@ -612,11 +652,11 @@ class Workflow:
         physical = [common_pb2.PhysicalResourceInfo(
             physical_resource_id=h, physical_resource_state="maintenance" if hs == common_pb2.HOST_STATUS_MAINTENANCE
             else "normal", zone_id=self.resources.hosts[h].zone if h in self.resources.hosts else "", host_status=hs,
-            metadata={k.split(".", 1)[1]: v for k, v in s.metadata.items() if k.startswith(f"{h}.")})
+            metadata={k[len(h) + 1:]: v for k, v in s.metadata.items() if k.startswith(f"{h}/")})
             for h in s.hosts]
         notice = mpb.MaintenanceNotification(
             session_id=s.id, state=s.state, reply_deadline_unix_nanos=s.reply_deadline_ns if asked else 0,
-            allowed=list(s.allowed) if asked else [], reason=s.detail if s.over else s.reason,
+            allowed=list(s.allowed) if asked else [], reason=s.reason,  # s.detail may name other projects
             servers=[o.to_proto() for o in s.servers.values()])
         n = fault_pb2.FaultNotification(notification_id=f"maintenance.{s.id}.{state_name(s.state)}",
                                         event_time_unix_nanos=time.time_ns(), virtual_resource_info=virtual,
@@ -631,9 +671,7 @@ class Workflow:
                 q.put_nowait(msg)
             except asyncio.QueueFull:  # a watcher that stopped reading is let go; the session is not held
                 self._watchers[s.id].discard(q)
-                while not q.empty():
-                    q.get_nowait()
-                q.put_nowait(None)
+                _end_queue(q)
 
     def _settled(self, s: Session) -> None:
         """Over: its durable record goes (StateQuery keeps it in memory, as the last of its hosts)."""
@@ -680,6 +718,22 @@ class Workflow:
     def _last_session(self, host: str) -> Session | None:
         mine = [s for s in self.sessions.values() if host in s.hosts]
         return max(mine, key=lambda s: s.created_ns) if mine else None
+
+
+MAX_TIMEOUT_S = 86400
+
+
+def _check_timeouts(req: mpb.StateChangeRequest | mpb.RetireRequest) -> None:
+    for name in ("reply_timeout_s", "empty_timeout_s"):
+        if getattr(req, name) > MAX_TIMEOUT_S:
+            raise Refused("INVALID_ARGUMENT", f"{name}: at most {MAX_TIMEOUT_S} (a day); 0 for the default")
+
+
+def _end_queue(q: "asyncio.Queue[mpb.MaintenanceProgress | None]") -> None:
+    """Tell a watcher's stream to end: its backlog is dropped so the end always fits."""
+    while not q.empty():
+        q.get_nowait()
+    q.put_nowait(None)
 
 
 async def _nothing_wrong(_host: str) -> list[str]:

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,6 +73,7 @@ class Responding(Protocol):
     fencer: IpmiFencer
     alarms: AlarmStore
     timelines: deque[diagnostics_pb2.FaultTimeline]
+    in_maintenance: Callable[[str], bool]
 
     def bmc_for(self, host: str) -> Bmc | None: ...
 
@@ -187,6 +188,10 @@ class Recovery:
             self._deciding.discard(alarm.id)
 
     async def _judge(self, alarm: Alarm) -> None:
+        if self.r.in_maintenance(alarm.host):
+            # emptied and being worked on (a suspicion from before, judged again): never powered off for it
+            await self.r.withdraw(alarm, "the host is in maintenance: being worked on, nobody on it to protect")
+            return
         retry = alarm.id in self._granted  # judged fit before (its fence failed): no second token
         j = self.guard.judge(alarm.host, silence=alarm.silence, fence_shared=self._fences_shared(), retry=retry)
         if j.verdict is Verdict.WITHDRAW:
