@@ -138,8 +138,9 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:  # before the first Hello, which carries them; bounded: a hanging probe delays nothing for long
-            self.state.facts = await asyncio.wait_for(asyncio.to_thread(host_facts), FACTS_TIMEOUT_S)
-        except (asyncio.TimeoutError, OSError) as exc:
+            async with asyncio.timeout(FACTS_TIMEOUT_S):  # not wait_for: it can swallow a cancellation on 3.11
+                self.state.facts = await asyncio.to_thread(host_facts)
+        except (TimeoutError, OSError) as exc:
             log.warning("host facts (firmware, hypervisor versions) not read: %s", exc or type(exc).__name__)
         for sup in self.supervisors:
             self.tasks.append(asyncio.create_task(sup.run(), name=f"checker-{sup.checker.name}"))

@@ -211,8 +211,11 @@ class SocketCheck(Check):
         per_try = self.schedule.timeout_s * 0.8 / len(self.paths)
         for path in self.paths:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), per_try)
-            except (OSError, asyncio.TimeoutError) as exc:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as the
+                # connection is made (gh-86296), and the checker's loop then never stops
+                async with asyncio.timeout(per_try):
+                    _, writer = await asyncio.open_unix_connection(path)
+            except (OSError, TimeoutError) as exc:
                 errors.append(f"{path}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else 'timeout'}")
                 continue
             writer.close()

@@ -169,9 +169,12 @@ class PollingChecker:
         """One timed run of ``check``; failures become ``check.failed()`` readings."""
         started_ns, t0 = now_ns(), time.perf_counter()
         try:
-            readings = await asyncio.wait_for(check.probe(), check.schedule.timeout_s)
+            # not asyncio.wait_for: on 3.11 it can swallow a cancellation that arrives as the probe finishes (a
+            # thread's result, gh-86296), and the checker then never stops
+            async with asyncio.timeout(check.schedule.timeout_s):
+                readings = await check.probe()
             result, detail = outcome(readings), ""
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result, detail = "timeout", f"timed out after {check.schedule.timeout_s:g}s"
             readings = check.failed(detail)
         except Exception as exc:  # a failed run is an outcome, not the checker's end
