@@ -146,8 +146,9 @@ class EtcdEmbeddedController:
         """Read every state key afresh (a takeover reads what the last leader left, whatever the watch saw).
         Merged key by key: a watch event newer than this read is kept."""
         client = self._require()
-        try:
-            r = await asyncio.wait_for(client.get_prefix(self._base), self._timeout_s)
+        try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (gh-86296)
+            async with asyncio.timeout(self._timeout_s):
+                r = await client.get_prefix(self._base)
         except TRANSIENT as exc:
             raise BackendUnavailable(f"etcd: cannot read the controller's state: {exc}") from exc
         at = r.header.revision
@@ -357,7 +358,8 @@ class EtcdEmbeddedController:
         client = self._require()
         for key in keys:
             try:
-                kv = await asyncio.wait_for(client.get(key), self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    kv = await client.get(key)
             except TRANSIENT:
                 return
             where = self._split(key)

@@ -506,10 +506,11 @@ class Workflow:
                 if o.server_id in {x.id for x in await self.controller.servers_on_host(o.from_host)}:
                     left_s = max(0.1, (s.empty_deadline_ns - time.time_ns()) / 1e9)
                     try:  # a backend that waits for its migration (OpenStack) waits at most until the deadline
-                        await asyncio.wait_for(self.controller.migrate_server(
-                            o.server_id, o.target or None, live=o.instruction == mpb.INSTRUCTION_LIVE_MIGRATE, wait=True),
-                            left_s)
-                    except asyncio.TimeoutError:
+                        async with asyncio.timeout(left_s):
+                            await self.controller.migrate_server(
+                                o.server_id, o.target or None, live=o.instruction == mpb.INSTRUCTION_LIVE_MIGRATE,
+                                wait=True)
+                    except TimeoutError:
                         o.error = f"the move of {o.server_id} did not finish within {s.empty_timeout_s:.0f}s"
                         await self._save(s)
                         raise _Rollback(o.error) from None
@@ -701,9 +702,10 @@ class Workflow:
     async def _sleep(self, s: Session, seconds: float) -> None:
         """Until woken (a reply, an end) or ``seconds`` pass, at most a second: fencing is checked that often."""
         ev = self._wake.setdefault(s.id, asyncio.Event())
-        try:
-            await asyncio.wait_for(ev.wait(), min(max(seconds, 0.0), 1.0))
-        except asyncio.TimeoutError:
+        try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the term's cancellation (gh-86296)
+            async with asyncio.timeout(min(max(seconds, 0.0), 1.0)):
+                await ev.wait()
+        except TimeoutError:
             pass
         ev.clear()
 
