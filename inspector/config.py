@@ -50,6 +50,7 @@ class InspectorConfig:
     subscription_expiry_s: float = 86400.0
     notifier_state: str = ""             # standalone: the SQLite file of the log and subscriptions ("" in memory)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    max_handshakes: int = 256            # agent Hellos, and subscriptions being set up, at once (each kind)
 
 
 def _bmc(s: Section) -> Bmc:
@@ -150,6 +151,7 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
     opts["takeover_grace_s"] = i.int("takeover_grace_ms", 10_000, min=0) / 1000
     opts["absent_poll_s"] = i.int("absent_poll_ms", 2000, min=50) / 1000
     opts["agent_return_deadline_s"] = i.float("agent_return_deadline_s", 300.0, min=1.0)
+    opts["max_handshakes"] = i.int("max_handshakes", 256, min=1, max=100_000)
     i.done()
 
     c = root.section("controller")

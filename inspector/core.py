@@ -28,6 +28,7 @@ from doctor_common.api import (
     fault_pb2,
     maintenance_pb2_grpc,
 )
+from doctor_common.admission import Admission
 from doctor_common.config import ConfigError
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
@@ -132,6 +133,9 @@ class Inspector:
                                           hold_s, self.probe.alive)
         self.consumer_redirects = Redirector(self.leader_endpoint, lambda: self.acting, cfg.advertise, hold_s,
                                              self.probe.alive)
+        # a reconnect storm converges: handshakes beyond these are turned away at once, to retry with backoff
+        self.agent_admission = Admission(cfg.max_handshakes)
+        self.subscription_admission = Admission(cfg.max_handshakes)
         self.server: grpc.aio.Server | None = None
         self.health: Any = None
         self.ports: list[int] = []
@@ -279,9 +283,11 @@ class Inspector:
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
-            self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch), server)
+            self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch,
+            admission=self.agent_admission), server)
         add_fault_management(FaultManagementServicer(
-            self.auth, self.view, self.log, self.registry, self.book, self.require_leader), server)
+            self.auth, self.view, self.log, self.registry, self.book, self.require_leader,
+            admission=self.subscription_admission), server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(self), server)
         diagnostics_pb2_grpc.add_HostsServicer_to_server(HostsServicer(self), server)
         maintenance_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(

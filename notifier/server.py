@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import grpc
 
 from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc
+from doctor_common.admission import UNBOUNDED, Admission, Ticket
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.shielded import shielded
 from doctor_common.timeline import Stage, now_ns, stamp
@@ -115,8 +116,9 @@ async def _always(_context: grpc.aio.ServicerContext, key: str = "") -> None:
 class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
     def __init__(self, auth: TokenAuth, state: FaultState, log_: NotificationLog, registry: Registry,
                  book: SubscriptionBook | None = None,
-                 gate: Callable[..., Awaitable[None]] = _always) -> None:
+                 gate: Callable[..., Awaitable[None]] = _always, admission: Admission = UNBOUNDED) -> None:
         self.auth = auth
+        self.admission = admission  # subscriptions set up at once (snapshot and replay: doctor_common/admission)
         self.state = state
         self.log = log_
         self.registry = registry
@@ -142,6 +144,16 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
     async def Subscribe(self, request: fault_pb2.SubscribeRequest, context: grpc.aio.ServicerContext) -> None:
         principal = await self.auth.consumer(context)
         await self.gate(context, request.subscription_id)  # a resuming subscription may be held a moment
+        if not self.admission.enter():
+            await self.admission.refuse(context, "subscription")
+        ticket = self.admission.ticket()
+        try:
+            await self._subscribe(request, context, principal, ticket)
+        finally:
+            ticket.done()
+
+    async def _subscribe(self, request: fault_pb2.SubscribeRequest, context: grpc.aio.ServicerContext,
+                         principal: Principal, ticket: Ticket) -> None:
         flt = await self._filter(principal, request.filter, context)
         resume = request.resume_after
         if resume > self.log.last_sequence:
@@ -181,6 +193,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                     if view is not None:
                         await self._deliver(context, sub, delivery(view))
                 del missed
+            ticket.done()  # set up: the next subscription may be admitted
             while True:
                 item = await sub.next()
                 if item is None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 import grpc
 
 from controller_adapter.base import NotFound
+from doctor_common.admission import UNBOUNDED, Admission
 from doctor_common.agent_limits import MAX_BATCH
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.auth import TokenAuth
@@ -78,8 +79,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                  on_state: Callable[[HostRecord, agent_pb2.ComponentState, Trigger], None],
                  heartbeat_interval_ms: int, gate: LeaderGate | None = None,
                  is_switch: Callable[[str], bool] = lambda _name: False,
-                 on_switch: Callable[[str, agent_pb2.ComponentState], None] = lambda _name, _state: None) -> None:
+                 on_switch: Callable[[str, agent_pb2.ComponentState], None] = lambda _name, _state: None,
+                 admission: Admission = UNBOUNDED) -> None:
         self.auth = auth
+        self.admission = admission  # Hellos reconciled at once (a reconnect storm converges, doctor_common/admission)
         self.liveness = liveness
         self.known_host = known_host  # coroutine: raises NotFound for an unknown host
         self.on_state = on_state      # called for every component transition, schedules the response
@@ -103,81 +106,88 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
 
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
-        epoch = self.gate.epoch()
+        if not self.admission.enter():
+            await self.admission.refuse(context, "agent")
+        ticket = self.admission.ticket()
         try:
-            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
-        except (StopAsyncIteration, asyncio.TimeoutError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be Hello")
-        if isinstance(first, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.error)
-        if first.WhichOneof("kind") != "hello":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"the first message on the stream must be Hello, got {first.WhichOneof('kind')}")
-        hello = first.hello
-        try:
-            check_hello(hello)
-        except BadMessage as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        await self._host_for(hello.host_id, context)
-        if epoch is None:  # a follower: send it to the leader (held here while that is still being decided)
-            leader = await self.gate.agent_target(hello.host_id)
             epoch = self.gate.epoch()
-            if epoch is None:
-                if leader:
-                    yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
-                    return
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader is elected yet: try again")
-        elif self.gate.epoch() != epoch:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "leadership changed while connecting: reconnect")
-
-        rec = self.liveness.record(hello.host_id)
-        stream = object()
-        rebooted = await self.liveness.attach(rec, stream, hello, context.peer())
-        rec.credential = self.auth.credential(context) if await self.auth.agent_host(context) is not None else b""
-        rec.revoked = False
-        yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=self.heartbeat_interval_ms))
-        try:
-            if rebooted:
-                self._restarted(rec)
-            self._reconcile(rec, hello)
-            async for msg in request_iterator:
-                if isinstance(msg, Undecodable):
-                    raise BadMessage(msg.error)
-                if self.gate.epoch() != epoch:  # the term this stream was opened in is over
-                    leader = self.gate.agent_redirect()
+            try:
+                first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
+            except (StopAsyncIteration, asyncio.TimeoutError):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be Hello")
+            if isinstance(first, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.error)
+            if first.WhichOneof("kind") != "hello":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"the first message on the stream must be Hello, got {first.WhichOneof('kind')}")
+            hello = first.hello
+            try:
+                check_hello(hello)
+            except BadMessage as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await self._host_for(hello.host_id, context)
+            if epoch is None:  # a follower: send it to the leader (held here while that is still being decided)
+                leader = await self.gate.agent_target(hello.host_id)
+                epoch = self.gate.epoch()
+                if epoch is None:
                     if leader:
                         yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
                         return
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica stopped leading: reconnect")
-                if rec.stream is not stream:
-                    await context.abort(grpc.StatusCode.ABORTED, "a newer stream of this host took over")
-                if rec.revoked:
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                        "this agent's token was withdrawn (the inspector's configuration was reloaded "
-                                        "without it)")
-                await self.liveness.heard(rec)
-                if rec.resync:
-                    rec.resync = False
-                    yield agent_pb2.GatewayMessage(resync=agent_pb2.Resync())
-                kind = msg.WhichOneof("kind")
-                if kind == "events":
-                    acked = self._events(rec, msg.events)
-                    if acked:
-                        yield agent_pb2.GatewayMessage(ack=agent_pb2.Ack(sequence=acked))
-                elif kind == "heartbeat":
-                    self.liveness.heartbeat(rec, msg.heartbeat.sent_unix_nanos)
-                elif kind == "health":
-                    check_health(msg.health)
-                    rec.health = msg.health
-                elif kind == "goodbye":
-                    rec.goodbye = True
-                elif kind == "hello":
-                    raise BadMessage("Hello may be sent only once per stream")
-        except BadMessage as exc:
-            log.warning("agent %s sent a bad message: %s", hello.host_id, exc)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader is elected yet: try again")
+            elif self.gate.epoch() != epoch:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "leadership changed while connecting: reconnect")
+
+            rec = self.liveness.record(hello.host_id)
+            stream = object()
+            rebooted = await self.liveness.attach(rec, stream, hello, context.peer())
+            rec.credential = self.auth.credential(context) if await self.auth.agent_host(context) is not None else b""
+            rec.revoked = False
+            yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=self.heartbeat_interval_ms))
+            try:
+                if rebooted:
+                    self._restarted(rec)
+                self._reconcile(rec, hello)
+                ticket.done()  # the handshake is over: the next agent may be admitted
+                async for msg in request_iterator:
+                    if isinstance(msg, Undecodable):
+                        raise BadMessage(msg.error)
+                    if self.gate.epoch() != epoch:  # the term this stream was opened in is over
+                        leader = self.gate.agent_redirect()
+                        if leader:
+                            yield agent_pb2.GatewayMessage(redirect=agent_pb2.Redirect(leader_endpoint=leader))
+                            return
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica stopped leading: reconnect")
+                    if rec.stream is not stream:
+                        await context.abort(grpc.StatusCode.ABORTED, "a newer stream of this host took over")
+                    if rec.revoked:
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                            "this agent's token was withdrawn (the inspector's configuration was reloaded "
+                                            "without it)")
+                    await self.liveness.heard(rec)
+                    if rec.resync:
+                        rec.resync = False
+                        yield agent_pb2.GatewayMessage(resync=agent_pb2.Resync())
+                    kind = msg.WhichOneof("kind")
+                    if kind == "events":
+                        acked = self._events(rec, msg.events)
+                        if acked:
+                            yield agent_pb2.GatewayMessage(ack=agent_pb2.Ack(sequence=acked))
+                    elif kind == "heartbeat":
+                        self.liveness.heartbeat(rec, msg.heartbeat.sent_unix_nanos)
+                    elif kind == "health":
+                        check_health(msg.health)
+                        rec.health = msg.health
+                    elif kind == "goodbye":
+                        rec.goodbye = True
+                    elif kind == "hello":
+                        raise BadMessage("Hello may be sent only once per stream")
+            except BadMessage as exc:
+                log.warning("agent %s sent a bad message: %s", hello.host_id, exc)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            finally:
+                await self.liveness.detach(rec, stream)
         finally:
-            await self.liveness.detach(rec, stream)
+            ticket.done()
 
     def _restarted(self, rec: HostRecord) -> None:
         """The seeds' "host restarted" fault: raised (its owners' servers went down with it) and, the host being

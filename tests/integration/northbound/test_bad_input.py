@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2, fault_pb2, fault_pb2_grpc
 from doctor_common.client import DoctorClient
 from doctor_common.grpcutil import auth_metadata
-from doctor_common.lab.cloud import Lab
+from doctor_common.lab.cloud import Lab, wait_for
 
 from .conftest import GHOST_TOKEN
 
@@ -268,3 +269,45 @@ async def test_slow_consumer_is_cut_off_without_delaying_others(lab: Lab) -> Non
                     break
     assert slow_got + rest == fast_got
     await assert_still_serving(lab)
+
+
+async def test_a_reconnect_storm_is_admitted_at_the_rate_handshakes_finish() -> None:
+    """With max_handshakes = 1, an agent stream that has not sent its Hello holds the only handshake: another
+    agent is turned away at once with UNAVAILABLE ("busy ... retry"), not queued; once the Hello is in, the next
+    is admitted. Subscriptions give their ticket back once set up, so they never run out."""
+    lab = Lab(hosts=2, servers_per_host=1, netns=False)
+    write = lab.write_files
+
+    def with_one_handshake() -> Path:
+        cfg = write()
+        cfg.write_text(cfg.read_text().replace("[inspector]\n", "[inspector]\nmax_handshakes = 1\n", 1))
+        return cfg
+    lab.write_files = with_one_handshake  # type: ignore[method-assign]
+    await lab.start(agents=False)
+    try:
+        async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+            stub = agent_pb2_grpc.AgentGatewayStub(ch)
+            first = stub.Connect(metadata=auth_metadata(lab.hosts["compute-1"].agent_token))
+            await first.wait_for_connection()
+            await wait_for(lambda: lab.inspector.agent_admission.active == 1, 5, 0.01, "the first handshake")
+            second = stub.Connect(metadata=auth_metadata(lab.hosts["compute-2"].agent_token))
+            await second.write(hello("compute-2", boot="b2"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await second.read()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "busy" in (err.value.details() or "")
+            await first.write(hello("compute-1", boot="b1"))
+            assert (await first.read()).WhichOneof("kind") == "config"
+            await wait_for(lambda: lab.inspector.agent_admission.active == 0, 5, 0.01, "the handshake given back")
+            third = stub.Connect(metadata=auth_metadata(lab.hosts["compute-2"].agent_token))
+            await third.write(hello("compute-2", boot="b3"))
+            assert (await third.read()).WhichOneof("kind") == "config"
+            first.cancel()
+            third.cancel()
+        for _ in range(3):  # one at a time is enough for subscriptions set up one after the other
+            async with DoctorClient(lab.endpoint, lab.tokens["admin"]) as c:
+                msg = await c.subscribe_once().__anext__()
+                assert msg.WhichOneof("kind") == "subscribed"
+        assert lab.inspector.subscription_admission.active <= 1
+        assert lab.inspector.agent_admission.refused == 1
+    finally:
+        await lab.close()
