@@ -12,9 +12,12 @@ converges at the rate the server can admit.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 RETRY_AFTER_MS = 200
+MAX_HOLD_S = 10.0  # a handshake keeps its place at most this long
 
 
 class Admission:
@@ -35,8 +38,14 @@ class Admission:
     def leave(self) -> None:
         self.active = max(0, self.active - 1)
 
-    def ticket(self) -> "Ticket":
-        return Ticket(self)
+    def ticket(self, max_hold_s: float | None = MAX_HOLD_S) -> "Ticket":
+        """The place of a handshake just admitted (``enter()`` was True); given back by ``done()``, or after
+        ``max_hold_s`` whatever the handshake does: a client that stops reading mid-handshake (its snapshot
+        unread) must not keep its place, and with it everyone else out."""
+        t = Ticket(self)
+        if max_hold_s is not None:
+            t.timer = asyncio.get_running_loop().call_later(max_hold_s, t.done)
+        return t
 
     async def refuse(self, context: grpc.aio.ServicerContext, what: str) -> None:
         await context.abort(grpc.StatusCode.UNAVAILABLE,
@@ -45,14 +54,18 @@ class Admission:
 
 
 class Ticket:
-    """One admitted handshake: given back once, when it is over or the stream ends first."""
+    """One admitted handshake: given back once, when it is over, its stream ends first, or it took too long."""
 
-    __slots__ = ("admission", "held")
+    __slots__ = ("admission", "held", "timer")
 
     def __init__(self, admission: Admission) -> None:
         self.admission, self.held = admission, True
+        self.timer: asyncio.TimerHandle | None = None
 
     def done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.held:
             self.held = False
             self.admission.leave()

@@ -106,15 +106,16 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
 
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be Hello")
+        # admitted once its Hello is in: a stream that says nothing holds no place in the queue
         if not self.admission.enter():
             await self.admission.refuse(context, "agent")
         ticket = self.admission.ticket()
         try:
             epoch = self.gate.epoch()
-            try:
-                first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
-            except (StopAsyncIteration, asyncio.TimeoutError):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be Hello")
             if isinstance(first, Undecodable):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.error)
             if first.WhichOneof("kind") != "hello":

@@ -272,9 +272,9 @@ async def test_slow_consumer_is_cut_off_without_delaying_others(lab: Lab) -> Non
 
 
 async def test_a_reconnect_storm_is_admitted_at_the_rate_handshakes_finish() -> None:
-    """With max_handshakes = 1, an agent stream that has not sent its Hello holds the only handshake: another
-    agent is turned away at once with UNAVAILABLE ("busy ... retry"), not queued; once the Hello is in, the next
-    is admitted. Subscriptions give their ticket back once set up, so they never run out."""
+    """With max_handshakes = 1 and that one handshake in progress, an agent's Hello is turned away at once with
+    UNAVAILABLE ("busy ... retry"), not queued; once the handshake is over, the next is admitted. A stream that
+    has not said Hello holds no place. Subscriptions give their place back once set up: they never run out."""
     lab = Lab(hosts=2, servers_per_host=1, netns=False)
     write = lab.write_files
 
@@ -287,21 +287,22 @@ async def test_a_reconnect_storm_is_admitted_at_the_rate_handshakes_finish() -> 
     try:
         async with grpc.aio.insecure_channel(lab.endpoint) as ch:
             stub = agent_pb2_grpc.AgentGatewayStub(ch)
-            first = stub.Connect(metadata=auth_metadata(lab.hosts["compute-1"].agent_token))
-            await first.wait_for_connection()
-            await wait_for(lambda: lab.inspector.agent_admission.active == 1, 5, 0.01, "the first handshake")
+            silent = stub.Connect(metadata=auth_metadata(lab.hosts["compute-1"].agent_token))
+            await silent.wait_for_connection()  # says nothing: holds no place
+            admission = lab.inspector.agent_admission
+            assert admission.active == 0
+            assert admission.enter()  # a handshake in progress (a Hello being reconciled)
             second = stub.Connect(metadata=auth_metadata(lab.hosts["compute-2"].agent_token))
             await second.write(hello("compute-2", boot="b2"))
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await second.read()
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "busy" in (err.value.details() or "")
-            await first.write(hello("compute-1", boot="b1"))
-            assert (await first.read()).WhichOneof("kind") == "config"
-            await wait_for(lambda: lab.inspector.agent_admission.active == 0, 5, 0.01, "the handshake given back")
+            admission.leave()  # that handshake is over
             third = stub.Connect(metadata=auth_metadata(lab.hosts["compute-2"].agent_token))
             await third.write(hello("compute-2", boot="b3"))
             assert (await third.read()).WhichOneof("kind") == "config"
-            first.cancel()
+            await wait_for(lambda: admission.active == 0, 5, 0.01, "its place given back")
+            silent.cancel()
             third.cancel()
         for _ in range(3):  # one at a time is enough for subscriptions set up one after the other
             async with DoctorClient(lab.endpoint, lab.tokens["admin"]) as c:
