@@ -273,6 +273,12 @@ def server_migrations(conn: Any, server_id: str) -> list[Any]:
     return list(conn.compute.migrations(instance_uuid=server_id))
 
 
+def unconfirmed_resizes(conn: Any, host: str) -> list[str]:
+    """Servers whose cold migration from ``host`` finished and waits for confirmResize."""
+    return sorted({m.server_id for m in conn.compute.migrations(host=host)
+                   if (m.status or "").lower() == "finished" and m.source_compute == host})
+
+
 def busy_migrations(conn: Any, host: str) -> list[Any]:
     """Migrations from or to ``host`` that are not over."""
     return [m for m in conn.compute.migrations(host=host) if (m.status or "").lower() not in TERMINAL_MIGRATION]

@@ -167,4 +167,9 @@ class Controller(Protocol):
         """No servers on the host and no migration from it in progress."""
         ...
 
+    async def settle_migrations(self, host: str) -> int:
+        """Finish what moves from ``host`` wait for from us (Nova: a cold migration's confirmResize, which a
+        caller that stopped waiting — a leader that died, a deadline — never sent); returns how many."""
+        ...
+
     async def close(self) -> None: ...

@@ -290,6 +290,20 @@ class OpenStackController:
         finally:
             self._servers_changed()
 
+    async def settle_migrations(self, host: str) -> int:
+        waiting = await self._call(f"migrations of {host}", sdk.unconfirmed_resizes, host, retry=True,
+                                   policy="os_compute_api:os-migrations:index")
+        for server_id in waiting:
+            try:
+                await self._call(f"confirm the resize of {server_id}", sdk.confirm_resize, server_id, retry=False,
+                                 policy="os_compute_api:servers:confirm_resize")
+            except ControllerError as exc:
+                if exc.status != 409:  # confirmed meanwhile (by Nova's resize_confirm_window, another call)
+                    raise
+        if waiting:
+            self._servers_changed()
+        return len(waiting)
+
     async def _migration_ids(self, server_id: str) -> set[int]:
         found = await self._call(f"migrations of {server_id}", sdk.server_migrations, server_id, retry=True,
                                  policy="os_compute_api:os-migrations:index")

@@ -143,7 +143,14 @@ class Workflow:
 
     # -- requests ----------------------------------------------------------------------------------
 
+    def _require_durable(self) -> None:
+        if not getattr(self.durable, "persistent", False):
+            raise Refused("FAILED_PRECONDITION", "maintenance needs state that outlives this process (a restart "
+                                                 "would forget the session and leave its hosts disabled): set "
+                                                 "[notifier] state (standalone) or run replicated with [etcd]")
+
     async def start(self, principal: Principal, req: mpb.StateChangeRequest) -> Session:
+        self._require_durable()
         wanted = [(r.physical_resource_id, r.physical_resource_state, dict(r.metadata))
                   for r in req.physical_resource_state]
         hosts = [h for h, _, _ in wanted]
@@ -186,6 +193,7 @@ class Workflow:
 
     async def retire(self, principal: Principal, req: mpb.RetireRequest) -> Session:
         """VM retirement: the consent flow for named servers; no host is disabled."""
+        self._require_durable()
         ids = list(req.server_ids)
         if not ids:
             raise Refused("INVALID_ARGUMENT", "server_ids lists no server")
@@ -583,6 +591,8 @@ class Workflow:
                 others = [x for x in on if x not in left]
                 # with servers left on it, the host is empty of the others (it cannot be "empty" for the controller)
                 if others or (len(others) == len(on) and not await self.controller.host_is_empty(h)):
+                    if not others and await self.controller.settle_migrations(h):
+                        continue  # moves that waited for us (an interrupted cold migration's confirmation)
                     full[h] = others
             if not full:
                 break

@@ -39,6 +39,8 @@ T = TypeVar("T")
 class NullDurable:
     """Standalone: always acting, nothing persisted."""
 
+    persistent = False  # what is written here does not outlive the process (maintenance refuses to run on it)
+
     def check(self) -> None:
         return None
 
@@ -78,6 +80,8 @@ class NullDurable:
 
 
 class EtcdDurable(NullDurable):
+    persistent = True
+
     def __init__(self, store: EtcdStore) -> None:
         self.store = store
         self.alarms = store.collection("alarms", *json_codec())
@@ -162,6 +166,8 @@ class LocalDurable(NullDurable):
     """Standalone with a local file (``[notifier] state``): alarms, hosts and the recovery journal in SQLite,
     each alarm change in the same transaction as the log append announcing it, so a restart carries on like
     a new leader does (only this process ever acts: no term to check)."""
+
+    persistent = True
 
     def __init__(self, state: SqliteState, node_id: str = "") -> None:
         self.state = state

@@ -14,11 +14,13 @@ from tests.integration.test_fault_chain_openstack import OpenStackLab, api_calls
 from tests.openstack_cloud import FakeCloud
 
 S = mpb.SessionState
+DURABLE = '[notifier]\nstate = "notifications.sqlite"\n'  # maintenance needs state that outlives the process
 
 
 async def test_a_session_through_nova(tmp_path: Any) -> None:
     cloud = FakeCloud(compute_max="2.90").start()
     lab = OpenStackLab(cloud, hosts=3, servers_per_host=2, netns=False)
+    lab.extra_config += DURABLE
     owners: list[Owner] = []
     admin = DoctorClient(lab.endpoint, lab.tokens["admin"])
     try:
@@ -61,6 +63,7 @@ async def test_a_migration_nova_fails_rolls_the_session_back_at_once(tmp_path: A
     its deadline, the compute service is enabled again, and the owner is told vm-1-1 is still on compute-1."""
     cloud = FakeCloud(compute_max="2.90", instant_migrations=False).start()
     lab = OpenStackLab(cloud, hosts=3, servers_per_host=1, netns=False)
+    lab.extra_config += DURABLE
     admin = DoctorClient(lab.endpoint, lab.tokens["admin"])
     owner: Owner | None = None
     try:

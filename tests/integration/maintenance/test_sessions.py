@@ -15,6 +15,7 @@ from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.client import DoctorClient
 from doctor_common.grpcutil import auth_metadata
 from doctor_common.lab.cloud import Lab, wait_for
+from inspector.response.durable import NullDurable
 from tests.integration.maintenance.conftest import Progress
 
 S = mpb.SessionState
@@ -306,3 +307,14 @@ async def test_a_retirement_refused_by_its_owner_changes_nothing(site: Any) -> N
     with pytest.raises(grpc.aio.AioRpcError) as err:
         [m async for m in site.admin(lab).retire(["ghost"])]
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_maintenance_refused_without_state_that_outlives_the_process(site: Any) -> None:
+    """A standalone inspector keeping nothing on disk would forget a session on restart and leave its hosts
+    disabled: it refuses maintenance, saying what to configure."""
+    lab = await site(hosts=2, servers_per_host=1)
+    lab.inspector.maintenance.durable = NullDurable()  # what a standalone inspector without a state file has
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [m async for m in site.admin(lab).maintenance_start(["compute-1"])]
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "[notifier] state" in (err.value.details() or "")
+    assert (await host(lab, "compute-1")).status is HostStatus.UP

@@ -212,3 +212,26 @@ async def test_waiting_for_a_live_migration(make_cloud: MakeCloud, make_controll
         await asyncio.wait_for(failing, 5)
     assert cloud.server("s1").host == "c1"
 
+
+
+async def test_an_unconfirmed_cold_migration_is_settled(make_cloud: MakeCloud, make_controller: MakeController) -> None:
+    """A cold migration whose caller stopped waiting (a leader that died after Nova finished it) holds its source
+    host busy in VERIFY_RESIZE: settle_migrations confirms it, once, and the host is empty."""
+    cloud = make_cloud(instant_migrations=False)
+    cloud.add_host("c1")
+    cloud.add_host("c2")
+    cloud.add_server("s1", host="c1", project_id="p1")
+    ctl = await make_controller(cloud)
+    moving = asyncio.create_task(ctl.migrate_server("s1", "c2", live=False))
+    for _ in range(200):  # bounded: the migration reaches the cloud within a few polls
+        if cloud.migrations():
+            break
+        await asyncio.sleep(0.01)
+    moving.cancel()  # the caller goes away (its term ended) before Nova finishes
+    await asyncio.gather(moving, return_exceptions=True)
+    cloud.complete_migrations()  # Nova finishes: VERIFY_RESIZE, waiting for a confirmation nobody sends
+    assert cloud.server("s1").status == "VERIFY_RESIZE" and await ctl.host_is_empty("c1") is False
+    assert await ctl.settle_migrations("c1") == 1
+    assert cloud.server("s1").status == "ACTIVE" and [m.status for m in cloud.migrations()] == ["confirmed"]
+    assert await ctl.host_is_empty("c1") is True
+    assert await ctl.settle_migrations("c1") == 0
