@@ -13,10 +13,17 @@ What each operation sends (compute microversion negotiated by the SDK, capped pe
     reset_servers_state        POST /servers/{id}/action           {"os-resetState": {"state": "error"}}  one per server, concurrently
     server_host_status         GET  /servers/{id}                  (host_status from 2.16)
     migrate_server             GET  /servers/{id}, GET /os-services, then POST os-migrateLive | migrate | evacuate
+                               (cold, or wait=True: GET /os-migrations?instance_uuid= until it ends; confirmResize)
+    set_servers_running        GET  /servers/{id}, then POST os-stop | os-start (unless so already or under way)
+    settle_migrations          GET  /os-migrations?host=H, POST confirmResize per finished cold migration
     host_is_empty              GET  /os-services, /servers/detail?host=H, /os-migrations?host=H   concurrently
     ports_on_host              GET  /v2.0/ports?binding:host_id=H
     list_ports                 GET  /v2.0/ports                    (paginated; ports bound to no host left out)
     set_ports_data_plane_status GET /v2.0/extensions/data-plane-status (cached), PUT /v2.0/ports/{id} per port
+
+The fault path's writes (force-down with a known service uuid, os-resetState, data_plane_status) go as
+raw HTTP from the event loop instead, up to ``max_in_flight`` at once (``_openstack_http``): the same
+requests without the SDK's per-call CPU.
 
 Every blocking SDK call runs in a bounded thread pool (``max_workers``) on one
 shared Connection (one token, pooled keep-alive connections); the SDK is
