@@ -180,7 +180,8 @@ class Election:
         held, self._stale = self._stale, None
         if held is not None:
             try:
-                await asyncio.wait_for(self.client.revoke_lease(held.lease_id), self.config.call_timeout_s)
+                async with asyncio.timeout(self.config.call_timeout_s):  # not wait_for (gh-86296)
+                    await self.client.revoke_lease(held.lease_id)
             except TRANSIENT as exc:
                 log.warning("could not revoke lease %x on close (it expires in %ds): %s",
                             held.lease_id, held.granted_ttl, exc)

@@ -44,7 +44,8 @@ async def renew(client: aetcd.Client, lease_id: int, timeout: float) -> Any:
 async def revoke_quietly(client: aetcd.Client, lease_id: int, timeout: float) -> None:
     """Revoke a lease we no longer want; if etcd does not answer, it expires by itself."""
     try:
-        await asyncio.wait_for(client.revoke_lease(lease_id), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation on 3.11 (gh-86296)
+            await client.revoke_lease(lease_id)
     except TRANSIENT as exc:
         log.debug("revoking lease %x: %s (it expires by itself)", lease_id, exc)
 

@@ -104,8 +104,9 @@ class Redirector:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
-                try:
-                    await asyncio.wait_for(self._changed.wait(), left)
+                try:  # asyncio.timeout, not wait_for (gh-86296: it can swallow a cancellation on 3.11)
+                    async with asyncio.timeout(left):
+                        await self._changed.wait()
                 except TimeoutError:
                     return
         finally:

@@ -69,8 +69,11 @@ class IpmiFencer:
                 user, password = credentials(bmc.username, bmc.password)
                 return command.Command(bmc=bmc.address, userid=user, password=password, port=bmc.port)
 
-            return await asyncio.wait_for(
-                start_in_daemon_thread(functools.partial(self._sessions.call, key, login, fn), "ipmi-fence"), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (the term lost) that
+            # arrives as the BMC answers (gh-86296), and a deposed leader would go on to send the power-off
+            async with asyncio.timeout(timeout):
+                return await start_in_daemon_thread(functools.partial(self._sessions.call, key, login, fn),
+                                                    "ipmi-fence")
 
     def _raw(self, command: int, data: tuple[int, ...] = ()) -> Callable[[Any], dict[str, Any]]:
         def call(cmd: Any) -> dict[str, Any]:

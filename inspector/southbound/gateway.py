@@ -107,8 +107,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
         try:
-            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
-        except (StopAsyncIteration, asyncio.TimeoutError):
+            async with asyncio.timeout(HELLO_TIMEOUT_S):  # not wait_for (gh-86296: it can swallow a cancellation)
+                first = await anext(request_iterator)
+        except (StopAsyncIteration, TimeoutError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be Hello")
         # admitted once its Hello is in: a stream that says nothing holds no place in the queue
         if not self.admission.enter():
