@@ -9,7 +9,8 @@ from collections.abc import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,30 @@ def channel_options(keepalive_ms: int = 1000, ping_timeout_ms: int = 500) -> lis
 async def add_health_and_reflection(
     server: grpc.aio.Server, service_names: Iterable[str]
 ) -> health.aio.HealthServicer:
-    """Serve grpc.health.v1 (every service SERVING) and v1alpha server reflection."""
+    """Serve grpc.health.v1 (every service SERVING) and server reflection, v1 and v1alpha."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     names = list(service_names)
     for name in [*names, ""]:
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    add_reflection(server, [*names, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1])
     return servicer
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def add_reflection(server: grpc.aio.Server, names: list[str]) -> None:
+    """grpcio-reflection serves only ``grpc.reflection.v1alpha``; clients that ask ``v1`` only (newer grpcurl,
+    Postman, grpcui) get UNIMPLEMENTED. v1's messages are v1alpha's field for field
+    (grpc/reflection/v1/reflection.proto), so the same servicer answers both."""
+    servicer = reflection_aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1,
+                                                                         {"ServerReflectionInfo": v1}),))
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:

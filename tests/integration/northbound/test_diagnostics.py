@@ -8,7 +8,9 @@ import sys
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2  # v1's messages are v1alpha's, field for field
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from agent.state import AgentState
@@ -44,6 +46,24 @@ async def test_reflection_describes_every_service(lab: Lab) -> None:
     """Server reflection (v1alpha) lists the doctor services and resolves their methods, as grpcurl needs."""
     # the reflection client is blocking: run it off the loop that serves the inspector
     await asyncio.to_thread(_describe, lab.endpoint)
+
+
+async def test_reflection_v1_is_served_too(lab: Lab) -> None:
+    """Clients that speak only grpc.reflection.v1 (newer grpcurl, grpcui, Postman) list the services and get the
+    file describing one, over the v1 method itself."""
+    async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+        call = ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        listed = {s.name for s in (await call.read()).list_services_response.service}
+        assert {"doctor.v1.Maintenance", "doctor.v1.FaultManagement", "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"} <= listed
+        await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol="doctor.v1.Maintenance"))
+        files = (await call.read()).file_descriptor_response.file_descriptor_proto
+        names = {descriptor_pb2.FileDescriptorProto.FromString(f).name for f in files}
+        assert "doctor/v1/maintenance.proto" in names
+        await call.done_writing()
 
 
 def _describe(endpoint: str) -> None:
