@@ -192,6 +192,7 @@ async def main(cfg: AgentConfig) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="doctor-agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", "-c", type=Path, default=Path("/etc/doctor/agent.toml"))
     parser.add_argument("--check-config", action="store_true",
                         help="validate the config file, and that this host has what it names (interfaces), and exit")

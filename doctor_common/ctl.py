@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from doctor_common import __version__
 from doctor_common.api import agent_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.client import DoctorClient
@@ -234,6 +235,7 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="doctorctl", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--endpoint", default=os.environ.get("DOCTOR_ENDPOINT", "127.0.0.1:50051"),
                    help="inspector address (env DOCTOR_ENDPOINT)")
     p.add_argument("--token-file", help="file holding the bearer token (or env DOCTOR_TOKEN)")

@@ -71,6 +71,7 @@ async def main(cfg: InspectorConfig) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="doctor-inspector", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", "-c", type=Path, default=Path("/etc/doctor/inspector.toml"))
     parser.add_argument("--check-config", action="store_true", help="validate the config file and exit")
     args = parser.parse_args(argv)

@@ -58,6 +58,8 @@ from pyghmi.ipmi import bmc as ipmi_bmc
 from pyghmi.ipmi.private import serversession
 from pyghmi.ipmi.private import session as ipmisession
 
+from doctor_common import __version__
+
 _AUTH_ALGO_OFFSET = 12  # open-session request: 4 bytes header, 4 session id, then the auth payload
 _RMCP_NO_MATCHING_SUITE = 0x11
 _NOT_PRESENT = 0xCB      # completion code: requested sensor, data or record not present
@@ -372,6 +374,7 @@ def serve(port: int, address: str, username: str, password: str, state_file: Pat
 
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="doctor-vbmc", description="A virtual BMC on pyghmi's IPMI server.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--username", default="admin")
