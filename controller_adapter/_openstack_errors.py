@@ -35,9 +35,10 @@ def translate(exc: BaseException, what: str, policy: str | None = None) -> Contr
         link = link.__cause__ or link.__context__
     for e in chain:
         if isinstance(e, sdk.HttpException) and e.status_code:
-            return _http(what, policy, e.status_code, e.request_id, e.details or e.message, isinstance(e, sdk.NotFoundException))
+            return http_error(what, policy, e.status_code, e.request_id, e.details or e.message,
+                              isinstance(e, sdk.NotFoundException))
         if isinstance(e, ks.HttpError) and e.http_status:
-            return _http(what, policy, e.http_status, e.request_id, e.message, False)
+            return http_error(what, policy, e.http_status, e.request_id, e.message)
         if isinstance(e, (ks.RetriableConnectionFailure, ks.UnknownConnectionError)):  # ConnectFailure, ConnectTimeout
             return BackendUnavailable(f"{what}: cannot reach the cloud: {e}")
     if isinstance(exc, sdk.NotFoundException):  # raised by the SDK itself, without a response
@@ -48,8 +49,9 @@ def translate(exc: BaseException, what: str, policy: str | None = None) -> Contr
     return None
 
 
-def _http(what: str, policy: str | None, status: int, request_id: str | None, detail: str,
-          not_found: bool) -> ControllerError:
+def http_error(what: str, policy: str | None, status: int, request_id: str | None, detail: str,
+               not_found: bool = False) -> ControllerError:
+    """An HTTP error status as the adapter's error (the SDK's and the raw fault path's, ``_openstack_http``)."""
     if status == 404 or not_found:
         return NotFound(f"{what}: not found: {detail}", status=status, request_id=request_id)
     if status in _UNAVAILABLE:
@@ -60,4 +62,4 @@ def _http(what: str, policy: str | None, status: int, request_id: str | None, de
     return ControllerError(f"{what}: {detail}", status=status, request_id=request_id)
 
 
-__all__ = ["translate"]
+__all__ = ["http_error", "translate"]

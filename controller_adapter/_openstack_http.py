@@ -29,11 +29,10 @@ from typing import Any
 
 import aiohttp
 
-from controller_adapter.base import BackendUnavailable, ControllerError, NotFound
+from controller_adapter._openstack_errors import http_error
+from controller_adapter.base import BackendUnavailable, ControllerError
 
 log = logging.getLogger("doctor.controller.openstack")
-
-_UNAVAILABLE = (502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ class HttpPath:
                         continue
                     if resp.status < 400:
                         return
-                    raise _error(what, policy, resp.status, _request_id(resp.headers), await _detail(resp))
+                    raise http_error(what, policy, resp.status, _request_id(resp.headers), await _detail(resp))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
                 raise BackendUnavailable(f"{what}: cannot reach the cloud: {exc or type(exc).__name__}") from exc
             except (aiohttp.ClientError, ValueError) as exc:  # a bad URL, an undecodable answer
@@ -166,14 +165,3 @@ async def _detail(resp: aiohttp.ClientResponse) -> str:
     except ValueError:
         pass
     return text[:300] or f"HTTP {resp.status}"
-
-
-def _error(what: str, policy: str | None, status: int, request_id: str | None, detail: str) -> ControllerError:
-    if status == 404:
-        return NotFound(f"{what}: not found: {detail}", status=status, request_id=request_id)
-    if status in _UNAVAILABLE:
-        return BackendUnavailable(f"{what}: the cloud is unavailable: {detail}", status=status, request_id=request_id)
-    if status == 403 and policy:
-        return ControllerError(f"{what}: forbidden by policy; the account needs {policy} (or the admin role)",
-                               status=status, request_id=request_id)
-    return ControllerError(f"{what}: {detail}", status=status, request_id=request_id)

@@ -353,6 +353,24 @@ class EtcdEmbeddedController:
                 if conflicts > CONFLICT_RETRIES:
                     raise ControllerError(f"etcd: {len(keys)} controller keys kept changing under this writer")
 
+    async def _write_each(self, ids: list[str], failed: dict[str, ControllerError],
+                          change: Callable[[str], tuple[str, str, dict[str, Any]] | None]) -> dict[str, ControllerError]:
+        """``change(id)`` (None: already so) for every id not in ``failed``, in transactions of CHUNK entities;
+        a chunk etcd refuses is reported by id (a lost leadership is raised)."""
+        known = [i for i in dict.fromkeys(ids) if i not in failed]
+        for start in range(0, len(known), CHUNK):
+            chunk = known[start:start + CHUNK]
+
+            def changes(chunk: list[str] = chunk) -> list[tuple[str, str, dict[str, Any]]]:
+                return [c for c in map(change, chunk) if c is not None]
+            try:
+                await self._write_many(changes)
+            except ControllerNotLeader:
+                raise
+            except ControllerError as exc:
+                failed.update({i: exc for i in chunk})
+        return failed
+
     async def _refresh(self, keys: Iterable[bytes]) -> None:
         """After an unknown outcome: the keys' current values (so the next compare is against the truth)."""
         client = self._require()
@@ -393,24 +411,10 @@ class EtcdEmbeddedController:
         await self._current()
         failed: dict[str, ControllerError] = {
             sid: NotFound(f"server {sid!r} does not exist") for sid in server_ids if sid not in self._static["server"]}
-        known = [sid for sid in dict.fromkeys(server_ids) if sid not in failed]
-        for i in range(0, len(known), CHUNK):
-            chunk = known[i:i + CHUNK]
-
-            def change(chunk: list[str] = chunk) -> list[tuple[str, str, dict[str, Any]]]:
-                out = []
-                for sid in chunk:
-                    srv = self._server(sid)
-                    if srv.state is not state:
-                        out.append(("server", sid, {"host": srv.host, "state": state.value}))
-                return out
-            try:
-                await self._write_many(change)
-            except ControllerNotLeader:
-                raise
-            except ControllerError as exc:
-                failed.update({sid: exc for sid in chunk})
-        return failed
+        def change(sid: str) -> tuple[str, str, dict[str, Any]] | None:
+            srv = self._server(sid)
+            return ("server", sid, {"host": srv.host, "state": state.value}) if srv.state is not state else None
+        return await self._write_each(server_ids, failed, change)
 
     async def set_servers_running(self, server_ids: list[str], running: bool) -> dict[str, ControllerError]:
         frm, to = (ServerState.STOPPED, ServerState.ACTIVE) if running else (ServerState.ACTIVE, ServerState.STOPPED)
@@ -421,20 +425,10 @@ class EtcdEmbeddedController:
             if sid not in failed and self._server(sid).state not in (frm, to):
                 failed[sid] = ControllerError(f"server {sid!r} is {self._server(sid).state.value}: it cannot be "
                                               f"{'started' if running else 'shut down'}")
-        known = [sid for sid in dict.fromkeys(server_ids) if sid not in failed]
-        for i in range(0, len(known), CHUNK):
-            chunk = known[i:i + CHUNK]
-
-            def change(chunk: list[str] = chunk) -> list[tuple[str, str, dict[str, Any]]]:
-                return [("server", sid, {"host": self._server(sid).host, "state": to.value})
-                        for sid in chunk if self._server(sid).state is frm]
-            try:
-                await self._write_many(change)
-            except ControllerNotLeader:
-                raise
-            except ControllerError as exc:
-                failed.update({sid: exc for sid in chunk})
-        return failed
+        def change(sid: str) -> tuple[str, str, dict[str, Any]] | None:
+            srv = self._server(sid)
+            return ("server", sid, {"host": srv.host, "state": to.value}) if srv.state is frm else None
+        return await self._write_each(server_ids, failed, change)
 
     async def set_ports_data_plane_status(self, port_ids: list[str], status: str) -> dict[str, ControllerError]:
         if status not in ("ACTIVE", "DOWN"):
@@ -442,20 +436,11 @@ class EtcdEmbeddedController:
         await self._current()
         failed: dict[str, ControllerError] = {
             pid: NotFound(f"port {pid!r} does not exist") for pid in port_ids if pid not in self._static["port"]}
-        known = [pid for pid in dict.fromkeys(port_ids) if pid not in failed]
-        for i in range(0, len(known), CHUNK):
-            chunk = known[i:i + CHUNK]
-
-            def change(chunk: list[str] = chunk) -> list[tuple[str, str, dict[str, Any]]]:
-                return [("port", pid, {"host": self._port(pid).host, "data_plane_status": status})
-                        for pid in chunk if self._port(pid).data_plane_status != status]
-            try:
-                await self._write_many(change)
-            except ControllerNotLeader:
-                raise
-            except ControllerError as exc:
-                failed.update({pid: exc for pid in chunk})
-        return failed
+        def change(pid: str) -> tuple[str, str, dict[str, Any]] | None:
+            port = self._port(pid)
+            return ("port", pid, {"host": port.host, "data_plane_status": status}) \
+                if port.data_plane_status != status else None
+        return await self._write_each(port_ids, failed, change)
 
     def _usable(self, name: str) -> bool:
         h = self._host(name)

@@ -248,13 +248,7 @@ class OpenStackController:
                                policy=policy) for sid in ids), return_exceptions=True)
         finally:
             self._servers_changed()
-        failed: dict[str, ControllerError] = {}
-        for sid, result in zip(ids, results):
-            if isinstance(result, ControllerError):
-                failed[sid] = result
-            elif isinstance(result, BaseException):
-                raise result
-        return failed
+        return _failures(ids, results)
 
     async def set_servers_running(self, server_ids: list[str], running: bool) -> dict[str, ControllerError]:
         ids = list(dict.fromkeys(server_ids))
@@ -266,13 +260,7 @@ class OpenStackController:
                            retry=True, policy=policy) for sid in ids), return_exceptions=True)
         finally:
             self._servers_changed()
-        failed: dict[str, ControllerError] = {}
-        for sid, result in zip(ids, results):
-            if isinstance(result, ControllerError):
-                failed[sid] = result
-            elif isinstance(result, BaseException):
-                raise result
-        return failed
+        return _failures(ids, results)
 
     async def server_host_status(self, server_id: str) -> tuple[str, HostStatus]:
         return await self._call(f"host status of server {server_id}", _host_status, server_id, retry=True,
@@ -369,13 +357,7 @@ class OpenStackController:
             results = await asyncio.gather(*(
                 self._call(f"set data_plane_status of port {pid} to {status}", sdk.set_data_plane_status, pid, status,
                            retry=True, policy=policy) for pid in ids), return_exceptions=True)
-        failed: dict[str, ControllerError] = {}
-        for pid, result in zip(ids, results):
-            if isinstance(result, ControllerError):
-                failed[pid] = result
-            elif isinstance(result, BaseException):
-                raise result
-        return failed
+        return _failures(ids, results)
 
     async def close(self) -> None:
         if self._http is not None:
@@ -384,6 +366,17 @@ class OpenStackController:
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
         await asyncio.to_thread(self._pool.shutdown)  # waits for calls in flight, off the event loop
+
+
+def _failures(ids: list[str], results: list[Any]) -> dict[str, ControllerError]:
+    """The per-id outcomes of a gather: the ControllerErrors by id; anything else that was raised is raised."""
+    failed: dict[str, ControllerError] = {}
+    for i, result in zip(ids, results):
+        if isinstance(result, ControllerError):
+            failed[i] = result
+        elif isinstance(result, BaseException):
+            raise result
+    return failed
 
 
 def _host_status(conn: Any, server_id: str) -> tuple[str, HostStatus]:

@@ -181,15 +181,7 @@ class Workflow:
             if h.disabled:
                 raise Refused("FAILED_PRECONDITION", f"host {host!r} is already disabled ({h.disabled_reason or 'no reason given'})"
                                                      ": enable it first, or work on it as it is")
-        s = Session(id=uuid.uuid4().hex[:12], hosts=hosts, reason=req.reason, requested_by=principal.name,
-                    reply_timeout_s=float(req.reply_timeout_s or self.cfg.reply_timeout_s),
-                    empty_timeout_s=float(req.empty_timeout_s or self.cfg.empty_timeout_s), metadata=metadata)
-        await self._register(s)
-        self._progress(s, f"accepted from {principal.name}: {', '.join(hosts)}")
-        self.spawn(self._run(s), f"maintenance session {s.id}")
-        log.warning("maintenance session %s: %s asks for %s (%s)", s.id, principal.name, ", ".join(hosts),
-                    req.reason or "no reason given")
-        return s
+        return await self._open(principal, req, hosts, "maintenance", ", ".join(hosts), metadata=metadata)
 
     async def retire(self, principal: Principal, req: mpb.RetireRequest) -> Session:
         """VM retirement: the consent flow for named servers; no host is disabled."""
@@ -216,13 +208,18 @@ class Workflow:
                                                 f"({state_name(other.state)}): one session per host")
             if host not in hosts:
                 hosts.append(host)
+        return await self._open(principal, req, hosts, "retirement", ", ".join(ids), retire=ids)
+
+    async def _open(self, principal: Principal, req: mpb.StateChangeRequest | mpb.RetireRequest, hosts: list[str],
+                    kind: str, what: str, **fields: Any) -> Session:
+        """Record a new session (``kind``: maintenance or retirement, of ``what``) and run it."""
         s = Session(id=uuid.uuid4().hex[:12], hosts=hosts, reason=req.reason, requested_by=principal.name,
                     reply_timeout_s=float(req.reply_timeout_s or self.cfg.reply_timeout_s),
-                    empty_timeout_s=float(req.empty_timeout_s or self.cfg.empty_timeout_s), retire=ids)
+                    empty_timeout_s=float(req.empty_timeout_s or self.cfg.empty_timeout_s), **fields)
         await self._register(s)
-        self._progress(s, f"retirement accepted from {principal.name}: {', '.join(ids)}")
-        self.spawn(self._run(s), f"retirement session {s.id}")
-        log.warning("retirement session %s: %s asks to retire %s (%s)", s.id, principal.name, ", ".join(ids),
+        self._progress(s, f"{kind} accepted from {principal.name}: {what}")
+        self.spawn(self._run(s), f"{kind} session {s.id}")
+        log.warning("%s session %s: %s asks for %s (%s)", kind, s.id, principal.name, what,
                     req.reason or "no reason given")
         return s
 

@@ -9,6 +9,7 @@ import pytest
 
 from controller_adapter.base import BackendUnavailable, ControllerError, NotFound, ServerState, Unsupported
 from controller_adapter.openstack import OpenStackController
+from doctor_common.lab.cloud import wait_for
 from tests.openstack_cloud import FakeCloud
 from tests.unit.controller_adapter.conftest import calls, of, seed
 
@@ -193,20 +194,15 @@ async def test_waiting_for_a_live_migration(make_cloud: MakeCloud, make_controll
     cloud = seed(make_cloud(instant_migrations=False))
     ctl = await make_controller(cloud)
     moving = asyncio.create_task(ctl.migrate_server("s4", "c3", wait=True))
-    for _ in range(200):  # bounded: the request reaches the cloud within a few polls
-        if any(m.status == "running" for m in cloud.migrations()):
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: any(m.status == "running" for m in cloud.migrations()), 5, 0.01, "Nova's migration")
     assert not moving.done(), "still waiting for Nova's migration"
     cloud.complete_migrations()
     await asyncio.wait_for(moving, 5)
     assert cloud.server("s4").host == "c3"
 
     failing = asyncio.create_task(ctl.migrate_server("s1", "c2", wait=True))
-    for _ in range(200):
-        if any(m.server_id == "s1" and m.status == "running" for m in cloud.migrations()):
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: any(m.server_id == "s1" and m.status == "running" for m in cloud.migrations()), 5, 0.01,
+                   "s1's migration")
     assert cloud.fail_migrations() == 1
     with pytest.raises(ControllerError, match="failed: Nova's migration .* is error"):
         await asyncio.wait_for(failing, 5)
@@ -223,10 +219,7 @@ async def test_an_unconfirmed_cold_migration_is_settled(make_cloud: MakeCloud, m
     cloud.add_server("s1", host="c1", project_id="p1")
     ctl = await make_controller(cloud)
     moving = asyncio.create_task(ctl.migrate_server("s1", "c2", live=False))
-    for _ in range(200):  # bounded: the migration reaches the cloud within a few polls
-        if cloud.migrations():
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: bool(cloud.migrations()), 5, 0.01, "the migration to reach the cloud")
     moving.cancel()  # the caller goes away (its term ended) before Nova finishes
     await asyncio.gather(moving, return_exceptions=True)
     cloud.complete_migrations()  # Nova finishes: VERIFY_RESIZE, waiting for a confirmation nobody sends
