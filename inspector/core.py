@@ -3,9 +3,13 @@
 Two modes. Standalone (no ``[etcd]`` table): one process, always acting,
 state in memory — not highly available, and it says so at start. Replicated:
 every replica serves gRPC and campaigns in etcd; the elected one acts
-(``lead``: watches liveness, responds, takes agents and consumers), the
-others (``follow``) answer Diagnostics and health, redirect agents and send
-consumers to the leader with UNAVAILABLE and the ``doctor-leader`` trailer.
+(``lead``: watches liveness, responds, takes agents, decides and writes),
+the others (``follow``) redirect agents and send administrators' calls to
+the leader with UNAVAILABLE and the ``doctor-leader`` trailer. Every replica
+serves consumers (Subscribe, QueryFaults, GetServerHostStatus): a follower
+from the log and alarms the leader writes, followed in etcd
+(``inspector/ha/replica_feed.py``), so a site adds notification capacity by
+adding replicas, and a consumer's stream outlives a change of leader.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from doctor_common.timeline import Stage, now_ns
 from inspector.config import InspectorConfig, load_inspector_config
 from inspector.ha.leadership import Leadership
 from inspector.ha.redirects import LeaderProbe, Redirector
+from inspector.ha.replica_feed import Followed, ReplicaFeed
 from inspector.ha.term import Term
 from inspector.maintenance.servicer import MaintenanceServicer
 from inspector.maintenance.workflow import Workflow
@@ -55,7 +60,7 @@ from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY
 from notifier.log import MemoryLog, NotificationLog
-from notifier.registry import NOT_LEADER, REVOKED, Registry
+from notifier.registry import REVOKED, UNSERVED, Registry
 from notifier.server import FaultManagementServicer, Publisher, add_fault_management
 from notifier.sqlite_log import SqliteLog, SqliteRecords, SqliteState, SqliteStore
 from notifier.subscriptions import SubscriptionBook
@@ -64,8 +69,8 @@ log = logging.getLogger("doctor.inspector")
 
 SERVICES = ("doctor.v1.AgentGateway", "doctor.v1.FaultManagement", "doctor.v1.Diagnostics", "doctor.v1.Hosts",
             "doctor.v1.Maintenance")
-LEADER_ONLY = ("doctor.v1.AgentGateway", "doctor.v1.FaultManagement", "doctor.v1.Hosts",  # NOT_SERVING on followers
-               "doctor.v1.Maintenance")
+LEADER_ONLY = ("doctor.v1.AgentGateway", "doctor.v1.Hosts", "doctor.v1.Maintenance")  # NOT_SERVING on followers
+CONSUMERS = "doctor.v1.FaultManagement"  # SERVING on a follower while it follows the log
 
 
 class Inspector:
@@ -107,6 +112,17 @@ class Inspector:
         # the test hook's "after_publish": the incident's final notice, appended, not yet fanned out
         self.publisher = Publisher(self.log, self.registry, after_append=lambda _seq, stage: crashpoint.reached(
             "after_publish") if stage == Stage.STAGE_PUBLISHED else None)
+        self.feed: ReplicaFeed | None = None
+        if self.leadership is not None:
+            self.book.local_only = True  # until it leads
+            store = self.leadership.store
+            self.feed = ReplicaFeed(
+                self.leadership.log, [Followed(store.key("alarms", ""), self._follow_alarms, self._follow_alarm),
+                                      Followed(store.key("subscriptions", ""), self.book.follow_all, self.book.follow)],
+                deliver=self._relay, position=lambda: self.registry.last_sequence,
+                skip_to=self.registry.skip_to, idle=lambda: not len(self.registry),
+                on_fresh=self._feed_fresh, stale_s=self.leadership.config.lease_ttl_s + 1.0)
+        self._health_tasks: set[asyncio.Task[None]] = set()
         self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s, retry_s=cfg.fencing_retry_s)
         self.lag = Lag(bound_s=cfg.max_lag_s, hold_s=cfg.liveness_timeout_s)
         self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed, self.lag)
@@ -183,11 +199,55 @@ class Inspector:
                             f"not the leader: the leader is at {hint}" if hint else "not the leader; none is elected yet",
                             trailing_metadata=(("doctor-leader", hint),))
 
+    async def serve_consumers(self, context: grpc.aio.ServicerContext, key: str = "") -> None:
+        """The consumers' gate: the acting replica serves them, and so does a follower that follows the log;
+        one that lost sight of it sends them on like ``require_leader``."""
+        if self.acting or (self.feed is not None and self.feed.fresh()):
+            return
+        await self.require_leader(context, key)
+
+    def _position(self) -> int:
+        """The last entry this replica's subscribers were offered (the log's end where it is written)."""
+        return self.log.last_sequence if self.acting else self.registry.last_sequence
+
+    # -- following the log (a replica that does not lead) ---------------------------------------
+
+    def _relay(self, n: fault_pb2.FaultNotification) -> None:
+        self.view.follow(n)
+        self.registry.fan_out(n)
+
+    def _follow_alarms(self, records: dict[str, dict[str, Any]]) -> None:
+        self.alarms.replace([alarm_from_json(d, self.resources.servers.get, self.resources.ports.get)
+                             for d in records.values()])
+
+    def _follow_alarm(self, alarm_id: str, data: dict[str, Any] | None) -> None:
+        if data is None:
+            self.alarms.clear(alarm_id)
+        else:
+            self.alarms.add(alarm_from_json(data, self.resources.servers.get, self.resources.ports.get))
+
+    def _feed_fresh(self, fresh: bool) -> None:
+        if not fresh and not self.acting:
+            ended = self.registry.end_all(UNSERVED, self.leader_endpoint() or "")
+            log.warning("%s lost sight of the notification log in etcd: %d subscriptions sent to another replica",
+                        self.cfg.node_id, ended)
+        elif fresh and not self.acting:
+            log.info("%s follows the notification log at %d: serving consumers", self.cfg.node_id,
+                     self.registry.last_sequence)
+        task = asyncio.create_task(self._set_health(self.acting))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
     async def lead(self, term: Term) -> None:
         """A term begins: read what the previous leader left in etcd, then act until cancelled (term lost)."""
         started = time.monotonic()
         self.term = self.durable.term = term
         await self.log.load()
+        if self.feed is not None:
+            # this replica's subscribers get every entry of earlier terms before the first of its own
+            await self.feed.stop()
+            await self.feed.catch_up(self.log.last_sequence)
+            self.book.local_only = False
         try:
             if isinstance(self.controller, EtcdEmbeddedController):
                 await self.controller.sync()  # what the previous leader marked, whatever this replica's watch saw
@@ -240,7 +300,8 @@ class Inspector:
         return incidents, expected
 
     async def follow(self) -> None:
-        """Not (or no longer) leading: stop acting now, end every stream so it reconnects to the leader."""
+        """Not (or no longer) leading: stop acting now, send agents to the leader; consumers stay, served from
+        the log the leader writes."""
         was = self.acting
         self.acting, self.role, self.term = False, "follower", None
         self.durable.term = None
@@ -251,13 +312,16 @@ class Inspector:
         self.responder.recovery.cancel_all()
         self.maintenance.clear()
         self.guard.reset()
-        ended = self.registry.end_all(NOT_LEADER, self.leader_endpoint() or "")
         self.book.clear()
-        self.alarms.replace([])
+        self.book.local_only = True
         self.liveness.reset()
+        if self.feed is not None:  # from a fresh read: alarms and subscription records as etcd holds them
+            await self.feed.stop()
+            self.feed.start()
         await self._set_health(False)
         if was:
-            log.warning("%s stopped leading: %d subscriptions ended, agents are sent away", self.cfg.node_id, ended)
+            log.warning("%s stopped leading: agents are sent away; its %d subscriptions stay, served from the log",
+                        self.cfg.node_id, len(self.registry))
 
     async def _set_health(self, serving: bool) -> None:
         if self.health is None:
@@ -265,6 +329,9 @@ class Inspector:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in LEADER_ONLY:
             await self.health.set(name, status)
+        consumers = serving or (self.feed is not None and self.feed.fresh())
+        await self.health.set(CONSUMERS, health_pb2.HealthCheckResponse.SERVING if consumers
+                              else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -286,8 +353,9 @@ class Inspector:
             self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch,
             admission=self.agent_admission), server)
         add_fault_management(FaultManagementServicer(
-            self.auth, self.view, self.log, self.registry, self.book, self.require_leader,
-            admission=self.subscription_admission), server)
+            self.auth, self.view, self.log, self.registry, self.book, self.serve_consumers,
+            admission=self.subscription_admission, position=self._position,
+            following=lambda: not self.acting and self.feed is not None), server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(self), server)
         diagnostics_pb2_grpc.add_HostsServicer_to_server(HostsServicer(self), server)
         maintenance_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(
@@ -302,7 +370,10 @@ class Inspector:
         self.server = server
         if self.leadership is not None:
             await self._set_health(False)
-            self._loops = [self.leadership.start(self)]
+            assert self.feed is not None
+            self.feed.start()
+            self._loops = [self.leadership.start(self),
+                           asyncio.create_task(self.resources.refresh_forever(), name="resources")]
             e = self.leadership.config
             log.info("inspector %s serving on %s; campaigning in etcd %s under %s (lease TTL %ds), advertising %s",
                      self.cfg.node_id, ", ".join(self.cfg.listen), ",".join(e.endpoints), e.prefix, e.lease_ttl_s,
@@ -330,6 +401,8 @@ class Inspector:
         self.liveness.closing = True  # the agents' streams end because we end them: no agent died
         if self.leadership is not None:
             await self.leadership.stop_campaign()  # hands over at once
+        if self.feed is not None:
+            await self.feed.stop()
         for t in [*self._loops, *self._tasks]:
             t.cancel()
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
@@ -399,7 +472,8 @@ class Inspector:
                 asyncio.create_task(self.liveness.watch(), name="liveness"),
                 asyncio.create_task(self.responder.causes.watch(), name="shared causes"),
                 asyncio.create_task(self.absent.watch(), name="absent agents"),
-                asyncio.create_task(self.resources.refresh_forever(), name="resources")]
+                # a replica refreshes its map whether it leads or not (``start``)
+                *([] if self.leadership else [asyncio.create_task(self.resources.refresh_forever(), name="resources")])]
 
     def _host_view(self, host: str) -> HostView:
         """The host as the fleet guard counts it (``response.fleet_guard.view_of``)."""

@@ -53,6 +53,7 @@ class EtcdLog:
         self.call_timeout_s = call_timeout_s
         self.write_deadline_s = write_deadline_s
         self.page = page
+        self.prefix = (prefix.rstrip("/") + "/").encode()  # the cluster's (replicas watch it whole)
         base = prefix.rstrip("/") + "/log/"
         self.last_key = (base + "last").encode()
         self.entry_prefix = (base + "e/").encode()
@@ -69,7 +70,7 @@ class EtcdLog:
 
     async def load(self) -> int:
         """Read the counter (call when becoming leader, or on a replica before serving)."""
-        kvs, _, _ = await self._range(self.last_key, None, limit=1)
+        kvs, _, _ = await self.range(self.last_key, None, limit=1)
         self._last = max(self._last, int(kvs[0].value) if kvs else 0)
         return self._last
 
@@ -135,10 +136,10 @@ class EtcdLog:
 
     async def _read_at_one_revision(self, after: int, up_to: int) -> list[fault_pb2.FaultNotification]:
         end = self.entry_key(up_to + 1)
-        kvs, more, rev = await self._range(self.entry_key(after + 1), end, limit=self.page)
+        kvs, more, rev = await self.range(self.entry_key(after + 1), end, limit=self.page)
         if not kvs or _seq(kvs[0].key) != after + 1:
-            oldest, _, _ = await self._range(self.entry_prefix, prefix_range_end(self.entry_prefix), 1, rev)
-            counter, _, _ = await self._range(self.last_key, None, 1, rev)
+            oldest, _, _ = await self.range(self.entry_prefix, prefix_range_end(self.entry_prefix), 1, rev)
+            counter, _, _ = await self.range(self.last_key, None, 1, rev)
             last = int(counter[0].value) if counter else 0
             self._last = max(self._last, last)
             first = _seq(oldest[0].key) if oldest else last + 1
@@ -149,7 +150,7 @@ class EtcdLog:
             raise EtcdError(f"log entry {after + 1} is missing although {first}..{last} are kept")
         out = [_decode(kv) for kv in kvs]
         while more:  # bounded: each page advances by `page` entries towards up_to
-            kvs, more, _ = await self._range(kvs[-1].key + b"\0", end, self.page, rev)
+            kvs, more, _ = await self.range(kvs[-1].key + b"\0", end, self.page, rev)
             out.extend(_decode(kv) for kv in kvs)
         for i, n in enumerate(out):
             if n.sequence != after + 1 + i:
@@ -157,8 +158,8 @@ class EtcdLog:
         self._last = max(self._last, out[-1].sequence)
         return out
 
-    async def _range(self, key: bytes, range_end: bytes | None, limit: int = 0,
-                     revision: int = 0) -> tuple[list[Any], bool, int]:
+    async def range(self, key: bytes, range_end: bytes | None, limit: int = 0,
+                    revision: int = 0) -> tuple[list[Any], bool, int]:
         """One Range call at ``revision`` (0: latest): (kvs, more, header revision)."""
         req = rpc.RangeRequest(key=key, limit=limit, revision=revision,
                                sort_order=rpc.RangeRequest.ASCEND, sort_target=rpc.RangeRequest.KEY)

@@ -28,6 +28,7 @@ from notifier.wire import Delivery, delivery
 log = logging.getLogger("doctor.notifier")
 
 FELL_BEHIND, NOT_LEADER, REPLACED, REVOKED = "fell_behind", "not_leader", "replaced", "revoked"
+UNSERVED = "unserved"  # this replica lost sight of the log (etcd): the consumer goes to another one
 
 
 class Subscriber:
@@ -44,7 +45,7 @@ class Subscriber:
         self.start_sequence = start_sequence  # live entries start after this one
         self.last_delivered = 0
         self.delivered = 0
-        self.ended_by = ""          # why the stream must end: FELL_BEHIND, NOT_LEADER, REPLACED or REVOKED
+        self.ended_by = ""          # why the stream must end: FELL_BEHIND, NOT_LEADER, REPLACED, REVOKED, UNSERVED
         self.credential = b""       # the digest of the token it was opened with (a reload may withdraw it)
         self.leader_hint = ""       # with NOT_LEADER: where the consumer should go
         self.task: asyncio.Task[object] | None = None  # the handler serving it (interrupted in a blocked write)
@@ -112,6 +113,40 @@ class Registry:
         self._subs: dict[str, Subscriber] = {}
         self._admins: dict[str, Subscriber] = {}
         self._by_project: dict[str, dict[str, Subscriber]] = {}
+        self.last_sequence = 0  # the last entry offered: a subscriber registered now gets what follows it
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    async def reached(self, sequence: int, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the entry ``sequence`` has been offered (a replica following the
+        log may be a moment behind the replica a consumer comes from)."""
+        if self.last_sequence >= sequence:
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        entry = (sequence, fut)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await fut
+        except TimeoutError:
+            pass
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+        return self.last_sequence >= sequence
+
+    def skip_to(self, sequence: int) -> None:
+        """Entries up to ``sequence`` will never be offered (trimmed before this replica read them): every
+        stream ends as fallen behind, naming its cursor; resuming from it tells the consumer to resync."""
+        for sub in list(self._subs.values()):
+            sub.end(FELL_BEHIND)
+        self.last_sequence = max(self.last_sequence, sequence)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        if self._waiters:
+            for seq, fut in self._waiters:
+                if seq <= self.last_sequence and not fut.done():
+                    fut.set_result(None)
 
     def add(self, principal: Principal, flt: Filter, start_sequence: int, sub_id: str = "") -> Subscriber:
         """A live subscriber; ``sub_id`` resumes a known subscription (a stream still open under it is ended)."""
@@ -163,7 +198,13 @@ class Registry:
     def fan_out(self, notification: fault_pb2.FaultNotification) -> int:
         """Offer the notification to every subscriber that may and wants to see it; return how many got it.
         Only administrators and the projects the notification names are visited; one view (and one
-        serialization) per project and filter."""
+        serialization) per project and filter. An entry offered already (a replica that followed the log and
+        then led, or the reverse) is not offered again."""
+        if notification.sequence:
+            if notification.sequence <= self.last_sequence:
+                return 0
+            self.last_sequence = notification.sequence
+            self._wake_waiters()
         projects = {v.project_id for v in notification.virtual_resource_info}
         groups = [self._admins.values(), *(self._by_project[p].values() for p in projects if p in self._by_project)]
         views: dict[tuple[str | None, bool, Filter], Delivery | None] = {}

@@ -16,7 +16,7 @@ from doctor_common.shielded import shielded
 from doctor_common.timeline import Stage, now_ns, stamp
 from notifier.filters import Filter, FilterError, view_notification, view_resources
 from notifier.log import CursorExpired, MemoryLog, NotificationLog
-from notifier.registry import FELL_BEHIND, NOT_LEADER, REVOKED, Registry, Subscriber
+from notifier.registry import FELL_BEHIND, NOT_LEADER, REVOKED, UNSERVED, Registry, Subscriber
 from notifier.subscriptions import SubscriptionBook
 from notifier.wire import Delivery, delivery, encode
 
@@ -82,6 +82,7 @@ class Publisher:
             raise
 
 
+CATCH_UP_S = 1.0  # a replica following the log waits this long for an entry a consumer already saw elsewhere
 SNAPSHOT_PART_BYTES = 1 << 20  # well under gRPC's 4 MiB default receive limit, whatever the fleet's size
 
 
@@ -116,14 +117,19 @@ async def _always(_context: grpc.aio.ServicerContext, key: str = "") -> None:
 class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
     def __init__(self, auth: TokenAuth, state: FaultState, log_: NotificationLog, registry: Registry,
                  book: SubscriptionBook | None = None,
-                 gate: Callable[..., Awaitable[None]] = _always, admission: Admission = UNBOUNDED) -> None:
+                 gate: Callable[..., Awaitable[None]] = _always, admission: Admission = UNBOUNDED,
+                 position: Callable[[], int] | None = None, following: Callable[[], bool] = lambda: False) -> None:
         self.auth = auth
         self.admission = admission  # subscriptions set up at once (snapshot and replay: doctor_common/admission)
         self.state = state
         self.log = log_
         self.registry = registry
         self.book = book or SubscriptionBook()
-        self.gate = gate  # (context, key=""): aborts UNAVAILABLE with the leader's address unless leading
+        self.gate = gate  # (context, key=""): aborts UNAVAILABLE with where to go unless this replica serves
+        # the last entry live subscribers were offered: the log's end where it is written, the feed's position on
+        # a replica that follows the log (``inspector/ha/replica_feed.py``), which may be a moment behind
+        self.position = position or (lambda: self.log.last_sequence)
+        self.following = following
 
     async def _filter(self, principal: Principal, f: fault_pb2.SubscribeFilter | fault_pb2.FaultQueryFilter,
                       context: grpc.aio.ServicerContext) -> Filter:
@@ -156,12 +162,12 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                          principal: Principal, ticket: Ticket) -> None:
         flt = await self._filter(principal, request.filter, context)
         resume = request.resume_after
-        if resume > self.log.last_sequence:
+        if resume > self.position() and not (self.following() and await self.registry.reached(resume, CATCH_UP_S)):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE,
-                                f"resume_after={resume} is beyond the last sequence {self.log.last_sequence}")
+                                f"resume_after={resume} is beyond the last sequence {self.position()}")
         known = self.book.resumable(request.subscription_id, principal) if request.subscription_id else None
         # register before reading the log: nothing published from here on can fall between the two
-        sub = self.registry.add(principal, flt, self.log.last_sequence, known.id if known else "")
+        sub = self.registry.add(principal, flt, self.position(), known.id if known else "")
         sub.credential = self.auth.credential(context)
         # a recognised subscription resumes even from 0 (its snapshot was taken before anything was logged);
         # resume_after=0 on a new one means "from now on"
@@ -241,6 +247,11 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"this replica stopped leading; subscribe again with resume_after={sub.last_delivered} "
                                 "at the leader", trailing_metadata=(("doctor-leader", sub.leader_hint),))
+        if sub.ended_by == UNSERVED:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"this replica lost sight of the notification log (etcd); subscribe again with "
+                                f"resume_after={sub.last_delivered} at another replica",
+                                trailing_metadata=(("doctor-leader", sub.leader_hint),))
         if sub.ended_by == REVOKED:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "the credentials this subscription was opened with are no longer valid (the "

@@ -6,6 +6,8 @@ inspector runs with one. A new leader loads them, so Diagnostics lists them
 and a consumer that resumes (its SubscribeRequest names the id) is recognised
 as the same subscription. Without etcd the records live in this process.
 A record whose consumer stayed away longer than ``expiry_s`` is forgotten.
+A replica that does not lead serves subscriptions too (``local_only``): it
+cannot write under the leader's token, so it keeps their records in memory.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class SubscriptionBook:
         self.expiry_s = expiry_s
         self.records: dict[str, SubscriptionRecord] = {}
         self.epoch = 0                          # bumped by clear(): streams of an older term write nothing
+        self.local_only = False                 # a replica that does not lead: records in memory, not in the store
         self._live: dict[str, Subscriber] = {}  # id -> the stream currently serving it
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -88,6 +91,22 @@ class SubscriptionBook:
             self.records = records
             await self._prune(now)
 
+    def follow_all(self, records: dict[str, dict[str, Any]]) -> None:
+        """A replica that does not lead mirrors the leader's records (``inspector/ha/replica_feed.py``), so a
+        consumer resuming here is recognised; the streams it serves itself keep theirs."""
+        for rid, d in records.items():
+            self.follow(rid, d)
+        for rid in [r for r in self.records if r not in records and r not in self._live]:
+            del self.records[rid]
+
+    def follow(self, sub_id: str, data: dict[str, Any] | None) -> None:
+        if sub_id in self._live:
+            return  # served here: this replica's own record is the newer one
+        if data is None:
+            self.records.pop(sub_id, None)
+        else:
+            self.records[sub_id] = SubscriptionRecord.from_json(data)
+
     def clear(self) -> None:
         self.epoch += 1
         self.records.clear()
@@ -106,7 +125,7 @@ class SubscriptionBook:
                                  old.created_unix if old else time.time(), max(sub.last_delivered,
                                                                                old.last_delivered if old else 0),
                                  connected=True)
-        if self.store is not None:
+        if self.store is not None and not self.local_only:
             await shielded(self.store.put(sub.id, rec.to_json()))
         if epoch == self.epoch:
             self.records[sub.id] = rec
@@ -120,7 +139,7 @@ class SubscriptionBook:
         del self._live[sub.id]
         rec.connected, rec.detached_unix = False, time.time()
         rec.last_delivered = max(rec.last_delivered, sub.last_delivered)
-        if self.store is not None:
+        if self.store is not None and not self.local_only:
             self._background(self.store.put(sub.id, rec.to_json()), f"detach of subscription {sub.id}")
         self._background(self._prune(time.time()), "pruning subscriptions")
 
@@ -129,7 +148,7 @@ class SubscriptionBook:
 
     async def _prune(self, now: float) -> None:
         for rec in [r for r in self.records.values() if not r.connected and now - r.detached_unix > self.expiry_s]:
-            if self.store is not None:
+            if self.store is not None and not self.local_only:
                 await self.store.delete(rec.id)
             self.records.pop(rec.id, None)
             log.info("subscription %s (%s) expired: its consumer stayed away %.0fs", rec.id, rec.name,

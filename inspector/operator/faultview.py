@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller_adapter.base import Controller, NotFound, ServerState
-from doctor_common.api import common_pb2
+from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.auth import Principal
 from inspector.response.alarms import AlarmStore
 from inspector.response.correlate import ResourceMap
@@ -52,6 +52,33 @@ class FaultView:
     def active(self) -> tuple[list[common_pb2.VirtualResourceInfo], list[common_pb2.PhysicalResourceInfo]]:
         virtual = [v for v in self._virtual(lambda _p: True) if v.faults]
         return virtual, [p for p in self._physical() if p.faults]
+
+    def follow(self, n: fault_pb2.FaultNotification) -> None:
+        """A replica that does not lead learns from each notification it relays what the leader changed in the
+        controller (servers in error, ports down, hosts forced down or disabled); the resource map's periodic
+        refresh corrects anything else."""
+        errored, normal, down, up = [], [], [], []
+        for v in n.virtual_resource_info:
+            if v.virtual_resource_type == "server":
+                s = self.resources.servers.get(v.virtual_resource_id)
+                if v.virtual_resource_state == "error":
+                    errored.append(v.virtual_resource_id)
+                elif s is not None and s.state == ServerState.ERROR:
+                    normal.append(v.virtual_resource_id)
+            elif v.virtual_resource_type == "port":
+                (down if v.virtual_resource_state == "down" else up).append(v.virtual_resource_id)
+        self.resources.set_servers_state(errored, ServerState.ERROR)
+        self.resources.set_servers_state(normal, ServerState.ACTIVE)
+        self.resources.set_ports_status(down, "DOWN")
+        self.resources.set_ports_status([p for p in up if p in self.resources.ports
+                                         and self.resources.ports[p].data_plane_status == "DOWN"], "ACTIVE")
+        for p in n.physical_resource_info:
+            state = p.physical_resource_state
+            if state in ("down", "error", "maintenance", "normal"):
+                changes: dict[str, object] = {"forced_down": state == "down"}
+                if state in ("maintenance", "normal"):
+                    changes["disabled"] = state == "maintenance"
+                self.resources.set_host(p.physical_resource_id, **changes)
 
     async def owner_of(self, resource_id: str) -> str | None:
         return self.resources.owner_of(resource_id)

@@ -109,7 +109,7 @@ class AlarmStore:
         self._by_host.setdefault(alarm.host, {})[alarm.id] = alarm
 
     def replace(self, alarms: list[Alarm]) -> None:
-        """Every active alarm at once (a new term loads them from etcd; a follower holds none)."""
+        """Every active alarm at once (a new term loads them from etcd; a follower follows them there)."""
         self._alarms, self._by_host = {}, {}
         for a in alarms:
             self.add(a)

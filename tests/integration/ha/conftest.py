@@ -59,9 +59,9 @@ def phases_of(notifications: list[fault_pb2.FaultNotification], host: str, fault
 class HaConsumer:
     """A consumer configured with every replica; it reconnects, follows the leader and resumes by itself."""
 
-    def __init__(self, lab: HaLab, principal: str) -> None:
+    def __init__(self, lab: HaLab, principal: str, endpoints: list[str] | None = None) -> None:
         self.principal = principal
-        self.client = DoctorClient(lab.endpoints, lab.tokens[principal])
+        self.client = DoctorClient(endpoints or lab.endpoints, lab.tokens[principal])
         self.snapshots: list[fault_pb2.SubscribeResponse] = []
         self.faults: list[fault_pb2.FaultNotification] = []
         self.error: BaseException | None = None
@@ -144,8 +144,8 @@ async def ha() -> AsyncIterator[Callable[..., Any]]:
         await lab.start(agents=agents, first_env=first_env)
         return lab
 
-    async def consumer(lab: HaLab, principal: str) -> HaConsumer:
-        c = HaConsumer(lab, principal)
+    async def consumer(lab: HaLab, principal: str, endpoints: list[str] | None = None) -> HaConsumer:
+        c = HaConsumer(lab, principal, endpoints)
         consumers.append(c)
         return await c.start()
 

@@ -19,7 +19,7 @@ from doctor_common.api import agent_pb2, agent_pb2_grpc
 from doctor_common.client import DoctorClient, leader_hint
 from doctor_common.config import ConfigError
 from doctor_common.grpcutil import auth_metadata
-from doctor_common.lab.cloud import Lab
+from doctor_common.lab.cloud import Lab, wait_for
 from inspector.config import load_inspector_config
 from tests.etcd_cluster import EtcdCluster
 
@@ -40,10 +40,11 @@ async def refused(call: Any) -> grpc.aio.AioRpcError:
 
 async def test_a_follower_serves_diagnostics_and_sends_everyone_else_to_the_leader(
         ha: Any, shared_etcd: EtcdCluster) -> None:
-    """A follower reports its role and the leader; its health says NOT_SERVING for the leader's services;
-    Subscribe, QueryFaults, ListHosts and EnableHost answer UNAVAILABLE with the leader's address in the
-    ``doctor-leader`` trailer; an agent gets a Redirect to the leader's agent socket. On SIGTERM the leader
-    hands over at once (it revokes its lease), not after a lease TTL."""
+    """A follower reports its role and the leader; its health says NOT_SERVING for the leader's services and
+    SERVING for the consumers' (it follows the log); ListHosts and EnableHost answer UNAVAILABLE with the
+    leader's address in the ``doctor-leader`` trailer while Subscribe and QueryFaults are served; an agent gets
+    a Redirect to the leader's agent socket. On SIGTERM the leader hands over at once (it revokes its lease),
+    not after a lease TTL."""
     lab = await ha(shared_etcd, replicas=2, hosts=1, netns=False, agents=False)
     leader, follower = lab.replicas[0], lab.replicas[1]
     lead, follow = await lab.status(0), await lab.status(1)
@@ -51,16 +52,21 @@ async def test_a_follower_serves_diagnostics_and_sends_everyone_else_to_the_lead
     assert (lead.role, follow.role) == ("leader", "follower")
     assert follow.leader_endpoint == lead.leader_endpoint == leader.endpoint
     assert follow.leader_token == lead.leader_token > 0 and not follow.agents and not follow.subscriptions
-    for service, want in (("", SERVING), ("doctor.v1.Diagnostics", SERVING), ("doctor.v1.FaultManagement", NOT_SERVING),
+    async def follower_serves_consumers() -> bool:
+        return await health(follower.endpoint, "doctor.v1.FaultManagement") == SERVING
+    await wait_for(follower_serves_consumers, 5, 0.02, "the follower to follow the log")
+    for service, want in (("", SERVING), ("doctor.v1.Diagnostics", SERVING), ("doctor.v1.FaultManagement", SERVING),
                           ("doctor.v1.AgentGateway", NOT_SERVING), ("doctor.v1.Hosts", NOT_SERVING)):
         assert await health(follower.endpoint, service) == want, service
         assert await health(leader.endpoint, service) == SERVING, service
 
     async with DoctorClient(follower.endpoint, lab.tokens["admin"]) as c:
-        async def first_message() -> None:
-            async for _ in c.subscribe_once():
-                break
-        for call in (c.query_faults(), first_message(), c.hosts(), c.enable_host("compute-1")):
+        assert await c.query_faults() is not None
+        async for msg in c.subscribe_once():
+            assert msg.WhichOneof("kind") == "subscribed"
+            assert [p.physical_resource_id for p in msg.subscribed.physical_resource_info] == ["compute-1"]
+            break
+        for call in (c.hosts(), c.enable_host("compute-1")):
             err = await refused(call)
             assert err.code() == grpc.StatusCode.UNAVAILABLE and leader_hint(err) == leader.endpoint
 
