@@ -166,9 +166,10 @@ class Vnfm:
         self.replayed_until = part.last_sequence
         self.resyncing = False
         self.state.save(self.path)  # the cursor to resume from, should we stop before the first notice
-        say(f"subscribed ({part.subscription_id[:12]}): snapshot at #{part.last_sequence}, "
-            + ("starting there" if fresh else f"replaying from #{self.state.cursor + 1}")
-            + f"; active {self.state.active}, standby {self.state.standby}")
+        cursor, last = self.state.cursor, part.last_sequence
+        resume = f"resumed after #{cursor}: " + (f"replaying #{cursor + 1}-#{last}" if last > cursor else "nothing missed")
+        say(f"subscribed ({part.subscription_id[:12]}): snapshot at #{last}, {'starting there' if fresh else resume}; "
+            f"active {self.state.active}, standby {self.state.standby}")
         for vr in self._snapshot:
             self.judge(vr, None, received_ns, "the snapshot")
         self._snapshot = []
