@@ -101,15 +101,19 @@ class DoctorClient:
 
     async def subscribe(self, flt: fault_pb2.SubscribeFilter | None = None, resume_after: int = 0,
                         max_backoff_s: float = 2.0,
-                        on_resync: Callable[[str], None] | None = None) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
+                        on_resync: Callable[[str], None] | None = None,
+                        subscription_id: str = "") -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
         """Like subscribe_once, but reconnects and resumes; follows the leader hint of a follower.
+
+        A consumer that restarts passes the cursor and the subscription id it kept: a recognised subscription is
+        replayed what it missed even from ``resume_after=0`` (it subscribed before anything was logged), where a
+        new one would start from now on.
 
         It never gives up on a cursor the inspector cannot resume from (OUT_OF_RANGE: older than its retention,
         or beyond its log): it resynchronises with a new subscription, whose first message is a snapshot of
         everything the caller may see now, and calls ``on_resync`` with the reason. Notifications between the
         cursor and that snapshot are lost to the caller: treat the snapshot as the truth (the docs say more)."""
         cursor = resume_after
-        subscription_id = ""
         backoff = 0.05
         while True:
             try:
