@@ -222,7 +222,7 @@ class KeystoneValidator:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False)  # validations under way finish (their callers get an answer)
             self._pool = None
         with self._session_lock:
             if self._session is not None:
