@@ -1,17 +1,24 @@
 """Who is calling: bearer tokens mapped to a project, the admin role, or an agent's host.
 
 Identity never comes from a field the client fills in (DESIGN principle 6):
-the token in the ``authorization`` metadata decides it.
+the token in the ``authorization: Bearer`` (or, for consumers, ``x-auth-token``)
+metadata decides it. A consumer's token is looked up among the static tokens of
+the configuration first; when ``[auth.keystone]`` is on, any other token is
+validated by Keystone (``doctor_common.keystone``): its project and roles decide.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 import grpc
 
 from doctor_common.grpcutil import bearer_token
+from doctor_common.keystone import KeystoneUnavailable, KeystoneValidator, TokenInfo
+
+KEYSTONE_PREFIX = "keystone:"  # the names of principals Keystone vouches for (static names may not take it)
 
 
 @dataclass(frozen=True)
@@ -28,23 +35,72 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def consumer_token(context: grpc.aio.ServicerContext) -> tuple[str | None, bool]:
+    """(the token, whether two different ones came): ``authorization: Bearer`` first, else ``x-auth-token`` (the
+    header OpenStack clients send a Keystone token in)."""
+    bearer = bearer_token(context)
+    other = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-auth-token" and isinstance(value, str) and value.strip():
+            other = value.strip()
+    if bearer is not None and other is not None and bearer != other:
+        return bearer, True
+    return bearer if bearer is not None else other, False
+
+
+def keystone_principal(info: TokenInfo, admin_roles: tuple[str, ...]) -> Principal:
+    """A Keystone user in a project; admin when one of its roles there is one of ``admin_roles``."""
+    admin = any(r.lower() in info.roles for r in admin_roles)
+    return Principal(name=f"{KEYSTONE_PREFIX}{info.user_name}@{info.project_name}", project=info.project_id,
+                     admin=admin)
+
+
 class TokenAuth:
     """Tokens are kept as SHA-256 digests and compared in constant time."""
 
-    def __init__(self, consumers: dict[str, Principal], agents: dict[str, str], allow_anonymous_agents: bool = False) -> None:
+    def __init__(self, consumers: dict[str, Principal], agents: dict[str, str], allow_anonymous_agents: bool = False,
+                 keystone: KeystoneValidator | None = None) -> None:
         self._consumers = {_digest(t): p for t, p in consumers.items()}
         self._agents = {_digest(t): h for t, h in agents.items()}
         self.allow_anonymous_agents = allow_anonymous_agents
+        self.keystone = keystone
 
     @staticmethod
     def credential(context: grpc.aio.ServicerContext) -> bytes:
-        """What identifies the caller's token without keeping it (its digest; empty without a token)."""
-        token = bearer_token(context)
+        """What identifies the caller's consumer token without keeping it (its digest; empty without a token)."""
+        token, _ = consumer_token(context)
         return _digest(token) if token is not None else b""
 
     def still_consumer(self, credential: bytes, principal: Principal) -> bool:
-        """The token behind ``credential`` still stands for exactly ``principal`` (after a reload)."""
-        return self._consumers.get(credential) == principal
+        """The token behind ``credential`` still stands for exactly ``principal`` (after a reload).
+
+        A Keystone token is judged by what Keystone last said of it, however long ago (the stream holds no
+        token to ask again): revoked, expired, or no longer admin under the reloaded ``admin_roles`` ends it;
+        so does Keystone turned off or pointed elsewhere, or nothing remembered of it (evicted from the cache):
+        the consumer subscribes again, is validated afresh, and resumes from its cursor."""
+        static = self._consumers.get(credential)
+        if static is not None or self.keystone is None or not principal.name.startswith(KEYSTONE_PREFIX):
+            return static == principal
+        info = self.keystone.last_known(credential)
+        if not isinstance(info, TokenInfo) or info.expires_at <= time.time():
+            return False
+        return keystone_principal(info, self.keystone.settings.admin_roles) == principal
+
+    async def recheck(self, credential: bytes, principal: Principal) -> bool:
+        """Whether a stream opened with a Keystone token may go on: asks Keystone again (through the cache, so at
+        most once per cache_s per token). False once the token is revoked, expired or stands for another
+        principal; True for other streams, and while Keystone cannot tell (an outage ends no stream)."""
+        keystone = self.keystone
+        if keystone is None or credential in self._consumers or not principal.name.startswith(KEYSTONE_PREFIX):
+            return True  # static tokens, and Keystone turned off, are the reload's to judge
+        token = keystone.token_of(credential)
+        if token is None:
+            return self.still_consumer(credential, principal)  # known refused, or forgotten: nothing to ask with
+        try:
+            info = await keystone.validate(token, credential)
+        except KeystoneUnavailable:
+            return True
+        return info is not None and keystone_principal(info, keystone.settings.admin_roles) == principal
 
     def still_agent(self, credential: bytes, host: str) -> bool:
         return self._agents.get(credential) == host
@@ -53,20 +109,57 @@ class TokenAuth:
         """Take another configuration's tokens (a reload): servicers holding this object see them at once."""
         self._consumers, self._agents = other._consumers, other._agents
         self.allow_anonymous_agents = other.allow_anonymous_agents
+        mine, theirs = self.keystone, other.keystone
+        if mine is not None and theirs is not None and mine.settings.source == theirs.settings.source:
+            mine.reconfigure(theirs.settings)  # the same Keystone: keep what it said (and its session)
+        else:
+            self.keystone = theirs
+            if mine is not None:
+                mine.close()
+
+    def close(self) -> None:
+        if self.keystone is not None:
+            self.keystone.close()
 
     @staticmethod
     def _lookup(table: dict[bytes, object], token: str) -> object | None:
         return table.get(_digest(token))  # keyed by SHA-256: a lookup's timing says nothing usable of the token
 
     async def consumer(self, context: grpc.aio.ServicerContext) -> Principal:
-        token = bearer_token(context)
+        token, twice = consumer_token(context)
         if token is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing credentials: send metadata 'authorization: Bearer <token>'")
-        principal = self._lookup(self._consumers, token)  # type: ignore[arg-type]
-        if principal is None:
+                                "missing credentials: send metadata 'authorization: Bearer <token>'" +
+                                (" or 'x-auth-token: <Keystone token>'" if self.keystone else ""))
+        if twice:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "'authorization' and 'x-auth-token' carry different tokens: send one")
+        key = _digest(token)  # type: ignore[arg-type]
+        principal = self._consumers.get(key)  # keyed by SHA-256: a lookup's timing says nothing usable of the token
+        if principal is not None:
+            return principal
+        if self.keystone is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token: ask the operator for a consumer token")
-        return principal  # type: ignore[return-value]
+        keystone = self.keystone
+        assert keystone is not None
+        failure = ""
+        try:
+            info = await keystone.validate(token, key)  # type: ignore[arg-type]
+        except KeystoneUnavailable as exc:
+            info, failure = None, str(exc)
+        if failure:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"cannot validate the token now: Keystone is unavailable ({failure}); retry later")
+        if info is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "unknown token: neither a consumer token of this inspector nor a Keystone token "
+                                "Keystone accepts (unknown, expired or revoked): get a new one")
+        assert info is not None
+        if info.project_id is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "the Keystone token is not scoped to a project: get a project-scoped token "
+                                "(e.g. openstack --os-project-name <project> token issue)")
+        return keystone_principal(info, keystone.settings.admin_roles)
 
     async def admin(self, context: grpc.aio.ServicerContext) -> Principal:
         principal = await self.consumer(context)

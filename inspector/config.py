@@ -10,9 +10,10 @@ from typing import Any
 from controller_adapter import backend_class
 from controller_adapter.base import Bmc
 from controller_adapter.embedded_etcd import EtcdEmbeddedController
-from doctor_common.auth import Principal, TokenAuth
+from doctor_common.auth import KEYSTONE_PREFIX, Principal, TokenAuth
 from doctor_common.config import ConfigError, Section
 from doctor_common.endpoint import parse_endpoint
+from doctor_common.keystone import KeystoneSettings, KeystoneValidator, check_cloud
 from inspector.ha.etcd_config import EtcdConfig
 from inspector.maintenance.workflow import MaintenanceConfig
 from inspector.response.fleet_guard import GuardConfig
@@ -60,7 +61,39 @@ def _bmc(s: Section) -> Bmc:
     return bmc
 
 
-def _auth(a: Section) -> TokenAuth:
+def _keystone(k: Section, openstack: Section | None) -> KeystoneValidator | None:
+    """``[auth.keystone]``: consumers' Keystone tokens, validated with a cloud of clouds.yaml (by default the
+    ``[controller.openstack]`` one). None when the table is absent or ``enabled = false``."""
+    enabled = k.bool("enabled", True)
+    cloud, clouds_yaml, origin = k.str("cloud", None), k.path("clouds_yaml", None), k
+    if cloud is None and clouds_yaml is None and openstack is not None:  # the controller's own cloud
+        cloud, clouds_yaml, origin = openstack.str("cloud", None), openstack.path("clouds_yaml", None), openstack
+    if clouds_yaml is not None and not clouds_yaml.is_file():
+        raise origin.error("clouds_yaml", f"no such file: {clouds_yaml}")
+    roles = k.str_list("admin_roles", ["admin"])
+    if not roles or not all(r.strip() for r in roles):
+        raise k.error("admin_roles", "give the Keystone role names that make a token an administrator's "
+                                     "(e.g. [\"admin\"])")
+    settings = KeystoneSettings(
+        cloud=cloud, clouds_yaml=clouds_yaml,
+        timeout_s=k.float("timeout_s", 5.0, min=0.1, max=120.0),
+        cache_s=k.float("cache_s", 60.0, min=0.0, max=3600.0),
+        negative_cache_s=k.float("negative_cache_s", 5.0, min=0.0, max=3600.0),
+        cache_size=k.int("cache_size", 10_000, min=1, max=10_000_000),
+        max_in_flight=k.int("max_in_flight", 4, min=1, max=64),
+        admin_roles=tuple(r.strip() for r in roles))
+    k.done()
+    if not enabled:
+        return None
+    try:
+        check_cloud(settings)  # reads clouds.yaml only: a cloud it lacks fails here, not at every call
+    except ValueError as exc:
+        raise origin.error("cloud", f"{exc} (the cloud of clouds.yaml whose account validates consumers' "
+                                    "tokens)") from None
+    return KeystoneValidator(settings)
+
+
+def _auth(a: Section, openstack: Section | None = None) -> TokenAuth:
     consumers: dict[str, Principal] = {}
     given: dict[str, str] = {}  # token -> the key that gave it first: one token, one identity
 
@@ -79,7 +112,10 @@ def _auth(a: Section) -> TokenAuth:
         project = c.str("project", None)
         if admin == (project is not None):
             raise c.error("project", "give either project = \"...\" or admin = true")
-        consumers[token] = Principal(name=c.str("name", project or "admin"), project=project, admin=admin)
+        name = c.str("name", project or "admin")
+        if name.startswith(KEYSTONE_PREFIX):
+            raise c.error("name", f"{KEYSTONE_PREFIX!r} names the consumers Keystone vouches for: choose another")
+        consumers[token] = Principal(name=name, project=project, admin=admin)
         c.done()
     agents: dict[str, str] = {}
     for g in a.sections("agents"):
@@ -90,8 +126,9 @@ def _auth(a: Section) -> TokenAuth:
         agents[token] = g.str("host")
         g.done()
     anonymous = a.bool("allow_anonymous_agents", False)
+    keystone = _keystone(a.section("keystone"), openstack) if "keystone" in a.data else None
     a.done()
-    return TokenAuth(consumers, agents, anonymous)
+    return TokenAuth(consumers, agents, anonymous, keystone)
 
 
 def _listen_address(i: Section, index: int, address: str) -> None:
@@ -220,7 +257,8 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
             except ValueError as exc:
                 raise i.error(key if i.data.get(key) else "advertise", str(exc)) from None
 
-    auth = _auth(root.section("auth"))
+    # [controller.openstack]'s cloud serves [auth.keystone] too, unless it names its own (read, not consumed)
+    auth = _auth(root.section("auth"), Section(sub.file, dict(sub.data), sub.prefix) if backend == "openstack" else None)
     policy = load_policy(policy_path) if policy_path else default_policy()
     root.done()
     # last: the backend may open files or pools, and nothing else can fail after it

@@ -59,6 +59,7 @@ from inspector.southbound.gateway import AgentGatewayServicer
 from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY
+from notifier.credentials import watch_keystone_streams
 from notifier.log import MemoryLog, NotificationLog
 from notifier.registry import REVOKED, UNSERVED, Registry
 from notifier.server import FaultManagementServicer, Publisher, add_fault_management
@@ -156,6 +157,7 @@ class Inspector:
         self.health: Any = None
         self.ports: list[int] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._keystone_watch: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[Any]] = []
         self._reloading = asyncio.Lock()
 
@@ -368,6 +370,9 @@ class Inspector:
             self.ports.append(port)
         await server.start()
         self.server = server
+        # every replica, whatever its role (a follower's leadership changes must not cancel it): its own streams
+        self._keystone_watch = asyncio.create_task(watch_keystone_streams(self.auth, self.registry),
+                                                   name="Keystone tokens of live streams")
         if self.leadership is not None:
             await self._set_health(False)
             assert self.feed is not None
@@ -403,9 +408,10 @@ class Inspector:
             await self.leadership.stop_campaign()  # hands over at once
         if self.feed is not None:
             await self.feed.stop()
-        for t in [*self._loops, *self._tasks]:
+        watch = [self._keystone_watch] if self._keystone_watch is not None else []
+        for t in [*self._loops, *self._tasks, *watch]:
             t.cancel()
-        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._loops, *self._tasks, *watch, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace)
         for closing in (self.book, self.agent_redirects, self.consumer_redirects, self.probe):
@@ -414,6 +420,7 @@ class Inspector:
             await self.leadership.close()
         await self.fencer.close()
         await self.controller.close()
+        self.auth.close()  # Keystone's validation threads and connections, if any
         if self.local is not None:
             await self.local.close()
 

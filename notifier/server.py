@@ -255,7 +255,8 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         if sub.ended_by == REVOKED:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "the credentials this subscription was opened with are no longer valid (the "
-                                "inspector's configuration was reloaded without them)")
+                                "inspector's configuration was reloaded without them, or Keystone revoked the token "
+                                "or changed its roles): subscribe again with valid credentials")
         if sub.ended_by and sub.ended_by != FELL_BEHIND:
             await context.abort(grpc.StatusCode.ABORTED, f"subscription {sub.id} was resumed by a newer stream")
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

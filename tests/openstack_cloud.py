@@ -16,6 +16,12 @@ assert the exact calls, microversion headers included.
     [r for r in cloud.requests() if r.service == "compute"]
     cloud.stop()
 
+Keystone issues tokens for users of its own (``add_user`` + ``POST /v3/auth/tokens``, or ``issue_token``
+directly, as ``openstack token issue`` would), each scoped to a project with roles, and validates them as
+Keystone does: ``GET /v3/auth/tokens`` with the caller's ``X-Auth-Token`` (the service account's, else 401)
+and the ``X-Subject-Token`` to check -> 200 with the ``token`` body (user, project, roles, expires_at; the
+catalog unless ``?nocatalog``), 404 for unknown, expired or revoked ones (``revoke_token``).
+
 Behaviour modelled on Nova/Neutron (what the adapter relies on): microversion
 negotiation (406 above the maximum; service ids are UUIDs from 2.53, integers
 below; legacy ``/os-services/force-down`` etc. only below 2.53), host_status
@@ -139,6 +145,15 @@ class Migration:
     type: str
 
 
+@dataclass(frozen=True)
+class UserToken:
+    user: str
+    project_id: str | None
+    roles: tuple[str, ...]
+    expires_at: float  # unix seconds
+    revoked: bool = False
+
+
 class HttpError(Exception):
     def __init__(self, status: int, body: Any) -> None:
         self.status = status
@@ -187,7 +202,9 @@ class FakeCloud:
         self.instant_migrations = instant_migrations
         self.latency_s = 0.0  # added to every Nova/Neutron request, outside the state lock
         self.network_url: str | None = None  # Neutron's endpoint in the catalog (default: this server's; "": none)
-        self.token = TOKEN  # the one valid token; revoke_tokens() replaces it
+        self.token = TOKEN  # the service account's valid token; revoke_tokens() replaces it
+        self._users: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {}  # name -> (password, project -> roles)
+        self._user_tokens: dict[str, UserToken] = {}  # issued to users (not the service account)
         self._lock = threading.Lock()
         self._services: dict[str, Service] = {}
         self._servers: dict[str, FakeServer] = {}
@@ -300,6 +317,28 @@ class FakeCloud:
         """Invalidate every token issued so far (as an expiry would): the next API call gets 401."""
         with self._lock:
             self.token = f"{TOKEN}-{uuid.uuid4().hex[:8]}"
+
+    def add_user(self, name: str, password: str, projects: dict[str, tuple[str, ...]]) -> None:
+        """A Keystone user with ``roles`` in each project (project ids double as names)."""
+        with self._lock:
+            self._users[name] = (password, dict(projects))
+
+    def issue_token(self, user: str, project_id: str | None, roles: tuple[str, ...] = ("member",),
+                    expires_in: float = 3600.0) -> str:
+        """A token of ``user`` scoped to ``project_id`` (None: unscoped), as Keystone would issue one."""
+        token = f"gAAAAA-user-{uuid.uuid4().hex}"
+        with self._lock:
+            self._user_tokens[token] = UserToken(user, project_id, tuple(roles), time.time() + expires_in)
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        """``openstack token revoke``: validating it answers 404 from now on."""
+        with self._lock:
+            self._user_tokens[token] = replace(self._user_tokens[token], revoked=True)
+
+    def validations(self) -> list[Recorded]:
+        """The token validations received (GET /v3/auth/tokens), in arrival order."""
+        return [r for r in self.requests("identity") if r.method == "GET" and r.path == "/identity/v3/auth/tokens"]
 
     def set_host_alive(self, host: str, alive: bool) -> None:
         with self._lock:
@@ -435,7 +474,7 @@ class FakeCloud:
     def _route(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
                body: Any) -> tuple[int, dict[str, str], Any]:
         if path.startswith("/identity"):
-            return self._identity(method, path, body)
+            return self._identity(method, path, query, headers, body)
         if path.startswith("/compute"):
             mv = self._microversion(headers)
             status, out = self._compute(method, path.removeprefix("/compute"), query, body, mv)
@@ -447,7 +486,8 @@ class FakeCloud:
 
     # -- Keystone --------------------------------------------------------------------------
 
-    def _identity(self, method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+    def _identity(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
+                  body: Any) -> tuple[int, dict[str, str], Any]:
         version = {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
                    "links": [{"rel": "self", "href": f"{self.auth_url}/"}],
                    "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}]}
@@ -455,16 +495,65 @@ class FakeCloud:
             return 300, {}, {"versions": {"values": [version]}}
         if method == "GET" and path == "/identity/v3":
             return 200, {}, {"version": version}
+        if method == "GET" and path == "/identity/v3/auth/tokens":
+            return self._validate(headers, "nocatalog" in query)
         if method == "POST" and path == "/identity/v3/auth/tokens":
             try:
-                pw = body["auth"]["identity"]["password"]["user"]["password"]
+                user = body["auth"]["identity"]["password"]["user"]
+                pw = user["password"]
             except (KeyError, TypeError):
-                pw = None
+                user, pw = {}, None
+            if user.get("name") in self._users:
+                return self._user_login(user, pw, body)
             if pw != PASSWORD:
                 raise HttpError(401, {"error": {"code": 401, "message": "The request you have made requires authentication.",
                                                 "title": "Unauthorized"}})
             return 201, {"X-Subject-Token": self.token}, {"token": self._token_body()}
         raise HttpError(404, {"error": {"code": 404, "message": f"no route for {path}"}})
+
+    def _user_login(self, user: dict[str, Any], password: Any, body: Any) -> tuple[int, dict[str, str], Any]:
+        known, projects = self._users[user["name"]]
+        scope = (body["auth"].get("scope") or {}).get("project") or {}
+        project = scope.get("id") or scope.get("name")
+        if password != known or (project is not None and project not in projects):
+            raise HttpError(401, {"error": {"code": 401, "title": "Unauthorized",
+                                            "message": "The request you have made requires authentication."}})
+        token = f"gAAAAA-user-{uuid.uuid4().hex}"
+        self._user_tokens[token] = UserToken(user["name"], project, projects.get(project, ()) if project else (),
+                                             time.time() + 3600)
+        return 201, {"X-Subject-Token": token}, {"token": self._user_token_body(self._user_tokens[token], True)}
+
+    def _validate(self, headers: dict[str, str], nocatalog: bool) -> tuple[int, dict[str, str], Any]:
+        if headers.get("x-auth-token") != self.token:  # validating needs the service account's token
+            raise HttpError(401, {"error": {"code": 401, "title": "Unauthorized",
+                                            "message": "The request you have made requires authentication."}})
+        subject = headers.get("x-subject-token", "")
+        if subject == self.token:
+            body = self._token_body()
+            if nocatalog:
+                del body["catalog"]
+            return 200, {"X-Subject-Token": subject}, {"token": body}
+        t = self._user_tokens.get(subject)
+        if t is None or t.revoked or t.expires_at <= time.time():
+            raise HttpError(404, {"error": {"code": 404, "title": "Not Found",
+                                            "message": f"Could not find token: {subject[:12]}..."}})
+        return 200, {"X-Subject-Token": subject}, {"token": self._user_token_body(t, not nocatalog)}
+
+    def _user_token_body(self, t: "UserToken", catalog: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "methods": ["password"],
+            "issued_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+            "expires_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t.expires_at))
+                          + f".{int(t.expires_at % 1 * 1e6):06d}Z",
+            "user": {"id": f"id-{t.user}", "name": t.user, "domain": {"id": "default", "name": "Default"}},
+            "audit_ids": [uuid.uuid4().hex[:22]],
+        }
+        if t.project_id is not None:
+            body["project"] = {"id": t.project_id, "name": t.project_id, "domain": {"id": "default", "name": "Default"}}
+            body["roles"] = [{"id": f"r-{r}", "name": r} for r in t.roles]
+        if catalog:
+            body["catalog"] = self._token_body()["catalog"]
+        return body
 
     def _token_body(self) -> dict[str, Any]:
         def endpoint(kind: str, name: str, url: str) -> dict[str, Any]:
