@@ -1,0 +1,159 @@
+"""Consumers spread over 1, 2 and 3 replicas: what each added replica brings to the notification path.
+
+For each replica count, a lab of that many inspector replicas (separate
+processes, one local etcd member with fast raft timing, embedded controller,
+no agents) serves ``--subscribers`` administrator subscriptions, spread
+evenly over the replicas by generator processes at nice 10 (``bench/scale.py
+--subscribe``). A monitor then reports ``--notifications`` sensor warnings to
+the leader over gRPC (``ReportJson``), back to back; the leader decides and
+logs each one, every replica relays it to its own subscribers.
+
+* ``deliveries_per_s``: every subscriber's copies / (the last copy's receipt
+  − the first report);
+* ``p50_ms`` / ``p99_ms``: report sent → a subscriber holds its copy, over
+  every copy;
+* ``replicas_cpu_s``: CPU the replica processes used meanwhile (sum).
+
+    python bench/replicas.py            # 6,000 subscribers, 20 notifications
+    python bench/replicas.py --quick    # 1,500 subscribers, 10 notifications, under a minute
+
+Everything shares this machine's cores: etcd, the replicas, the generators
+(at lower priority) and the monitor. On 2 cores a third replica competes with
+the others for the same CPU, so read the figures as what replicas cost and
+how the load spreads, not as what a site with a machine per replica gains.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc  # noqa: E402
+import psutil  # noqa: E402
+
+from doctor_common.api import agent_pb2, agent_pb2_grpc  # noqa: E402
+from doctor_common.grpcutil import auth_metadata  # noqa: E402
+from doctor_common.lab.replicated import HaLab, LocalEtcd  # noqa: E402
+
+SCALE = str(Path(__file__).resolve().parent / "scale.py")
+
+
+class Generator:
+    """``count`` subscriptions at ``endpoint`` in a process of its own (nice 10), expecting ``expect`` each."""
+
+    def __init__(self, endpoint: str, token: str, count: int, expect: int) -> None:
+        self.proc = subprocess.Popen(["nice", "-n", "10", sys.executable, SCALE, "--subscribe", endpoint, token,
+                                      str(count), str(expect)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    async def line(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            out = await asyncio.to_thread(self.proc.stdout.readline)
+        if not out:
+            raise RuntimeError(f"generator {self.proc.pid} ended (exit {self.proc.poll()})")
+        return out.strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def percentile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def one(etcd: LocalEtcd, replicas: int, subscribers: int, notifications: int,
+              procs_per_replica: int) -> dict[str, Any]:
+    lab = HaLab(etcd.endpoints, replicas=replicas, hosts=1, netns=False)
+    gens: list[Generator] = []
+    try:
+        await lab.start(agents=False)
+        leader = await lab.wait_leader()
+        per_replica = subscribers // replicas
+        for r in lab.replicas:
+            for k in range(procs_per_replica):
+                n = per_replica // procs_per_replica
+                gens.append(Generator(r.endpoint, lab.tokens["admin"], n, notifications))
+        total = sum(per_replica // procs_per_replica for _ in lab.replicas for _ in range(procs_per_replica))
+        await asyncio.gather(*(g.line(240) for g in gens))
+        procs = [psutil.Process(r.proc.pid) for r in lab.replicas if r.proc is not None]
+        cpu0 = cpu_s(procs)
+        md = auth_metadata(lab.hosts["compute-1"].agent_token)
+        first = time.time_ns()
+        async with grpc.aio.insecure_channel(lab.replicas[leader].endpoint) as ch:
+            stub = agent_pb2_grpc.AgentGatewayStub(ch)
+            for k in range(notifications):
+                event = {"event": {"time": datetime.now(timezone.utc).isoformat(), "type": "compute.host.sensor.warning",
+                                   "details": {"hostname": "compute-1", "severity": "warning", "monitor_id": f"m{k}"}}}
+                await stub.ReportJson(agent_pb2.JsonEventReport(json=json.dumps(event)), metadata=md, timeout=5)
+        reports = [json.loads(await g.line(300)) for g in gens]
+        cpu1 = cpu_s(procs)
+        last = max(max(int(v) for v in r["last_seen"].values()) for r in reports)
+        latencies = [x for r in reports for x in r["latencies"]]
+        return {"replicas": replicas, "subscribers": total, "deliveries_per_s": round(total * notifications /
+                                                                                     ((last - first) / 1e9)),
+                "p50_ms": round(statistics.median(latencies), 1), "p99_ms": round(percentile(latencies, 99), 1),
+                "last_delivery_ms": round((last - first) / 1e6, 1), "replicas_cpu_s": round(cpu1 - cpu0, 2)}
+    finally:
+        for g in gens:
+            g.stop()
+        await lab.close()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1,500 subscribers, 10 notifications")
+    ap.add_argument("--subscribers", type=int, default=0)
+    ap.add_argument("--notifications", type=int, default=0)
+    ap.add_argument("--procs", type=int, default=2, help="generator processes per replica")
+    args = ap.parse_args()
+    subscribers = args.subscribers or (1500 if args.quick else 6000)
+    notifications = args.notifications or (10 if args.quick else 20)
+    etcd = await LocalEtcd().start()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            r = await one(etcd, n, subscribers, notifications, args.procs)
+            results.append(r)
+            print(f"{n} replica(s), {r['subscribers']} subscribers spread evenly: {r['deliveries_per_s']} deliveries/s "
+                  f"(last copy {r['last_delivery_ms']} ms after the first report), report → copy p50 {r['p50_ms']} ms, "
+                  f"p99 {r['p99_ms']} ms; replicas used {r['replicas_cpu_s']} s of CPU", flush=True)
+    finally:
+        await etcd.stop()
+    print(json.dumps({"bench": "replicas", "cpus": len(os.sched_getaffinity(0)), "notifications": notifications,
+                      "shared": f"etcd, the replicas, {args.procs} generator processes per replica at nice 10",
+                      "runs": results}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
