@@ -11,15 +11,16 @@ the report is handed on.
 
 Answers: 200 ``{"accepted": n}``; 400 bad JSON or field (named); 401 no or
 unknown token; 403 a token that may not speak for the host, or a consumer's
-token; 405 another method; 408 a body slower than ``request_timeout_ms``;
-413 a body over ``max_body_bytes``; 503 not the leader (``leader`` names
-where it is, when known) or ``max_concurrent`` requests already in hand.
-Each error body is ``{"error": "<what to fix>"}``.
+token; 404 another path; 405 another method; 408 a body slower than
+``request_timeout_ms``; 413 a body over ``max_body_bytes``; 503 not the
+leader (``leader`` names where it is, when known), or busy. Each error body
+is ``{"error": "<what to fix>"}``.
 
-Bounded: requests in hand at once (the rest are told 503 at once, never
-queued), body size, the time a body may take, and the time a connection may
-stay without a complete request (aiohttp's keep-alive timer runs from the
-connection's start, so a client trickling its headers is cut off too).
+Bounded: connections served at once and waiting (``southbound/http_gate.py``:
+a flood cannot hold the loop), body size, the time a body may take, and the
+time a connection may stay without a complete request (aiohttp's keep-alive
+timer runs from the connection's start, so a client trickling its headers is
+cut off too).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from aiohttp import web
 from doctor_common.auth import TokenAuth
 from doctor_common.config import Section
 from inspector.southbound.gateway import MAX_JSON_BYTES, AgentGatewayServicer, ForeignHost, NotLeading, UnknownHost
+from inspector.southbound.http_gate import GatedServer
 from inspector.southbound.messages import BadMessage
 
 log = logging.getLogger("doctor.inspector.http_events")
@@ -48,7 +50,8 @@ class HttpEventsConfig:
     host: str
     port: int                          # 0: any free port (tests)
     max_body_bytes: int = MAX_JSON_BYTES
-    max_concurrent: int = 32
+    max_connections: int = 16          # served at once; the next ones wait unread
+    max_waiting: int = 256             # waiting beyond this: answered 503 at once
     request_timeout_s: float = 5.0     # from the request's headers to its whole body
     idle_timeout_s: float = 10.0       # a connection without a complete request is closed after this
 
@@ -63,7 +66,8 @@ class HttpEventsConfig:
             raise s.error("listen", f"expected host:port (e.g. \"127.0.0.1:12346\", \"[::1]:12346\"), got {listen!r}")
         cfg = cls(host=host, port=int(port),
                   max_body_bytes=s.int("max_body_bytes", MAX_JSON_BYTES, min=1024, max=MAX_JSON_BYTES),
-                  max_concurrent=s.int("max_concurrent", 32, min=1, max=10_000),
+                  max_connections=s.int("max_connections", 16, min=1, max=10_000),
+                  max_waiting=s.int("max_waiting", 256, min=0, max=100_000),
                   request_timeout_s=s.int("request_timeout_ms", 5000, min=10, max=600_000) / 1000,
                   idle_timeout_s=s.int("idle_timeout_ms", 10_000, min=10, max=3_600_000) / 1000)
         s.done()
@@ -74,7 +78,7 @@ def _answer(status: int, error: str, **headers: str) -> web.Response:
     return web.json_response({"error": error}, status=status, headers=headers)
 
 
-def bearer(request: web.Request) -> str | None:
+def bearer(request: web.BaseRequest) -> str | None:
     """The caller's token: ``Authorization: Bearer <token>``, or OpenStack's ``X-Auth-Token`` header (what
     Doctor's monitors send)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -92,17 +96,21 @@ class HttpEvents:
         self.gateway = gateway
         self.auth = auth
         self.ssl_context = ssl_context  # the hook for TLS (and client certificates): TCPSite serves it as given
-        self.in_hand = 0
-        self.busy_refused = 0
         self.port = 0
-        self._runner: web.AppRunner | None = None
+        self.server: GatedServer | None = None
+        self._runner: web.ServerRunner | None = None
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.cfg.max_body_bytes)
-        app.router.add_route("*", "/events", self._events)
-        app.router.add_route("*", "/{tail:.*}", self._elsewhere)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                               keepalive_timeout=self.cfg.idle_timeout_s, max_line_size=8190, max_field_size=8190)
+        loop = asyncio.get_running_loop()
+        limit = self.cfg.max_body_bytes
+
+        def request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
+
+        self.server = GatedServer(self._route, serving=self.cfg.max_connections, waiting=self.cfg.max_waiting,
+                                  request_factory=request, access_log=None, keepalive_timeout=self.cfg.idle_timeout_s,
+                                  max_line_size=8190, max_field_size=8190)
+        runner = web.ServerRunner(self.server, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.cfg.host, self.cfg.port, ssl_context=self.ssl_context, backlog=128)
@@ -119,27 +127,22 @@ class HttpEvents:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
-    async def _elsewhere(self, request: web.Request) -> web.Response:
-        return _answer(404, f"no resource {request.path!r}: monitors report with PUT or POST /events")
-
-    async def _events(self, request: web.Request) -> web.Response:
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/events":
+            return _answer(404, f"no resource {request.path!r}: monitors report with PUT or POST /events")
         if request.method not in METHODS:
             return _answer(405, f"{request.method} is not allowed: report events with PUT or POST /events",
                            Allow=", ".join(METHODS))
-        if self.in_hand >= self.cfg.max_concurrent:  # turned away at once: a flood costs microseconds a request
-            self.busy_refused += 1
-            return _answer(503, f"busy: {self.cfg.max_concurrent} reports in hand; retry in a moment",
-                           **{"Retry-After": RETRY_AFTER_S})
-        self.in_hand += 1
         try:
-            return await self._report(request)
+            resp = await self._report(request)
         except Exception:  # noqa: BLE001 - nothing a client sends may take the listener down
             log.exception("HTTP events report from %s failed", request.remote)
-            return _answer(500, "internal error: the inspector's log says more; report again")
-        finally:
-            self.in_hand -= 1
+            resp = _answer(500, "internal error: the inspector's log says more; report again")
+        if self.server is not None and self.server.queue:
+            resp.force_close()  # others wait: a kept-alive connection gives its place up after each answer
+        return resp
 
-    async def _identity(self, request: web.Request) -> str | None | web.Response:
+    async def _identity(self, request: web.BaseRequest) -> str | None | web.Response:
         """The host the caller may speak for (None: anonymous agents are allowed), or the answer refusing it.
         Where client certificates would name the host, they are read here."""
         token = bearer(request)
@@ -157,7 +160,7 @@ class HttpEvents:
         return _answer(401, "unknown token: use the agent token of the host the events are about",
                        **{"WWW-Authenticate": "Bearer error=\"invalid_token\""})
 
-    async def _report(self, request: web.Request) -> web.Response:
+    async def _report(self, request: web.BaseRequest) -> web.Response:
         token_host = await self._identity(request)
         if isinstance(token_host, web.Response):
             return token_host

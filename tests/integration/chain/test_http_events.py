@@ -138,4 +138,5 @@ async def test_a_token_that_may_not_speak_for_the_host_powers_nothing_off(lab: L
     assert [p.physical_resource_id for n in admin.faults for p in n.physical_resource_info] == ["compute-2"]
     assert lab.inspector.alarms.incident("compute-1") is None
     assert powers(lab) == {h: ("on", 0) for h in lab.hosts}
-    assert lab.inspector.http_events.in_hand == 0
+    gate = lab.inspector.http_events.server
+    await wait_for(lambda: not gate.active and not gate.queue, 5, what="every connection's place given back")

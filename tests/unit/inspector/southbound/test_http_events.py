@@ -185,60 +185,77 @@ async def test_a_follower_answers_503_naming_the_leader(listener: Listener) -> N
     assert listener.taken == []
 
 
+async def until(predicate: Any, what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.005)
+
+
+async def open_raw(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    if data:
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+    return sock
+
+
+PARTIAL = b"PUT /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-c1\r\nContent-Length: 100\r\n\r\n{"
+
+
 async def test_a_slow_body_is_cut_off_and_an_idle_connection_closed(listener: Listener) -> None:
     """A client that sends its headers and then too little of its body gets 408 after request_timeout; one that
     never completes its headers is disconnected after idle_timeout. Neither holds a place afterwards."""
     loop = asyncio.get_running_loop()
-    with socket.create_connection(("127.0.0.1", listener.server.port)) as slow:
-        slow.setblocking(False)
-        await loop.sock_sendall(slow, b"PUT /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-c1\r\n"
-                                      b"Content-Length: 100\r\n\r\n{\"event\"")
+    with await open_raw(listener.server.port, PARTIAL) as slow:
         async with asyncio.timeout(5):
             reply = await loop.sock_recv(slow, 4096)
         assert reply.startswith(b"HTTP/1.1 408") and b"within 300 ms" in reply
-    with socket.create_connection(("127.0.0.1", listener.server.port)) as idle:
-        idle.setblocking(False)
-        await loop.sock_sendall(idle, b"PUT /events HTTP/1.1\r\nHost: x\r\n")
+    with await open_raw(listener.server.port, b"PUT /events HTTP/1.1\r\nHost: x\r\n") as idle:
         async with asyncio.timeout(5):
             assert await loop.sock_recv(idle, 4096) == b"", "the connection is closed"
-    assert listener.server.in_hand == 0
+    gate = listener.server.server
+    assert gate is not None
+    await until(lambda: not gate.active and not gate.queue, "the closed connections still held places")
     assert await listener.send({"event": event()}) == (200, {"accepted": 1})
 
 
-async def test_a_flood_beyond_max_concurrent_is_turned_away_at_once() -> None:
-    """With max_concurrent = 2 and two reports in hand (their bodies still coming), a third is answered 503
-    'busy' at once, not queued; once they end, reports are taken again."""
-    lst, server = await make_listener(max_concurrent=2, request_timeout_s=5.0)
+async def test_connections_beyond_the_bound_wait_unread_and_then_are_refused() -> None:
+    """max_connections = 2, max_waiting = 1, two connections in hand (their bodies still coming): a third
+    connection's report waits, unread, and is not answered; a fourth connection is answered 503 'busy' at once.
+    Once one of the two ends, the waiting report is read and taken."""
+    lst, server = await make_listener(max_connections=2, max_waiting=1, request_timeout_s=5.0)
+    gate = server.server
+    assert gate is not None
     loop = asyncio.get_running_loop()
-    holders = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+    holders = [await open_raw(server.port, PARTIAL) for _ in range(2)]
     try:
-        for h in holders:
-            h.setblocking(False)
-            await loop.sock_sendall(h, b"PUT /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-c1\r\n"
-                                       b"Content-Length: 10\r\n\r\n[")
-        deadline = loop.time() + 5
-        while server.in_hand < 2:
-            assert loop.time() < deadline, "the two reports never got in hand"
-            await asyncio.sleep(0.005)
-        got, answer = await lst.send({"event": event()})
-        assert got == 503 and "busy: 2 reports in hand" in answer["error"] and server.busy_refused == 1
+        await until(lambda: len(gate.active) == 2, "the two connections never got in")
+        waiting = asyncio.create_task(lst.send({"event": event()}))
+        await until(lambda: len(gate.queue) == 1, "the third connection never waited")
+        with await open_raw(server.port, b"") as fourth:
+            async with asyncio.timeout(5):
+                reply = await loop.sock_recv(fourth, 4096)
+        assert reply.startswith(b"HTTP/1.1 503") and b"busy: 2 connections served and 1 waiting" in reply
+        assert gate.refused == 1 and not waiting.done() and lst.taken == []
+        holders.pop().close()
+        async with asyncio.timeout(5):
+            assert await waiting == (200, {"accepted": 1})
+        assert len(lst.taken) == 1
     finally:
         for h in holders:
             h.close()
-    deadline = loop.time() + 5
-    while server.in_hand:
-        assert loop.time() < deadline, "the closed reports still held their places"
-        await asyncio.sleep(0.005)
-    assert await lst.send({"event": event()}) == (200, {"accepted": 1})
-    await server.stop()
+        await server.stop()
 
 
 @pytest.mark.parametrize("table, key, words", [
     ('listen = "12346"', "http_events.listen", "expected host:port"),
     ('listen = "127.0.0.1:99999"', "http_events.listen", "expected host:port"),
     ('listen = "127.0.0.1:0"\nmax_body_bytes = 4194304', "http_events.max_body_bytes", "at most"),
-    ('listen = "127.0.0.1:0"\nmax_concurent = 4', "http_events", "max_concurent"),
-    ("max_concurrent = 4", "http_events.listen", "is required"),
+    ('listen = "127.0.0.1:0"\nmax_connection = 4', "http_events", "max_connection"),
+    ('listen = "127.0.0.1:0"\nmax_connections = 0', "http_events.max_connections", "at least 1"),
+    ("max_connections = 4", "http_events.listen", "is required"),
 ])
 def test_a_bad_table_names_file_and_key(tmp_path: Path, table: str, key: str, words: str) -> None:
     """Each mistake in [http_events] fails at start-up naming the file and the key."""
