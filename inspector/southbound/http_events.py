@@ -109,14 +109,18 @@ class HttpEvents:
 
         self.server = GatedServer(self._route, serving=self.cfg.max_connections, waiting=self.cfg.max_waiting,
                                   request_factory=request, access_log=None, keepalive_timeout=self.cfg.idle_timeout_s,
-                                  max_line_size=8190, max_field_size=8190)
+                                  max_line_size=8190, max_field_size=8190,
+                                  lingering_time=1.0)  # an unread body after a refusal: drained 1 s at most
         runner = web.ServerRunner(self.server, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.cfg.host, self.cfg.port, ssl_context=self.ssl_context, backlog=128)
             await site.start()
-        except BaseException:
+        except BaseException as exc:
             await runner.cleanup()
+            if isinstance(exc, OSError):  # the address taken or not ours: say which setting
+                raise OSError(exc.errno, f"[http_events] listen {self.cfg.host}:{self.cfg.port}: "
+                                         f"{exc.strerror or exc}") from exc
             raise
         self._runner = runner
         self.port = runner.addresses[0][1]

@@ -249,6 +249,13 @@ async def test_connections_beyond_the_bound_wait_unread_and_then_are_refused() -
         await server.stop()
 
 
+async def test_an_address_in_use_names_the_setting(listener: Listener) -> None:
+    """A second listener on a port already taken fails to start, naming [http_events] listen and the address."""
+    taken = HttpEventsConfig(host="127.0.0.1", port=listener.server.port)
+    with pytest.raises(OSError, match=rf"\[http_events\] listen 127.0.0.1:{listener.server.port}: .*in use"):
+        await HttpEvents(taken, listener.server.gateway, listener.server.auth).start()
+
+
 @pytest.mark.parametrize("table, key, words", [
     ('listen = "12346"', "http_events.listen", "expected host:port"),
     ('listen = "127.0.0.1:99999"', "http_events.listen", "expected host:port"),
