@@ -125,6 +125,14 @@ class TokenAuth:
     def _lookup(table: dict[bytes, object], token: str) -> object | None:
         return table.get(_digest(token))  # keyed by SHA-256: a lookup's timing says nothing usable of the token
 
+    def agent_for(self, token: str) -> str | None:
+        """The host an agent token stands for; None when it is no agent's (a transport without gRPC metadata)."""
+        return self._lookup(self._agents, token)  # type: ignore[return-value]
+
+    def consumer_for(self, token: str) -> Principal | None:
+        """The consumer a token stands for; None when it is no consumer's."""
+        return self._lookup(self._consumers, token)  # type: ignore[return-value]
+
     async def consumer(self, context: grpc.aio.ServicerContext) -> Principal:
         token, twice = consumer_token(context)
         if token is None:

@@ -19,6 +19,7 @@ from inspector.maintenance.workflow import MaintenanceConfig
 from inspector.response.fleet_guard import GuardConfig
 from inspector.response.policy import Policy, default_policy, load_policy
 from inspector.response.recovery import RetryPolicy
+from inspector.southbound.http_events import HttpEventsConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class InspectorConfig:
     notifier_state: str = ""             # standalone: the SQLite file of the log and subscriptions ("" in memory)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     max_handshakes: int = 256            # agent Hellos, and subscriptions being set up, at once (each kind)
+    http_events: HttpEventsConfig | None = None  # the monitors' JSON over HTTP (PUT/POST /events); None: off
 
 
 def _bmc(s: Section) -> Bmc:
@@ -256,6 +258,9 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
                 parse_endpoint(opts[key])
             except ValueError as exc:
                 raise i.error(key if i.data.get(key) else "advertise", str(exc)) from None
+
+    if "http_events" in root.data:
+        opts["http_events"] = HttpEventsConfig.from_section(root.section("http_events"))
 
     # [controller.openstack]'s cloud serves [auth.keystone] too, unless it names its own (read, not consumed)
     auth = _auth(root.section("auth"), Section(sub.file, dict(sub.data), sub.prefix) if backend == "openstack" else None)

@@ -56,6 +56,7 @@ from inspector.response.responder import Responder
 from inspector.response.trigger import Trigger
 from inspector.southbound.absent import AbsentWatch
 from inspector.southbound.gateway import AgentGatewayServicer
+from inspector.southbound.http_events import HttpEvents
 from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY
@@ -154,6 +155,7 @@ class Inspector:
         self.agent_admission = Admission(cfg.max_handshakes)
         self.subscription_admission = Admission(cfg.max_handshakes)
         self.server: grpc.aio.Server | None = None
+        self.http_events: HttpEvents | None = None  # [http_events]: the monitors' JSON over HTTP
         self.health: Any = None
         self.ports: list[int] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -350,10 +352,11 @@ class Inspector:
         # silent host's stream before the liveness timeout (that would read as agent death: no fencing)
         keepalive = server_options(ping_timeout_ms=max(1000, int(2000 * self.cfg.liveness_timeout_s)))
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
-        agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayServicer(
+        gateway = AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
             self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch,
-            admission=self.agent_admission), server)
+            admission=self.agent_admission)
+        agent_pb2_grpc.add_AgentGatewayServicer_to_server(gateway, server)
         add_fault_management(FaultManagementServicer(
             self.auth, self.view, self.log, self.registry, self.book, self.serve_consumers,
             admission=self.subscription_admission, position=self._position,
@@ -373,6 +376,9 @@ class Inspector:
         # every replica, whatever its role (a follower's leadership changes must not cancel it): its own streams
         self._keystone_watch = asyncio.create_task(watch_keystone_streams(self.auth, self.registry),
                                                    name="Keystone tokens of live streams")
+        if self.cfg.http_events is not None:
+            self.http_events = HttpEvents(self.cfg.http_events, gateway, self.auth)
+            await self.http_events.start()
         if self.leadership is not None:
             await self._set_health(False)
             assert self.feed is not None
@@ -412,6 +418,8 @@ class Inspector:
         for t in [*self._loops, *self._tasks, *watch]:
             t.cancel()
         await asyncio.gather(*self._loops, *self._tasks, *watch, return_exceptions=True)
+        if self.http_events is not None:
+            await self.http_events.stop()
         if self.server is not None:
             await self.server.stop(grace)
         for closing in (self.book, self.agent_redirects, self.consumer_redirects, self.probe):
@@ -448,7 +456,7 @@ class Inspector:
         self._revoke()
         self.responder.policy = new.policy
         kept = [k for k in ("listen", "etcd", "node_id", "advertise", "advertise_agents", "heartbeat_interval_ms",
-                            "liveness_timeout_s", "guard", "bmcs", "notifier_state")
+                            "liveness_timeout_s", "guard", "bmcs", "notifier_state", "http_events")
                 if getattr(new, k) != getattr(self.cfg, k)]
         try:
             await self.resources.load()

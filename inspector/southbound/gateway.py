@@ -38,6 +38,19 @@ log = logging.getLogger("doctor.inspector.gateway")
 
 HELLO_TIMEOUT_S = 5.0
 RESTARTED = "compute.host.restarted"
+MAX_JSON_BYTES = 1024 * 1024  # one JSON report, over gRPC or HTTP
+
+
+class ForeignHost(Exception):
+    """A JSON event names a host the caller's token may not speak for."""
+
+
+class UnknownHost(Exception):
+    """A JSON event names a host the controller does not know."""
+
+
+class NotLeading(Exception):
+    """This replica stopped leading while a JSON report was being checked: nothing of it was handed on."""
 
 
 class LeaderGate(Protocol):
@@ -239,15 +252,43 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         """The seeds' southbound event: {"event": {...}} or {"events": [...]}."""
         token_host = await self.auth.agent_host(context)
         await self.gate.require_leader(context)
-        if len(request.json) > 1024 * 1024:
+        if len(request.json) > MAX_JSON_BYTES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "json: at most 1 MiB")
         try:
-            events = parse_json_events(request.json)
-        except (BadMessage, ValueError) as exc:
+            accepted = await self.take_json(token_host, request.json)
+        except BadMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"json: {exc}")
+        except ForeignHost as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except UnknownHost as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except NotLeading:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica stopped leading: report again")
+        return agent_pb2.JsonEventAck(accepted=accepted)
+
+    async def take_json(self, token_host: str | None, text: str) -> int:
+        """A monitor's JSON report, whatever carried it (``ReportJson``, ``southbound/http_events.py``): checked
+        whole, then every event handed on as an agent's state. ``token_host`` is the host the caller's agent token
+        stands for (None: an anonymous agent, when allowed). Raises ``BadMessage``, ``ForeignHost`` or
+        ``UnknownHost`` naming the first bad event, or ``NotLeading``; then nothing of the report was handed on."""
+        events = parse_json_events(text)
+        checked: set[str] = set()
+        for i, (host, _, _) in enumerate(events):
+            if host in checked:
+                continue
+            if token_host is not None and token_host != host:
+                raise ForeignHost(f"events[{i}].details.hostname: this agent's token belongs to host {token_host!r}, "
+                                  f"not {host!r}")
+            if not self.is_switch(host):
+                try:
+                    await self.known_host(host)
+                except NotFound:
+                    raise UnknownHost(f"events[{i}].details.hostname: host {host!r} is not in the controller's "
+                                      "inventory: add it there first") from None
+            checked.add(host)
+        if self.gate.epoch() is None:  # lost while the hosts were looked up: the leader must hear it instead
+            raise NotLeading()
         received = now_ns()
-        for host in {h for h, _, _ in events}:
-            await self._host_for(host, context, switch=self.is_switch(host))
         for host, state, observed in events:
             if self.is_switch(host):
                 self.on_switch(host, state)
@@ -255,4 +296,4 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             rec = self.liveness.record(host)
             rec.components[state.component] = state
             self.on_state(rec, state, trigger_from_state(host, state, observed, 0, received))
-        return agent_pb2.JsonEventAck(accepted=len(events))
+        return len(events)

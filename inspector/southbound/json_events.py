@@ -1,8 +1,10 @@
 """The seeds' JSON southbound event (``{'event': {...}}`` and the bulk ``{'events': [...]}``), as agent states.
 
-Existing monitors report through ``AgentGateway.PostJsonEvents``; each event
-becomes the component state a monitor would have sent, checked like an
-agent's.
+Existing monitors report through ``AgentGateway.ReportJson`` or over HTTP
+(``PUT``/``POST /events``, ``http_events``); each event becomes the component
+state a monitor would have sent, checked like an agent's. Besides the seeds'
+two forms, a bare list of events is the bulk form too: OPNFV Doctor's sample
+monitor sends that.
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ from inspector.southbound.messages import BadMessage, check_state
 
 
 def parse_json_events(text: str) -> list[tuple[str, agent_pb2.ComponentState, int]]:
-    doc = json.loads(text)
+    """Every event of the report, checked, as (host, component state, observed ns); the first bad one raises
+    ``BadMessage`` naming it (``events[i]...``) and nothing of the report counts."""
+    try:
+        doc = json.loads(text)
+    except RecursionError:  # nesting deeper than the parser's stack: not an event report either way
+        raise BadMessage("not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise BadMessage(f"not valid JSON: {exc}") from None
+    if isinstance(doc, list):  # OPNFV Doctor's sample monitor sends the bulk form as a bare list of events
+        doc = {"events": doc}
     if not isinstance(doc, dict):
-        raise BadMessage("expected an object with 'event' or 'events'")
+        raise BadMessage("expected an object with 'event' or 'events', or a list of events")
     if "event" in doc:
         raw = [doc["event"]]
     elif isinstance(doc.get("events"), list):
         raw = [e.get("event", e) if isinstance(e, dict) else e for e in doc["events"]]
     else:
-        raise BadMessage("expected an object with 'event' or 'events'")
+        raise BadMessage("expected an object with 'event' or 'events', or a list of events")
     if len(raw) > MAX_BATCH:
         raise BadMessage(f"at most {MAX_BATCH} events")
     out = []
@@ -44,6 +55,9 @@ def parse_json_events(text: str) -> list[tuple[str, agent_pb2.ComponentState, in
             raise BadMessage(f"events[{i}].time {ev['time']!r} is not an ISO 8601 time") from None
         if t.tzinfo is None:
             t = t.replace(tzinfo=timezone.utc)
+        observed = int(t.timestamp() * 1e9)
+        if not 0 <= observed < 2**63:  # the timeline's nanoseconds are an int64 since 1970
+            raise BadMessage(f"events[{i}].time {ev['time']!r} is outside 1970-2262")
         try:
             severity = severity_from_name(str(details.get("severity", "critical")))
         except ValueError as exc:
@@ -58,5 +72,5 @@ def parse_json_events(text: str) -> list[tuple[str, agent_pb2.ComponentState, in
             description=str(details.get("cause", ""))[:MAX_TEXT],
             details={str(k)[:MAX_ID]: str(v)[:MAX_TEXT] for k, v in list(details.items())[:MAX_DETAILS]})
         check_state(state, f"events[{i}]")
-        out.append((host, state, int(t.timestamp() * 1e9)))
+        out.append((host, state, observed))
     return out

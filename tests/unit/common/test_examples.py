@@ -36,8 +36,18 @@ async def test_example_inspector_config_loads(tmp_path: Path) -> None:
     try:
         assert cfg.controller.name == "embedded" and cfg.fencing_retry_s == 0.05
         assert len(await cfg.controller.list_hosts()) == 2
+        assert cfg.http_events is None, "HTTP events are off unless configured"
     finally:
         await cfg.controller.close()
+    # the commented [http_events] block, taken as written
+    lines = text.splitlines()
+    start = lines.index("# [http_events]")
+    end = lines.index("", start)
+    (tmp_path / "inspector.toml").write_text("\n".join(
+        [*lines[:start], *(line[2:] for line in lines[start:end]), *lines[end:]]))
+    http = load_inspector_config(tmp_path / "inspector.toml", build_controller=False).http_events
+    assert http is not None and (http.host, http.port, http.max_body_bytes, http.max_connections, http.max_waiting) == \
+        ("127.0.0.1", 12345, 1048576, 16, 256) and (http.request_timeout_s, http.idle_timeout_s) == (5.0, 10.0)
 
 
 def test_example_agent_config_loads(tmp_path: Path) -> None:

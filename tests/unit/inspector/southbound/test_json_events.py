@@ -29,8 +29,25 @@ def test_bulk_form() -> None:
     assert events[1][1].status == agent_pb2.COMPONENT_STATUS_OK
 
 
+def test_a_bare_list_is_the_bulk_form_as_opnfv_doctors_sample_monitor_sends_it() -> None:
+    """Doctor's sample monitor PUTs a list of events (with an 'id' and 'monitor' of its own): each is taken."""
+    doc = ('[{"id": "monitor_sample_id1", "time": "2026-12-03T09:00:00.123456", "type": "compute.host.down",'
+           ' "details": {"hostname": "compute-1", "status": "down", "monitor": "monitor_sample",'
+           ' "monitor_event_id": "monitor_sample_event1"}}]')
+    [(host, state, observed)] = parse_json_events(doc)
+    assert host == "compute-1" and state.fault_type == "compute.host.down"
+    assert state.status == agent_pb2.COMPONENT_STATUS_FAULT and state.severity == common_pb2.SEVERITY_CRITICAL
+    assert state.details["monitor_event_id"] == "monitor_sample_event1" and observed % 10**9 == 123456000
+
+
 @pytest.mark.parametrize("doc, words", [
-    ("[1]", "expected an object"),
+    ('"compute.host.down"', "expected an object"),
+    ("[1]", r"events\[0\] needs string 'time' and 'type'"),
+    ('{"event": {"time": ', "not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"event": {"time": "9999-01-01T00:00:00", "type": "x", "details": {"hostname": "h"}}}', "outside 1970-2262"),
+    ('{"events": [{"time": "2016-04-12T08:00:00", "type": "x", "details": {"hostname": "h"}}, {"type": "x"}]}',
+     r"events\[1\] needs"),
     ('{"event": {"type": "x"}}', "needs string 'time' and 'type'"),
     ('{"event": {"time": "yesterday", "type": "x", "details": {"hostname": "h"}}}', "ISO 8601"),
     ('{"event": {"time": "2016-04-12T08:00:00", "type": "x"}}', "hostname is required"),
