@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from doctor_common.audit import Audit
 from doctor_common.grpcutil import bearer_token
 
 
@@ -35,6 +36,12 @@ class TokenAuth:
         self._consumers = {_digest(t): p for t, p in consumers.items()}
         self._agents = {_digest(t): h for t, h in agents.items()}
         self.allow_anonymous_agents = allow_anonymous_agents
+        self.audit = Audit()  # the daemon sets its own: rejected clients go to its audit trail
+
+    async def _reject(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, kind: str, why: str) -> None:
+        """Audit the refusal (never the token), then abort with ``why``."""
+        self.audit.rejected(_peer(context), kind, why)
+        await context.abort(code, why)
 
     @staticmethod
     def credential(context: grpc.aio.ServicerContext) -> bytes:
@@ -61,17 +68,19 @@ class TokenAuth:
     async def consumer(self, context: grpc.aio.ServicerContext) -> Principal:
         token = bearer_token(context)
         if token is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing credentials: send metadata 'authorization: Bearer <token>'")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "missing_token",
+                               "missing credentials: send metadata 'authorization: Bearer <token>'")
         principal = self._lookup(self._consumers, token)  # type: ignore[arg-type]
         if principal is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token: ask the operator for a consumer token")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "unknown_token",
+                               "unknown token: ask the operator for a consumer token")
         return principal  # type: ignore[return-value]
 
     async def admin(self, context: grpc.aio.ServicerContext) -> Principal:
         principal = await self.consumer(context)
         if not principal.admin:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs an administrator token")
+            await self._reject(context, grpc.StatusCode.PERMISSION_DENIED, "not_admin",
+                               f"this call needs an administrator token ({principal.name} is not one)")
         return principal
 
     async def agent_host(self, context: grpc.aio.ServicerContext) -> str | None:
@@ -80,9 +89,16 @@ class TokenAuth:
         if token is None:
             if self.allow_anonymous_agents:
                 return None
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing agent credentials: set [agent] token in the agent's config")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "missing_token",
+                               "missing agent credentials: set [agent] token in the agent's config")
         host = self._lookup(self._agents, token)  # type: ignore[arg-type]
         if host is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent token")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "unknown_token", "unknown agent token")
         return host  # type: ignore[return-value]
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # noqa: BLE001 - a test double or a closed call: the reason is what matters
+        return ""

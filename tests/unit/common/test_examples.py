@@ -35,6 +35,7 @@ async def test_example_inspector_config_loads(tmp_path: Path) -> None:
     cfg = load_inspector_config(tmp_path / "inspector.toml")
     try:
         assert cfg.controller.name == "embedded" and cfg.fencing_retry_s == 0.05
+        assert cfg.metrics_listen == "127.0.0.1:9464" and cfg.log_format == "text"
         assert len(await cfg.controller.list_hosts()) == 2
     finally:
         await cfg.controller.close()
