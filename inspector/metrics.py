@@ -36,7 +36,7 @@ log = logging.getLogger("doctor.inspector.metrics")
 LIVENESS = (UP, AGENT_DOWN, UNREACHABLE, STOPPED, UNKNOWN)
 # the fault chain's stages run from a millisecond to the controller's seconds
 STAGE_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0)
-CALL_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0)
+CALL_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0)
 MAX_FAULT_TYPES = 200  # fault types come from agents and monitors: beyond this many, counted as "other"
 ETCD_CALLS = ("get", "get_prefix", "get_range", "put", "delete", "delete_prefix", "transaction", "lease",
               "revoke_lease", "refresh_lease")
@@ -66,17 +66,23 @@ class Observed(Protocol):
     def guard_status(self) -> diagnostics_pb2.GuardStatus: ...
 
 
-def _timed(fn: Callable[..., Awaitable[Any]], seconds: Any, errors: Any) -> Callable[..., Awaitable[Any]]:
+def _timed(fn: Callable[..., Awaitable[Any]], name: str, seconds: Histogram,
+           errors: Counter) -> Callable[..., Awaitable[Any]]:
+    child: Any = None  # the label's histogram, made on the first call: a method never called costs no scrape
+
     @functools.wraps(fn)
     async def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal child
         started = time.perf_counter()
         try:
             return await fn(*args, **kwargs)
         except Exception:
-            errors.inc()
+            errors.labels(name).inc()
             raise
         finally:
-            seconds.observe(time.perf_counter() - started)
+            if child is None:
+                child = seconds.labels(name)
+            child.observe(time.perf_counter() - started)
     return call
 
 
@@ -88,7 +94,7 @@ def instrument(obj: Any, names: tuple[str, ...], seconds: Histogram, errors: Cou
         fn = getattr(obj, name, None)
         if fn is None or not inspect.iscoroutinefunction(fn):
             continue
-        setattr(obj, name, _timed(fn, seconds.labels(name), errors.labels(name)))
+        setattr(obj, name, _timed(fn, name, seconds, errors))
         done.append(name)
     return done
 
