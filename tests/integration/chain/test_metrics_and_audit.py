@@ -176,3 +176,24 @@ async def test_every_metric_is_documented_and_every_alert_names_a_real_one(make_
     alerts = (ROOT / "deploy/prometheus/doctor-alerts.yml").read_text()
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"\b(doctor_[a-z_]+)\b", alerts)}
     assert used and used - exposed == set(), "alert rules naming metrics that do not exist"
+
+
+async def test_a_failed_fence_is_counted_and_audited_without_the_password(make_lab, trail: Trail) -> None:  # type: ignore[no-untyped-def]
+    """compute-2's BMC refuses the credentials: the attempt and its failure are counted and audited with the
+    error, and neither the password tried nor the real one is in the trail; the host stays on."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",), unfenceable=("compute-2",),
+                         extra_config=METRICS)
+    c = await make_lab.consumer(lab, "project-a")
+    lab.cut_link("compute-2")
+    await wait_for(lambda: c.of_phase(fault_pb2.IncidentPhase.INCIDENT_PHASE_UNFENCED), 10, what="notification")
+    await wait_for(lambda: trail.events("fence_result"), 10, what="the fence's outcome on the trail")
+    results = trail.events("fence_result")
+    assert results[0]["host"] == "compute-2" and results[0]["result"] == "failed" and results[0]["error"]
+    samples = await scrape(lab)
+    assert value(samples, "doctor_fence_results_total", result="failed") >= 1
+    assert value(samples, "doctor_fence_results_total", result="ok") == 0
+    assert value(samples, "doctor_fence_attempts_total") >= value(samples, "doctor_fence_results_total",
+                                                                   result="failed")
+    assert value(samples, "doctor_incidents", phase="unfenced") == 1
+    assert lab.power("compute-2") == ("on", 0)
+    assert not any(secret in line for line in trail.lines for secret in ("not-the-password", lab.bmc_password))
