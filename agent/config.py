@@ -9,6 +9,7 @@ from typing import Any
 
 from doctor_common.endpoint import parse_endpoint
 from doctor_common.config import ConfigError, Section
+from doctor_common.logs import FORMATS
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class AgentConfig:
     keepalive_ms: int = 1000
     health_interval_s: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"         # "json": one JSON object per line (doctor_common/logs.py)
     checkers: tuple[Any, ...] = ()  # built Checker instances
     path: str = ""
 
@@ -52,6 +54,7 @@ def load_agent_config(path: Path | str) -> AgentConfig:
         keepalive_ms=a.int("keepalive_ms", 1000, min=50, max=600_000),
         health_interval_s=a.float("health_interval_s", 30.0, min=0.1),
         log_level=a.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        log_format=a.choice("log_format", FORMATS, "text"),
     )
     a.done()
     checkers = []

@@ -214,7 +214,7 @@ def cli(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config}: ok (host {cfg.host_id}, checkers: {', '.join(c.name for c in cfg.checkers)})")
         return 0
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     try:
         asyncio.run(main(cfg))
     except RuntimeError as exc:

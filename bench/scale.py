@@ -22,6 +22,7 @@ notification path from the log append to the consumer's socket.
 
     python bench/scale.py              # 10,000 subscribers
     python bench/scale.py --quick      # 2,000 subscribers, under a minute
+    python bench/scale.py --metrics    # with the metrics listener on, scraped every second throughout
 
 The generators share this machine's cores with the inspector (at lower
 priority). The last line printed is one JSON object.
@@ -204,7 +205,23 @@ def percentile(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-async def run(subscribers: int, procs: int) -> dict[str, Any]:
+async def scraper(port: int, times_ms: list[float], stop: asyncio.Event) -> None:
+    """Scrape /metrics every second (Prometheus does every 15-60 s), timing each answer."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        while not stop.is_set():
+            t = time.perf_counter()
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                await resp.read()
+            times_ms.append((time.perf_counter() - t) * 1e3)
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+
+async def run(subscribers: int, procs: int, metrics: bool = False) -> dict[str, Any]:
     from inspector.config import load_inspector_config
     from inspector.core import Inspector
 
@@ -220,12 +237,16 @@ async def run(subscribers: int, procs: int) -> dict[str, Any]:
     (d / "inspector.toml").write_text(
         f'[inspector]\nlisten = ["{endpoint}"]\nlog_level = "warning"\n'
         f'[controller.embedded]\ninventory = "inventory.toml"\n[notifier]\nqueue_limit = 1000\n'
-        f'[auth]\nallow_anonymous_agents = true\n{consumers}')
+        + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else "")
+        + f'[auth]\nallow_anonymous_agents = true\n{consumers}')
     insp = Inspector(load_inspector_config(d / "inspector.toml"))
     await insp.start()
     me = psutil.Process()
-    out: dict[str, Any] = {"subscribers": subscribers}
+    out: dict[str, Any] = {"subscribers": subscribers, "metrics": metrics}
     gens: list[Generator] = []
+    scrapes: list[float] = []
+    stop_scraping = asyncio.Event()
+    scraping = asyncio.create_task(scraper(insp.metrics.port, scrapes, stop_scraping)) if metrics else None
     try:
         # -- idle subscribers of other projects, one owner ------------------------------------------
         base = rss_kb()
@@ -296,7 +317,16 @@ async def run(subscribers: int, procs: int) -> dict[str, Any]:
         out["events_per_s"] = round(acked / INGEST_SECONDS)
         out["events_per_inspector_cpu_s"] = round(acked / ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)))
         out["ingest"] = f"{procs * per_proc} streams, batches of {INGEST_BATCH}, {INGEST_SECONDS:.0f} s"
+        if scraping is not None:
+            stop_scraping.set()
+            await scraping
+            out["scrapes"] = len(scrapes)
+            out["scrape_p50_ms"] = round(statistics.median(scrapes), 2)
+            out["scrape_max_ms"] = round(max(scrapes), 2)
     finally:
+        if scraping is not None:
+            scraping.cancel()
+            await asyncio.gather(scraping, return_exceptions=True)
         for g in gens:
             g.stop()
         await insp.stop(0.5)
@@ -309,6 +339,7 @@ async def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2,000 subscribers")
     ap.add_argument("--subscribers", type=int, default=0)
     ap.add_argument("--procs", type=int, default=4, help="generator processes")
+    ap.add_argument("--metrics", action="store_true", help="metrics listener on, scraped every second")
     ap.add_argument("--subscribe", nargs=4, metavar=("ENDPOINT", "TOKEN", "COUNT", "EXPECT"), help=argparse.SUPPRESS)
     ap.add_argument("--ingest", nargs=5, metavar=("ENDPOINT", "FIRST", "STREAMS", "SECONDS", "BATCH"),
                     help=argparse.SUPPRESS)
@@ -322,7 +353,7 @@ async def main() -> None:
         await subscribe(endpoint, token, int(count), int(expect))
         return
     subscribers = args.subscribers or (2000 if args.quick else 10_000)
-    r = await run(subscribers, args.procs)
+    r = await run(subscribers, args.procs, args.metrics)
     print(f"{r['subscribers']} idle subscribers: owner's copy p50 {r['owner_p50_ms']} ms, p99 {r['owner_p99_ms']} ms; "
           f"inspector {r['inspector_cpu_pct']} % of a core; {r['idle_kb_per_subscriber']} KB each, "
           f"{r['kb_kept_after_leaving']} KB each kept after they left")
@@ -331,6 +362,8 @@ async def main() -> None:
           f"{r['deliveries_per_inspector_cpu_s']} per second of the inspector's CPU)")
     print(f"ingest ({r['ingest']}): {r['events_per_s']} events/s acknowledged "
           f"({r['events_per_inspector_cpu_s']} per second of the inspector's CPU)")
+    if args.metrics:
+        print(f"metrics: {r['scrapes']} scrapes, p50 {r['scrape_p50_ms']} ms, max {r['scrape_max_ms']} ms")
     print(json.dumps({"bench": "scale", "cpus": len(os.sched_getaffinity(0)),
                       "shared": f"{args.procs} subscriber generator processes at nice 10", **r}))
 

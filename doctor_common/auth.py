@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from doctor_common.audit import Audit
 from doctor_common.grpcutil import bearer_token
 from doctor_common.keystone import KeystoneUnavailable, KeystoneValidator, TokenInfo
 
@@ -64,6 +65,12 @@ class TokenAuth:
         self._agents = {_digest(t): h for t, h in agents.items()}
         self.allow_anonymous_agents = allow_anonymous_agents
         self.keystone = keystone
+        self.audit = Audit()  # the daemon sets its own: rejected clients go to its audit trail
+
+    async def _reject(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, kind: str, why: str) -> None:
+        """Audit the refusal (never the token), then abort with ``why``."""
+        self.audit.rejected(_peer(context), kind, why)
+        await context.abort(code, why)
 
     @staticmethod
     def credential(context: grpc.aio.ServicerContext) -> bytes:
@@ -136,18 +143,19 @@ class TokenAuth:
     async def consumer(self, context: grpc.aio.ServicerContext) -> Principal:
         token, twice = consumer_token(context)
         if token is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing credentials: send metadata 'authorization: Bearer <token>'" +
-                                (" or 'x-auth-token: <Keystone token>'" if self.keystone else ""))
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "missing_token",
+                               "missing credentials: send metadata 'authorization: Bearer <token>'" +
+                               (" or 'x-auth-token: <Keystone token>'" if self.keystone else ""))
         if twice:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "'authorization' and 'x-auth-token' carry different tokens: send one")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "two_tokens",
+                               "'authorization' and 'x-auth-token' carry different tokens: send one")
         key = _digest(token)  # type: ignore[arg-type]
         principal = self._consumers.get(key)  # keyed by SHA-256: a lookup's timing says nothing usable of the token
         if principal is not None:
             return principal
         if self.keystone is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token: ask the operator for a consumer token")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "unknown_token",
+                               "unknown token: ask the operator for a consumer token")
         keystone = self.keystone
         assert keystone is not None
         failure = ""
@@ -159,20 +167,21 @@ class TokenAuth:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"cannot validate the token now: Keystone is unavailable ({failure}); retry later")
         if info is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "unknown token: neither a consumer token of this inspector nor a Keystone token "
-                                "Keystone accepts (unknown, expired or revoked): get a new one")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "unknown_token",
+                               "unknown token: neither a consumer token of this inspector nor a Keystone token "
+                               "Keystone accepts (unknown, expired or revoked): get a new one")
         assert info is not None
         if info.project_id is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "the Keystone token is not scoped to a project: get a project-scoped token "
-                                "(e.g. openstack --os-project-name <project> token issue)")
+            await self._reject(context, grpc.StatusCode.PERMISSION_DENIED, "unscoped_token",
+                               "the Keystone token is not scoped to a project: get a project-scoped token "
+                               "(e.g. openstack --os-project-name <project> token issue)")
         return keystone_principal(info, keystone.settings.admin_roles)
 
     async def admin(self, context: grpc.aio.ServicerContext) -> Principal:
         principal = await self.consumer(context)
         if not principal.admin:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs an administrator token")
+            await self._reject(context, grpc.StatusCode.PERMISSION_DENIED, "not_admin",
+                               f"this call needs an administrator token ({principal.name} is not one)")
         return principal
 
     async def agent_host(self, context: grpc.aio.ServicerContext) -> str | None:
@@ -181,9 +190,16 @@ class TokenAuth:
         if token is None:
             if self.allow_anonymous_agents:
                 return None
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing agent credentials: set [agent] token in the agent's config")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "missing_token",
+                               "missing agent credentials: set [agent] token in the agent's config")
         host = self._lookup(self._agents, token)  # type: ignore[arg-type]
         if host is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent token")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "unknown_token", "unknown agent token")
         return host  # type: ignore[return-value]
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # noqa: BLE001 - a test double or a closed call: the reason is what matters
+        return ""

@@ -14,6 +14,7 @@ from doctor_common.auth import KEYSTONE_PREFIX, Principal, TokenAuth
 from doctor_common.config import ConfigError, Section
 from doctor_common.endpoint import parse_endpoint
 from doctor_common.keystone import KeystoneSettings, KeystoneValidator, check_cloud
+from doctor_common.logs import FORMATS
 from inspector.ha.etcd_config import EtcdConfig
 from inspector.maintenance.workflow import MaintenanceConfig
 from inspector.response.fleet_guard import GuardConfig
@@ -44,6 +45,8 @@ class InspectorConfig:
     retention: int = 10_000
     resource_refresh_s: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"             # "json": one JSON object per line (doctor_common/logs.py)
+    metrics_listen: str = ""             # [metrics] listen: host:port of the Prometheus endpoint ("" off)
     path: str = ""
     etcd: EtcdConfig | None = None       # None: standalone (not highly available)
     advertise: str = ""                  # the endpoint consumers and tools are sent to when this replica leads
@@ -146,6 +149,17 @@ def _listen_address(i: Section, index: int, address: str) -> None:
         raise i.error(f"listen[{index}]", f"{address!r}: {exc} (host:port, :port or unix:/path)") from None
 
 
+def _metrics(s: Section) -> str:
+    """[metrics] listen = "host:port" (port 0: any free one, logged); off without the table or the key."""
+    listen = s.str("listen", "")
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host.strip("[]") or not (port.isascii() and port.isdigit() and int(port) < 65536):
+            raise s.error("listen", f"{listen!r}: give host:port, port 0 to 65535 (e.g. \"127.0.0.1:9464\")")
+    s.done()
+    return listen
+
+
 def _advertise(i: Section, listen: list[str]) -> str:
     """A replicated inspector must tell agents and consumers where it is: its first TCP address, if specific."""
     for address in listen:
@@ -181,6 +195,7 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
         heartbeat_interval_ms=i.int("heartbeat_interval_ms", 500, min=10, max=60000),
         liveness_timeout_s=i.int("liveness_timeout_ms", 1500, min=50) / 1000,
         log_level=i.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        log_format=i.choice("log_format", FORMATS, "text"),
         resource_refresh_s=i.float("resource_refresh_s", 30.0, min=1.0),
     )
     if opts["liveness_timeout_s"] * 1000 < 2 * opts["heartbeat_interval_ms"]:
@@ -238,6 +253,8 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
         empty_timeout_s=m.float("empty_timeout_s", 600.0, min=1.0, max=86400.0),
         max_parallel_moves=m.int("max_parallel_moves", 4, min=1, max=100))
     m.done()
+
+    opts["metrics_listen"] = _metrics(root.section("metrics"))
 
     n = root.section("notifier")
     opts["queue_limit"] = n.int("queue_limit", 1000, min=1)

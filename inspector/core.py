@@ -33,6 +33,7 @@ from doctor_common.api import (
     maintenance_pb2_grpc,
 )
 from doctor_common.admission import Admission
+from doctor_common.audit import Audit
 from doctor_common.config import ConfigError
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
@@ -43,6 +44,7 @@ from inspector.ha.redirects import LeaderProbe, Redirector
 from inspector.ha.replica_feed import Followed, ReplicaFeed
 from inspector.ha.term import Term
 from inspector.maintenance.servicer import MaintenanceServicer
+from inspector.metrics import InspectorMetrics
 from inspector.maintenance.workflow import Workflow
 from inspector.operator.diagnostics import DiagnosticsServicer, HostsServicer
 from inspector.operator.faultview import FaultView
@@ -154,6 +156,12 @@ class Inspector:
         # a reconnect storm converges: handshakes beyond these are turned away at once, to retry with backoff
         self.agent_admission = Admission(cfg.max_handshakes)
         self.subscription_admission = Admission(cfg.max_handshakes)
+        # one audit trail for every decision of this replica (doctor.audit); its metrics listen to it
+        self.audit = Audit()
+        self.auth.audit = self.responder.audit = self.publisher.audit = self.audit
+        self.metrics = InspectorMetrics(self) if cfg.metrics_listen else None
+        if self.metrics is not None:
+            self.audit.listeners.append(self.metrics.on_audit)
         self.server: grpc.aio.Server | None = None
         self.http_events: HttpEvents | None = None  # [http_events]: the monitors' JSON over HTTP
         self.health: Any = None
@@ -379,6 +387,8 @@ class Inspector:
         if self.cfg.http_events is not None:
             self.http_events = HttpEvents(self.cfg.http_events, gateway, self.auth)
             await self.http_events.start()
+        if self.metrics is not None:
+            await self.metrics.start(self.cfg.metrics_listen)  # a port taken fails the start, like gRPC's
         if self.leadership is not None:
             await self._set_health(False)
             assert self.feed is not None
@@ -422,6 +432,8 @@ class Inspector:
             await self.http_events.stop()
         if self.server is not None:
             await self.server.stop(grace)
+        if self.metrics is not None:
+            await self.metrics.stop()
         for closing in (self.book, self.agent_redirects, self.consumer_redirects, self.probe):
             await closing.close()
         if self.leadership is not None:
@@ -456,7 +468,8 @@ class Inspector:
         self._revoke()
         self.responder.policy = new.policy
         kept = [k for k in ("listen", "etcd", "node_id", "advertise", "advertise_agents", "heartbeat_interval_ms",
-                            "liveness_timeout_s", "guard", "bmcs", "notifier_state", "http_events")
+                            "liveness_timeout_s", "guard", "bmcs", "notifier_state", "http_events", "metrics_listen",
+                            "log_format")
                 if getattr(new, k) != getattr(self.cfg, k)]
         try:
             await self.resources.load()

@@ -87,7 +87,7 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok (node {cfg.node_id}, controller {cfg.controller.name}, {mode})")
         asyncio.run(cfg.controller.close())
         return 0
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     try:
         crashpoint.arm_from_env()  # test hooks; never set in production
     except ValueError as exc:

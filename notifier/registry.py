@@ -72,18 +72,20 @@ class Subscriber:
         if self.writing and self.task is not None and not self.task.done():
             self.task.cancel()
 
-    def offer(self, item: Delivery) -> None:
+    def offer(self, item: Delivery) -> bool:
+        """Queue the delivery; False when this offer cut the subscriber off (its queue was full)."""
         if self.ended_by:
-            return
+            return True
         if self._items is None:
             self._items = deque()
         elif len(self._items) >= self.limit:
             self.end(FELL_BEHIND)
             log.warning("subscription %s (%s) fell %d notifications behind: cutting it off",
                         self.id, self.principal.name, self.limit)
-            return
+            return False
         self._items.append(item)
         self._wake()
+        return True
 
     def _wake(self) -> None:
         w = self._waiter
@@ -115,6 +117,7 @@ class Registry:
         self._by_project: dict[str, dict[str, Subscriber]] = {}
         self.last_sequence = 0  # the last entry offered: a subscriber registered now gets what follows it
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.cut_off = 0  # subscribers cut off for falling behind, since start (metrics)
 
     async def reached(self, sequence: int, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until the entry ``sequence`` has been offered (a replica following the
@@ -221,6 +224,7 @@ class Registry:
                 views[key] = delivery(view) if view is not None else None
             item = views[key]
             if item is not None:
-                sub.offer(item)
+                if not sub.offer(item):
+                    self.cut_off += 1
                 count += 1
         return count

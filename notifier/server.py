@@ -11,6 +11,7 @@ import grpc
 
 from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc
 from doctor_common.admission import UNBOUNDED, Admission, Ticket
+from doctor_common.audit import Audit
 from doctor_common.auth import Principal, TokenAuth
 from doctor_common.shielded import shielded
 from doctor_common.timeline import Stage, now_ns, stamp
@@ -60,6 +61,7 @@ class Publisher:
         self.after_append = after_append or (lambda _seq, _stage: None)
         self._shield = not isinstance(log_, MemoryLog)  # an in-memory append cannot be left half-done
         self._lock = asyncio.Lock()
+        self.audit = Audit()  # the daemon sets its own
 
     async def publish(self, notification: fault_pb2.FaultNotification, also: Sequence[Any] = (),
                       stage: int = Stage.STAGE_PUBLISHED) -> int:
@@ -71,7 +73,9 @@ class Publisher:
             else:
                 seq = await self._append(notification, also)
             self.after_append(seq, stage)
-            self.registry.fan_out(notification)
+            recipients = self.registry.fan_out(notification)
+        self.audit.published(seq, notification.notification_id, recipients,
+                             fault_pb2.IncidentPhase.Name(notification.phase).removeprefix("INCIDENT_PHASE_").lower())
         return seq
 
     async def _append(self, notification: fault_pb2.FaultNotification, also: Sequence[Any]) -> int:

@@ -10,7 +10,8 @@ import grpc
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.api import maintenance_pb2_grpc
 from controller_adapter.base import BackendUnavailable, ControllerError
-from doctor_common.auth import TokenAuth
+from doctor_common.audit import Audit
+from doctor_common.auth import Principal, TokenAuth
 from doctor_common.etcd_guard import EtcdError, NotLeader
 from inspector.maintenance.session import OVER_STATES as OVER
 from inspector.maintenance.session import S, Session
@@ -43,6 +44,19 @@ async def _answer(context: grpc.aio.ServicerContext, gate: Gate, work: Awaitable
     raise AssertionError("abort returned")  # pragma: no cover
 
 
+async def _audited(audit: Audit, action: str, principal: Principal, target: str, work: Awaitable[T]) -> T:
+    """The caller's act on the audit trail: accepted (with the session) or refused (with why)."""
+    try:
+        result = await work
+    except Exception as exc:
+        audit.operator(action, principal.name, target, "refused", str(exc) or type(exc).__name__)
+        raise
+    sessions = result if isinstance(result, list) else [result]
+    audit.operator(action, principal.name, target, "accepted",
+                   "session " + ",".join(getattr(s, "id", "?") for s in sessions))
+    return result
+
+
 def _started(s: mpb.SessionInfo) -> bool:
     """A StateChange(maintenance) stream ends here: in maintenance, or over (rolled back, failed)."""
     return s.state in OVER or s.state == S.SESSION_STATE_IN_MAINTENANCE
@@ -71,18 +85,24 @@ class MaintenanceServicer(maintenance_pb2_grpc.MaintenanceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "physical_resource_state: list hosts that all go to 'maintenance' (start a session) "
                                 f"or all back to 'normal' (end it); got {sorted(states) or 'no host'}")
+        hosts = [r.physical_resource_id for r in request.physical_resource_state]
+        audit = self.auth.audit
         if states == {"maintenance"}:
-            sessions, done = [await _answer(context, self.gate, self.workflow.start(principal, request))], _started
+            sessions, done = [await _answer(context, self.gate, _audited(
+                audit, "maintenance_start", principal, ",".join(hosts), self.workflow.start(principal, request)))], \
+                _started
         else:
-            hosts = [r.physical_resource_id for r in request.physical_resource_state]
-            sessions, done = await _answer(context, self.gate, self.workflow.end(principal, hosts, request.force)), _ended
+            sessions, done = await _answer(context, self.gate, _audited(
+                audit, "maintenance_end" + ("_forced" if request.force else ""), principal, ",".join(hosts),
+                self.workflow.end(principal, hosts, request.force))), _ended
         for s in sessions:
             await self._follow(context, s, done, "accepted")
 
     async def Retire(self, request: mpb.RetireRequest, context: grpc.aio.ServicerContext) -> None:
         principal = await self.auth.admin(context)
         await self.gate(context)
-        s = await _answer(context, self.gate, self.workflow.retire(principal, request))
+        s = await _answer(context, self.gate, _audited(self.auth.audit, "retire", principal,
+                                                       ",".join(request.server_ids), self.workflow.retire(principal, request)))
         await self._follow(context, s, _ended, "accepted")
 
     async def Watch(self, request: mpb.WatchRequest, context: grpc.aio.ServicerContext) -> None:
@@ -125,5 +145,7 @@ class MaintenanceServicer(maintenance_pb2_grpc.MaintenanceServicer):
                     context: grpc.aio.ServicerContext) -> mpb.MaintenanceReplyAck:
         principal = await self.auth.consumer(context)
         await self.gate(context)
-        s = await _answer(context, self.gate, self.workflow.reply(principal, request))
+        s = await _answer(context, self.gate, _audited(
+            self.auth.audit, "maintenance_nack" if request.nack else "maintenance_reply", principal,
+            request.session_id, self.workflow.reply(principal, request)))
         return mpb.MaintenanceReplyAck(session_id=s.id, state=s.state)

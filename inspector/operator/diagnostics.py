@@ -123,20 +123,27 @@ class HostsServicer(diagnostics_pb2_grpc.HostsServicer):
 
     async def EnableHost(self, request: diagnostics_pb2.EnableHostRequest,
                          context: grpc.aio.ServicerContext) -> diagnostics_pb2.HostInfo:
-        await self.i.auth.admin(context)
+        principal = await self.i.auth.admin(context)
+        audit = self.i.auth.audit
+        host, how = request.host_id, "forced" if request.force else ""
         if request.host_id not in self.i.resources.hosts:
+            audit.operator("enable_host", principal.name, host, "refused", "not in the inventory")
             await context.abort(grpc.StatusCode.NOT_FOUND, f"host {request.host_id!r} is not in the inventory")
         await self.i.require_leader(context)
         if not request.force:
             wrong = await self.i.enable_blockers(request.host_id)
             if wrong:
+                audit.operator("enable_host", principal.name, host, "refused", "; ".join(wrong))
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                     f"host {request.host_id} is not ready to serve again: {'; '.join(wrong)}. "
                                     "Repair it first (docs/fleet-safety.md, \"Bringing a fenced host back\"), or "
                                     "enable it with force if you know better")
         try:
-            await self.i.responder.enable_host(request.host_id)
+            cleared = await self.i.responder.enable_host(request.host_id)
         except ControllerError as exc:
+            audit.operator("enable_host", principal.name, host, "failed", f"controller refused: {exc}")
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"controller refused: {exc}")
+        audit.operator("enable_host", principal.name, host, "done",
+                       ", ".join(filter(None, [how, f"{len(cleared)} alarms cleared"])))
         self.i.resync(request.host_id)
         return self._info(request.host_id)

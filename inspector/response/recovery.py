@@ -35,8 +35,9 @@ from typing import Any, Protocol
 
 from controller_adapter.base import Bmc, Controller, ControllerError, ServerState, Unsupported
 from doctor_common.api import common_pb2, diagnostics_pb2
+from doctor_common.audit import Audit
 from doctor_common.etcd_guard import NotLeader
-from doctor_common.timeline import Stage, as_dict, now_ns, stamp
+from doctor_common.timeline import Stage, as_dict, now_ns, stage_durations, stage_name, stamp
 from inspector.ha.etcd_store import Incident, Step
 from inspector.response import crashpoint
 from inspector.response.alarms import Alarm, AlarmStore, Phase, new_fault
@@ -73,6 +74,7 @@ class Responding(Protocol):
     fencer: IpmiFencer
     alarms: AlarmStore
     timelines: deque[diagnostics_pb2.FaultTimeline]
+    audit: Audit
     in_maintenance: Callable[[str], bool]
 
     def bmc_for(self, host: str) -> Bmc | None: ...
@@ -194,6 +196,7 @@ class Recovery:
             return
         retry = alarm.id in self._granted  # judged fit before (its fence failed): no second token
         j = self.guard.judge(alarm.host, silence=alarm.silence, fence_shared=self._fences_shared(), retry=retry)
+        self.r.audit.judged(alarm.host, alarm.fault.fault_type, j.verdict.name.lower(), j.reason)
         if j.verdict is Verdict.WITHDRAW:
             await self.r.withdraw(alarm, j.reason)
         elif j.verdict is Verdict.HOLD:
@@ -274,6 +277,8 @@ class Recovery:
             try:
                 deadline = time.monotonic() + r.fencer.timeout_s  # one bound for the whole attempt
                 sent: dict[str, Any] | None = None
+                already_off = False
+                r.audit.fence_attempt(host, self._failures.get(alarm.id, 0) + 1)
                 if Step.FENCE not in done:
                     d.check()
                     crashpoint.reached("before_fence")
@@ -282,6 +287,7 @@ class Recovery:
                         await self._failed(alarm, res.error)
                         return
                     sent = {"ok": True, "already_off": res.already_off}
+                    already_off = res.already_off
                 d.check()
                 # confirmed first, journalled after: a write between the two wakes a thread that makes pyghmi's
                 # reply race (and its retransmit wait) likelier; a leader that dies in between finds no fence
@@ -290,6 +296,7 @@ class Recovery:
                 if not res.ok:
                     await self._failed(alarm, res.error)
                     return
+                r.audit.fence_result(host, "already_off" if already_off else "ok")
                 if sent is not None:
                     await d.step(alarm.id, Step.FENCE, sent)
                 await d.step(alarm.id, Step.CONFIRM_OFF, {"ok": True})
@@ -327,6 +334,7 @@ class Recovery:
         r.timelines.appendleft(diagnostics_pb2.FaultTimeline(
             fault_id=alarm.id, host_id=host, fault_type=alarm.fault.fault_type, timeline=tl,
             servers=len(alarm.servers), fenced=True))
+        r.audit.profiled(alarm.fault.fault_type, [(stage_name(st), ms) for st, ms in stage_durations(tl)])
 
     async def _powered_on(self, alarm: Alarm, bmc: Bmc | None) -> bool:
         """For power-off evidence: True (and withdrawn) when the BMC now says on, or failed when it cannot say."""
@@ -355,6 +363,7 @@ class Recovery:
         alarm.touch()
         log.error("host %s is faulty but NOT fenced (attempt %d; again in %.1fs): reported, not marked down: %s",
                   alarm.host, n, delay, error)
+        self.r.audit.fence_result(alarm.host, "failed", error)
         if changed:
             notice = common_pb2.Timeline()
             notice.CopyFrom(alarm.timeline)

@@ -22,6 +22,7 @@ from typing import Any
 
 from controller_adapter.base import Bmc, Controller, HostStatus, Port, Server, ServerState
 from doctor_common.api import common_pb2, diagnostics_pb2, fault_pb2
+from doctor_common.audit import Audit
 from doctor_common.timeline import Stage, now_ns, stamp
 from inspector.ha.etcd_store import Step
 from inspector.response.alarms import Alarm, AlarmStore, Phase, new_fault
@@ -60,6 +61,7 @@ class Responder:
         self.alarms = alarms
         self.publisher = publisher
         self.bmcs = bmcs or {}
+        self.audit = Audit()  # the inspector sets its own (its metrics listen to it)
         self.timelines: deque[diagnostics_pb2.FaultTimeline] = deque(maxlen=200)
         self._locks: dict[str, asyncio.Lock] = {}
         self._spawn = spawn or _create_task
@@ -97,6 +99,7 @@ class Responder:
         rule = self.policy.decide(t.host, t.fault_type, t.severity)
         if rule is None:
             log.debug("no rule acts on %s from %s", t.fault_type, t.host)
+            self.audit.fault(t.host, t.component, t.fault_type, "ignored", "no policy rule acts on it")
             return
         if rule.fences and self.in_maintenance(t.host):
             # emptied and being worked on: its symptoms are the work's; nobody on it to protect, nothing to fence
@@ -110,11 +113,15 @@ class Responder:
         async with self.lock(t.host):
             incident = self.alarms.incident(t.host)
             if incident is not None:
+                self.audit.fault(t.host, t.component, t.fault_type, "correlated", f"incident {incident.id} is open")
                 await self._correlate(incident, t, rule)
                 return
             if not rule.fences:
+                self.audit.fault(t.host, t.component, t.fault_type, "notified",
+                                 "" if "notify" in rule.actions else "administrators only")
                 await self._notify_only(t, rule)
                 return
+            self.audit.fault(t.host, t.component, t.fault_type, "suspected", "a fencing rule: judged against the fleet")
             alarm = await self.recovery.suspect(t, rule)
         await self.recovery.decide(alarm)
 

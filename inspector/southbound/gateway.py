@@ -107,8 +107,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     async def _host_for(self, claimed: str, context: grpc.aio.ServicerContext, *, switch: bool = False) -> None:
         token_host = await self.auth.agent_host(context)
         if token_host is not None and token_host != claimed:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"this agent's token belongs to host {token_host!r}, not {claimed!r}")
+            why = f"this agent's token belongs to host {token_host!r}, not {claimed!r}"
+            self.auth.audit.rejected(context.peer(), "wrong_host", why)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         if switch:
             return
         try:

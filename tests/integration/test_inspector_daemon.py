@@ -119,3 +119,68 @@ def test_sighup_reloads_tokens_and_inventory_and_refuses_a_bad_file(tmp_path: Pa
     stderr = logfile.read_text()
     assert "configuration reloaded" in stderr and "notifier.queue_limt" in stderr and "kept" in stderr, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_json_logs_and_the_metrics_listener_of_the_daemon(tmp_path: Path, notify: NotifySocket) -> None:
+    """log_format = "json": every line the daemon writes is one JSON object (time, level, logger, message); the
+    metrics listener on port 0 says where it bound, answers a scrape, and a rejected token is one audit line
+    (with its kind and reason, not the token) and one count."""
+    import asyncio
+    import json
+    import urllib.request
+
+    import grpc
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from doctor_common.client import DoctorClient
+    from tests.conftest import free_port
+
+    port = free_port()
+    (tmp_path / "inv.toml").write_text('[[hosts]]\nname = "c1"\n')
+    cfg = tmp_path / "inspector.toml"
+    cfg.write_text(f'[inspector]\nnode_id = "n"\nlisten = ["127.0.0.1:{port}"]\nlog_format = "json"\n'
+                   '[controller.embedded]\ninventory = "inv.toml"\n[metrics]\nlisten = "127.0.0.1:0"\n'
+                   '[[auth.consumers]]\nname = "noc"\nadmin = true\ntoken = "the-admin-token"\n')
+    logfile = tmp_path / "inspector.log"
+    with logfile.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "inspector.main", "--config", str(cfg)],
+                                env=dict(os.environ, NOTIFY_SOCKET=notify.path), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+    def lines() -> list[dict[str, object]]:
+        return [json.loads(line) for line in logfile.read_text().splitlines()]
+
+    def scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    async def stranger() -> grpc.StatusCode:
+        async with DoctorClient(f"127.0.0.1:{port}", "a-token-nobody-gave") as c:
+            try:
+                await c.query_faults()
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+        raise AssertionError("an unknown token was served")
+
+    try:
+        assert notify.recv(20).startswith("READY=1")
+        bound = [str(e["message"]) for e in lines() if str(e["message"]).startswith("metrics served on http://")]
+        assert len(bound) == 1, lines()
+        metrics_port = int(bound[0].rsplit(":", 1)[1].split("/")[0])
+        assert metrics_port > 0
+        assert scrape(metrics_port)[("doctor_inspector_leader", ())] == 1
+        assert asyncio.run(stranger()) == grpc.StatusCode.UNAUTHENTICATED
+        assert scrape(metrics_port)[("doctor_rejected_clients_total", (("kind", "unknown_token"),))] == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    entries = lines()
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries), entries
+    rejected = [e for e in entries if e["logger"] == "doctor.audit" and e.get("event") == "rejected"]
+    assert [(e["level"], e["kind"]) for e in rejected] == [("warning", "unknown_token")], entries
+    assert "a-token-nobody-gave" not in logfile.read_text() and "the-admin-token" not in logfile.read_text()

@@ -4,6 +4,7 @@ project-a's and vm-1-2 project-b's."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -34,10 +35,13 @@ async def host(lab: Lab, name: str) -> Any:
     return await lab.inspector.controller.get_host(name)
 
 
-async def test_owners_consent_the_host_is_emptied_and_returned_to_service(site: Any) -> None:
+async def test_owners_consent_the_host_is_emptied_and_returned_to_service(site: Any,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Each owner is told of its own server only, with the deadline and the instructions allowed; both answer;
     the servers are moved to other enabled hosts; the administrator's stream walks every step to IN_MAINTENANCE;
-    nothing is powered off. Ending it enables the host again and tells the owners."""
+    nothing is powered off. Ending it enables the host again and tells the owners. Each act is on the audit
+    trail with the name of whoever did it."""
+    caplog.set_level(logging.INFO, logger="doctor.audit")
     lab = await site(hosts=3, servers_per_host=2)
     a, b = await site.owner(lab, "project-a"), await site.owner(lab, "project-b")
     progress = Progress(site.admin(lab).maintenance_start(["compute-1"], reason="BIOS 2.1",
@@ -82,6 +86,13 @@ async def test_owners_consent_the_host_is_emptied_and_returned_to_service(site: 
     await b.notice(sid, S.SESSION_STATE_COMPLETED)
     assert all(lab.power(h)[1] == 0 for h in lab.hosts), "maintenance never powers anything off"
     assert a.sequences == sorted(set(a.sequences)), "each notice once, in order"
+    acts = [(f["action"], f["principal"], f["target"], f["outcome"]) for f in
+            (getattr(r, "fields", {}) for r in caplog.records) if f.get("event") == "operator"]
+    assert acts == [("maintenance_start", "admin", "compute-1", "accepted"),
+                    ("maintenance_reply", "project-a", sid, "accepted"),
+                    ("maintenance_reply", "project-b", sid, "accepted"),
+                    ("maintenance_end", "admin", "compute-1", "refused"),
+                    ("maintenance_end_forced", "admin", "compute-1", "accepted")], acts
 
 
 async def test_a_nack_rolls_it_back_and_nothing_moves(site: Any) -> None:

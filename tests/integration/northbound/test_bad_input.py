@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import grpc
@@ -84,8 +85,10 @@ async def test_host_status_of_a_foreign_server_is_denied(lab: Lab) -> None:
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_agent_identity_and_protocol_errors(lab: Lab) -> None:
-    """Wrong host for the token, unknown host, no Hello first, a second Hello, a bad event: each its own status."""
+async def test_agent_identity_and_protocol_errors(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    """Wrong host for the token, unknown host, no Hello first, a second Hello, a bad event: each its own status.
+    The refused identities are on the audit trail (an agent speaking for another host), without the token."""
+    caplog.set_level(logging.INFO, logger="doctor.audit")
     token1 = lab.hosts["compute-1"].agent_token
     cases = [
         ((None, hello("compute-1")), grpc.StatusCode.UNAUTHENTICATED, "missing agent credentials"),
@@ -109,6 +112,11 @@ async def test_agent_identity_and_protocol_errors(lab: Lab) -> None:
     for (token, *msgs), code, words in cases:
         err = await agent_stream(lab, token, *msgs)
         assert (err.code(), words in err.details()) == (code, True), (err.code(), err.details())
+    rejected = [r.fields for r in caplog.records if r.name == "doctor.audit"  # type: ignore[attr-defined]
+                and r.fields.get("event") == "rejected"]  # type: ignore[attr-defined]
+    assert [r["kind"] for r in rejected] == ["missing_token", "wrong_host"], rejected
+    assert "belongs to host 'compute-1', not 'compute-2'" in str(rejected[1]["reason"])
+    assert not any(token1 in r.getMessage() or token1 in str(getattr(r, "fields", "")) for r in caplog.records)
     await assert_still_serving(lab)
 
 

@@ -29,6 +29,9 @@ def _write(tmp_path: Path, body: str) -> Path:
      "auth.agents[0].token", "one token must stand for one identity"),
     ("[guard]\nmax_silent_share = 1.5\n", "guard.max_silent_share", "at most 1.0"),
     ('[guard]\nlink_fault_types = ["compute.host.*"]\n', "guard.link_fault_types[0]", "exact fault types"),
+    ('[metrics]\nlisten = "9464"\n', "metrics.listen", "host:port"),
+    ('[metrics]\nlisten = "127.0.0.1:99999"\n', "metrics.listen", "port 0 to 65535"),
+    ('[metrics]\nlistne = "127.0.0.1:9464"\n', "metrics.listne", "unknown key"),
 ])
 def test_bad_inspector_config_names_file_and_key(tmp_path: Path, body: str, key: str, words: str) -> None:
     """Each mistake is reported with the file's path and the dotted key, and says what is wrong."""
@@ -62,8 +65,17 @@ async def test_good_config_loads(tmp_path: Path) -> None:
     cfg = load_inspector_config(_write(tmp_path, ""))
     try:
         assert cfg.node_id == "n" and cfg.controller.name == "embedded" and cfg.liveness_timeout_s == 1.5
+        assert cfg.metrics_listen == "" and cfg.log_format == "text", "metrics are off unless configured"
     finally:
         await cfg.controller.close()
+
+
+def test_an_unknown_log_format_names_the_key(tmp_path: Path) -> None:
+    p = _write(tmp_path, "")
+    p.write_text(p.read_text().replace('node_id = "n"', 'node_id = "n"\nlog_format = "xml"'))
+    with pytest.raises(ConfigError) as err:
+        load_inspector_config(p)
+    assert err.value.key == "inspector.log_format" and "one of text, json" in str(err.value)
 
 
 @pytest.mark.parametrize("listen, key, words", [

@@ -3,7 +3,10 @@
 import shutil
 from pathlib import Path
 
+import pytest
+
 from agent.config import load_agent_config
+from doctor_common.config import ConfigError
 from inspector.config import load_inspector_config
 from inspector.response.policy import load_policy
 
@@ -35,6 +38,7 @@ async def test_example_inspector_config_loads(tmp_path: Path) -> None:
     cfg = load_inspector_config(tmp_path / "inspector.toml")
     try:
         assert cfg.controller.name == "embedded" and cfg.fencing_retry_s == 0.05
+        assert cfg.metrics_listen == "127.0.0.1:9464" and cfg.log_format == "text"
         assert len(await cfg.controller.list_hosts()) == 2
         assert cfg.http_events is None, "HTTP events are off unless configured"
     finally:
@@ -57,4 +61,8 @@ def test_example_agent_config_loads(tmp_path: Path) -> None:
     (tmp_path / "t").chmod(0o600)
     (tmp_path / "agent.toml").write_text(text)
     cfg = load_agent_config(tmp_path / "agent.toml")
-    assert cfg.host_id == "compute-1" and len(cfg.endpoints) == 2
+    assert cfg.host_id == "compute-1" and len(cfg.endpoints) == 2 and cfg.log_format == "text"
+    (tmp_path / "agent.toml").write_text(text.replace('log_format = "text"', 'log_format = "yaml"'))
+    with pytest.raises(ConfigError) as err:
+        load_agent_config(tmp_path / "agent.toml")
+    assert err.value.key == "agent.log_format" and "one of text, json" in str(err.value)
