@@ -1,15 +1,23 @@
 """A small asyncio client for consumers and operators (doctorctl is built on it).
 
+Given several endpoints (the inspector replicas), every call finds the one
+that serves it (``doctor_common/failover.py``): it follows a follower's
+``doctor-leader`` hint, moves on to the next endpoint when one cannot be
+reached or says "try again", and gives up after one deadline per call
+(``timeout``, else the client's ``deadline_s``) with ``Unreachable``, which
+names every endpoint tried and why. With ``follow_leader=False`` a call is
+made once, at the first endpoint, and its error is the server's.
+
 ``subscribe`` keeps a subscription alive across disconnects: it reconnects
 with backoff and resumes after the last sequence it delivered (and names its
 subscription, so a new leader recognises it), so a caller sees every
-notification once, in order. Given several endpoints (the inspector
-replicas), it follows a follower's ``doctor-leader`` hint and otherwise moves
-on to the next endpoint when the current one fails.
+notification once, in order.
 
 Maintenance: administrators start, follow, query and end sessions
 (``maintenance_*``); a consumer answers the ``MaintenanceNotification`` it
-receives on its subscription with ``reply``.
+receives on its subscription with ``reply``. A session's progress stream
+that breaks once it has begun (its leader died) goes on with ``Watch`` at
+the leader: the session itself goes on regardless.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -28,32 +37,41 @@ from doctor_common.api import (
     maintenance_pb2,
     maintenance_pb2_grpc,
 )
-from doctor_common.grpcutil import auth_metadata, channel_options
+from doctor_common.failover import Endpoints, Unreachable, leader_hint, leader_trailer
+from doctor_common.grpcutil import auth_metadata
 from doctor_common.timeline import Stage, now_ns, stamp
+
+__all__ = ["DoctorClient", "Unreachable", "leader_hint"]
 
 log = logging.getLogger("doctor.client")
 
+# an established stream that ends with one of these is reconnected (resumed)
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED,
               grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED}
-
-
-def leader_hint(exc: grpc.aio.AioRpcError) -> str | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key == "doctor-leader" and value:
-            return str(value)
-    return None
+MAX_SESSION_RESUMES = 20  # a session's progress stream that broke this often is given up (Watch it again)
 
 
 class DoctorClient:
-    def __init__(self, endpoint: str | Sequence[str], token: str | None = None) -> None:
-        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
-        self.endpoint = self.endpoints[0]
+    def __init__(self, endpoint: str | Sequence[str], token: str | None = None, *, deadline_s: float = 10.0,
+                 connect_timeout_s: float = 2.0, follow_leader: bool = True) -> None:
+        self._eps = Endpoints([endpoint] if isinstance(endpoint, str) else endpoint, connect_timeout_s)
+        self.endpoints = self._eps.configured
         self.token = token
-        self._channel = grpc.aio.insecure_channel(self.endpoint, options=channel_options())
+        self.deadline_s = deadline_s
+        self.follow_leader = follow_leader
         self._md = auth_metadata(token)
 
+    @property
+    def endpoint(self) -> str:
+        """The endpoint that served last (tried first)."""
+        return self._eps.current
+
+    @property
+    def _channel(self) -> grpc.aio.Channel:
+        return self._eps.channel()
+
     async def close(self) -> None:
-        await self._channel.close()
+        await self._eps.close()
 
     async def __aenter__(self) -> "DoctorClient":
         return self
@@ -61,43 +79,64 @@ class DoctorClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _switch(self, endpoint: str) -> None:
-        old = self._channel
-        self.endpoint = endpoint
-        self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
-        await old.close()
+    async def _unary(self, method: Callable[[grpc.aio.Channel], Any], request: Any, timeout: float | None,
+                     at_leader: bool = False) -> Any:
+        """``method(channel)(request)`` at the replica that serves it, within ``timeout`` (all attempts)."""
+        async def attempt(channel: grpc.aio.Channel, left: float) -> Any:
+            return await method(channel)(request, metadata=self._md, timeout=left)
+        return await self._eps.call(attempt, timeout or self.deadline_s, follow=self.follow_leader,
+                                    at_leader=at_leader, metadata=self._md)
 
-    async def _next_endpoint(self) -> None:
-        """The current endpoint failed without naming a leader: try the next replica."""
-        if len(self.endpoints) > 1:
-            i = self.endpoints.index(self.endpoint) if self.endpoint in self.endpoints else -1
-            await self._switch(self.endpoints[(i + 1) % len(self.endpoints)])
+    async def _stream(self, open_call: Callable[[grpc.aio.Channel], Any], max_backoff_s: float = 1.0
+                      ) -> AsyncIterator[Any]:
+        """A server stream opened at the replica that serves it: the deadline bounds the wait for its first
+        message (a follower may hold a call while the election settles); after that it is the caller's."""
+        async def attempt(channel: grpc.aio.Channel, left: float) -> tuple[Any, Any]:
+            call = open_call(channel)
+            try:
+                async with asyncio.timeout(left):
+                    return call, await call.read()
+            except TimeoutError:
+                call.cancel()
+                raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), "no first message in time") from None
+            except BaseException:
+                call.cancel()
+                raise
+        call, msg = await self._eps.call(attempt, self.deadline_s, follow=self.follow_leader,
+                                         max_backoff_s=max_backoff_s)
+        try:
+            while msg is not grpc.aio.EOF:
+                yield msg
+                msg = await call.read()
+        finally:
+            call.cancel()
 
     @property
     def faults(self) -> fault_pb2_grpc.FaultManagementStub:
+        """The raw stub at the current endpoint (no failover)."""
         return fault_pb2_grpc.FaultManagementStub(self._channel)
 
     async def query_faults(self, flt: fault_pb2.FaultQueryFilter | None = None,
-                           timeout: float = 10.0) -> fault_pb2.FaultQueryResponse:
-        return await self.faults.QueryFaults(fault_pb2.FaultQueryRequest(filter=flt), metadata=self._md, timeout=timeout)
+                           timeout: float | None = None) -> fault_pb2.FaultQueryResponse:
+        return await self._unary(lambda ch: fault_pb2_grpc.FaultManagementStub(ch).QueryFaults,
+                                 fault_pb2.FaultQueryRequest(filter=flt), timeout)
 
-    async def server_host_status(self, server_id: str, timeout: float = 10.0) -> fault_pb2.ServerHostStatusResponse:
-        return await self.faults.GetServerHostStatus(fault_pb2.ServerHostStatusRequest(server_id=server_id),
-                                                     metadata=self._md, timeout=timeout)
+    async def server_host_status(self, server_id: str, timeout: float | None = None
+                                 ) -> fault_pb2.ServerHostStatusResponse:
+        return await self._unary(lambda ch: fault_pb2_grpc.FaultManagementStub(ch).GetServerHostStatus,
+                                 fault_pb2.ServerHostStatusRequest(server_id=server_id), timeout)
 
     async def subscribe_once(self, flt: fault_pb2.SubscribeFilter | None = None, resume_after: int = 0,
-                             subscription_id: str = "") -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
-        """One subscription stream, as the server sends it (errors propagate)."""
-        call = self.faults.Subscribe(fault_pb2.SubscribeRequest(filter=flt, resume_after=resume_after,
-                                                                subscription_id=subscription_id),
-                                     metadata=self._md)
-        try:
-            async for msg in call:
-                if msg.WhichOneof("kind") == "fault":
-                    stamp(msg.fault.timeline, Stage.STAGE_DELIVERED, now_ns())
-                yield msg
-        finally:
-            call.cancel()
+                             subscription_id: str = "", max_backoff_s: float = 1.0
+                             ) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
+        """One subscription stream, at the replica that serves it (errors once it began propagate)."""
+        req = fault_pb2.SubscribeRequest(filter=flt, resume_after=resume_after, subscription_id=subscription_id)
+        async for msg in self._stream(lambda ch: fault_pb2_grpc.FaultManagementStub(ch).Subscribe(
+                req, metadata=self._md), max_backoff_s):
+            if msg.WhichOneof("kind") == "fault":
+                stamp(msg.fault.timeline, Stage.STAGE_DELIVERED, now_ns())
+            yield msg
 
     async def subscribe(self, flt: fault_pb2.SubscribeFilter | None = None, resume_after: int = 0,
                         max_backoff_s: float = 2.0,
@@ -108,6 +147,8 @@ class DoctorClient:
         A consumer that restarts passes the cursor and the subscription id it kept: a recognised subscription is
         replayed what it missed even from ``resume_after=0`` (it subscribed before anything was logged), where a
         new one would start from now on.
+        The first subscription must be served within the client's deadline (else ``Unreachable``); once it
+        was, it reconnects for as long as the caller reads.
 
         It never gives up on a cursor the inspector cannot resume from (OUT_OF_RANGE: older than its retention,
         or beyond its log): it resynchronises with a new subscription, whose first message is a snapshot of
@@ -115,9 +156,11 @@ class DoctorClient:
         cursor and that snapshot are lost to the caller: treat the snapshot as the truth (the docs say more)."""
         cursor = resume_after
         backoff = 0.05
+        served = False
         while True:
             try:
-                async for msg in self.subscribe_once(flt, cursor, subscription_id):
+                async for msg in self.subscribe_once(flt, cursor, subscription_id, max_backoff_s):
+                    served = True
                     kind = msg.WhichOneof("kind")
                     if kind == "fault":
                         cursor = msg.fault.sequence
@@ -130,6 +173,10 @@ class DoctorClient:
                         subscription_id = msg.subscribed.subscription_id
                     backoff = 0.05
                     yield msg
+            except Unreachable as exc:
+                if not served:
+                    raise
+                log.info("subscription not resumed yet: %s", exc.details())
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
                     log.warning("cannot resume after %d (%s): resynchronising with a new subscription and its "
@@ -140,45 +187,73 @@ class DoctorClient:
                     continue
                 if exc.code() not in _RETRYABLE:
                     raise
-                leader = leader_hint(exc)
-                if leader and leader != self.endpoint:
-                    await self._switch(leader)
-                    continue
-                if not leader:  # a hint naming this endpoint: it is about to lead, stay
-                    await self._next_endpoint()
+                before = self.endpoint
+                self._eps.moved(exc)
+                hint = leader_trailer(exc)
+                if hint and hint != before:
+                    continue  # sent to the leader: go at once
                 log.info("subscription interrupted (%s); resuming after %d", exc.code().name, cursor)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff_s)
 
     # -- operators -----------------------------------------------------------------------------
 
-    async def status(self, timeout: float = 10.0) -> diagnostics_pb2.StatusReport:
-        stub = diagnostics_pb2_grpc.DiagnosticsStub(self._channel)
-        return await stub.GetStatus(diagnostics_pb2.GetStatusRequest(), metadata=self._md, timeout=timeout)
+    async def status(self, timeout: float | None = None, at_leader: bool = False) -> diagnostics_pb2.StatusReport:
+        """A replica's own report (every replica answers); ``at_leader``: the leader's."""
+        return await self._unary(lambda ch: diagnostics_pb2_grpc.DiagnosticsStub(ch).GetStatus,
+                                 diagnostics_pb2.GetStatusRequest(), timeout, at_leader)
 
-    async def timelines(self, limit: int = 10, timeout: float = 10.0) -> diagnostics_pb2.GetTimelinesResponse:
-        stub = diagnostics_pb2_grpc.DiagnosticsStub(self._channel)
-        return await stub.GetTimelines(diagnostics_pb2.GetTimelinesRequest(limit=limit), metadata=self._md,
-                                       timeout=timeout)
+    async def timelines(self, limit: int = 10, timeout: float | None = None,
+                        at_leader: bool = True) -> diagnostics_pb2.GetTimelinesResponse:
+        """The last faults' timelines, the leader's (a follower has none of its own) unless ``at_leader=False``."""
+        return await self._unary(lambda ch: diagnostics_pb2_grpc.DiagnosticsStub(ch).GetTimelines,
+                                 diagnostics_pb2.GetTimelinesRequest(limit=limit), timeout, at_leader)
 
-    async def hosts(self, timeout: float = 10.0) -> diagnostics_pb2.ListHostsResponse:
-        stub = diagnostics_pb2_grpc.HostsStub(self._channel)
-        return await stub.ListHosts(diagnostics_pb2.ListHostsRequest(), metadata=self._md, timeout=timeout)
+    async def hosts(self, timeout: float | None = None) -> diagnostics_pb2.ListHostsResponse:
+        return await self._unary(lambda ch: diagnostics_pb2_grpc.HostsStub(ch).ListHosts,
+                                 diagnostics_pb2.ListHostsRequest(), timeout)
 
-    async def enable_host(self, host: str, timeout: float = 10.0, force: bool = False) -> diagnostics_pb2.HostInfo:
-        stub = diagnostics_pb2_grpc.HostsStub(self._channel)
-        return await stub.EnableHost(diagnostics_pb2.EnableHostRequest(host_id=host, force=force), metadata=self._md,
-                                     timeout=timeout)
+    async def enable_host(self, host: str, timeout: float | None = None, force: bool = False
+                          ) -> diagnostics_pb2.HostInfo:
+        return await self._unary(lambda ch: diagnostics_pb2_grpc.HostsStub(ch).EnableHost,
+                                 diagnostics_pb2.EnableHostRequest(host_id=host, force=force), timeout)
 
     # -- maintenance (doctor/v1/maintenance.proto) -------------------------------------------------
 
     @property
     def maintenance(self) -> maintenance_pb2_grpc.MaintenanceStub:
+        """The raw stub at the current endpoint (no failover)."""
         return maintenance_pb2_grpc.MaintenanceStub(self._channel)
 
-    async def maintenance_start(self, hosts: Sequence[str], reason: str = "", reply_timeout_s: int = 0,
-                                empty_timeout_s: int = 0, metadata: dict[str, str] | None = None
-                                ) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+    async def _session(self, open_call: Callable[[maintenance_pb2_grpc.MaintenanceStub], Any]
+                       ) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+        """A session's progress from ``open_call``; when the stream breaks after it began, the session is
+        watched again at the leader (its next message is the session as it is then)."""
+        stream = self._stream(lambda ch: open_call(maintenance_pb2_grpc.MaintenanceStub(ch)))
+        session_id, resumes = "", 0
+        while True:
+            broke: grpc.aio.AioRpcError | None = None
+            try:
+                async for msg in stream:
+                    session_id = msg.session.session_id
+                    yield msg
+                return
+            except Unreachable:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if not session_id or exc.code() not in _RETRYABLE or resumes >= MAX_SESSION_RESUMES:
+                    raise
+                broke = exc
+            resumes += 1
+            self._eps.moved(broke)
+            log.info("lost session %s's progress (%s: %s); watching it again", session_id, broke.code().name,
+                     broke.details())
+            req = maintenance_pb2.WatchRequest(session_id=session_id)
+            stream = self._stream(lambda ch: maintenance_pb2_grpc.MaintenanceStub(ch).Watch(req, metadata=self._md))
+
+    def maintenance_start(self, hosts: Sequence[str], reason: str = "", reply_timeout_s: int = 0,
+                          empty_timeout_s: int = 0, metadata: dict[str, str] | None = None
+                          ) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
         """Administrators: put ``hosts`` into maintenance; yields the session's progress until it is in
         maintenance, rolled back or failed (stop reading whenever: the session goes on)."""
         req = maintenance_pb2.StateChangeRequest(
@@ -186,47 +261,45 @@ class DoctorClient:
                 physical_resource_id=h, physical_resource_state="maintenance", metadata=metadata or {})
                 for h in hosts],
             reason=reason, reply_timeout_s=reply_timeout_s, empty_timeout_s=empty_timeout_s)
-        async for msg in self.maintenance.StateChange(req, metadata=self._md):
-            yield msg
+        return self._session(lambda stub: stub.StateChange(req, metadata=self._md))
 
-    async def maintenance_end(self, hosts: Sequence[str], force: bool = False
-                              ) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+    def maintenance_end(self, hosts: Sequence[str], force: bool = False
+                        ) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
         """Administrators: back to normal (a session still in progress is cancelled: rolled back). Refused while
-        a host's agent or BMC says it is not fit to serve, unless ``force``."""
+        a host's agent or BMC says it is not fit to serve, unless ``force``. (Ending hosts of several sessions,
+        a break in the stream resumes only the session it was following.)"""
         req = maintenance_pb2.StateChangeRequest(force=force, physical_resource_state=[
             maintenance_pb2.PhysicalResourceState(physical_resource_id=h, physical_resource_state="normal")
             for h in hosts])
-        async for msg in self.maintenance.StateChange(req, metadata=self._md):
-            yield msg
+        return self._session(lambda stub: stub.StateChange(req, metadata=self._md))
 
-    async def retire(self, server_ids: Sequence[str], reason: str = "", reply_timeout_s: int = 0,
-                     empty_timeout_s: int = 0) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+    def retire(self, server_ids: Sequence[str], reason: str = "", reply_timeout_s: int = 0,
+               empty_timeout_s: int = 0) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
         """Administrators: VM retirement — ask the owners of these servers, move them off their hosts."""
         req = maintenance_pb2.RetireRequest(server_ids=list(server_ids), reason=reason,
                                             reply_timeout_s=reply_timeout_s, empty_timeout_s=empty_timeout_s)
-        async for msg in self.maintenance.Retire(req, metadata=self._md):
-            yield msg
+        return self._session(lambda stub: stub.Retire(req, metadata=self._md))
 
-    async def maintenance_watch(self, session_id: str) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
-        async for msg in self.maintenance.Watch(maintenance_pb2.WatchRequest(session_id=session_id),
-                                                metadata=self._md):
-            yield msg
+    def maintenance_watch(self, session_id: str) -> AsyncIterator[maintenance_pb2.MaintenanceProgress]:
+        req = maintenance_pb2.WatchRequest(session_id=session_id)
+        return self._session(lambda stub: stub.Watch(req, metadata=self._md))
 
     async def maintenance_query(self, hosts: Sequence[str] = (), state: str = "", zone: str = "",
-                                timeout: float = 10.0) -> maintenance_pb2.StateQueryResponse:
+                                timeout: float | None = None) -> maintenance_pb2.StateQueryResponse:
         flt = maintenance_pb2.StateQueryFilter(physical_resource_id=list(hosts), physical_resource_state=state,
                                                zone_id=zone)
-        return await self.maintenance.StateQuery(maintenance_pb2.StateQueryRequest(filter=flt), metadata=self._md,
-                                                 timeout=timeout)
+        return await self._unary(lambda ch: maintenance_pb2_grpc.MaintenanceStub(ch).StateQuery,
+                                 maintenance_pb2.StateQueryRequest(filter=flt), timeout)
 
     async def reply(self, session_id: str, instructions: dict[str, int | tuple[int, str]] | None = None,
-                    nack: bool = False, reason: str = "", timeout: float = 10.0) -> maintenance_pb2.MaintenanceReplyAck:
+                    nack: bool = False, reason: str = "", timeout: float | None = None
+                    ) -> maintenance_pb2.MaintenanceReplyAck:
         """Consumers: answer a MaintenanceNotification. ``instructions``: server id → ``Instruction`` (or
         ``(Instruction, target_host)``), one for each of your servers it lists; or ``nack=True``."""
         items = []
         for server_id, how in (instructions or {}).items():
             kind, target = how if isinstance(how, tuple) else (how, "")
             items.append(maintenance_pb2.ServerInstruction(server_id=server_id, instruction=kind, target_host=target))
-        return await self.maintenance.Reply(maintenance_pb2.MaintenanceReply(
-            session_id=session_id, instructions=items, nack=nack, reason=reason), metadata=self._md, timeout=timeout)
-
+        return await self._unary(lambda ch: maintenance_pb2_grpc.MaintenanceStub(ch).Reply,
+                                 maintenance_pb2.MaintenanceReply(session_id=session_id, instructions=items,
+                                                                  nack=nack, reason=reason), timeout)

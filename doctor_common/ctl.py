@@ -1,21 +1,35 @@
-"""doctorctl: look at and operate a running nfv-doctor (status, hosts, faults, subscribe, profile, maintenance)."""
+"""doctorctl: look at and operate a running nfv-doctor (status, hosts, faults, subscribe, profile, maintenance).
+
+Given every inspector replica (--endpoint A,B or $DOCTOR_ENDPOINTS), each
+command finds the leader: a follower's hint is followed, an endpoint that does
+not answer is passed over, within --timeout seconds (doctor_common/failover.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 
 from doctor_common import __version__
 from doctor_common.api import agent_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.client import DoctorClient
+from doctor_common.ctl_shell import (
+    EXIT_CODES,
+    OK,
+    ROLLED_BACK,
+    Parser,
+    UsageError,
+    count,
+    endpoint_list,
+    endpoints_from,
+    read_token,
+    run,
+    seconds,
+)
 from doctor_common.faults import host_status_name, severity_from_name, severity_name
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
 
@@ -27,7 +41,7 @@ def _when(ns: int) -> str:
 
 
 async def cmd_status(c: DoctorClient, args: argparse.Namespace) -> None:
-    s = await c.status()
+    s = await c.status(at_leader=not args.here)
     print(f"node {s.node_id}  role {s.role}  leader {s.leader_endpoint or '-'}  version {s.version}  "
           f"controller {s.controller}  protobuf {s.protobuf_implementation}  log seq {s.last_sequence}")
     _print_guard(s.guard)
@@ -151,14 +165,15 @@ def _print_progress(msg: mpb.MaintenanceProgress) -> None:
 
 
 def _session_result(s: mpb.SessionInfo) -> int:
-    """0 when the session reached what was asked (in maintenance, or completed), 2 when it rolled back or failed."""
+    """OK when the session reached what was asked (in maintenance, or completed), ROLLED_BACK when it rolled back
+    or failed."""
     if s.state in (mpb.SESSION_STATE_ROLLED_BACK, mpb.SESSION_STATE_FAILED):
         print(f"session {s.session_id} {_session_state(s.state)}: {s.detail}", file=sys.stderr)
         for o in s.servers:
             print(f"  server {o.server_id} ({o.project_id}) on {o.host or 'nowhere (deleted)'}"
                   + (f": {o.error}" if o.error else ""), file=sys.stderr)
-        return 2
-    return 0
+        return ROLLED_BACK
+    return OK
 
 
 async def _follow(stream: object, cancel_ok: bool = False) -> int:
@@ -175,12 +190,8 @@ async def _follow(stream: object, cancel_ok: bool = False) -> int:
 
 async def cmd_maintenance(c: DoctorClient, args: argparse.Namespace) -> int:
     if args.action == "start":
-        bad = [kv for kv in args.meta or [] if "=" not in kv or kv.startswith("=")]
-        if bad:
-            raise SystemExit(f"doctorctl: --meta {bad[0]!r}: give KEY=VALUE")
-        metadata = dict(kv.split("=", 1) for kv in args.meta or [])
         return await _follow(c.maintenance_start(args.hosts, args.reason, args.reply_timeout, args.empty_timeout,
-                                                 metadata))
+                                                 dict(args.meta or [])))
     if args.action == "retire":
         return await _follow(c.retire(args.servers, args.reason, args.reply_timeout, args.empty_timeout))
     if args.action == "end":
@@ -204,44 +215,65 @@ _INSTRUCTIONS = {"migrate": mpb.INSTRUCTION_MIGRATE, "live-migrate": mpb.INSTRUC
                  "leave": mpb.INSTRUCTION_LEAVE, "own-action": mpb.INSTRUCTION_OWN_ACTION, "nack": mpb.INSTRUCTION_NACK}
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE")
+    return key, value
+
+
+def _instruction(text: str) -> tuple[str, int | tuple[int, str]]:
+    server, _, how = text.partition("=")
+    kind, _, target = how.partition(":")
+    if not server or kind not in _INSTRUCTIONS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give SERVER=INSTRUCTION[:TARGET_HOST], INSTRUCTION one of "
+                                         f"{', '.join(_INSTRUCTIONS)}")
+    return server, (_INSTRUCTIONS[kind], target) if target else _INSTRUCTIONS[kind]
+
+
+def _severity(text: str) -> str:
+    try:
+        severity_from_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 async def cmd_reply(c: DoctorClient, args: argparse.Namespace) -> int:
-    instructions: dict[str, int | tuple[int, str]] = {}
-    for item in args.server or []:
-        server, _, how = item.partition("=")
-        kind, _, target = how.partition(":")
-        if not server or kind not in _INSTRUCTIONS:
-            raise SystemExit(f"doctorctl: --server {item!r}: give SERVER=INSTRUCTION[:TARGET_HOST], INSTRUCTION one "
-                             f"of {', '.join(_INSTRUCTIONS)}")
-        instructions[server] = (_INSTRUCTIONS[kind], target) if target else _INSTRUCTIONS[kind]
+    instructions: dict[str, int | tuple[int, str]] = dict(args.server or [])
     if not instructions and not args.nack:
-        raise SystemExit("doctorctl: reply needs --server SERVER=INSTRUCTION for each of your servers, or --nack")
+        raise UsageError("reply needs --server SERVER=INSTRUCTION for each of your servers, or --nack")
     ack = await c.reply(args.session, instructions, nack=args.nack, reason=args.reason or "")
     print(f"session {ack.session_id}: {_session_state(ack.state)}")
     return 0
 
 
 def _seconds(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
     if not 0 <= value <= 86400:
         raise argparse.ArgumentTypeError("give seconds between 0 (the inspector's default) and 86400")
     return value
 
 
-def _token(args: argparse.Namespace) -> str | None:
-    if args.token_file:
-        return Path(args.token_file).read_text().strip()
-    return os.environ.get("DOCTOR_TOKEN")
-
-
-def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="doctorctl", description=__doc__)
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="doctorctl", description=__doc__, epilog=EXIT_CODES,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--endpoint", default=os.environ.get("DOCTOR_ENDPOINT", "127.0.0.1:50051"),
-                   help="inspector address (env DOCTOR_ENDPOINT)")
+    p.add_argument("--endpoint", action="append", type=endpoint_list, metavar="HOST:PORT[,HOST:PORT...]",
+                   help="the inspector replicas (repeatable or comma-separated; else $DOCTOR_ENDPOINTS, "
+                        "$DOCTOR_ENDPOINT, 127.0.0.1:50051)")
+    p.add_argument("--timeout", type=seconds(0, 3600), default=10.0, metavar="SECONDS",
+                   help="how long a request may take to find the replica that serves it and be answered; for a "
+                        "stream, until its first message (default 10)")
     p.add_argument("--token-file", help="file holding the bearer token (or env DOCTOR_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("status", help="role, leader, agents, alarms, subscriptions")
+    st = sub.add_parser("status", help="role, leader, agents, alarms, subscriptions (the leader's)")
     st.add_argument("--checks", action="store_true", help="also each agent's checkers: runs, failures, crashes")
+    st.add_argument("--here", action="store_true", help="the first replica that answers, in its own words, not "
+                                                        "the leader's report (a follower's role and leader)")
     sub.add_parser("hosts", help="hosts with their status and liveness")
     e = sub.add_parser("enable-host", help="declare a fenced host repaired (clears its alarms); refused, saying "
                                             "why, while its agent or BMC says it is not")
@@ -252,26 +284,26 @@ def cli(argv: list[str] | None = None) -> int:
         s.add_argument("--resource", action="append", help="virtual resource id (repeatable)")
         s.add_argument("--resource-type", action="append", choices=("server", "port"))
         s.add_argument("--type", action="append", help="fault type pattern, e.g. 'compute.host.*' (repeatable)")
-        s.add_argument("--min-severity", help="warning, minor, major, critical ...")
+        s.add_argument("--min-severity", type=_severity, help="warning, minor, major, critical ...")
         if name == "faults":
             s.add_argument("--json", action="store_true")
         else:
-            s.add_argument("--resume-after", type=int, default=0)
-            s.add_argument("--count", type=int, default=0, help="exit after this many notifications")
+            s.add_argument("--resume-after", type=count(0), default=0)
+            s.add_argument("--count", type=count(0), default=0, help="exit after this many notifications")
     pr = sub.add_parser("profile", help="per-stage latency of the last faults (the seeds' profiler)")
-    pr.add_argument("--last", type=int, default=10)
+    pr.add_argument("--last", type=count(1), default=10)
     m = sub.add_parser("maintenance", help="planned maintenance of hosts: start, status, watch, end")
     ma = m.add_subparsers(dest="action", required=True)
     ms = ma.add_parser("start", help="disable the hosts, ask their servers' owners, empty them; live progress "
-                                     "(exit 2 when it rolls back)")
+                                     f"(exit {ROLLED_BACK} when it rolls back)")
     ms.add_argument("hosts", nargs="+")
     ms.add_argument("--reason", default="")
     ms.add_argument("--reply-timeout", type=_seconds, default=0, help="seconds owners have to answer (default: the "
                                                                  "inspector's [maintenance] reply_timeout_s)")
     ms.add_argument("--empty-timeout", type=_seconds, default=0, help="seconds to empty the hosts once answered")
-    ms.add_argument("--meta", action="append", help="KEY=VALUE kept with the session (repeatable)")
+    ms.add_argument("--meta", action="append", type=_key_value, help="KEY=VALUE kept with the session (repeatable)")
     mr = ma.add_parser("retire", help="VM retirement: ask the owners of these servers, move them off their hosts "
-                                      "(no host disabled; exit 2 when it rolls back)")
+                                      f"(no host disabled; exit {ROLLED_BACK} when it rolls back)")
     mr.add_argument("servers", nargs="+")
     mr.add_argument("--reason", default="")
     mr.add_argument("--reply-timeout", type=_seconds, default=0)
@@ -288,23 +320,23 @@ def cli(argv: list[str] | None = None) -> int:
     me.add_argument("--force", action="store_true", help="although a host's agent or BMC says it is not fit")
     r = sub.add_parser("reply", help="a consumer's answer to a maintenance notification")
     r.add_argument("session")
-    r.add_argument("--server", action="append", metavar="SERVER=INSTRUCTION[:TARGET]",
+    r.add_argument("--server", action="append", type=_instruction, metavar="SERVER=INSTRUCTION[:TARGET]",
                    help=f"one per server of yours; INSTRUCTION: {', '.join(_INSTRUCTIONS)} (repeatable)")
     r.add_argument("--nack", action="store_true", help="refuse: the session rolls back")
     r.add_argument("--reason")
-    args = p.parse_args(argv)
+    return p
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """doctorctl; returns its exit status (ctl_shell.py lists them)."""
+    args = parser().parse_args(argv)
     handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
 
-    async def run() -> int:
-        async with DoctorClient(args.endpoint, _token(args)) as c:
-            return await handler(c, args) or 0
-    try:
-        return asyncio.run(run())
-    except grpc.aio.AioRpcError as exc:
-        print(f"doctorctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    async def main() -> int:
+        endpoints, token = endpoints_from(args.endpoint), read_token(args.token_file)
+        async with DoctorClient(endpoints, token, deadline_s=args.timeout) as c:
+            return await handler(c, args) or OK
+    return run(main)
 
 
 if __name__ == "__main__":

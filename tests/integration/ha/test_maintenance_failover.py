@@ -21,7 +21,8 @@ async def test_leader_killed_mid_move_the_next_one_finishes_the_session_once(
     """Replica 0 leads and dies (SIGKILL) just after the first server's move was made in the controller (etcd).
     Replica 1 takes over, sees that move done (not asked again: the server's state key was written once),
     makes the other, and brings compute-1 into maintenance. The owners' notices are each in the log once;
-    the administrator follows the session at the new leader with Watch."""
+    the administrator follows the session at the new leader with Watch, and the progress stream begun at the
+    dead leader (a client given both replicas) carries on there by itself to the same end."""
     lab = await ha(shared_etcd, first_env={"DOCTOR_TEST_CRASH_AT": "maintenance_moving"}, hosts=3,
                    projects=("project-a", "project-b"))
     admin = DoctorClient(lab.endpoints, lab.tokens["admin"])
@@ -54,6 +55,12 @@ async def test_leader_killed_mid_move_the_next_one_finishes_the_session_once(
             assert final.state == S.SESSION_STATE_IN_MAINTENANCE, final
             assert all(o.done and o.host not in ("", "compute-1") for o in final.servers)
             assert "carrying on from" in lab.replica_log(1)
+
+        async def rest() -> list[mpb.MaintenanceProgress]:
+            return [m async for m in stream]
+        # the administrator's first stream, begun at the dead leader, goes on by itself with Watch at the new one
+        resumed = (await asyncio.wait_for(rest(), 20))[-1].session
+        assert (resumed.session_id, resumed.state) == (sid, S.SESSION_STATE_IN_MAINTENANCE), resumed
 
         log = await read_log(lab)
         notices = [n.maintenance.state for n in log if n.HasField("maintenance") and n.maintenance.session_id == sid]

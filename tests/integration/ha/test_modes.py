@@ -60,7 +60,7 @@ async def test_a_follower_serves_diagnostics_and_sends_everyone_else_to_the_lead
         assert await health(follower.endpoint, service) == want, service
         assert await health(leader.endpoint, service) == SERVING, service
 
-    async with DoctorClient(follower.endpoint, lab.tokens["admin"]) as c:
+    async with DoctorClient(follower.endpoint, lab.tokens["admin"], follow_leader=False) as c:  # what it answers
         assert await c.query_faults() is not None
         async for msg in c.subscribe_once():
             assert msg.WhichOneof("kind") == "subscribed"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from doctor_common.api import maintenance_pb2 as mpb
+from doctor_common.ctl_shell import ROLLED_BACK, USAGE
 from doctor_common.lab.cloud import Lab
 
 S = mpb.SessionState
@@ -32,7 +33,7 @@ async def test_a_session_at_the_command_line(site: Any, tmp_path: Path) -> None:
     first = await a.notice_any(S.SESSION_STATE_OWNERS_NOTIFIED)
     sid = first.session_id
     wrong = await ctl(lab, tmp_path, "project-a", "reply", sid, "--server", "vm-1-1=teleport")
-    assert wrong.returncode != 0 and "INSTRUCTION one of" in wrong.stderr
+    assert wrong.returncode == USAGE and "argument --server" in wrong.stderr and "INSTRUCTION one of" in wrong.stderr
     assert (await ctl(lab, tmp_path, "project-a", "reply", sid, "--server", "vm-1-1=live-migrate")).returncode == 0
     await b.notice(sid, S.SESSION_STATE_OWNERS_NOTIFIED)
     replied = await ctl(lab, tmp_path, "project-b", "reply", sid, "--server", "vm-1-2=migrate:compute-3")
@@ -49,11 +50,13 @@ async def test_a_session_at_the_command_line(site: Any, tmp_path: Path) -> None:
     assert ended.returncode == 0 and "completed" in ended.stdout
 
 
-async def test_a_nack_exits_2_and_says_why(site: Any, tmp_path: Path) -> None:
+async def test_a_nack_exits_3_and_says_why(site: Any, tmp_path: Path) -> None:
+    """A NACK rolls the session back: `maintenance start` exits ROLLED_BACK (3, apart from bad usage's 2) and says
+    who refused and where each server stayed."""
     lab = await site(hosts=2, servers_per_host=1)
     a = await site.owner(lab, "project-a")
     start = ctl(lab, tmp_path, "admin", "maintenance", "start", "compute-1")
     sid = (await a.notice_any(S.SESSION_STATE_OWNERS_NOTIFIED)).session_id
     assert (await ctl(lab, tmp_path, "project-a", "reply", sid, "--nack", "--reason", "busy")).returncode == 0
     out = await start
-    assert out.returncode == 2 and "rolled_back" in out.stderr and "NACK from project-a (busy)" in out.stderr
+    assert out.returncode == ROLLED_BACK == 3 and "rolled_back" in out.stderr and "NACK from project-a (busy)" in out.stderr
