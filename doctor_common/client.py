@@ -30,6 +30,7 @@ from doctor_common.api import (
 )
 from doctor_common.grpcutil import auth_metadata, channel_options
 from doctor_common.timeline import Stage, now_ns, stamp
+from doctor_common.tls import ClientTls, secure_channel
 
 log = logging.getLogger("doctor.client")
 
@@ -45,11 +46,12 @@ def leader_hint(exc: grpc.aio.AioRpcError) -> str | None:
 
 
 class DoctorClient:
-    def __init__(self, endpoint: str | Sequence[str], token: str | None = None) -> None:
+    def __init__(self, endpoint: str | Sequence[str], token: str | None = None, tls: ClientTls | None = None) -> None:
         self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self.endpoint = self.endpoints[0]
         self.token = token
-        self._channel = grpc.aio.insecure_channel(self.endpoint, options=channel_options())
+        self.tls = tls  # None: plaintext (docs/tls.md)
+        self._channel = secure_channel(self.endpoint, tls, channel_options())
         self._md = auth_metadata(token)
 
     async def close(self) -> None:
@@ -64,7 +66,7 @@ class DoctorClient:
     async def _switch(self, endpoint: str) -> None:
         old = self._channel
         self.endpoint = endpoint
-        self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
+        self._channel = secure_channel(endpoint, self.tls, channel_options())
         await old.close()
 
     async def _next_endpoint(self) -> None:

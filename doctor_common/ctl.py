@@ -17,6 +17,7 @@ from doctor_common.api import agent_pb2, diagnostics_pb2, fault_pb2
 from doctor_common.api import maintenance_pb2 as mpb
 from doctor_common.client import DoctorClient
 from doctor_common.faults import host_status_name, severity_from_name, severity_name
+from doctor_common.tls import ClientTls, TlsFileError
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
 
 
@@ -233,12 +234,28 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("DOCTOR_TOKEN")
 
 
+def _tls(args: argparse.Namespace) -> ClientTls | None:
+    if not (args.ca_file or args.cert_file or args.key_file):
+        return None
+    if bool(args.cert_file) != bool(args.key_file):
+        raise ValueError("give both --cert-file and --key-file")
+    tls = ClientTls(*(Path(f) if f else None for f in (args.ca_file, args.cert_file, args.key_file)))
+    try:
+        tls.check("--")
+    except TlsFileError as exc:
+        raise ValueError(f"{exc.key.replace('_', '-')}: {exc}") from None
+    return tls
+
+
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="doctorctl", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--endpoint", default=os.environ.get("DOCTOR_ENDPOINT", "127.0.0.1:50051"),
                    help="inspector address (env DOCTOR_ENDPOINT)")
     p.add_argument("--token-file", help="file holding the bearer token (or env DOCTOR_TOKEN)")
+    p.add_argument("--ca-file", help="TLS: the CA that signed the inspector's certificate (docs/tls.md)")
+    p.add_argument("--cert-file", help="TLS: a client certificate, when the inspector asks for one")
+    p.add_argument("--key-file", help="TLS: the client certificate's key")
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="role, leader, agents, alarms, subscriptions")
     st.add_argument("--checks", action="store_true", help="also each agent's checkers: runs, failures, crashes")
@@ -294,9 +311,14 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--reason")
     args = p.parse_args(argv)
     handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
+    try:
+        tls = _tls(args)
+    except ValueError as exc:
+        print(f"doctorctl: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> int:
-        async with DoctorClient(args.endpoint, _token(args)) as c:
+        async with DoctorClient(args.endpoint, _token(args), tls) as c:
             return await handler(c, args) or 0
     try:
         return asyncio.run(run())

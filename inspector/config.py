@@ -18,6 +18,7 @@ from inspector.maintenance.workflow import MaintenanceConfig
 from inspector.response.fleet_guard import GuardConfig
 from inspector.response.policy import Policy, default_policy, load_policy
 from inspector.response.recovery import RetryPolicy
+from inspector.tls import TlsConfig
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class InspectorConfig:
     notifier_state: str = ""             # standalone: the SQLite file of the log and subscriptions ("" in memory)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     max_handshakes: int = 256            # agent Hellos, and subscriptions being set up, at once (each kind)
+    tls: TlsConfig = field(default_factory=TlsConfig)  # [tls]: certificates on the listeners (docs/tls.md)
 
 
 def _bmc(s: Section) -> Bmc:
@@ -94,7 +96,7 @@ def _auth(a: Section) -> TokenAuth:
     return TokenAuth(consumers, agents, anonymous)
 
 
-def _listen_address(i: Section, index: int, address: str) -> None:
+def _listen_address(i: Section, index: int, address: str, key: str = "listen") -> None:
     """host:port, [v6]:port, :port (every address) or unix:/path; a missing port would be gRPC's 443."""
     try:
         if address.startswith(":"):
@@ -104,7 +106,7 @@ def _listen_address(i: Section, index: int, address: str) -> None:
         else:
             parse_endpoint(address)
     except ValueError as exc:
-        raise i.error(f"listen[{index}]", f"{address!r}: {exc} (host:port, :port or unix:/path)") from None
+        raise i.error(f"{key}[{index}]", f"{address!r}: {exc} (host:port, :port or unix:/path)") from None
 
 
 def _advertise(i: Section, listen: list[str]) -> str:
@@ -220,6 +222,11 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
             except ValueError as exc:
                 raise i.error(key if i.data.get(key) else "advertise", str(exc)) from None
 
+    t = root.section("tls")
+    for index, address in enumerate(t.data.get("client_cert_listen") or []):
+        if isinstance(address, str):
+            _listen_address(t, index, address, "client_cert_listen")
+    opts["tls"] = TlsConfig.from_section(t, listen)
     auth = _auth(root.section("auth"))
     policy = load_policy(policy_path) if policy_path else default_policy()
     root.done()
