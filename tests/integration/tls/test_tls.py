@@ -207,7 +207,11 @@ async def test_rotated_server_certificate_is_served_without_a_restart(tls_lab: T
     assert await asyncio.to_thread(_served_serial, port, tls) == new.serial
     stray.key.replace(tls_lab.server.key)  # and now the pair is whole
     assert await asyncio.to_thread(_served_serial, port, tls) == stray.serial
-    assert await lab.inspector.reload() is True
+    holder = lab.inspector.certificates[0]  # the listener on lab.port (listen's first address)
+    loads = holder.loads
+    assert await asyncio.to_thread(_served_serial, port, tls) == stray.serial and holder.loads == loads
+    assert await lab.inspector.reload() is True  # SIGHUP: the next handshake reads the files again
+    assert await asyncio.to_thread(_served_serial, port, tls) == stray.serial and holder.loads == loads + 1
 
 
 async def test_agents_mode_demands_certificates_of_agents_only(needs_root: None, tmp_path: Path) -> None:

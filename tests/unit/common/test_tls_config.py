@@ -191,3 +191,20 @@ def test_the_agent_loads_ssl_only_when_its_configuration_asks_for_tls(tmp_path: 
     assert wants_tls(["--config", str(plain)]) is False
     assert wants_tls([f"--config={tls}"]) is True and wants_tls(["-c", str(tls), "--check-config"]) is True
     assert wants_tls(["--config", str(tmp_path / "missing.toml")]) is True
+
+
+def test_check_config_says_how_it_listens(tmp_path: Path, pki: Pki) -> None:
+    """``doctor-inspector --check-config`` says whether the listeners serve TLS, and exits 2 naming file and key
+    when a certificate file is missing."""
+    import subprocess
+    import sys
+
+    s = pki.issue("inspector", ("inspector.test",))
+    good = _inspector(tmp_path, f'cert_file = "{s.cert}"\nkey_file = "{s.key}"\nclient_ca_file = "{pki.ca_file}"\n'
+                                'require_client_cert_for = "all"\n')
+    run = [sys.executable, "-m", "inspector.main", "--check-config", "--config"]
+    out = subprocess.run([*run, str(good)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "TLS, client certificates: all" in out.stdout, out.stderr
+    bad = _inspector(tmp_path, f'cert_file = "{tmp_path / "gone.pem"}"\nkey_file = "{s.key}"\n')
+    out = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and f"{bad}: tls.cert_file: {tmp_path / 'gone.pem'} does not exist" in out.stderr
