@@ -10,6 +10,7 @@ from typing import Any
 from doctor_common.endpoint import parse_endpoint
 from doctor_common.config import ConfigError, Section
 from doctor_common.logs import FORMATS
+from doctor_common.tls import ClientTls
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class AgentConfig:
     log_level: str = "info"
     log_format: str = "text"         # "json": one JSON object per line (doctor_common/logs.py)
     checkers: tuple[Any, ...] = ()  # built Checker instances
+    tls: ClientTls | None = None    # ca_file, cert_file, key_file, tls_server_name (docs/tls.md); None: plaintext
     path: str = ""
 
 
@@ -45,7 +47,12 @@ def load_agent_config(path: Path | str) -> AgentConfig:
             parse_endpoint(endpoint)
         except ValueError as exc:
             raise a.error("inspector", str(exc)) from None
+    tls = ClientTls.from_section(a)
+    if tls is not None and tls.server_name is None and any(e.startswith("unix:") for e in endpoints):
+        raise a.error("tls_server_name", "TLS over a unix socket: give the name the inspector's certificate holds "
+                                         "(a socket path is no host name to check it against)")
     cfg = dict(
+        tls=tls,
         host_id=host_id,
         endpoints=tuple(endpoints),
         token=token,

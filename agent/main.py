@@ -119,7 +119,8 @@ class Agent:
         first, most = checker_backoff_s
         self.supervisors = [Supervisor(c, self.state, self.liveness, most, first) for c in cfg.checkers]
         self.link = AgentLink(self.state, cfg.endpoints, cfg.token, cfg.heartbeat_interval_s, cfg.max_backoff_s,
-                              keepalive_ms=cfg.keepalive_ms, health=self.health, health_interval_s=cfg.health_interval_s)
+                              keepalive_ms=cfg.keepalive_ms, health=self.health, health_interval_s=cfg.health_interval_s,
+                              tls=cfg.tls)
         self.ready = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 

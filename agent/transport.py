@@ -31,6 +31,7 @@ from doctor_common.agent_limits import MAX_BATCH
 from doctor_common.api import agent_pb2
 from doctor_common.endpoint import parse_endpoint
 from doctor_common.timeline import now_ns
+from doctor_common.tls import ClientTls
 
 log = logging.getLogger("doctor.agent.transport")
 
@@ -47,23 +48,28 @@ _CONFIG_ERRORS = {Status.UNAUTHENTICATED, Status.PERMISSION_DENIED, Status.NOT_F
 _STREAM_ENDED = (OSError, StreamTerminatedError, ProtocolError)  # OSError covers connection errors, timeouts
 
 
-def open_channel(target: str, keepalive_ms: int) -> Channel:
-    """A grpclib channel to ``host:port``, ``[v6]:port`` or ``unix:/path``, pinging every ``keepalive_ms``."""
+def open_channel(target: str, keepalive_ms: int, tls: ClientTls | None = None) -> Channel:
+    """A grpclib channel to ``host:port``, ``[v6]:port`` or ``unix:/path``, pinging every ``keepalive_ms``; over
+    TLS when ``tls`` is given (its files read again if they changed: a renewed certificate needs no restart)."""
     host, port, path = parse_endpoint(target)
     keepalive_s = keepalive_ms / 1000
     config = Configuration(
         _keepalive_time=keepalive_s, _keepalive_timeout=PING_TIMEOUT_S, _keepalive_permit_without_calls=True,
-        _http2_max_pings_without_data=0, _http2_min_sent_ping_interval_without_data=keepalive_s)
+        _http2_max_pings_without_data=0, _http2_min_sent_ping_interval_without_data=keepalive_s,
+        ssl_target_name_override=tls.server_name if tls is not None else None)
+    ssl = tls.ssl_context() if tls is not None else None
     if path is not None:
-        return Channel(path=path, config=config)
-    return Channel(host, port, config=config)
+        return Channel(path=path, config=config, ssl=ssl)
+    return Channel(host, port, config=config, ssl=ssl)
 
 
 class AgentLink:
     def __init__(self, state: AgentState, endpoints: tuple[str, ...], token: str | None,
                  heartbeat_interval_s: float = 0.5, max_backoff_s: float = 2.0, keepalive_ms: int = 1000,
-                 health: Callable[[], agent_pb2.AgentHealth] | None = None, health_interval_s: float = 30.0) -> None:
+                 health: Callable[[], agent_pb2.AgentHealth] | None = None, health_interval_s: float = 30.0,
+                 tls: ClientTls | None = None) -> None:
         self.state = state
+        self.tls = tls
         self.beat: Callable[[], None] = lambda: None  # liveness for the watchdog: called on every turn of the loops
         self.endpoints = list(endpoints)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -121,7 +127,7 @@ class AgentLink:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _session(self, target: str) -> None:
-        channel = open_channel(target, self.keepalive_ms)
+        channel = open_channel(target, self.keepalive_ms, self.tls)
         try:
             stream = channel.request(CONNECT, Cardinality.STREAM_STREAM, agent_pb2.AgentMessage,
                                      agent_pb2.GatewayMessage, metadata=self.metadata)

@@ -5,6 +5,8 @@ the token in the ``authorization: Bearer`` (or, for consumers, ``x-auth-token``)
 metadata decides it. A consumer's token is looked up among the static tokens of
 the configuration first; when ``[auth.keystone]`` is on, any other token is
 validated by Keystone (``doctor_common.keystone``): its project and roles decide.
+For an agent its verified client certificate counts too (``agent_identity``;
+docs/tls.md): either suffices, and when both come they must name the same host.
 """
 
 from __future__ import annotations
@@ -20,6 +22,18 @@ from doctor_common.grpcutil import bearer_token
 from doctor_common.keystone import KeystoneUnavailable, KeystoneValidator, TokenInfo
 
 KEYSTONE_PREFIX = "keystone:"  # the names of principals Keystone vouches for (static names may not take it)
+from doctor_common.tls import peer_dns_names
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """The hosts an agent may speak for, and what said so ("certificate", "token", or both)."""
+    hosts: frozenset[str]
+    via: str
+
+    def allows(self, host: str) -> bool:
+        # DNS names are compared without regard to case; a token's host exactly, as always
+        return host in self.hosts or (self.via != "token" and host.lower() in self.hosts)
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class TokenAuth:
         """Audit the refusal (never the token), then abort with ``why``."""
         self.audit.rejected(_peer(context), kind, why)
         await context.abort(code, why)
+        self.require_agent_cert = False  # [tls] require_client_cert_for: an agent without a certificate is refused
 
     @staticmethod
     def credential(context: grpc.aio.ServicerContext) -> bytes:
@@ -203,3 +218,30 @@ def _peer(context: grpc.aio.ServicerContext) -> str:
         return str(context.peer())
     except Exception:  # noqa: BLE001 - a test double or a closed call: the reason is what matters
         return ""
+    async def agent_identity(self, context: grpc.aio.ServicerContext) -> AgentIdentity | None:
+        """Who this agent is: its client certificate's DNS names, its token's host, or both (then they must agree;
+        a token that matches none of the certificate's names is PERMISSION_DENIED). None: anonymous, allowed."""
+        names = peer_dns_names(context)
+        if names is None:
+            if self.require_agent_cert:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    "this inspector requires agents to present a client certificate: set ca_file, "
+                                    "cert_file and key_file in the agent's [agent] table and connect to an address "
+                                    "that asks for it ([tls] client_cert_listen; docs/tls.md)")
+            host = await self.agent_host(context)
+            return None if host is None else AgentIdentity(frozenset({host}), "token")
+        if not names:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "this agent's certificate has no DNS subjectAltName: it must name the agent's host "
+                                "(docs/tls.md)")
+        token = bearer_token(context)
+        if token is None:
+            return AgentIdentity(names, "certificate")
+        host = self._lookup(self._agents, token)
+        if host is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent token")
+        if str(host).lower() not in names:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"this agent's token belongs to host {host!r} but its certificate names "
+                                f"{', '.join(sorted(names))}: token and certificate must name the same host")
+        return AgentIdentity(frozenset({str(host)}), "certificate and token")

@@ -40,6 +40,7 @@ from doctor_common.api import (
 from doctor_common.failover import Endpoints, Unreachable, leader_hint, leader_trailer
 from doctor_common.grpcutil import auth_metadata
 from doctor_common.timeline import Stage, now_ns, stamp
+from doctor_common.tls import ClientTls, secure_channel
 
 __all__ = ["DoctorClient", "Unreachable", "leader_hint"]
 
@@ -53,10 +54,11 @@ MAX_SESSION_RESUMES = 20  # a session's progress stream that broke this often is
 
 class DoctorClient:
     def __init__(self, endpoint: str | Sequence[str], token: str | None = None, *, deadline_s: float = 10.0,
-                 connect_timeout_s: float = 2.0, follow_leader: bool = True) -> None:
-        self._eps = Endpoints([endpoint] if isinstance(endpoint, str) else endpoint, connect_timeout_s)
+                 connect_timeout_s: float = 2.0, follow_leader: bool = True, tls: ClientTls | None = None) -> None:
+        self._eps = Endpoints([endpoint] if isinstance(endpoint, str) else endpoint, connect_timeout_s, tls)
         self.endpoints = self._eps.configured
         self.token = token
+        self.tls = tls  # None: plaintext (docs/tls.md)
         self.deadline_s = deadline_s
         self.follow_leader = follow_leader
         self._md = auth_metadata(token)

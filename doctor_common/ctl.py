@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from datetime import datetime, timezone
 
 from google.protobuf import json_format
@@ -31,6 +32,7 @@ from doctor_common.ctl_shell import (
     seconds,
 )
 from doctor_common.faults import host_status_name, severity_from_name, severity_name
+from doctor_common.tls import ClientTls, TlsFileError
 from doctor_common.timeline import format_table, profile_table, stage_durations, stage_name, total_ms
 
 
@@ -258,6 +260,19 @@ def _seconds(text: str) -> int:
     return value
 
 
+def _tls(args: argparse.Namespace) -> ClientTls | None:
+    if not (args.ca_file or args.cert_file or args.key_file):
+        return None
+    if bool(args.cert_file) != bool(args.key_file):
+        raise UsageError("give both --cert-file and --key-file")
+    tls = ClientTls(*(Path(f) if f else None for f in (args.ca_file, args.cert_file, args.key_file)))
+    try:
+        tls.check("--")
+    except TlsFileError as exc:
+        raise UsageError(f"--{exc.key.replace('_', '-')}: {exc}") from None
+    return tls
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="doctorctl", description=__doc__, epilog=EXIT_CODES,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -269,6 +284,9 @@ def parser() -> argparse.ArgumentParser:
                    help="how long a request may take to find the replica that serves it and be answered; for a "
                         "stream, until its first message (default 10)")
     p.add_argument("--token-file", help="file holding the bearer token (or env DOCTOR_TOKEN)")
+    p.add_argument("--ca-file", help="TLS: the CA that signed the inspector's certificate (docs/tls.md)")
+    p.add_argument("--cert-file", help="TLS: a client certificate, when the inspector asks for one")
+    p.add_argument("--key-file", help="TLS: the client certificate's key")
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="role, leader, agents, alarms, subscriptions (the leader's)")
     st.add_argument("--checks", action="store_true", help="also each agent's checkers: runs, failures, crashes")
@@ -331,10 +349,9 @@ def cli(argv: list[str] | None = None) -> int:
     """doctorctl; returns its exit status (ctl_shell.py lists them)."""
     args = parser().parse_args(argv)
     handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
-
     async def main() -> int:
         endpoints, token = endpoints_from(args.endpoint), read_token(args.token_file)
-        async with DoctorClient(endpoints, token, deadline_s=args.timeout) as c:
+        async with DoctorClient(endpoints, token, deadline_s=args.timeout, tls=_tls(args)) as c:
             return await handler(c, args) or OK
     return run(main)
 

@@ -43,6 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from doctor_common.api import diagnostics_pb2, diagnostics_pb2_grpc
 from doctor_common.grpcutil import channel_options
+from doctor_common.tls import ClientTls, secure_channel
 
 log = logging.getLogger("doctor.client")
 
@@ -108,19 +109,20 @@ async def _connects(channel: grpc.aio.Channel, timeout: float) -> bool:
 class Endpoints:
     """A client's inspector endpoints, a channel to each, and the one that served last (tried first)."""
 
-    def __init__(self, endpoints: Sequence[str], connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, endpoints: Sequence[str], connect_timeout_s: float = 2.0, tls: ClientTls | None = None) -> None:
         self.configured = list(dict.fromkeys(endpoints))
         if not self.configured or not all(self.configured):
             raise ValueError(f"give at least one inspector endpoint (got {list(endpoints)!r})")
         self.current = self.configured[0]
         self.connect_timeout_s = connect_timeout_s
+        self.tls = tls  # None: plaintext (docs/tls.md)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def channel(self, endpoint: str | None = None) -> grpc.aio.Channel:
         ep = endpoint or self.current
         ch = self._channels.get(ep)
         if ch is None:
-            ch = self._channels[ep] = grpc.aio.insecure_channel(ep, options=channel_options())
+            ch = self._channels[ep] = secure_channel(ep, self.tls, channel_options())
         return ch
 
     async def _forget(self, endpoint: str) -> None:

@@ -21,6 +21,7 @@ from inspector.response.fleet_guard import GuardConfig
 from inspector.response.policy import Policy, default_policy, load_policy
 from inspector.response.recovery import RetryPolicy
 from inspector.southbound.http_events import HttpEventsConfig
+from inspector.tls import TlsConfig
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class InspectorConfig:
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     max_handshakes: int = 256            # agent Hellos, and subscriptions being set up, at once (each kind)
     http_events: HttpEventsConfig | None = None  # the monitors' JSON over HTTP (PUT/POST /events); None: off
+    tls: TlsConfig = field(default_factory=TlsConfig)  # [tls]: certificates on the listeners (docs/tls.md)
 
 
 def _bmc(s: Section) -> Bmc:
@@ -136,7 +138,7 @@ def _auth(a: Section, openstack: Section | None = None) -> TokenAuth:
     return TokenAuth(consumers, agents, anonymous, keystone)
 
 
-def _listen_address(i: Section, index: int, address: str) -> None:
+def _listen_address(i: Section, index: int, address: str, key: str = "listen") -> None:
     """host:port, [v6]:port, :port (every address) or unix:/path; a missing port would be gRPC's 443."""
     try:
         if address.startswith(":"):
@@ -146,7 +148,7 @@ def _listen_address(i: Section, index: int, address: str) -> None:
         else:
             parse_endpoint(address)
     except ValueError as exc:
-        raise i.error(f"listen[{index}]", f"{address!r}: {exc} (host:port, :port or unix:/path)") from None
+        raise i.error(f"{key}[{index}]", f"{address!r}: {exc} (host:port, :port or unix:/path)") from None
 
 
 def _metrics(s: Section) -> str:
@@ -279,6 +281,11 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
     if "http_events" in root.data:
         opts["http_events"] = HttpEventsConfig.from_section(root.section("http_events"))
 
+    t = root.section("tls")
+    for index, address in enumerate(t.data.get("client_cert_listen") or []):
+        if isinstance(address, str):
+            _listen_address(t, index, address, "client_cert_listen")
+    opts["tls"] = TlsConfig.from_section(t, listen)
     # [controller.openstack]'s cloud serves [auth.keystone] too, unless it names its own (read, not consumed)
     auth = _auth(root.section("auth"), Section(sub.file, dict(sub.data), sub.prefix) if backend == "openstack" else None)
     policy = load_policy(policy_path) if policy_path else default_policy()

@@ -62,6 +62,7 @@ from inspector.southbound.http_events import HttpEvents
 from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY
+from inspector.tls import ServerCertificates, server_listeners
 from notifier.credentials import watch_keystone_streams
 from notifier.log import MemoryLog, NotificationLog
 from notifier.registry import REVOKED, UNSERVED, Registry
@@ -83,6 +84,7 @@ class Inspector:
     def __init__(self, cfg: InspectorConfig, notification_log: NotificationLog | None = None) -> None:
         self.cfg = cfg
         self.auth = cfg.auth
+        self.auth.require_agent_cert = cfg.tls.agents_need_cert  # [tls]: agents identified by their certificate
         self.controller = cfg.controller
         self.leadership = Leadership(
             cfg.etcd, node_id=cfg.node_id, advertise=cfg.advertise, advertise_agents=cfg.advertise_agents,
@@ -148,7 +150,7 @@ class Inspector:
                                   lambda t: self._act(self.responder.fault(t), f"{t.fault_type} on {t.host}"),
                                   cfg.absent_poll_s, cfg.agent_return_deadline_s)
         hold_s = cfg.etcd.lease_ttl_s + 1.5 if cfg.etcd else 0.0  # a dead leader is named at most this long
-        self.probe = LeaderProbe(self.leader_endpoint)
+        self.probe = LeaderProbe(self.leader_endpoint, tls=cfg.tls.peer_tls())
         self.agent_redirects = Redirector(self._leader_agent_endpoint, lambda: self.acting, cfg.advertise_agents,
                                           hold_s, self.probe.alive)
         self.consumer_redirects = Redirector(self.leader_endpoint, lambda: self.acting, cfg.advertise, hold_s,
@@ -170,6 +172,7 @@ class Inspector:
         self._keystone_watch: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[Any]] = []
         self._reloading = asyncio.Lock()
+        self.certificates: list[ServerCertificates] = []  # [tls]: reloaded when the files change, and on SIGHUP
 
     # -- leadership (the gateway's LeaderGate) ---------------------------------------------------
 
@@ -374,8 +377,10 @@ class Inspector:
         maintenance_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(
             self.auth, self.maintenance, self.require_leader), server)
         self.health = await add_health_and_reflection(server, SERVICES)
-        for address in self.cfg.listen:
-            port = server.add_insecure_port(address)
+        listeners, self.certificates = server_listeners(self.cfg.tls, self.cfg.listen)
+        for address, credentials in listeners:
+            port = (server.add_secure_port(address, credentials) if credentials is not None
+                    else server.add_insecure_port(address))
             if port == 0 and not address.startswith("unix:"):
                 raise OSError(f"cannot listen on {address}")
             self.ports.append(port)
@@ -460,6 +465,8 @@ class Inspector:
             except Exception as exc:  # noqa: BLE001 - a reload must never take the daemon down
                 log.error("reload failed, the running configuration is kept: %s: %s", type(exc).__name__, exc)
                 return False
+            for holder in self.certificates:  # the next TLS handshake reads the certificate files again
+                holder.reload()
             return await self._apply(new, counts)
 
     async def _apply(self, new: InspectorConfig, counts: tuple[int, int, int] | None) -> bool:
@@ -469,7 +476,7 @@ class Inspector:
         self.responder.policy = new.policy
         kept = [k for k in ("listen", "etcd", "node_id", "advertise", "advertise_agents", "heartbeat_interval_ms",
                             "liveness_timeout_s", "guard", "bmcs", "notifier_state", "http_events", "metrics_listen",
-                            "log_format")
+                            "log_format", "tls")
                 if getattr(new, k) != getattr(self.cfg, k)]
         try:
             await self.resources.load()

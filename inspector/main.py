@@ -84,7 +84,10 @@ def cli(argv: list[str] | None = None) -> int:
         e = cfg.etcd
         mode = (f"replicated: etcd {','.join(e.endpoints)} under {e.prefix}, advertising {cfg.advertise}" if e
                 else "standalone, NOT highly available")
-        print(f"{args.config}: ok (node {cfg.node_id}, controller {cfg.controller.name}, {mode})")
+        t = cfg.tls
+        tls = (f"TLS, client certificates: {t.require_client_cert_for}" if t.enabled else
+               "PLAINTEXT on purpose (tokens in clear)" if t.plaintext else "plaintext on loopback and unix sockets")
+        print(f"{args.config}: ok (node {cfg.node_id}, controller {cfg.controller.name}, {mode}; {tls})")
         asyncio.run(cfg.controller.close())
         return 0
     setup_logging(cfg.log_level, cfg.log_format)

@@ -26,14 +26,18 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from doctor_common.tls import ClientTls, secure_channel
+
 POLL_S = 0.01
 
 
 class LeaderProbe:
     """Does the named leader answer a health check? One probe at a time, its answer kept ``keep_s``."""
 
-    def __init__(self, endpoint: Callable[[], str | None], timeout_s: float = 0.25, keep_s: float = 0.1) -> None:
+    def __init__(self, endpoint: Callable[[], str | None], timeout_s: float = 0.25, keep_s: float = 0.1,
+                 tls: ClientTls | None = None) -> None:
         self.endpoint, self.timeout_s, self.keep_s = endpoint, timeout_s, keep_s
+        self.tls = tls  # [tls]: the replicas serve TLS; this one dials with its own certificate (docs/tls.md)
         self._channel: tuple[str, grpc.aio.Channel] | None = None
         self._last: tuple[str, bool, float] | None = None
         self._lock = asyncio.Lock()
@@ -48,7 +52,7 @@ class LeaderProbe:
                 return last[1]
             if self._channel is None or self._channel[0] != target:
                 await self.close()
-                self._channel = (target, grpc.aio.insecure_channel(target))
+                self._channel = (target, secure_channel(target, self.tls))
             try:
                 r = await health_pb2_grpc.HealthStub(self._channel[1]).Check(
                     health_pb2.HealthCheckRequest(), timeout=self.timeout_s)

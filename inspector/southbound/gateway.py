@@ -105,9 +105,13 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self.on_switch = on_switch
 
     async def _host_for(self, claimed: str, context: grpc.aio.ServicerContext, *, switch: bool = False) -> None:
-        token_host = await self.auth.agent_host(context)
-        if token_host is not None and token_host != claimed:
-            why = f"this agent's token belongs to host {token_host!r}, not {claimed!r}"
+        who = await self.auth.agent_identity(context)  # token, certificate, or both agreeing (docs/tls.md)
+        if who is not None and not who.allows(claimed):
+            if who.via == "token":
+                why = f"this agent's token belongs to host {next(iter(who.hosts))!r}, not {claimed!r}"
+            else:
+                why = (f"this agent's certificate names {', '.join(sorted(who.hosts))}, not {claimed!r}: "
+                       "an agent speaks only for a host its certificate names as a DNS subjectAltName")
             self.auth.audit.rejected(context.peer(), "wrong_host", why)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         if switch:
@@ -156,7 +160,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             rec = self.liveness.record(hello.host_id)
             stream = object()
             rebooted = await self.liveness.attach(rec, stream, hello, context.peer())
-            rec.credential = self.auth.credential(context) if await self.auth.agent_host(context) is not None else b""
+            rec.credential = self.auth.credential(context)  # its token's digest (checked by _host_for); b"": none
             rec.revoked = False
             yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=self.heartbeat_interval_ms))
             try:
@@ -251,7 +255,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     async def ReportJson(self, request: agent_pb2.JsonEventReport,
                          context: grpc.aio.ServicerContext) -> agent_pb2.JsonEventAck:
         """The seeds' southbound event: {"event": {...}} or {"events": [...]}."""
-        token_host = await self.auth.agent_host(context)
+        await self.auth.agent_identity(context)
         await self.gate.require_leader(context)
         if len(request.json) > MAX_JSON_BYTES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "json: at most 1 MiB")

@@ -134,7 +134,8 @@ async def test_check_config_tells_the_mode(tmp_path: Path) -> None:
         return asyncio.to_thread(subprocess.run, [sys.executable, "-m", "inspector.main", "--config", str(cfg),
                                                   "--check-config"], capture_output=True, text=True, timeout=30)
     ha = write(tmp_path, 'listen = ["0.0.0.0:50051"]\nadvertise = "10.0.0.7:50051"',
-               '[etcd]\nendpoints = ["10.0.0.1:2379", "10.0.0.2:2379"]\nprefix = "/nfv-doctor/site-a"\n')
+               '[etcd]\nendpoints = ["10.0.0.1:2379", "10.0.0.2:2379"]\nprefix = "/nfv-doctor/site-a"\n'
+               '[tls]\nplaintext = true\n')  # beyond loopback without certificates: on purpose (docs/tls.md)
     out = await run(ha)
     assert out.returncode == 0, out.stderr
     assert "replicated: etcd 10.0.0.1:2379,10.0.0.2:2379 under /nfv-doctor/site-a, advertising 10.0.0.7:50051" \
