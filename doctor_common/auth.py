@@ -212,36 +212,37 @@ class TokenAuth:
             await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "unknown_token", "unknown agent token")
         return host  # type: ignore[return-value]
 
-
-def _peer(context: grpc.aio.ServicerContext) -> str:
-    try:
-        return str(context.peer())
-    except Exception:  # noqa: BLE001 - a test double or a closed call: the reason is what matters
-        return ""
     async def agent_identity(self, context: grpc.aio.ServicerContext) -> AgentIdentity | None:
         """Who this agent is: its client certificate's DNS names, its token's host, or both (then they must agree;
         a token that matches none of the certificate's names is PERMISSION_DENIED). None: anonymous, allowed."""
         names = peer_dns_names(context)
         if names is None:
             if self.require_agent_cert:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    "this inspector requires agents to present a client certificate: set ca_file, "
+                await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "missing_certificate",
+                                   "this inspector requires agents to present a client certificate: set ca_file, "
                                     "cert_file and key_file in the agent's [agent] table and connect to an address "
                                     "that asks for it ([tls] client_cert_listen; docs/tls.md)")
             host = await self.agent_host(context)
             return None if host is None else AgentIdentity(frozenset({host}), "token")
         if not names:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "this agent's certificate has no DNS subjectAltName: it must name the agent's host "
+            await self._reject(context, grpc.StatusCode.PERMISSION_DENIED, "certificate_without_name",
+                               "this agent's certificate has no DNS subjectAltName: it must name the agent's host "
                                 "(docs/tls.md)")
         token = bearer_token(context)
         if token is None:
             return AgentIdentity(names, "certificate")
         host = self._lookup(self._agents, token)
         if host is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent token")
+            await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, "unknown_token", "unknown agent token")
         if str(host).lower() not in names:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"this agent's token belongs to host {host!r} but its certificate names "
+            await self._reject(context, grpc.StatusCode.PERMISSION_DENIED, "wrong_host",
+                               f"this agent's token belongs to host {host!r} but its certificate names "
                                 f"{', '.join(sorted(names))}: token and certificate must name the same host")
         return AgentIdentity(frozenset({str(host)}), "certificate and token")
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # noqa: BLE001 - a test double or a closed call: the reason is what matters
+        return ""
