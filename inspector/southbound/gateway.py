@@ -26,7 +26,7 @@ from controller_adapter.base import NotFound
 from doctor_common.admission import UNBOUNDED, Admission
 from doctor_common.agent_limits import MAX_BATCH
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
-from doctor_common.auth import TokenAuth
+from doctor_common.auth import AgentIdentity, TokenAuth
 from doctor_common.grpcutil import Undecodable
 from doctor_common.timeline import now_ns
 from inspector.response.trigger import Trigger
@@ -255,12 +255,12 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     async def ReportJson(self, request: agent_pb2.JsonEventReport,
                          context: grpc.aio.ServicerContext) -> agent_pb2.JsonEventAck:
         """The seeds' southbound event: {"event": {...}} or {"events": [...]}."""
-        await self.auth.agent_identity(context)
+        who = await self.auth.agent_identity(context)
         await self.gate.require_leader(context)
         if len(request.json) > MAX_JSON_BYTES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "json: at most 1 MiB")
         try:
-            accepted = await self.take_json(token_host, request.json)
+            accepted = await self.take_json(who, request.json)
         except BadMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"json: {exc}")
         except ForeignHost as exc:
@@ -271,19 +271,22 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica stopped leading: report again")
         return agent_pb2.JsonEventAck(accepted=accepted)
 
-    async def take_json(self, token_host: str | None, text: str) -> int:
+    async def take_json(self, who: AgentIdentity | str | None, text: str) -> int:
         """A monitor's JSON report, whatever carried it (``ReportJson``, ``southbound/http_events.py``): checked
-        whole, then every event handed on as an agent's state. ``token_host`` is the host the caller's agent token
-        stands for (None: an anonymous agent, when allowed). Raises ``BadMessage``, ``ForeignHost`` or
+        whole, then every event handed on as an agent's state. ``who`` is the caller: the hosts its certificate or
+        token stands for, or a token's host (None: an anonymous agent, when allowed). Raises ``BadMessage``, ``ForeignHost`` or
         ``UnknownHost`` naming the first bad event, or ``NotLeading``; then nothing of the report was handed on."""
         events = parse_json_events(text)
         checked: set[str] = set()
         for i, (host, _, _) in enumerate(events):
             if host in checked:
                 continue
-            if token_host is not None and token_host != host:
-                raise ForeignHost(f"events[{i}].details.hostname: this agent's token belongs to host {token_host!r}, "
-                                  f"not {host!r}")
+            if isinstance(who, str):
+                who = AgentIdentity(frozenset({who}), "token")
+            if who is not None and not who.allows(host):
+                held = (f"token belongs to host {next(iter(who.hosts))!r}" if who.via == "token" else
+                        f"certificate names {', '.join(sorted(who.hosts))}")
+                raise ForeignHost(f"events[{i}].details.hostname: this agent's {held}, not {host!r}")
             if not self.is_switch(host):
                 try:
                     await self.known_host(host)

@@ -43,7 +43,7 @@ class TlsHaLab(HaLab):
     async def status(self, i: int, timeout: float = 1.0) -> diagnostics_pb2.StatusReport | None:
         if not self.replicas[i].running:
             return None
-        async with DoctorClient(self.replicas[i].endpoint, self.tokens["admin"], self.client_tls) as c:
+        async with DoctorClient(self.replicas[i].endpoint, self.tokens["admin"], tls=self.client_tls) as c:
             try:
                 return await c.status(timeout=timeout)
             except grpc.aio.AioRpcError:

@@ -57,7 +57,7 @@ class TlsLab:
             await self.lab.wait_agents()
 
     def consumer(self, principal: str, cert: Issued | None = None) -> DoctorClient:
-        return DoctorClient(self.lab.endpoint, self.lab.tokens[principal], self.tls(cert))
+        return DoctorClient(self.lab.endpoint, self.lab.tokens[principal], tls=self.tls(cert))
 
 
 @pytest.fixture
