@@ -5,6 +5,7 @@ inspector to reach, a hung endpoint before a good one, and an inspector that ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -73,28 +74,36 @@ async def test_subscribe_piped_into_head_ends_with_the_next_notification(lab: La
     tok = token_file(lab, tmp_path)
     script = (f"set -o pipefail; {' '.join(CTL)} --endpoint {lab.endpoint} --token-file {tok} subscribe 2>{tmp_path}/err"
               " | head -1")
-    proc = await asyncio.create_subprocess_exec("bash", "-c", script, stdout=asyncio.subprocess.PIPE)
+    # a session of its own: whatever happens, the whole pipeline is killed at the end (no doctorctl left behind)
+    proc = await asyncio.create_subprocess_exec("bash", "-c", script, stdout=asyncio.subprocess.PIPE,
+                                                start_new_session=True)
     assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        first = json.loads(await proc.stdout.readline())
-    assert "subscribed" in first
-    md = auth_metadata(lab.hosts["compute-1"].agent_token)
-    async with DoctorClient(lab.endpoint) as c:
-        gateway = agent_pb2_grpc.AgentGatewayStub(c._channel)
-        for k in range(200):  # bounded: until doctorctl has written into the closed pipe
-            status = "down" if k % 2 == 0 else "up"
-            event = {"event": {"time": "2026-01-01T00:00:00Z", "type": "compute.host.sensor.warning",
-                               "details": {"hostname": "compute-1", "severity": "warning", "monitor_id": "m",
-                                           "status": status}}}
-            await gateway.ReportJson(agent_pb2.JsonEventReport(json=json.dumps(event)), metadata=md, timeout=5)
-            try:
-                async with asyncio.timeout(0.1):
-                    await proc.wait()
-                break
-            except TimeoutError:
-                continue
-    assert await proc.wait() == BROKEN_PIPE  # pipefail: the pipeline's status is doctorctl's
-    assert (tmp_path / "err").read_text() == ""
+    try:
+        async with asyncio.timeout(30):
+            first = json.loads(await proc.stdout.readline())
+        assert "subscribed" in first
+        md = auth_metadata(lab.hosts["compute-1"].agent_token)
+        async with DoctorClient(lab.endpoint) as c:
+            gateway = agent_pb2_grpc.AgentGatewayStub(c._channel)
+            for k in range(200):  # bounded: until doctorctl has written into the closed pipe
+                status = "down" if k % 2 == 0 else "up"
+                event = {"event": {"time": "2026-01-01T00:00:00Z", "type": "compute.host.sensor.warning",
+                                   "details": {"hostname": "compute-1", "severity": "warning", "monitor_id": "m",
+                                               "status": status}}}
+                await gateway.ReportJson(agent_pb2.JsonEventReport(json=json.dumps(event)), metadata=md, timeout=5)
+                try:
+                    async with asyncio.timeout(0.1):
+                        await proc.wait()
+                    break
+                except TimeoutError:
+                    continue
+        assert await proc.wait() == BROKEN_PIPE  # pipefail: the pipeline's status is doctorctl's
+        assert (tmp_path / "err").read_text() == ""
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
 
 
 async def test_ctrl_c_exits_130_quietly(lab: Lab, tmp_path: Path) -> None:
