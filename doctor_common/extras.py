@@ -19,3 +19,5 @@ def missing(extra: str, modules: dict[str, str]) -> str | None:
 
 
 OPENSTACK = {"openstack": "openstacksdk", "keystoneauth1": "keystoneauth1"}
+INSPECTOR = {"grpc": "grpcio", "grpc_health": "grpcio-health-checking", "grpc_reflection": "grpcio-reflection",
+             "aetcd": "aetcd", "aiohttp": "aiohttp", "prometheus_client": "prometheus-client"}

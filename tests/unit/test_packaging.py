@@ -192,3 +192,24 @@ def test_a_missing_extra_is_named_with_the_command_that_installs_it() -> None:
     assert missing("openstack", OPENSTACK) is None  # installed here
     why = missing("openstack", {"json": "stdlib", "no_such_module_for_doctor": "no-such-dist"})
     assert why == "needs no-such-dist, not installed here: pip install 'nfv-doctor[openstack]'"
+
+
+def test_the_extras_checked_at_start_up_are_the_declared_ones() -> None:
+    """What doctor_common.extras looks for is what pyproject.toml's extras install (a rename breaks both)."""
+    from doctor_common.extras import INSPECTOR, OPENSTACK
+
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for modules, extra in ((INSPECTOR, "inspector"), (OPENSTACK, "openstack")):
+        assert set(modules.values()) <= {Requirement(r).name for r in extras[extra]}
+        assert distributions_of(set(modules)) == {norm(d) for d in modules.values()}  # import name -> dist
+
+
+def test_doctor_inspector_without_its_extra_says_what_to_install() -> None:
+    """The command exists on a compute node's install too: there it exits 2 (no restart) naming the extra."""
+    code = "import sys; sys.modules['aetcd'] = None; from inspector.__main__ import run; sys.exit(run())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "doctor-inspector needs aetcd, not installed here: pip install 'nfv-doctor[inspector]'"
+    ok = subprocess.run([sys.executable, "-m", "inspector", "--version"], capture_output=True, text=True,
+                        timeout=60, cwd=ROOT)
+    assert ok.returncode == 0 and ok.stdout.startswith("doctor-inspector "), ok.stderr
