@@ -147,18 +147,24 @@ def test_every_import_of_the_shipped_code_is_declared() -> None:
     assert not {"grpcio-tools", "pytest", "pyroute2"} & production  # the generator and the lab's needs: [test]
 
 
-def test_the_inspector_extra_covers_its_start() -> None:
-    """``doctor-inspector`` imports at start only what [inspector] brings (OpenStack only when configured)."""
-    code = ("import json, sys, inspector.main, inspector.core\n"
+@pytest.mark.parametrize(("modules", "extra", "expected"), [
+    ("inspector.main, inspector.core", "inspector", {"aetcd", "grpcio", "aiohttp"}),
+    ("doctor_common.ctl, doctor_common.client", "client", {"grpcio"}),
+])
+def test_an_extra_covers_its_command(modules: str, extra: str, expected: set[str]) -> None:
+    """``doctor-inspector`` imports at start only what [inspector] brings (OpenStack only when configured);
+    ``doctorctl`` and the client library what [client] brings."""
+    code = (f"import json, sys, {modules}\n"
             "print(json.dumps(sorted(m for m in sys.modules if sys.modules[m] is not None)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    modules = set(json.loads(out.stdout))
-    assert "aetcd" in modules and "grpc" in modules
-    assert [m for m in modules if m.split(".")[0] in ("openstack", "keystoneauth1")
+    loaded = set(json.loads(out.stdout))
+    assert [m for m in loaded if m.split(".")[0] in ("openstack", "keystoneauth1")
             or m.startswith("doctor_common.lab")] == []
     # grpcio imports grpc_tools when present, optionally: not a dependency
-    assert distributions_of(modules) - {"grpcio-tools"} - closure(declared("inspector")) == set()
+    needed = distributions_of(loaded) - {"grpcio-tools"}
+    assert expected <= needed
+    assert needed - closure(declared(extra)) == set()
 
 
 def test_the_wheel_holds_the_daemons_but_not_the_lab_nor_tests(tmp_path: Path) -> None:
