@@ -3,7 +3,10 @@ reloads, the venv drop-ins, and the sandbox kept (docs/install.md)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,25 @@ def test_the_sandbox_is_kept(daemon: str) -> None:
     service = dict(parse(UNITS / f"{daemon}.service")["Service"])
     assert {k: service.get(k) for k in SANDBOX} == SANDBOX
     assert service["Type"] == "notify" and service["RestartPreventExitStatus"] == "2"
+
+
+@pytest.mark.parametrize("venv", [False, True])
+def test_systemd_reads_the_units_and_drop_ins_as_meant(tmp_path: Path, venv: bool) -> None:
+    """systemd-analyze verify over a copy (with the drop-ins installed as venv.conf, or not): nothing to say
+    but that the commands are not installed on this machine, and only those of the chosen install."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    for daemon in DAEMONS:
+        shutil.copy(UNITS / f"{daemon}.service", tmp_path)
+        if venv:
+            (tmp_path / f"{daemon}.service.d").mkdir()
+            shutil.copy(UNITS / f"{daemon}.service.d" / "venv.conf.example", tmp_path / f"{daemon}.service.d" /
+                        "venv.conf")
+    out = subprocess.run([analyze, "verify", *(str(tmp_path / f"{d}.service") for d in DAEMONS)],
+                         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}, capture_output=True, text=True,
+                         timeout=60)
+    bindir = "/opt/nfv-doctor/bin" if venv else "/usr/local/bin"
+    said = {line for line in (out.stdout + out.stderr).splitlines() if line.strip()}
+    assert said == {f"{d}.service: Command {bindir}/{d} is not executable: No such file or directory"
+                    for d in DAEMONS if not Path(bindir, d).exists()}  # (silent about one that is installed)
