@@ -11,10 +11,11 @@ BENCH_ARGS := $(if $(QUICK),--quick,)
 
 setup: $(STAMP) etcd
 
+# editable, with every extra `make test`, `make proto` and `make demo` load (the lab is not in a wheel)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[inspector,openstack,test]'
 	touch $(STAMP)
 
 # Debian's etcd-server for the election and its tests (installed when missing).

@@ -58,6 +58,7 @@ from controller_adapter.base import (
     Unsupported,
 )
 from doctor_common.config import Section
+from doctor_common.extras import OPENSTACK
 
 T = TypeVar("T")
 log = logging.getLogger("doctor.controller.openstack")
@@ -72,6 +73,7 @@ _DPS_MISSING = ("Neutron lacks the 'data-plane-status' extension: enable the ML2
 
 class OpenStackController:
     name = "openstack"
+    requires = ("openstack", OPENSTACK)  # the extra with openstacksdk and keystoneauth1: checked at start-up
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from doctor_common.extras import OPENSTACK, missing
+
 log = logging.getLogger("doctor.auth.keystone")
 
 
@@ -91,6 +93,9 @@ def open_session(settings: KeystoneSettings) -> tuple[Any, str]:
 
 def check_cloud(settings: KeystoneSettings) -> None:
     """Raise ValueError when clouds.yaml has no such cloud (no network: only the files are read)."""
+    why = missing("openstack", OPENSTACK)
+    if why:
+        raise ValueError(f"Keystone tokens {why}")
     try:
         open_session(settings)
     except Exception as exc:  # noqa: BLE001 - openstacksdk's and keystoneauth's config errors share no base
