@@ -27,7 +27,8 @@ from grpclib.const import Cardinality
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/ makes the certificates
 
-from doctor_common.tls import ClientTls, secure_channel  # noqa: E402
+from doctor_common.grpc_tls import secure_channel  # noqa: E402
+from doctor_common.tls import ClientTls  # noqa: E402
 from inspector.tls import TlsConfig, server_listeners  # noqa: E402
 from tests.tls_certs import Pki  # noqa: E402
 

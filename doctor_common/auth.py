@@ -22,7 +22,7 @@ from doctor_common.grpcutil import bearer_token
 from doctor_common.keystone import KeystoneUnavailable, KeystoneValidator, TokenInfo
 
 KEYSTONE_PREFIX = "keystone:"  # the names of principals Keystone vouches for (static names may not take it)
-from doctor_common.tls import peer_dns_names
+from doctor_common.grpc_tls import peer_dns_names
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ from doctor_common.api import (
 from doctor_common.failover import Endpoints, Unreachable, leader_hint, leader_trailer
 from doctor_common.grpcutil import auth_metadata
 from doctor_common.timeline import Stage, now_ns, stamp
-from doctor_common.tls import ClientTls, secure_channel
+from doctor_common.grpc_tls import secure_channel
+from doctor_common.tls import ClientTls
 
 __all__ = ["DoctorClient", "Unreachable", "leader_hint"]
 

@@ -43,7 +43,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from doctor_common.api import diagnostics_pb2, diagnostics_pb2_grpc
 from doctor_common.grpcutil import channel_options
-from doctor_common.tls import ClientTls, secure_channel
+from doctor_common.grpc_tls import secure_channel
+from doctor_common.tls import ClientTls
 
 log = logging.getLogger("doctor.client")
 

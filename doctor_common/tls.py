@@ -4,9 +4,9 @@
   stdlib's OpenSSL does it: a missing file, a garbled PEM or a key that is not the certificate's fails with a
   message naming the file).
 - ``ClientTls``: what a client dials with (``ca_file``, optional ``cert_file``/``key_file`` for mutual TLS,
-  ``server_name``). ``ssl_context()`` serves grpclib (the agent), ``channel_credentials()`` grpcio (DoctorClient,
+  ``server_name``). ``ssl_context()`` serves grpclib (the agent), ``grpc_tls.channel_credentials()`` grpcio (DoctorClient,
   the replicas' probes); both read the files again when they changed, so a new connection uses renewed ones.
-- ``peer_dns_names``: the DNS names of the caller's client certificate, verified by the server against its
+- (``grpc_tls.peer_dns_names``): the DNS names of the caller's client certificate, verified by the server against its
   client CA (docs/tls.md: an agent's certificate names its host as a DNS subjectAltName).
 """
 
@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from doctor_common.config import Section
 
-if TYPE_CHECKING:  # the agent imports this module but neither grpcio (it speaks grpclib) nor, without TLS, ssl
+if TYPE_CHECKING:  # the agent imports this module but neither grpcio (it speaks grpclib; grpcio's side is
+    # doctor_common/grpc_tls.py) nor, without TLS, ssl
     import ssl
-
-    import grpc
 
 Stamp = tuple[tuple[int, int, int, int], ...]
 T = TypeVar("T")
@@ -147,7 +146,7 @@ class ClientTls:
     def _stamp(self) -> Stamp:
         return stamp(self.ca_file, self.cert_file, self.key_file)
 
-    def _cached(self, kind: str, build: Callable[[], T]) -> T:
+    def cached(self, kind: str, build: Callable[[], T]) -> T:
         """The last ``kind`` built, or a new one when a file changed since (renewed certificates: no restart)."""
         with self._lock:
             now = self._stamp()
@@ -170,40 +169,7 @@ class ClientTls:
             if self.cert_file is not None and self.key_file is not None:
                 ctx.load_cert_chain(self.cert_file, self.key_file)
             return ctx
-        return self._cached("ssl", build)
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        """For grpcio channels (``grpc.aio.secure_channel``)."""
-        import grpc
-
-        def build() -> grpc.ChannelCredentials:
-            return grpc.ssl_channel_credentials(
-                root_certificates=self.ca_file.read_bytes() if self.ca_file else None,
-                private_key=self.key_file.read_bytes() if self.key_file else None,
-                certificate_chain=self.cert_file.read_bytes() if self.cert_file else None)
-        return self._cached("grpc", build)
+        return self.cached("ssl", build)
 
     def channel_options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
-
-
-def secure_channel(target: str, tls: ClientTls | None, options: list[tuple[str, object]] | None = None) -> grpc.aio.Channel:
-    """A grpc.aio channel to ``target``: TLS when ``tls`` is given, plaintext otherwise."""
-    import grpc
-
-    opts = list(options or [])
-    if tls is None:
-        return grpc.aio.insecure_channel(target, options=opts)
-    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=opts + tls.channel_options())
-
-
-def peer_dns_names(context: grpc.aio.ServicerContext) -> frozenset[str] | None:
-    """The DNS subjectAltNames of the caller's client certificate (lower case), verified by gRPC against the
-    server's client CA; None when the caller presented none (plaintext, or a listener that asks for none)."""
-    try:
-        auth = context.auth_context()
-    except Exception:  # noqa: BLE001 - a context without a transport's auth data: no certificate
-        return None
-    if not auth.get("x509_pem_cert") and not auth.get("x509_subject"):
-        return None
-    return frozenset(n.decode(errors="replace").lower() for n in auth.get("peer_dns", ()))

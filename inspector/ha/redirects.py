@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from doctor_common.tls import ClientTls, secure_channel
+from doctor_common.grpc_tls import secure_channel
+from doctor_common.tls import ClientTls
 
 POLL_S = 0.01
 

@@ -9,6 +9,7 @@ import pytest
 
 from agent.config import load_agent_config
 from doctor_common.config import ConfigError
+from doctor_common.grpc_tls import channel_credentials
 from doctor_common.tls import ClientTls
 from inspector.config import load_inspector_config
 from inspector.tls import is_local
@@ -161,7 +162,7 @@ def test_client_credentials_follow_renewed_files(tmp_path: Path, pki: Pki) -> No
     (pki.dir / "c1-new.pem").replace(c.cert)
     (pki.dir / "c1-new.key").replace(c.key)
     assert tls.ssl_context() is not first
-    assert tls.channel_credentials() is tls.channel_credentials()
+    assert channel_credentials(tls) is channel_credentials(tls)
 
 
 async def test_the_example_tls_table_loads(tmp_path: Path, pki: Pki) -> None:
