@@ -25,6 +25,7 @@ def server_options(keepalive_ms: int = 1000, ping_timeout_ms: int = 1000) -> lis
         ("grpc.http2.ping_timeout_ms", ping_timeout_ms),
         # accept the clients' pings, or they are killed for "too many pings"
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream that carries no data (rare heartbeats)
         ("grpc.http2.min_recv_ping_interval_without_data_ms", min(keepalive_ms, 100)),
         ("grpc.http2.max_ping_strikes", 0),
         # a reconnect storm after failover must not be cancelled at random

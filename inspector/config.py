@@ -34,6 +34,7 @@ class InspectorConfig:
     bmcs: dict[str, Bmc] = field(default_factory=dict)
     heartbeat_interval_ms: int = 500
     liveness_timeout_s: float = 1.5
+    keepalive_ms: int = 300              # the transport's pings (southbound/tcp_peer.py)
     fencing_timeout_s: float = 5.0
     fencing_poll_s: float = 0.002
     fencing_retry_s: float = 0.05
@@ -200,8 +201,12 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
         log_format=i.choice("log_format", FORMATS, "text"),
         resource_refresh_s=i.float("resource_refresh_s", 30.0, min=1.0),
     )
-    if opts["liveness_timeout_s"] * 1000 < 2 * opts["heartbeat_interval_ms"]:
-        raise i.error("liveness_timeout_ms", "must be at least twice heartbeat_interval_ms")
+    # the transport's keepalive: a ping this often, answered in gRPC's core; a peer silent for the liveness
+    # timeout after a ping is found (southbound/tcp_peer.py), so silence shows within timeout + keepalive
+    opts["keepalive_ms"] = i.int("keepalive_ms", 300, min=50, max=60_000)
+    if opts["keepalive_ms"] >= opts["liveness_timeout_s"] * 1000:
+        raise i.error("keepalive_ms", "must be shorter than liveness_timeout_ms (a silent peer is found within the "
+                                      "timeout plus one keepalive interval)")
     opts["advertise"] = i.str("advertise", "")
     opts["advertise_agents"] = i.str("advertise_agents", "")
     opts["takeover_grace_s"] = i.int("takeover_grace_ms", 10_000, min=0) / 1000
@@ -236,7 +241,10 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
         min_zone_hosts=g.int("min_zone_hosts", 3, min=1),
         switch_min_hosts=g.int("switch_min_hosts", 2, min=2),
         settle_s=g.int("settle_ms", 150, min=0, max=10_000) / 1000,
-        silence_settle_s=g.int("silence_settle_ms", opts["heartbeat_interval_ms"], min=0, max=60_000) / 1000,
+        # silence spreading over hosts cut together shows within a heartbeat interval, or within two keepalive
+        # intervals where the transport finds it first
+        silence_settle_s=g.int("silence_settle_ms", min(opts["heartbeat_interval_ms"], 2 * opts["keepalive_ms"] + 100),
+                               min=0, max=60_000) / 1000,
         window_s=g.float("window_s", 60.0, min=1.0),
         fence_rate_per_minute=g.float("fence_rate_per_minute", 6.0, min=0.0),
         fence_burst=g.int("fence_burst", 2, min=1),

@@ -62,6 +62,7 @@ from inspector.southbound.http_events import HttpEvents
 from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY
+from inspector.southbound.tcp_peer import PeerSilence
 from inspector.tls import ServerCertificates, server_listeners
 from notifier.credentials import watch_keystone_streams
 from notifier.log import MemoryLog, NotificationLog
@@ -131,7 +132,9 @@ class Inspector:
         self._health_tasks: set[asyncio.Task[None]] = set()
         self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s, retry_s=cfg.fencing_retry_s)
         self.lag = Lag(bound_s=cfg.max_lag_s, hold_s=cfg.liveness_timeout_s)
-        self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed, self.lag)
+        self.peers = PeerSilence(lambda: set(self.ports))
+        self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed, self.lag,
+                                 heartbeat_s=cfg.heartbeat_interval_ms / 1000, peer_silent=self.peers.silent)
         # a healthy agent speaks every heartbeat interval: hosts silenced together are all "quiet" by the time
         # the first of them crosses the liveness timeout
         hb = cfg.heartbeat_interval_ms / 1000
@@ -359,9 +362,10 @@ class Inspector:
             # would be forgotten by the restore (and its host, expected but never heard, declared unreachable)
             restored = await self._restore()
             sessions = await self.maintenance.restore()
-        # the keepalive only ends dead transports; silence is judged by heartbeats, so a ping must not end a
-        # silent host's stream before the liveness timeout (that would read as agent death: no fencing)
-        keepalive = server_options(ping_timeout_ms=max(1000, int(2000 * self.cfg.liveness_timeout_s)))
+        # the keepalive finds a silent peer (a ping unanswered for the liveness timeout) without Python per ping; the
+        # kernel's TCP state of the closed connection tells silence from an agent's death (southbound/tcp_peer.py)
+        keepalive = server_options(keepalive_ms=self.cfg.keepalive_ms,
+                                   ping_timeout_ms=int(1000 * self.cfg.liveness_timeout_s))
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
         gateway = AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
@@ -475,7 +479,7 @@ class Inspector:
         self._revoke()
         self.responder.policy = new.policy
         kept = [k for k in ("listen", "etcd", "node_id", "advertise", "advertise_agents", "heartbeat_interval_ms",
-                            "liveness_timeout_s", "guard", "bmcs", "notifier_state", "http_events", "metrics_listen",
+                            "liveness_timeout_s", "keepalive_ms", "guard", "bmcs", "notifier_state", "http_events", "metrics_listen",
                             "log_format", "tls")
                 if getattr(new, k) != getattr(self.cfg, k)]
         try:

@@ -93,7 +93,7 @@ class Lab:
                  unfenceable: tuple[str, ...] = (), workdir: Path | None = None, netns: bool = True,
                  liveness_timeout_ms: int = 500, heartbeat_interval_ms: int = 100, extra_config: str = "",
                  switch: str = "", fencing_timeout_s: float = 3.0, nic_interfaces: tuple[str, ...] = ("eth0",),
-                 sensors: list[dict[str, Any]] | None = None) -> None:
+                 sensors: list[dict[str, Any]] | None = None, agents_over_link: bool = False) -> None:
         self.tag = secrets.token_hex(2)
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="doctor-lab-"))
         self.own_dir = workdir is None
@@ -116,6 +116,13 @@ class Lab:
         # sensors: each host's virtual BMC serves these (write_sensors' format) and its agent's ipmi checker reads
         # them over the LAN; agents outside namespaces only (the BMCs listen on the root namespace's loopback)
         self._sensor_spec = sensors
+        # agents_over_link: each agent speaks TCP to the inspector over its own veth (a link-local /30 on the test's
+        # veth pair, nowhere else), so cutting the link silences the agent's connection itself, as a dead host or
+        # switch does; otherwise agents use the inspector's unix socket and a cut is seen by their nic checker
+        self.agents_over_link = agents_over_link
+        self.agent_port = free_port() if agents_over_link else 0
+        if agents_over_link and not netns:
+            raise ValueError("agents_over_link needs network namespaces (netns=True)")
         if sensors is not None and netns:
             raise ValueError("a lab with sensors runs its agents outside network namespaces (netns=False)")
         k = 0  # owners round-robin across all servers, so hosts mix projects differently
@@ -153,14 +160,21 @@ class Lab:
                 inv.append(f'[[ports]]\nid = "port-{sid}"\nhost = "{h.name}"\nproject_id = "{owner}"\ndevice_id = "{sid}"\n')
         (self.dir / "inventory.toml").write_text("\n".join(inv))
         cfg = self.dir / "inspector.toml"
+        links = "".join(f', "{self.link_address(h, 1)}:{self.agent_port}"' for h in self.hosts.values()
+                        ) if self.agents_over_link else ""
+        tls = "[tls]\nplaintext = true  # the test's own veth pairs, link-local\n" if self.agents_over_link else ""
         cfg.write_text(
-            f'[inspector]\nnode_id = "lab-inspector"\nlisten = ["{self.endpoint}", "unix:{self.socket}"]\n'
+            f'[inspector]\nnode_id = "lab-inspector"\nlisten = ["{self.endpoint}", "unix:{self.socket}"{links}]\n'
             f'heartbeat_interval_ms = {self.heartbeat_interval_ms}\nliveness_timeout_ms = {self.liveness_timeout_ms}\n'
             f'log_level = "warning"\n\n'
             f'[controller]\nbackend = "embedded"\n[controller.embedded]\ninventory = "inventory.toml"\n'
-            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = {self.fencing_timeout_s}\nipmi_retry_ms = 20  # virtual BMCs on loopback answer in ~1 ms\n\n{self.extra_config}\n{self.auth_tables()}')
+            f'state = "embedded.sqlite"\n\n[fencing]\ntimeout_s = {self.fencing_timeout_s}\nipmi_retry_ms = 20  # virtual BMCs on loopback answer in ~1 ms\n\n{self.extra_config}\n{tls}{self.auth_tables()}')
         self.write_agent_files([f"unix:{self.socket}"])
         return cfg
+
+    def link_address(self, h: LabHost, end: int) -> str:
+        """The link-local address of the host's veth pair: end 1 the root side (the inspector), 2 the host's."""
+        return f"169.254.{list(self.hosts).index(h.name) + 1}.{end}"
 
     def auth_tables(self) -> str:
         """[[auth.consumers]] for every project and admin, [[auth.agents]] for every host."""
@@ -176,8 +190,9 @@ class Lab:
         listed_nics = ", ".join(f'"{i}"' for i in self.nic_interfaces)
         checker = (f'[checkers.nic]\ninterfaces = [{listed_nics}]\n' if self.use_netns
                    else '[checkers.exec.commands.alive]\nargv = ["true"]\n')
-        listed = ", ".join(f'"{e}"' for e in inspectors)
         for h in self.hosts.values():
+            listed = (f'"{self.link_address(h, 1)}:{self.agent_port}"' if self.agents_over_link
+                      else ", ".join(f'"{e}"' for e in inspectors))
             ipmi = (f'[checkers.ipmi]\naddress = "127.0.0.1"\nport = {h.bmc_port}\nusername = "admin"\n'
                     f'password_file = "{self.dir / "bmc.pass"}"\ninterval_s = 0.1\ntimeout_s = 10\n'
                     'debounce_n = 1\ndebounce_m = 1\n' if self.sensors is not None else "")
@@ -196,6 +211,9 @@ class Lab:
             ip("link", "set", h.link, "up")
             ip("-n", h.netns, "link", "set", "lo", "up")
             ip("-n", h.netns, "link", "set", "eth0", "up")
+            if self.agents_over_link:
+                ip("addr", "add", f"{self.link_address(h, 1)}/30", "dev", h.link)
+                ip("-n", h.netns, "addr", "add", f"{self.link_address(h, 2)}/30", "dev", "eth0")
         # pyroute2's first use (its import, its first socket) takes ~140 ms; done here, not in the first cut_link,
         # which would block the inspector's loop that long (it then rightly refuses to judge silence or fence)
         def warm() -> None:

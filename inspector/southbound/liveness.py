@@ -1,14 +1,22 @@
 """Host liveness from the agents' streams (DESIGN principle 4: agent death is not host death).
 
-    unknown ──Hello──▶ up ──stream closed by the peer──▶ agent_down   (raise an agent alarm, do not fence)
-                        │ ──Goodbye, then closed──────▶ stopped      (orderly stop: nothing to raise)
-                        └──silence > timeout──────────▶ unreachable  (confirm with the BMC and fence)
+    unknown ──Hello──▶ up ──stream closed, the peer's kernel answered──▶ agent_down   (an agent alarm, no fence)
+                        │ ──Goodbye, then closed─────────────────────────▶ stopped      (orderly stop)
+                        │ ──stream closed unanswered (transport silence)─▶ unreachable  (confirm with the BMC, fence)
+                        └──no message for longer than the silence limit─▶ unreachable
     any ──Hello or any message──▶ up
 
-Silence is measured from the last message of any kind (events, heartbeats),
-less the time the inspector itself was not running (``southbound/lag.py``);
-nothing is declared unreachable while the inspector is behind. The server's
-HTTP/2 keepalive ends a hung stream shortly after.
+Two detectors of silence. The transport: the server's HTTP/2 keepalive
+(pings answered in gRPC's core, no Python per ping) ends the stream of a peer
+that answers nothing, and the kernel's TCP state of the closed connection
+tells that apart from an agent that died on a live host
+(``southbound/tcp_peer.py``). And the application: no message of any kind
+(events, heartbeats) for longer than the silence limit — the liveness
+timeout, or 2.5 heartbeat intervals when heartbeats are rarer than that (a
+large fleet's setting: the transport then carries silence detection, and no
+healthy agent is declared between two heartbeats). Silence is counted less
+the time the inspector itself was not running (``southbound/lag.py``);
+nothing is declared unreachable while the inspector is behind.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ class HostRecord:
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
     stream: object | None = None    # identity of the stream currently owning the host
     goodbye: bool = False
+    transport_silent: bool = False  # its last stream ended unanswered: declared unreachable once not behind
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
@@ -61,8 +70,13 @@ class Liveness:
     """Tracks every host's agent; calls ``on_change(record, old, new)`` on every liveness transition."""
 
     def __init__(self, timeout_s: float, on_change: Callable[[HostRecord, str, str], Awaitable[None]],
-                 lag: Lag | None = None) -> None:
+                 lag: Lag | None = None, *, heartbeat_s: float = 0.0,
+                 peer_silent: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.timeout_s = timeout_s
+        # no message for longer than this: unreachable (a healthy agent speaks every heartbeat interval)
+        self.silence_limit_s = max(timeout_s, 2.5 * heartbeat_s)
+        self.peer_silent = peer_silent  # did a closed connection's peer answer? (southbound/tcp_peer.py)
+        self._judging: set[asyncio.Task[None]] = set()
         self.on_change = on_change
         self.lag = lag or Lag(bound_s=max(0.05, timeout_s / 5), hold_s=timeout_s)
         self.hosts: dict[str, HostRecord] = {}
@@ -70,6 +84,8 @@ class Liveness:
 
     def reset(self) -> None:
         """Forget every host (a new term re-derives them from the agents' Hello; older streams are orphaned)."""
+        for task in self._judging:
+            task.cancel()
         self.hosts = {}
         self.lag.clear_read_delays()
 
@@ -117,7 +133,7 @@ class Liveness:
         if rec.boot_id != hello.boot_id:
             rec.last_sequence = 0  # a new agent boot numbers its events from 1 again
             rec.health = None      # and counts its checkers' runs afresh
-        rec.stream, rec.connected, rec.goodbye = stream, True, False
+        rec.stream, rec.connected, rec.goodbye, rec.transport_silent = stream, True, False, False
         rec.min_read_delay = float("inf")
         rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
         rec.facts = dict(hello.facts)
@@ -139,7 +155,8 @@ class Liveness:
         self.lag.observe_read_delay(rec.host_id, delay - rec.min_read_delay)
 
     async def detach(self, rec: HostRecord, stream: object) -> None:
-        """The stream ended. Recent traffic means the peer's kernel closed it: the agent died, not the host."""
+        """The stream ended: an orderly stop, the agent's death (the peer's kernel closed the connection or
+        answered ours), or the peer's silence (the keepalive gave up on a connection nobody answers)."""
         if rec.stream is not stream or not self.current(rec):
             return  # replaced by a newer stream of the same host, or a record of an earlier term
         rec.stream, rec.connected = None, False
@@ -147,8 +164,29 @@ class Liveness:
             return  # not the agent's doing: it reconnects to the next inspector, which judges it afresh
         if rec.goodbye:
             await self._set(rec, STOPPED)
-        elif rec.liveness == UP and self.silence(rec) < self.timeout_s:
-            await self._set(rec, AGENT_DOWN)
+        elif rec.liveness == UP:
+            if self.peer_silent is not None and rec.peer.startswith(("ipv4:", "ipv6:")):
+                # judged in a task of its own: the handler that called this is being torn down
+                task = asyncio.create_task(self._judge_close(rec), name=f"closed stream of {rec.host_id}")
+                self._judging.add(task)
+                task.add_done_callback(self._judging.discard)
+            elif self.silence(rec) < self.silence_limit_s:
+                await self._set(rec, AGENT_DOWN)
+
+    async def _judge_close(self, rec: HostRecord) -> None:
+        assert self.peer_silent is not None
+        try:
+            silent = await self.peer_silent(rec.peer)
+            if rec.connected or not self.current(rec) or rec.liveness != UP:
+                return  # back already (a new stream), or judged meanwhile
+            if silent:
+                rec.transport_silent = True
+                if not self.lag.behind():
+                    await self._set(rec, UNREACHABLE)  # else the watch declares it once this process caught up
+            elif self.silence(rec) < self.silence_limit_s:
+                await self._set(rec, AGENT_DOWN)
+        except Exception:  # noqa: BLE001 - one host's judgement must not be lost silently
+            log.exception("judging the closed stream of host %s failed", rec.host_id)
 
     async def watch(self) -> None:
         """Declare silent hosts unreachable; runs until cancelled.
@@ -165,7 +203,7 @@ class Liveness:
             if self.lag.behind(now):
                 continue
             for rec in list(self.hosts.values()):
-                if rec.liveness == UP and self.silence(rec, now) > self.timeout_s:
+                if rec.liveness == UP and (rec.transport_silent or self.silence(rec, now) > self.silence_limit_s):
                     try:
                         await self._set(rec, UNREACHABLE)
                     except Exception:  # noqa: BLE001 - one host's failure must not stop the watch

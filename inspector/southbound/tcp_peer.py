@@ -4,20 +4,25 @@ grpc.aio ends an agent's stream the same way whether the agent's process died
 (its kernel closed the connection: the host is alive) or the server's HTTP/2
 keepalive gave up on a peer that answers nothing (a dead host, a cut link, a
 switch). The kernel tells the two apart. When the peer's kernel closed the
-connection, or answers our FIN, our socket is gone at once (or in CLOSE_WAIT,
-LAST_ACK, TIME_WAIT, FIN_WAIT2). When the keepalive gave up, gRPC closes a
-socket whose peer acknowledges nothing: our FIN stays unacknowledged and the
-socket sits in FIN_WAIT1, retransmitting. Measured on this machine (a grpclib
-client in a network namespace; docs/agent.md, "Liveness"): SIGKILL of the
-client — the socket was gone when the stream ended; its veth link set down —
-FIN_WAIT1 when the stream ended and 100 ms later.
+connection, our socket is gone at once (or in CLOSE_WAIT, LAST_ACK,
+TIME_WAIT). When the keepalive gave up on an agent whose host still runs (a
+frozen agent process), its kernel acknowledges our FIN within a delayed ACK:
+FIN_WAIT1 for a few milliseconds, nothing else unacknowledged and nothing
+retransmitted, then FIN_WAIT2. When it gave up on a peer that answers nothing,
+our socket sits in FIN_WAIT1 with the keepalive's pings unacknowledged and
+already retransmitted. Measured in the lab (agents over veth pairs; docs/agent.md,
+"Liveness"): SIGKILL of the agent — gone; SIGSTOP — FIN_WAIT1 (1 byte queued,
+0 retransmissions), FIN_WAIT2 20 ms later; link cut — FIN_WAIT1 with 138 bytes
+queued and 2 retransmissions.
 
-So a stream that ended in FIN_WAIT1 is *silence*, the peer's silence, judged
-like a heartbeat timeout; anything else is the agent's death, as before. A
-stream whose socket is still ESTABLISHED (the agent ended the call, or gRPC
-has not closed the socket yet) is looked at twice more, 20 and 100 ms later;
-still open means the peer is there. Unix-socket agents (local) and sockets
-this process cannot find count as answered: no evidence of silence.
+So: FIN_WAIT1 with retransmissions or data beyond the FIN unacknowledged is
+*silence*, the peer's silence, judged like a heartbeat timeout. FIN_WAIT1
+without is looked at again once a delayed ACK must have come (250 ms): still
+there, silence. ESTABLISHED (gRPC has not closed the socket yet, or the agent
+ended just its call) is looked at again too; still open at the end means the
+peer is there. Anything else is the agent's death, as before. Unix-socket
+agents (local) and sockets this process cannot find count as answered: no
+evidence of silence.
 
 The connection tables are read from ``/proc/net/tcp`` and ``/proc/net/tcp6``
 in a worker thread, once for every stream that ended within the same few
@@ -36,8 +41,7 @@ log = logging.getLogger("doctor.inspector.tcp")
 
 STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
           "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
-SILENT = "FIN_WAIT1"
-RECHECK_S = (0.02, 0.1)   # an ESTABLISHED socket is looked at again after these
+LOOKS_S = (0.05, 0.25)    # an undecided socket is looked at again after these (a delayed ACK takes ≤ 200 ms)
 COALESCE_S = 0.005        # streams ending this close together share one read of the tables
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 
@@ -70,24 +74,40 @@ def _v6(addr: ipaddress.IPv6Address, port: int) -> str:
     return "".join(f"{w:08X}" for w in struct.unpack("=4I", addr.packed)) + f":{port:04X}"
 
 
-def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, str]:
+Entry = tuple[str, int, int]  # (state, bytes not acknowledged, retransmissions)
+
+
+def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, Entry]:
     """The TCP state of each connection whose remote address is one of ``keys`` and whose local port is one of
     ``local_ports`` (a key absent from the answer: no such socket)."""
     wanted = set(keys)
-    out: dict[str, str] = {}
+    out: dict[str, Entry] = {}
     for table in tables:
         try:
             with open(table) as f:
                 next(f, None)  # the header
                 for line in f:
-                    fields = line.split(None, 4)
-                    if len(fields) < 4 or fields[2] not in wanted:
+                    fields = line.split(None, 7)
+                    if len(fields) < 7 or fields[2] not in wanted:
                         continue
                     if int(fields[1].rsplit(":", 1)[1], 16) in local_ports:
-                        out[fields[2]] = STATES.get(fields[3], fields[3])
+                        tx = int(fields[4].split(":", 1)[0], 16)
+                        out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16))
         except OSError:
             continue
     return out
+
+
+def judge(entry: Entry | None) -> bool | None:
+    """True: the peer is silent; False: its kernel answered; None: look again."""
+    if entry is None:
+        return False
+    state, unacknowledged, retransmissions = entry
+    if state == "FIN_WAIT1":
+        return True if retransmissions or unacknowledged > 1 else None
+    if state == "ESTABLISHED":
+        return None  # gRPC has not closed it yet, or the agent ended just its call: the last look tells
+    return False
 
 
 class PeerSilence:
@@ -95,24 +115,27 @@ class PeerSilence:
 
     def __init__(self, local_ports: Callable[[], set[int]]) -> None:
         self.local_ports = local_ports
-        self._pending: dict[str, asyncio.Future[str | None]] = {}
+        self._pending: dict[str, asyncio.Future[Entry | None]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def silent(self, peer: str) -> bool:
         keys = proc_keys(peer)
         if not keys:
             return False
-        state = await self._state(keys)
-        for delay in RECHECK_S:
-            if state != "ESTABLISHED":
+        entry = await self._state(keys)
+        for delay in LOOKS_S:  # bounded: a verdict, or the last look decides
+            verdict = judge(entry)
+            if verdict is not None:
                 break
             await asyncio.sleep(delay)
-            state = await self._state(keys)
-        if state == SILENT:
-            log.info("the connection of %s ended unanswered (%s): its peer is silent", peer, state)
-        return state == SILENT
+            entry = await self._state(keys)
+        else:
+            verdict = entry is not None and entry[0] == "FIN_WAIT1"  # our FIN unanswered beyond a delayed ACK
+        if verdict:
+            log.info("the connection of %s ended unanswered (%s): its peer is silent", peer, entry)
+        return verdict
 
-    async def _state(self, keys: tuple[str, ...]) -> str | None:
+    async def _state(self, keys: tuple[str, ...]) -> Entry | None:
         loop = asyncio.get_running_loop()
         futures = []
         for key in keys:

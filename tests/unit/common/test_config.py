@@ -130,3 +130,24 @@ def test_a_secret_file_open_to_others_is_refused(tmp_path: Path) -> None:
     finally:
         import asyncio
         asyncio.run(cfg.controller.close())
+
+
+@pytest.mark.parametrize("keys, key, words", [
+    ("liveness_timeout_ms = 1000\nkeepalive_ms = 1000\n", "inspector.keepalive_ms", "shorter than liveness_timeout_ms"),
+    ("keepalive_ms = 10\n", "inspector.keepalive_ms", "at least 50"),
+])
+def test_the_transport_keepalive_must_fit_the_liveness_timeout(tmp_path: Path, keys: str, key: str,
+                                                               words: str) -> None:
+    """The keepalive finds a silent peer within the timeout plus one interval: an interval as long as the
+    timeout is refused, naming the key; heartbeats rarer than the timeout are fine (the transport detects)."""
+    (tmp_path / "inv.toml").write_text(INVENTORY)
+    p = tmp_path / "inspector.toml"
+    p.write_text(f'[inspector]\nnode_id = "n"\n{keys}[controller.embedded]\ninventory = "inv.toml"\n')
+    with pytest.raises(ConfigError) as err:
+        load_inspector_config(p)
+    assert err.value.key == key and words in str(err.value)
+    p.write_text('[inspector]\nnode_id = "n"\nheartbeat_interval_ms = 5000\nliveness_timeout_ms = 1000\n'
+                 '[controller.embedded]\ninventory = "inv.toml"\n')
+    cfg = load_inspector_config(p)
+    assert (cfg.keepalive_ms, cfg.heartbeat_interval_ms, cfg.liveness_timeout_s) == (300, 5000, 1.0)
+    assert cfg.guard.silence_settle_s == 0.7  # spread shows within two keepalive intervals, not a heartbeat's

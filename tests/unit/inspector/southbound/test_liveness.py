@@ -129,3 +129,35 @@ def test_one_agent_with_a_wrong_clock_does_not_hold_up_the_fleet() -> None:
     for _ in range(1000):
         lag.observe_read_delay("liar", 30.0)
     assert lag.read_delay_s() < 0.05 and not lag.behind()
+
+
+async def test_a_close_the_peer_left_unanswered_is_silence_and_an_answered_one_agent_death() -> None:
+    """Over TCP the kernel's word decides (southbound/tcp_peer.py): unanswered, unreachable at once (no waiting
+    for a heartbeat); answered, agent down. A unix-socket agent is never asked."""
+    asked: list[str] = []
+    verdict = {"ipv4:10.0.0.1:5": True, "ipv4:10.0.0.2:5": False}
+
+    async def peer_silent(peer: str) -> bool:
+        asked.append(peer)
+        return verdict[peer]
+    changes: list[tuple[str, str]] = []
+
+    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append((rec.host_id, new))
+    lv = Liveness(1.0, on_change, heartbeat_s=3.0, peer_silent=peer_silent)
+    for host, peer in (("silent", "ipv4:10.0.0.1:5"), ("dead-agent", "ipv4:10.0.0.2:5"), ("local", "unix:/s")):
+        rec, s = lv.record(host), object()
+        await lv.attach(rec, s, agent_pb2.Hello(host_id=host, boot_id="b"), peer)
+        await lv.detach(rec, s)
+    await wait_for(lambda: len(changes) == 6, 2.0, what="every verdict")
+    assert lv.hosts["silent"].liveness == UNREACHABLE and lv.hosts["dead-agent"].liveness == AGENT_DOWN
+    assert lv.hosts["local"].liveness == AGENT_DOWN
+    assert sorted(asked) == ["ipv4:10.0.0.1:5", "ipv4:10.0.0.2:5"]
+
+
+async def test_rare_heartbeats_stretch_the_silence_limit_not_the_timeout() -> None:
+    """Heartbeats every 3 s with a 1 s timeout: a healthy agent between two heartbeats is not declared (the limit
+    is 2.5 intervals); the transport carries silence detection meanwhile."""
+    lv = Liveness(1.0, lambda *_: asyncio.sleep(0), heartbeat_s=3.0)
+    assert lv.silence_limit_s == 7.5
+    assert Liveness(1.5, lambda *_: asyncio.sleep(0), heartbeat_s=0.5).silence_limit_s == 1.5

@@ -1,0 +1,93 @@
+"""Silence found by the transport, not by heartbeats (issue 14, item 1; docs/agent.md, "Liveness").
+
+Agents speak TCP to the inspector over their own veth (``Lab(agents_over_link=True)``) and send a heartbeat
+only every 3 s, while the liveness timeout is 1 s: the heartbeats alone could not notice silence before 7.5 s
+(2.5 intervals). The server's keepalive (a ping every 300 ms, answered in gRPC's core) ends a connection that
+nobody answers, and the kernel's TCP state of that connection tells a silent peer from an agent that died on a
+live host. Each test counts the BMC's power-offs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from controller_adapter.base import HostStatus
+from doctor_common.api import fault_pb2
+from doctor_common.lab.cloud import wait_for
+
+P = fault_pb2.IncidentPhase
+SUSPECTED, MARKED_DOWN = P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_MARKED_DOWN
+RARE = dict(agents_over_link=True, heartbeat_interval_ms=3000, liveness_timeout_ms=1000)
+
+
+async def test_a_cut_link_is_found_by_the_transport_and_fenced_once(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """compute-1's link is cut: its connection goes unanswered, the host is unreachable within the timeout plus
+    a keepalive interval or so — long before a heartbeat could tell — then fenced (one power-off) and marked
+    down; its neighbour is untouched."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",), **RARE)
+    owner = await make_lab.consumer(lab, "project-a")
+    rec = lab.inspector.liveness.hosts["compute-1"]
+    assert rec.peer.startswith("ipv4:169.254.1.2:"), rec.peer
+    cut = time.monotonic()
+    lab.cut_link("compute-1")
+    await wait_for(lambda: lab.inspector.liveness.hosts["compute-1"].liveness == "unreachable", 10, 0.005,
+                   "compute-1 declared unreachable")
+    found = time.monotonic() - cut
+    assert found < 2.5, f"found after {found:.2f}s: not by the transport (heartbeats would take 7.5 s)"
+    await wait_for(lambda: owner.of_phase(MARKED_DOWN), 15, what="the owner's marked-down notice")
+    assert owner.of_phase(SUSPECTED)[0].virtual_resource_info[0].faults[0].fault_type == "compute.host.unreachable"
+    assert lab.power("compute-1") == ("off", 1)
+    assert lab.power("compute-2") == ("on", 0)
+    assert lab.inspector.liveness.hosts["compute-2"].liveness == "up"
+    assert (await lab.inspector.controller.get_host("compute-1")).status == HostStatus.DOWN
+
+
+async def test_an_agent_killed_on_a_live_host_is_agent_death_not_silence(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of compute-1's agent: its host's kernel closes the connection, so the host is alive — an agent
+    alarm for the administrator, no power-off, the host not marked down."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",), **RARE)
+    admin = await make_lab.consumer(lab, "admin")
+    await lab.kill_agent("compute-1")
+    await wait_for(lambda: admin.faults, 10, what="the agent alarm")
+    assert admin.faults[0].physical_resource_info[0].faults[0].fault_type == "compute.host.agent.down"
+    assert lab.inspector.liveness.hosts["compute-1"].liveness == "agent_down"
+    assert lab.power("compute-1") == ("on", 0)
+    assert not (await lab.inspector.controller.get_host("compute-1")).forced_down
+
+
+async def test_a_frozen_agent_whose_kernel_answers_is_not_fenced(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """compute-1's agent is frozen (SIGSTOP) while its host's kernel still answers: the keepalive ends the
+    connection, the kernel acknowledges the close, and that is an agent's death — never a power-off."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",), **RARE)
+    admin = await make_lab.consumer(lab, "admin")
+    lab.freeze_agent("compute-1")
+    try:
+        await wait_for(lambda: admin.faults, 10, what="the agent alarm")
+        assert admin.faults[0].physical_resource_info[0].faults[0].fault_type == "compute.host.agent.down"
+        assert lab.inspector.liveness.hosts["compute-1"].liveness == "agent_down"
+        assert lab.power("compute-1") == ("on", 0)
+    finally:
+        lab.thaw_agent("compute-1")
+    # thawed, it reconnects and clears its alarm
+    await wait_for(lambda: lab.inspector.liveness.hosts["compute-1"].liveness == "up", 15, what="reconnection")
+    assert lab.power("compute-1") == ("on", 0)
+
+
+async def test_healthy_agents_between_rare_heartbeats_are_never_declared(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """Over two heartbeat intervals (6 s, six liveness timeouts) no healthy host is declared anything: the
+    transport vouches for them between heartbeats."""
+    lab = await make_lab(hosts=3, servers_per_host=1, projects=("project-a",), **RARE)
+    admin = await make_lab.consumer(lab, "admin")
+    changes: list[tuple[str, str]] = []
+    original = lab.inspector.liveness.on_change
+
+    async def spy(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append((rec.host_id, new))
+        await original(rec, old, new)
+    lab.inspector.liveness.on_change = spy
+    until = time.monotonic() + 6.0
+    while time.monotonic() < until:  # absence of a change can only be observed over a period
+        assert changes == [] and admin.faults == []
+        await asyncio.sleep(0.1)
+    assert all(lab.power(h) == ("on", 0) for h in lab.hosts)

@@ -1,0 +1,84 @@
+"""The kernel's word on a closed connection: address forms, table parsing, the verdict, one read for many."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from inspector.southbound import tcp_peer
+from inspector.southbound.tcp_peer import PeerSilence, judge, proc_keys, read_states
+
+HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def test_peer_forms_map_to_the_tables_keys() -> None:
+    v4, mapped = proc_keys("ipv4:10.99.0.2:40014")
+    assert v4 == "0200630A:9C4E"  # the address as the kernel prints it: a native-order u32 (little endian here)
+    assert mapped == "0000000000000000FFFF00000200630A:9C4E"
+    assert proc_keys("ipv6:[::ffff:10.99.0.2]:40014") == (v4, mapped)
+    assert proc_keys("ipv6:[::1]:80") == ("00000000000000000000000001000000:0050",)
+    assert proc_keys("unix:/run/doctor/agent.sock") == ()
+    assert proc_keys("ipv4:not-an-address:1") == () and proc_keys("ipv4:10.0.0.1:x") == ()
+
+
+def test_tables_are_read_for_the_asked_peers_on_our_ports(tmp_path: Path) -> None:
+    table = tmp_path / "tcp"
+    table.write_text(HEADER + "".join([
+        "   0: 0100630A:C737 0200630A:9C4E 04 0000008A:00000000 01:00000014 00000002     0        0 0 2 x\n",
+        "   1: 0100630A:1F90 0200630A:9C4E 01 00000000:00000000 00:00000000 00000000     0        0 0 1 x\n",  # other port
+        "   2: 0100630A:C737 0300630A:9C4E 05 00000000:00000000 00:00000000 00000000     0        0 0 1 x\n",  # other peer
+    ]))
+    found = read_states(["0200630A:9C4E"], {0xC737}, (str(table), str(tmp_path / "missing")))
+    assert found == {"0200630A:9C4E": ("FIN_WAIT1", 0x8A, 2)}
+
+
+def test_the_verdict() -> None:
+    assert judge(None) is False                           # gone: the peer's kernel closed it or answered our FIN
+    assert judge(("TIME_WAIT", 0, 0)) is False and judge(("FIN_WAIT2", 0, 0)) is False
+    assert judge(("CLOSE_WAIT", 0, 0)) is False and judge(("LAST_ACK", 1, 0)) is False
+    assert judge(("FIN_WAIT1", 138, 2)) is True           # the keepalive's pings never acknowledged
+    assert judge(("FIN_WAIT1", 1, 1)) is True             # our FIN retransmitted
+    assert judge(("FIN_WAIT1", 1, 0)) is None             # a delayed ACK may still come: look again
+    assert judge(("ESTABLISHED", 0, 0)) is None
+
+
+async def test_a_live_connection_is_not_silent_and_many_questions_share_one_read(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A real loopback connection, still open (the peer ended nothing): looked at until the last look, then
+    judged answered. Fifty questions asked together cost one read of the tables per look."""
+    reads = []
+    real = tcp_peer.read_states
+
+    def counting(keys, ports, tables=tcp_peer.TABLES):  # type: ignore[no-untyped-def]
+        reads.append(len(list(keys)))
+        return real(keys, ports, tables)
+    monkeypatch.setattr(tcp_peer, "read_states", counting)
+    monkeypatch.setattr(tcp_peer, "LOOKS_S", (0.01, 0.01))
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    try:
+        peer = f"ipv4:127.0.0.1:{client.getsockname()[1]}"
+        peers = PeerSilence(lambda: {port})
+        assert await peers._state(proc_keys(peer)) == ("ESTABLISHED", 0, 0)
+        reads.clear()
+        verdicts = await asyncio.gather(*(peers.silent(peer) for _ in range(50)))
+        assert verdicts == [False] * 50
+        assert len(reads) == 3, reads  # one read per look, whatever the number of questions
+    finally:
+        for s in (client, accepted, server):
+            s.close()
+
+
+async def test_a_closed_connection_is_not_silent() -> None:
+    """The peer closed (FIN, as a killed agent's kernel does): no socket left in a silent state."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    peer = f"ipv4:127.0.0.1:{client.getsockname()[1]}"
+    client.close()
+    accepted.close()
+    server.close()
+    assert await PeerSilence(lambda: {port}).silent(peer) is False
