@@ -1,4 +1,13 @@
-"""Scale of one inspector process: subscribers (idle and matching), what each costs, how fast the fan-out is.
+"""Scale of one inspector process: agents, subscribers (idle and matching), ingest.
+
+* agents (root: a network namespace): ``--agent-count`` simulated agents
+  (generator processes at nice 10, one TCP connection each, heartbeats every
+  5 s) on an inspector with the liveness timeout at 1.5 s and the transport's
+  keepalive at 300 ms, plus one real agent in a network namespace over its
+  own veth. ``connect_all_s``: until every agent is in (admission bounds the
+  handshakes); ``inspector_cpu_pct`` over a steady window; ``false_unreachable``
+  healthy hosts declared unreachable meanwhile; ``silence_detect_ms`` from
+  cutting the real agent's link to its host being unreachable.
 
 The inspector (standalone, embedded controller, no agents) runs in this
 process; subscribers are opened by generator processes at nice 10
@@ -20,8 +29,9 @@ notification path from the log append to the consumer's socket.
   events, the next once the last is acknowledged, for 8 s: ``events_per_s``
   acknowledged, and per second of the inspector's CPU.
 
-    python bench/scale.py              # 10,000 subscribers
-    python bench/scale.py --quick      # 2,000 subscribers, under a minute
+    python bench/scale.py              # 10,000 agents, 10,000 subscribers
+    python bench/scale.py --quick      # 2,000 of each, about a minute
+    python bench/scale.py --only agents --agent-count 10000
     python bench/scale.py --metrics    # with the metrics listener on, scraped every second throughout
 
 The generators share this machine's cores with the inspector (at lower
@@ -151,6 +161,156 @@ async def ingest(endpoint: str, first: int, streams: int, seconds: float, batch:
     print(json.dumps({"acked": acked[0]}), flush=True)
     for c in channels:
         await c.close()
+
+
+async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> None:
+    """``count`` simulated agents, each on a TCP connection of its own (gRPC's core answers the inspector's
+    keepalive pings, as grpclib's loop does in a real agent): Hello, then a heartbeat every ``heartbeat_ms``. Prints
+    READY once all are connected, then, at EOF on stdin, how many streams ended (JSON)."""
+    import random
+
+    import grpc
+
+    from doctor_common.api import agent_pb2, agent_pb2_grpc
+
+    ended = [0]
+    connected = [0]
+    all_in = asyncio.Event()
+
+    async def agent(i: int) -> None:
+        host = f"sim-{first + i}"
+        async with grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1),
+                                                                ("grpc.keepalive_permit_without_calls", 1)]) as ch:
+            while True:  # reconnects, as an agent does: a refusal ("busy": admission) is retried with backoff
+                call = agent_pb2_grpc.AgentGatewayStub(ch).Connect()
+                try:
+                    await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+                        host_id=host, boot_id=f"b{first + i}", agent_version="bench")))
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        raise ConnectionError("ended at hello")
+                    connected[0] += 1
+                    if connected[0] == count:
+                        all_in.set()
+                    await asyncio.sleep(random.uniform(0, heartbeat_ms / 1000))  # heartbeats spread over the interval
+                    while True:
+                        await call.write(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(
+                            sent_unix_nanos=time.time_ns())))
+                        await asyncio.sleep(heartbeat_ms / 1000)
+                except (grpc.aio.AioRpcError, ConnectionError, grpc.aio.UsageError):
+                    if connected[0] >= count:
+                        ended[0] += 1  # a stream lost after everyone was in: the inspector dropped it
+                    await asyncio.sleep(random.uniform(0.05, 0.5))
+                finally:
+                    call.cancel()
+
+    tasks = [asyncio.create_task(agent(i)) for i in range(count)]
+    await all_in.wait()
+    print("READY", flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    print(json.dumps({"ended": ended[0]}), flush=True)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_agents(n: int, procs: int, seconds: float) -> dict[str, Any]:
+    """``n`` simulated agents (heartbeats every 5 s, liveness timeout 1.5 s, the transport's keepalive every
+    300 ms) on one inspector; a real agent in a network namespace, over its own veth, whose link is then cut."""
+    from inspector.config import load_inspector_config
+    from inspector.core import Inspector
+    from inspector.southbound.liveness import UNREACHABLE, UP
+
+    d = Path(tempfile.mkdtemp(prefix="doctor-scale-agents-"))
+    tag = os.urandom(2).hex()
+    ns, link = f"dsa{tag}", f"dsa{tag}r"
+    port, agent_port = free_port(), free_port()
+    endpoint = f"127.0.0.1:{port}"
+    heartbeat_ms, timeout_ms = 5000, 1500
+    (d / "inventory.toml").write_text('[[hosts]]\nname = "probe"\n' + "".join(f'[[hosts]]\nname = "sim-{i}"\n'
+                                                                             for i in range(n)))
+    (d / "inspector.toml").write_text(
+        f'[inspector]\nlisten = ["{endpoint}", "169.254.250.1:{agent_port}"]\nlog_level = "warning"\n'
+        f'heartbeat_interval_ms = {heartbeat_ms}\nliveness_timeout_ms = {timeout_ms}\nmax_handshakes = 512\n'
+        f'[controller.embedded]\ninventory = "inventory.toml"\n[tls]\nplaintext = true  # the bench\'s own veth\n'
+        f'[auth]\nallow_anonymous_agents = true\n')
+    (d / "probe.toml").write_text(
+        f'[agent]\nhost_id = "probe"\ninspector = ["169.254.250.1:{agent_port}"]\n'
+        f'heartbeat_interval_ms = {heartbeat_ms}\nlog_level = "warning"\n'
+        '[checkers.exec.commands.alive]\nargv = ["true"]\n')
+    for cmd in (["netns", "add", ns], ["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns],
+                ["addr", "add", "169.254.250.1/30", "dev", link], ["link", "set", link, "up"],
+                ["-n", ns, "addr", "add", "169.254.250.2/30", "dev", "eth0"], ["-n", ns, "link", "set", "eth0", "up"],
+                ["-n", ns, "link", "set", "lo", "up"]):
+        subprocess.run(["ip", *cmd], check=True, capture_output=True)
+    insp = Inspector(load_inspector_config(d / "inspector.toml"))
+    changes: list[tuple[str, str, float]] = []
+    original = insp.liveness.on_change
+
+    async def spy(rec: Any, old: str, new: str) -> None:
+        changes.append((rec.host_id, new, time.monotonic()))
+        await original(rec, old, new)
+    insp.liveness.on_change = spy
+    await insp.start()
+    me = psutil.Process()
+    gens: list[subprocess.Popen[str]] = []
+    probe: subprocess.Popen[bytes] | None = None
+    out: dict[str, Any] = {"agents": n, "heartbeat_ms": heartbeat_ms, "liveness_timeout_ms": timeout_ms,
+                           "keepalive_ms": insp.cfg.keepalive_ms}
+    try:
+        t0 = time.monotonic()
+        per = n // procs
+        for k in range(procs):
+            count = per if k < procs - 1 else n - per * (procs - 1)
+            gens.append(subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--agents", endpoint,
+                                          str(k * per), str(count), str(heartbeat_ms)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for g in gens:
+            assert g.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(g.stdout.readline), 600)
+            if "READY" not in line:
+                raise RuntimeError(f"agent generator ended: {line!r}")
+        await wait_for(lambda: sum(1 for r in insp.liveness.hosts.values() if r.connected) >= n, 120, 0.1,
+                       "every simulated agent connected")
+        out["connect_all_s"] = round(time.monotonic() - t0, 1)
+        probe = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "agent", "--config",
+                                  str(d / "probe.toml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await wait_for(lambda: "probe" in insp.liveness.hosts and insp.liveness.hosts["probe"].liveness == UP, 60,
+                       0.05, "the probe agent")
+        changes.clear()
+        cpu0, w0 = me.cpu_times(), time.monotonic()
+        await asyncio.sleep(seconds)  # the steady state: heartbeats and the transport's pings, nothing else
+        cpu1, w1 = me.cpu_times(), time.monotonic()
+        out["inspector_cpu_pct"] = round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (w1 - w0), 1)
+        out["steady_s"] = seconds
+        out["rss_mb"] = round(me.memory_info().rss / 2**20)
+        cut = time.monotonic()
+        subprocess.run(["ip", "link", "set", link, "down"], check=True)
+        await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UNREACHABLE, 30, 0.002, "the probe's silence")
+        out["silence_detect_ms"] = round((time.monotonic() - cut) * 1000)
+        out["false_unreachable"] = sum(1 for h, new, _ in changes if new == UNREACHABLE and h != "probe")
+        out["false_agent_down"] = sum(1 for h, new, _ in changes if new == "agent_down")
+        out["lag_worst_ms"] = round(insp.lag.worst_s * 1000, 1)
+    finally:
+        if probe is not None:
+            probe.kill()
+            probe.wait()
+        ended = 0
+        for g in gens:
+            if g.poll() is None:
+                assert g.stdin is not None and g.stdout is not None
+                g.stdin.close()
+                try:
+                    ended += json.loads(g.stdout.readline() or "{}").get("ended", 0)
+                    g.wait(30)
+                except (subprocess.TimeoutExpired, ValueError):
+                    g.kill()
+        out["streams_lost"] = ended
+        await insp.stop(0.5)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", link], capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+    return out
 
 
 # -- the bench -------------------------------------------------------------------------------------
@@ -343,7 +503,14 @@ async def main() -> None:
     ap.add_argument("--subscribe", nargs=4, metavar=("ENDPOINT", "TOKEN", "COUNT", "EXPECT"), help=argparse.SUPPRESS)
     ap.add_argument("--ingest", nargs=5, metavar=("ENDPOINT", "FIRST", "STREAMS", "SECONDS", "BATCH"),
                     help=argparse.SUPPRESS)
+    ap.add_argument("--agents", nargs=4, metavar=("ENDPOINT", "FIRST", "COUNT", "HEARTBEAT_MS"), help=argparse.SUPPRESS)
+    ap.add_argument("--agent-count", type=int, default=0, help="simulated agents (default 10,000; --quick 2,000)")
+    ap.add_argument("--only", choices=("agents", "subscribers"), help="run one phase")
     args = ap.parse_args()
+    if args.agents:
+        endpoint, first, count, heartbeat_ms = args.agents
+        await agents(endpoint, int(first), int(count), int(heartbeat_ms))
+        return
     if args.ingest:
         endpoint, first, streams, seconds, batch = args.ingest
         await ingest(endpoint, int(first), int(streams), float(seconds), int(batch))
@@ -351,6 +518,22 @@ async def main() -> None:
     if args.subscribe:
         endpoint, token, count, expect = args.subscribe
         await subscribe(endpoint, token, int(count), int(expect))
+        return
+    a: dict[str, Any] = {}
+    if args.only != "subscribers":
+        if os.geteuid() != 0:
+            raise SystemExit("the agents phase needs root (a network namespace for the probe agent): run as root, "
+                             "or --only subscribers")
+        a = await run_agents(args.agent_count or (2000 if args.quick else 10_000), args.procs,
+                             5.0 if args.quick else 15.0)
+        print(f"{a['agents']} agents (heartbeats every {a['heartbeat_ms']} ms, transport keepalive every "
+              f"{a['keepalive_ms']} ms): all connected in {a['connect_all_s']} s; inspector {a['inspector_cpu_pct']} % "
+              f"of a core over {a['steady_s']} s, {a['rss_mb']} MB; {a['false_unreachable']} declared unreachable "
+              f"falsely, {a['streams_lost']} streams lost; a cut link found in {a['silence_detect_ms']} ms "
+              f"(timeout {a['liveness_timeout_ms']} ms)", flush=True)
+    if args.only == "agents":
+        print(json.dumps({"bench": "scale", "cpus": len(os.sched_getaffinity(0)),
+                          "shared": f"{args.procs} agent generator processes at nice 10", **a}))
         return
     subscribers = args.subscribers or (2000 if args.quick else 10_000)
     r = await run(subscribers, args.procs, args.metrics)
@@ -365,7 +548,8 @@ async def main() -> None:
     if args.metrics:
         print(f"metrics: {r['scrapes']} scrapes, p50 {r['scrape_p50_ms']} ms, max {r['scrape_max_ms']} ms")
     print(json.dumps({"bench": "scale", "cpus": len(os.sched_getaffinity(0)),
-                      "shared": f"{args.procs} subscriber generator processes at nice 10", **r}))
+                      "shared": f"{args.procs} generator processes (agents, subscribers, ingest) at nice 10",
+                      **{k: v for k, v in a.items() if k != "agents"}, "agents": a.get("agents", 0), **r}))
 
 
 if __name__ == "__main__":
