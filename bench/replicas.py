@@ -12,9 +12,11 @@ logs each one, every replica relays it to its own subscribers.
   − the first report);
 * ``p50_ms`` / ``p99_ms``: report sent → a subscriber holds its copy, over
   every copy;
-* ``replicas_cpu_s``: CPU the replica processes used meanwhile (sum).
+* ``replicas_cpu_s``: CPU the replica processes used meanwhile (sum), and
+  ``busiest_replica_cpu_s``: the most any one of them used — what a site
+  with a machine per replica must size for.
 
-    python bench/replicas.py            # 6,000 subscribers, 20 notifications
+    python bench/replicas.py            # 3,000 subscribers, 20 notifications
     python bench/replicas.py --quick    # 1,500 subscribers, 10 notifications, under a minute
 
 Everything shares this machine's cores: etcd, the replicas, the generators
@@ -44,6 +46,7 @@ import grpc  # noqa: E402
 import psutil  # noqa: E402
 
 from doctor_common.api import agent_pb2, agent_pb2_grpc  # noqa: E402
+from doctor_common.client import leader_hint  # noqa: E402
 from doctor_common.grpcutil import auth_metadata  # noqa: E402
 from doctor_common.lab.replicated import HaLab, LocalEtcd  # noqa: E402
 
@@ -81,15 +84,16 @@ def percentile(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def cpu_s(procs: list[psutil.Process]) -> float:
-    total = 0.0
+def cpu_s(procs: list[psutil.Process]) -> list[float]:
+    """Each process's CPU seconds so far (0 for one that ended)."""
+    out = []
     for p in procs:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            out.append(t.user + t.system)
         except psutil.NoSuchProcess:
-            pass
-    return total
+            out.append(0.0)
+    return out
 
 
 async def one(etcd: LocalEtcd, replicas: int, subscribers: int, notifications: int,
@@ -109,21 +113,34 @@ async def one(etcd: LocalEtcd, replicas: int, subscribers: int, notifications: i
         procs = [psutil.Process(r.proc.pid) for r in lab.replicas if r.proc is not None]
         cpu0 = cpu_s(procs)
         md = auth_metadata(lab.hosts["compute-1"].agent_token)
+        leaders_changed = 0
         first = time.time_ns()
-        async with grpc.aio.insecure_channel(lab.replicas[leader].endpoint) as ch:
-            stub = agent_pb2_grpc.AgentGatewayStub(ch)
-            for k in range(notifications):
-                event = {"event": {"time": datetime.now(timezone.utc).isoformat(), "type": "compute.host.sensor.warning",
-                                   "details": {"hostname": "compute-1", "severity": "warning", "monitor_id": f"m{k}"}}}
-                await stub.ReportJson(agent_pb2.JsonEventReport(json=json.dumps(event)), metadata=md, timeout=5)
+        target = lab.replicas[leader].endpoint
+        for k in range(notifications):
+            event = {"event": {"time": datetime.now(timezone.utc).isoformat(), "type": "compute.host.sensor.warning",
+                               "details": {"hostname": "compute-1", "severity": "warning", "monitor_id": f"m{k}"}}}
+            for _ in range(50):  # bounded: a leader that changed under the load is followed
+                async with grpc.aio.insecure_channel(target) as ch:
+                    try:
+                        await agent_pb2_grpc.AgentGatewayStub(ch).ReportJson(
+                            agent_pb2.JsonEventReport(json=json.dumps(event)), metadata=md, timeout=5)
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                            raise
+                        leaders_changed += 1
+                        target = leader_hint(exc) or target
+                await asyncio.sleep(0.1)
         reports = [json.loads(await g.line(300)) for g in gens]
         cpu1 = cpu_s(procs)
+        used = [round(b - a, 2) for a, b in zip(cpu0, cpu1)]
         last = max(max(int(v) for v in r["last_seen"].values()) for r in reports)
         latencies = [x for r in reports for x in r["latencies"]]
         return {"replicas": replicas, "subscribers": total, "deliveries_per_s": round(total * notifications /
                                                                                      ((last - first) / 1e9)),
                 "p50_ms": round(statistics.median(latencies), 1), "p99_ms": round(percentile(latencies, 99), 1),
-                "last_delivery_ms": round((last - first) / 1e6, 1), "replicas_cpu_s": round(cpu1 - cpu0, 2)}
+                "last_delivery_ms": round((last - first) / 1e6, 1), "replicas_cpu_s": round(sum(used), 2),
+                "busiest_replica_cpu_s": max(used), "cpu_s_per_replica": used, "reports_redirected": leaders_changed}
     finally:
         for g in gens:
             g.stop()
@@ -137,7 +154,7 @@ async def main() -> None:
     ap.add_argument("--notifications", type=int, default=0)
     ap.add_argument("--procs", type=int, default=2, help="generator processes per replica")
     args = ap.parse_args()
-    subscribers = args.subscribers or (1500 if args.quick else 6000)
+    subscribers = args.subscribers or (1500 if args.quick else 3000)
     notifications = args.notifications or (10 if args.quick else 20)
     etcd = await LocalEtcd().start()
     results = []
@@ -147,7 +164,8 @@ async def main() -> None:
             results.append(r)
             print(f"{n} replica(s), {r['subscribers']} subscribers spread evenly: {r['deliveries_per_s']} deliveries/s "
                   f"(last copy {r['last_delivery_ms']} ms after the first report), report → copy p50 {r['p50_ms']} ms, "
-                  f"p99 {r['p99_ms']} ms; replicas used {r['replicas_cpu_s']} s of CPU", flush=True)
+                  f"p99 {r['p99_ms']} ms; replicas used {r['replicas_cpu_s']} s of CPU, the busiest "
+                  f"{r['busiest_replica_cpu_s']} s", flush=True)
     finally:
         await etcd.stop()
     print(json.dumps({"bench": "replicas", "cpus": len(os.sched_getaffinity(0)), "notifications": notifications,
