@@ -3,7 +3,7 @@
 * agents (root: a network namespace): ``--agent-count`` simulated agents
   (generator processes at nice 10, one TCP connection each, heartbeats every
   5 s) on an inspector with the liveness timeout at 1.5 s and the transport's
-  keepalive at 300 ms, plus one real agent in a network namespace over its
+  keepalive at 750 ms (the default), plus one real agent in a network namespace over its
   own veth. ``connect_all_s``: until every agent is in (admission bounds the
   handshakes); ``inspector_cpu_pct`` over a steady window; ``false_unreachable``
   healthy hosts declared unreachable meanwhile; ``silence_detect_ms`` from
@@ -213,7 +213,7 @@ async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> No
 async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300,
                      heartbeat_ms: int = 5000) -> dict[str, Any]:
     """``n`` simulated agents (heartbeats every 5 s, liveness timeout 1.5 s, the transport's keepalive every
-    300 ms) on one inspector; a real agent in a network namespace, over its own veth, whose link is then cut."""
+    ``keepalive_ms``) on one inspector; a real agent in a network namespace, over its own veth, whose link is then cut."""
     from inspector.config import load_inspector_config
     from inspector.core import Inspector
     from inspector.southbound.liveness import UNREACHABLE, UP
@@ -504,7 +504,8 @@ async def main() -> None:
     ap.add_argument("--agents", nargs=4, metavar=("ENDPOINT", "FIRST", "COUNT", "HEARTBEAT_MS"), help=argparse.SUPPRESS)
     ap.add_argument("--agent-count", type=int, default=0, help="simulated agents (default 10,000; --quick 2,000)")
     ap.add_argument("--only", choices=("agents", "subscribers"), help="run one phase")
-    ap.add_argument("--keepalive-ms", type=int, default=300, help="the inspector's transport keepalive (agents phase)")
+    ap.add_argument("--keepalive-ms", type=int, default=750, help="the inspector's transport keepalive (agents phase; "
+                                                                  "750: the default for its 1.5 s timeout)")
     ap.add_argument("--heartbeat-ms", type=int, default=5000, help="the agents' heartbeat interval (agents phase)")
     args = ap.parse_args()
     if args.agents:

@@ -34,7 +34,7 @@ class InspectorConfig:
     bmcs: dict[str, Bmc] = field(default_factory=dict)
     heartbeat_interval_ms: int = 500
     liveness_timeout_s: float = 1.5
-    keepalive_ms: int = 300              # the transport's pings (southbound/tcp_peer.py)
+    keepalive_ms: int = 750              # the transport's pings (southbound/tcp_peer.py)
     fencing_timeout_s: float = 5.0
     fencing_poll_s: float = 0.002
     fencing_retry_s: float = 0.05
@@ -203,7 +203,9 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
     )
     # the transport's keepalive: a ping this often, answered in gRPC's core; a peer silent for the liveness
     # timeout after a ping is found (southbound/tcp_peer.py), so silence shows within timeout + keepalive
-    opts["keepalive_ms"] = i.int("keepalive_ms", 300, min=50, max=60_000)
+    # (default: half the timeout, at most a second — each ping costs the inspector ≈ 40 µs in gRPC's core)
+    opts["keepalive_ms"] = i.int("keepalive_ms", min(1000, int(opts["liveness_timeout_s"] * 500)), min=50,
+                                 max=60_000)
     if opts["keepalive_ms"] >= opts["liveness_timeout_s"] * 1000:
         raise i.error("keepalive_ms", "must be shorter than liveness_timeout_ms (a silent peer is found within the "
                                       "timeout plus one keepalive interval)")

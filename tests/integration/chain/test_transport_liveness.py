@@ -2,7 +2,7 @@
 
 Agents speak TCP to the inspector over their own veth (``Lab(agents_over_link=True)``) and send a heartbeat
 only every 3 s, while the liveness timeout is 1 s: the heartbeats alone could not notice silence before 7.5 s
-(2.5 intervals). The server's keepalive (a ping every 300 ms, answered in gRPC's core) ends a connection that
+(2.5 intervals). The server's keepalive (a ping every 500 ms, half the timeout, answered in gRPC's core) ends a connection that
 nobody answers, and the kernel's TCP state of that connection tells a silent peer from an agent that died on a
 live host. Each test counts the BMC's power-offs.
 """
@@ -34,7 +34,7 @@ async def test_a_cut_link_is_found_by_the_transport_and_fenced_once(make_lab) ->
     await wait_for(lambda: lab.inspector.liveness.hosts["compute-1"].liveness == "unreachable", 10, 0.005,
                    "compute-1 declared unreachable")
     found = time.monotonic() - cut
-    assert found < 2.5, f"found after {found:.2f}s: not by the transport (heartbeats would take 7.5 s)"
+    assert found < 4.0, f"found after {found:.2f}s: not by the transport (heartbeats would take 7.5 s)"
     await wait_for(lambda: owner.of_phase(MARKED_DOWN), 15, what="the owner's marked-down notice")
     assert owner.of_phase(SUSPECTED)[0].virtual_resource_info[0].faults[0].fault_type == "compute.host.unreachable"
     assert lab.power("compute-1") == ("off", 1)

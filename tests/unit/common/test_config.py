@@ -149,5 +149,6 @@ def test_the_transport_keepalive_must_fit_the_liveness_timeout(tmp_path: Path, k
     p.write_text('[inspector]\nnode_id = "n"\nheartbeat_interval_ms = 5000\nliveness_timeout_ms = 1000\n'
                  '[controller.embedded]\ninventory = "inv.toml"\n')
     cfg = load_inspector_config(p)
-    assert (cfg.keepalive_ms, cfg.heartbeat_interval_ms, cfg.liveness_timeout_s) == (300, 5000, 1.0)
-    assert cfg.guard.silence_settle_s == 0.7  # spread shows within two keepalive intervals, not a heartbeat's
+    # the keepalive defaults to half the timeout (at most a second)
+    assert (cfg.keepalive_ms, cfg.heartbeat_interval_ms, cfg.liveness_timeout_s) == (500, 5000, 1.0)
+    assert cfg.guard.silence_settle_s == 1.1  # spread shows within two keepalive intervals, not a heartbeat's
