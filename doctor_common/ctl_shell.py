@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -139,8 +140,20 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _interrupted(_signum: int, _frame: object) -> None:
+    """Ctrl-C: what was printed is flushed, then the process ends with 130 at once — not through a cancellation
+    a retry loop might be in the middle of handling (a command waiting on a server has nothing to undo)."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(INTERRUPTED)
+
+
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run doctorctl's coroutine; every way it can end becomes an exit code (and at most one line on stderr)."""
+    signal.signal(signal.SIGINT, _interrupted)  # not asyncio.run's handler: that one cancels and waits
     try:
         code = asyncio.run(main())
         if sys.stdout is not None:  # None when started with stdout closed (>&-)

@@ -235,8 +235,13 @@ class Inspector:
         self.registry.fan_out(n)
 
     def _follow_alarms(self, records: dict[str, dict[str, Any]]) -> None:
-        self.alarms.replace([alarm_from_json(d, self.resources.servers.get, self.resources.ports.get)
-                             for d in records.values()])
+        alarms = []
+        for alarm_id, d in records.items():
+            try:
+                alarms.append(alarm_from_json(d, self.resources.servers.get, self.resources.ports.get))
+            except (KeyError, TypeError, ValueError) as exc:  # another version's record: skipped, not fatal
+                log.error("ignoring the alarm record %s: %s: %s", alarm_id, type(exc).__name__, exc)
+        self.alarms.replace(alarms)
 
     def _follow_alarm(self, alarm_id: str, data: dict[str, Any] | None) -> None:
         if data is None:
@@ -335,7 +340,7 @@ class Inspector:
         self.liveness.reset()
         if self.feed is not None:  # from a fresh read: alarms and subscription records as etcd holds them
             await self.feed.stop()
-            self.feed.start()
+            self.feed.start(vouch=was)  # kept subscribers are sent away if etcd stays out of reach
         await self._set_health(False)
         if was:
             log.warning("%s stopped leading: agents are sent away; its %d subscriptions stay, served from the log",

@@ -95,7 +95,10 @@ class SubscriptionBook:
         """A replica that does not lead mirrors the leader's records (``inspector/ha/replica_feed.py``), so a
         consumer resuming here is recognised; the streams it serves itself keep theirs."""
         for rid, d in records.items():
-            self.follow(rid, d)
+            try:
+                self.follow(rid, d)
+            except (KeyError, TypeError, ValueError) as exc:  # another version's record: skipped, not fatal
+                log.error("ignoring the subscription record %s: %s", rid, exc)
         for rid in [r for r in self.records if r not in records and r not in self._live]:
             del self.records[rid]
 

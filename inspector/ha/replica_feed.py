@@ -100,9 +100,23 @@ class ReplicaFeed:
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, vouch: bool = False) -> None:
+        """Follow the log. ``vouch``: this replica's subscribers are current (it led until now), so it counts as
+        fresh until a read fails for ``stale_s`` — and then its subscribers are sent away, not kept waiting."""
         if not self.running:
-            self._task = asyncio.create_task(self._run(), name="replica feed")
+            if vouch:
+                self._confirmed, self._was_fresh = time.monotonic(), True
+            task = self._task = asyncio.create_task(self._run(), name="replica feed")
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:  # not stopped by stop(): its subscribers must not wait for entries that never come
+            self._task = None
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the replica feed ended", exc_info=task.exception())
+            if self._was_fresh:
+                self._was_fresh = False
+                self.on_fresh(False)
 
     async def stop(self) -> None:
         """Stop following (this replica leads now: it fans out what it appends itself)."""
@@ -177,7 +191,7 @@ class ReplicaFeed:
             collections.append((f, records))
         async with self._lock:
             for f, records in collections:
-                f.replace(records)
+                f.replace(records)  # each collection's owner skips a record it cannot read
             await self._read_entries(last)
         self._confirm()
         return revision
@@ -214,7 +228,10 @@ class ReplicaFeed:
                 _, f, key, value = item
                 data = None if value is None else _json(key, value)
                 if value is None or data is not None:
-                    f.changed(key[len(f.prefix):].decode(), data)
+                    try:
+                        f.changed(key[len(f.prefix):].decode(), data)
+                    except Exception:  # noqa: BLE001 - one unreadable record (another version's) must not stop the feed
+                        log.exception("ignoring the record %r", key)
             elif item[0] == "entry":
                 entries.append(fault_pb2.FaultNotification.FromString(item[1]))
             elif item[0] == "error":

@@ -59,7 +59,8 @@ class HostRecord:
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
     stream: object | None = None    # identity of the stream currently owning the host
     goodbye: bool = False
-    transport_silent: bool = False  # its last stream ended unanswered: declared unreachable once not behind
+    transport_silent: bool = False  # its last stream ended unanswered: declared unreachable by the transport
+    closed_stream: object | None = None  # the stream whose end is being judged (a later one's judgement wins)
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
@@ -167,22 +168,29 @@ class Liveness:
         elif rec.liveness == UP:
             if self.peer_silent is not None and rec.peer.startswith(("ipv4:", "ipv6:")):
                 # judged in a task of its own: the handler that called this is being torn down
-                task = asyncio.create_task(self._judge_close(rec), name=f"closed stream of {rec.host_id}")
+                rec.closed_stream = stream
+                task = asyncio.create_task(self._judge_close(rec, stream), name=f"closed stream of {rec.host_id}")
                 self._judging.add(task)
                 task.add_done_callback(self._judging.discard)
             elif self.silence(rec) < self.silence_limit_s:
                 await self._set(rec, AGENT_DOWN)
 
-    async def _judge_close(self, rec: HostRecord) -> None:
+    async def _judge_close(self, rec: HostRecord, stream: object) -> None:
         assert self.peer_silent is not None
         try:
             silent = await self.peer_silent(rec.peer)
-            if rec.connected or not self.current(rec) or rec.liveness != UP:
-                return  # back already (a new stream), or judged meanwhile
-            if silent:
+            if (rec.connected or not self.current(rec) or rec.liveness != UP or self.closing
+                    or rec.closed_stream is not stream):
+                return  # back already (a newer stream, perhaps closed since: its own judgement counts), or judged
+            self.lag.check()  # a stall nobody has measured yet is measured before the verdict is trusted
+            if silent and self.lag.behind():
+                # the kernel's evidence may be our own stall's (ACKs read late, our segments retransmitted): not
+                # trusted; a host really gone is still found by the silence limit, which discounts the stall
+                log.warning("host %s: its connection ended unanswered while this inspector is behind: not judged",
+                            rec.host_id)
+            elif silent:
                 rec.transport_silent = True
-                if not self.lag.behind():
-                    await self._set(rec, UNREACHABLE)  # else the watch declares it once this process caught up
+                await self._set(rec, UNREACHABLE)
             elif self.silence(rec) < self.silence_limit_s:
                 await self._set(rec, AGENT_DOWN)
         except Exception:  # noqa: BLE001 - one host's judgement must not be lost silently
@@ -203,7 +211,7 @@ class Liveness:
             if self.lag.behind(now):
                 continue
             for rec in list(self.hosts.values()):
-                if rec.liveness == UP and (rec.transport_silent or self.silence(rec, now) > self.silence_limit_s):
+                if rec.liveness == UP and self.silence(rec, now) > self.silence_limit_s:
                     try:
                         await self._set(rec, UNREACHABLE)
                     except Exception:  # noqa: BLE001 - one host's failure must not stop the watch

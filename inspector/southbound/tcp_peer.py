@@ -15,10 +15,9 @@ already retransmitted. Measured in the lab (agents over veth pairs; docs/agent.m
 0 retransmissions), FIN_WAIT2 20 ms later; link cut — FIN_WAIT1 with 138 bytes
 queued and 2 retransmissions.
 
-So: FIN_WAIT1 with retransmissions or data beyond the FIN unacknowledged is
-*silence*, the peer's silence, judged like a heartbeat timeout. FIN_WAIT1
-without is looked at again once a delayed ACK must have come (250 ms): still
-there, silence. ESTABLISHED (gRPC has not closed the socket yet, or the agent
+So: FIN_WAIT1 with retransmissions is *silence*, the peer's silence, judged
+like a heartbeat timeout. FIN_WAIT1 without is looked at again once a delayed
+ACK must have come (250 ms): still there, silence. ESTABLISHED (gRPC has not closed the socket yet, or the agent
 ended just its call) is looked at again too; still open at the end means the
 peer is there. Anything else is the agent's death, as before. Unix-socket
 agents (local) and sockets this process cannot find count as answered: no
@@ -35,6 +34,7 @@ import asyncio
 import ipaddress
 import logging
 import struct
+import urllib.parse
 from collections.abc import Callable, Iterable
 
 log = logging.getLogger("doctor.inspector.tcp")
@@ -50,6 +50,7 @@ def proc_keys(peer: str) -> tuple[str, ...]:
     """The remote-address forms ``peer`` (grpc's ``context.peer()``) takes in /proc/net/tcp{,6}; () when it is
     not a TCP peer (a unix socket) or cannot be parsed."""
     kind, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)  # grpc percent-encodes an IPv6 peer: ipv6:%5B::1%5D:33914
     if kind not in ("ipv4", "ipv6"):
         return ()
     host, _, port_text = rest.rpartition(":")
@@ -104,7 +105,9 @@ def judge(entry: Entry | None) -> bool | None:
         return False
     state, unacknowledged, retransmissions = entry
     if state == "FIN_WAIT1":
-        return True if retransmissions or unacknowledged > 1 else None
+        # retransmitted: unanswered for a retransmission timeout already. Unacknowledged bytes alone are not
+        # enough: a live peer may hold its ACK for a delayed-ACK time (up to 200 ms) — look again
+        return True if retransmissions else None
     if state == "ESTABLISHED":
         return None  # gRPC has not closed it yet, or the agent ended just its call: the last look tells
     return False

@@ -36,7 +36,7 @@ async def test_every_command_finds_the_leader_past_a_dead_endpoint_and_a_followe
     status report (the leader's; with --here the follower's own), profile. Nothing on stderr but the leader's
     refusals."""
     lab = await ha(shared_etcd, replicas=2, hosts=2, netns=False, agents=False)
-    assert await lab.leader() == 0
+    assert await lab.wait_leader() == 0  # waited on: a status call can take more than its 1 s under load
     leader, follower = lab.replicas[0].endpoint, lab.replicas[1].endpoint
     dead = f"127.0.0.1:{free_port()}"
     eps = ["--endpoint", dead, "--endpoint", follower]

@@ -86,7 +86,7 @@ async def test_a_replica_that_loses_etcd_sends_its_consumers_to_another(
     async def logged() -> bool:
         return len(await read_log(lab)) >= 1
     await wait_for(logged, 10, 0.02, "the warning to be logged")
-    async with DoctorClient(follower.endpoint, lab.tokens["admin"]) as c:
+    async with DoctorClient(follower.endpoint, lab.tokens["admin"], follow_leader=False) as c:  # this replica itself
         stream = c.subscribe_once(resume_after=0)
         first = await anext(stream)
         assert first.WhichOneof("kind") == "subscribed"
@@ -123,7 +123,7 @@ async def test_a_replica_that_loses_etcd_sends_its_consumers_to_another(
                 return False
         await wait_for(served, 20, 0.05, "the follower to serve again")
     await report(lab, lab.endpoints[0], "after")
-    async with DoctorClient(follower.endpoint, lab.tokens["admin"]) as c:
+    async with DoctorClient(follower.endpoint, lab.tokens["admin"], follow_leader=False) as c:  # this replica itself
         got = []
         async for msg in c.subscribe_once(resume_after=cursor):
             if msg.WhichOneof("kind") == "fault":

@@ -161,3 +161,21 @@ async def test_rare_heartbeats_stretch_the_silence_limit_not_the_timeout() -> No
     lv = Liveness(1.0, lambda *_: asyncio.sleep(0), heartbeat_s=3.0)
     assert lv.silence_limit_s == 7.5
     assert Liveness(1.5, lambda *_: asyncio.sleep(0), heartbeat_s=0.5).silence_limit_s == 1.5
+
+
+async def test_a_silent_verdict_reached_while_the_inspector_is_behind_is_not_trusted() -> None:
+    """The kernel's evidence may be the inspector's own stall's (ACKs read late): while behind, a connection that
+    ended unanswered declares nothing; the silence limit, which discounts the stall, still judges the host."""
+    async def peer_silent(_peer: str) -> bool:
+        return True
+    changes: list[str] = []
+
+    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append(new)
+    lv = Liveness(1.0, on_change, heartbeat_s=3.0, peer_silent=peer_silent)
+    lv.lag.behind = lambda now=None: True  # type: ignore[method-assign]
+    rec, s = lv.record("h"), object()
+    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
+    await lv.detach(rec, s)
+    await asyncio.gather(*lv._judging)
+    assert rec.liveness == UP and changes == [UP] and not rec.transport_silent

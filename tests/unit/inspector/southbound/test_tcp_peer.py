@@ -17,6 +17,8 @@ def test_peer_forms_map_to_the_tables_keys() -> None:
     assert v4 == "0200630A:9C4E"  # the address as the kernel prints it: a native-order u32 (little endian here)
     assert mapped == "0000000000000000FFFF00000200630A:9C4E"
     assert proc_keys("ipv6:[::ffff:10.99.0.2]:40014") == (v4, mapped)
+    assert proc_keys("ipv6:%5B::ffff:10.99.0.2%5D:40014") == (v4, mapped)  # as grpc 1.85 writes it
+    assert proc_keys("ipv6:%5B::1%5D:80") == ("00000000000000000000000001000000:0050",)
     assert proc_keys("ipv6:[::1]:80") == ("00000000000000000000000001000000:0050",)
     assert proc_keys("unix:/run/doctor/agent.sock") == ()
     assert proc_keys("ipv4:not-an-address:1") == () and proc_keys("ipv4:10.0.0.1:x") == ()
@@ -40,6 +42,7 @@ def test_the_verdict() -> None:
     assert judge(("FIN_WAIT1", 138, 2)) is True           # the keepalive's pings never acknowledged
     assert judge(("FIN_WAIT1", 1, 1)) is True             # our FIN retransmitted
     assert judge(("FIN_WAIT1", 1, 0)) is None             # a delayed ACK may still come: look again
+    assert judge(("FIN_WAIT1", 40, 0)) is None            # bytes written just now, not yet acknowledged: the same
     assert judge(("ESTABLISHED", 0, 0)) is None
 
 
