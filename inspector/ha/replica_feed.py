@@ -14,8 +14,8 @@ revision), the entries from where this replica's subscribers are up to that
 counter, then the watch from the next revision. An entry whose predecessor
 did not come (events lost when the stream broke) is preceded by a read of
 the gap. When nothing arrives for ``check_s`` the counter is read
-(linearizable): an entry logged but not watched by then means the watch is
-stuck, and the feed starts over. The replica is *fresh* while its last
+(linearizable): an entry logged but still not watched at the next such check
+means the watch is stuck, and the feed starts over. The replica is *fresh* while its last
 successful read or event is at most ``stale_s`` old; a replica that lost
 sight of etcd stops serving (``on_fresh(False)``: its subscribers are sent
 to another replica with their resume cursors) rather than serve silence.
@@ -74,6 +74,7 @@ class ReplicaFeed:
         self.delivered = 0
         self.restarts = 0
         self._confirmed = 0.0
+        self._missing: int | None = None  # the first entry logged but not yet watched at the last idle check
         self._was_fresh = False
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()           # one reader delivers at a time (the follow, or a leader's catch-up)
@@ -151,6 +152,7 @@ class ReplicaFeed:
             delay = 0.05 if time.monotonic() - started > 5 else min(delay * 2, 1.0)
 
     async def _follow(self) -> None:
+        self._missing = None
         revision = await self._snapshot()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         watcher = asyncio.create_task(self._watch(revision + 1, queue), name="replica feed watch")
@@ -258,7 +260,14 @@ class ReplicaFeed:
     async def _check(self, *, idle: bool) -> None:
         last = await self.log.load()
         if idle and last > self.position():
-            raise WatchStuck(f"entry {last} is logged but was not watched within {self.check_s:.1f}s")
+            # an append may land just as the idle timer fires: stuck only if the same entry is still missing at
+            # the next check, a whole interval later
+            if self._missing is not None and self._missing <= last and self._missing > self.position():
+                raise WatchStuck(f"entry {self._missing} is logged but was not watched within "
+                                 f"{self.check_s:.1f}s")
+            self._missing = self.position() + 1
+            return
+        self._missing = None
         self._confirm()
 
     async def _read_entries(self, up_to: int) -> int:
