@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -49,39 +48,7 @@ from doctor_common.api import agent_pb2, agent_pb2_grpc  # noqa: E402
 from doctor_common.client import leader_hint  # noqa: E402
 from doctor_common.grpcutil import auth_metadata  # noqa: E402
 from doctor_common.lab.replicated import HaLab, LocalEtcd  # noqa: E402
-
-SCALE = str(Path(__file__).resolve().parent / "scale.py")
-
-
-class Generator:
-    """``count`` subscriptions at ``endpoint`` in a process of its own (nice 10), expecting ``expect`` each."""
-
-    def __init__(self, endpoint: str, token: str, count: int, expect: int) -> None:
-        self.proc = subprocess.Popen(["nice", "-n", "10", sys.executable, SCALE, "--subscribe", endpoint, token,
-                                      str(count), str(expect)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
-
-    async def line(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(timeout):
-            out = await asyncio.to_thread(self.proc.stdout.readline)
-        if not out:
-            raise RuntimeError(f"generator {self.proc.pid} ended (exit {self.proc.poll()})")
-        return out.strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def percentile(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+from scale import Generator, percentile  # noqa: E402  (bench/ is this script's directory: the same generators)
 
 
 def cpu_s(procs: list[psutil.Process]) -> list[float]:

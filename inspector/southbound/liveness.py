@@ -59,7 +59,6 @@ class HostRecord:
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
     stream: object | None = None    # identity of the stream currently owning the host
     goodbye: bool = False
-    transport_silent: bool = False  # its last stream ended unanswered: declared unreachable by the transport
     closed_stream: object | None = None  # the stream whose end is being judged (a later one's judgement wins)
 
     def seen(self) -> None:
@@ -134,7 +133,7 @@ class Liveness:
         if rec.boot_id != hello.boot_id:
             rec.last_sequence = 0  # a new agent boot numbers its events from 1 again
             rec.health = None      # and counts its checkers' runs afresh
-        rec.stream, rec.connected, rec.goodbye, rec.transport_silent = stream, True, False, False
+        rec.stream, rec.connected, rec.goodbye = stream, True, False
         rec.min_read_delay = float("inf")
         rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
         rec.facts = dict(hello.facts)
@@ -189,7 +188,6 @@ class Liveness:
                 log.warning("host %s: its connection ended unanswered while this inspector is behind: not judged",
                             rec.host_id)
             elif silent:
-                rec.transport_silent = True
                 await self._set(rec, UNREACHABLE)
             elif self.silence(rec) < self.silence_limit_s:
                 await self._set(rec, AGENT_DOWN)

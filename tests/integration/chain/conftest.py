@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,6 +12,26 @@ import pytest
 from doctor_common.api import fault_pb2
 from doctor_common.client import DoctorClient
 from doctor_common.lab.cloud import Lab, wait_for
+
+
+async def still(condition: Callable[[], Any], seconds: float) -> None:
+    """Absence of an action can only be observed over a period: ``condition`` holds throughout."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        assert condition()
+        await asyncio.sleep(0.02)
+
+
+def liveness_changes(lab: Lab) -> list[tuple[str, str]]:
+    """Every liveness transition of the lab's inspector from now on, as (host, new state), in order."""
+    changes: list[tuple[str, str]] = []
+    on_change = lab.inspector.liveness.on_change
+
+    async def spy(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append((rec.host_id, new))
+        await on_change(rec, old, new)
+    lab.inspector.liveness.on_change = spy
+    return changes
 
 
 class Consumer:

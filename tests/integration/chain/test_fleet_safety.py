@@ -13,6 +13,7 @@ from pathlib import Path
 
 from doctor_common.api import common_pb2, fault_pb2
 from doctor_common.lab.cloud import Lab, wait_for
+from tests.integration.chain.conftest import liveness_changes, still
 
 P = fault_pb2.IncidentPhase
 SUSPECTED, HELD, FENCED = P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_HELD, P.INCIDENT_PHASE_FENCED
@@ -32,14 +33,6 @@ def host_phases(consumer, host: str) -> list[int]:  # type: ignore[no-untyped-de
 
 def roots(admin, fault_type: str) -> list[fault_pb2.FaultNotification]:  # type: ignore[no-untyped-def]
     return [n for n in admin.faults for p in n.physical_resource_info for f in p.faults if f.fault_type == fault_type]
-
-
-async def still(condition, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    """Absence of an action can only be observed over a period: ``condition`` holds throughout."""
-    until = time.monotonic() + seconds
-    while time.monotonic() < until:
-        assert condition()
-        await asyncio.sleep(0.02)
 
 
 async def doctorctl(lab: Lab, tmp_path: Path, *args: str) -> str:
@@ -128,13 +121,7 @@ async def test_an_inspector_that_lags_declares_nobody_unreachable(make_lab) -> N
     again, the heartbeats it could not read are not silence: no host is declared unreachable or fenced."""
     lab = await make_lab(hosts=3, servers_per_host=1, projects=("project-a",))
     owner = await make_lab.consumer(lab, "project-a")
-    changes: list[tuple[str, str]] = []
-    on_change = lab.inspector.liveness.on_change
-
-    async def spy(rec, old, new):  # type: ignore[no-untyped-def]
-        changes.append((rec.host_id, new))
-        await on_change(rec, old, new)
-    lab.inspector.liveness.on_change = spy
+    changes = liveness_changes(lab)
     blocked = asyncio.Event()
 
     def hog() -> None:

@@ -9,15 +9,21 @@ live host. Each test counts the BMC's power-offs.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from controller_adapter.base import HostStatus
 from doctor_common.api import fault_pb2
 from doctor_common.lab.cloud import wait_for
+from tests.integration.chain.conftest import liveness_changes, still
+
+
+def host_phases(consumer, host: str) -> list[int]:  # type: ignore[no-untyped-def]
+    return [n.phase for n in consumer.faults
+            if any(v.physical_resource_id == host for v in n.virtual_resource_info)]
 
 P = fault_pb2.IncidentPhase
-SUSPECTED, MARKED_DOWN = P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_MARKED_DOWN
+SUSPECTED, HELD, FENCED, MARKED_DOWN = (P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_HELD, P.INCIDENT_PHASE_FENCED,
+                                        P.INCIDENT_PHASE_MARKED_DOWN)
 RARE = dict(agents_over_link=True, heartbeat_interval_ms=3000, liveness_timeout_ms=1000)
 
 
@@ -79,15 +85,29 @@ async def test_healthy_agents_between_rare_heartbeats_are_never_declared(make_la
     transport vouches for them between heartbeats."""
     lab = await make_lab(hosts=3, servers_per_host=1, projects=("project-a",), **RARE)
     admin = await make_lab.consumer(lab, "admin")
-    changes: list[tuple[str, str]] = []
-    original = lab.inspector.liveness.on_change
-
-    async def spy(rec, old, new):  # type: ignore[no-untyped-def]
-        changes.append((rec.host_id, new))
-        await original(rec, old, new)
-    lab.inspector.liveness.on_change = spy
-    until = time.monotonic() + 6.0
-    while time.monotonic() < until:  # absence of a change can only be observed over a period
-        assert changes == [] and admin.faults == []
-        await asyncio.sleep(0.1)
+    changes = liveness_changes(lab)
+    await still(lambda: changes == [] and admin.faults == [], 6.0)
     assert all(lab.power(h) == ("on", 0) for h in lab.hosts)
+
+
+async def test_every_link_cut_together_is_found_by_the_transport_and_fences_nothing(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """The transport's silence goes through the fleet guard like any other: all three hosts' links cut at once
+    (the inspector's own network, a switch) — each found silent by its connection, every one held, 0 power-offs;
+    links back, every suspicion withdrawn and still nothing powered off."""
+    lab = await make_lab(hosts=3, servers_per_host=1, projects=("project-a",), **RARE)
+    owner = await make_lab.consumer(lab, "project-a")
+    changes = liveness_changes(lab)
+    for h in lab.hosts:
+        lab.cut_link(h)
+    try:
+        await wait_for(lambda: {h for h, new in changes if new == "unreachable"} == set(lab.hosts), 10,
+                       what="every host found silent by the transport")
+        await wait_for(lambda: all(HELD in host_phases(owner, h) for h in lab.hosts), 10, what="every host held")
+        await still(lambda: all(lab.power(h) == ("on", 0) for h in lab.hosts), 2.0)
+    finally:
+        for h in lab.hosts:
+            lab.restore_link(h)
+    await wait_for(lambda: all(lab.inspector.liveness.hosts[h].liveness == "up" for h in lab.hosts), 20,
+                   what="every agent back")
+    await still(lambda: all(lab.power(h) == ("on", 0) for h in lab.hosts), 1.5)
+    assert all(FENCED not in host_phases(owner, h) for h in lab.hosts)
