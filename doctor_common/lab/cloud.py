@@ -303,6 +303,17 @@ class Lab:
     def restore_link(self, host: str) -> None:
         self._set_link(host, "up")
 
+    def silence_host(self, host: str) -> None:
+        """The host vanishes as a host or a switch dying afar does (agents_over_link): its address goes, so what
+        reaches it is dropped unanswered, while the inspector's side of the link, its address and its route stay
+        up. (Cutting the link instead makes the inspector's own kernel give up on the connection at once.)"""
+        h = self.hosts[host]
+        ip("-n", h.netns, "addr", "del", f"{self.link_address(h, 2)}/30", "dev", "eth0")
+
+    def unsilence_host(self, host: str) -> None:
+        h = self.hosts[host]
+        ip("-n", h.netns, "addr", "add", f"{self.link_address(h, 2)}/30", "dev", "eth0")
+
     def freeze_agent(self, host: str) -> None:
         proc = self.hosts[host].agent_proc
         assert proc is not None

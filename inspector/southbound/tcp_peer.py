@@ -42,7 +42,8 @@ log = logging.getLogger("doctor.inspector.tcp")
 STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
           "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
 LOOKS_S = (0.05, 0.25)    # an undecided socket is looked at again after these (a delayed ACK takes ≤ 200 ms)
-COALESCE_S = 0.005        # streams ending this close together share one read of the tables
+COALESCE_S = 0.0          # streams ending in the same turn of the loop share one read (no wait: a silent peer's
+#                           socket may be destroyed by its own kernel within a few hundred ms)
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 
 
@@ -134,8 +135,8 @@ class PeerSilence:
             entry = await self._state(keys)
         else:
             verdict = entry is not None and entry[0] == "FIN_WAIT1"  # our FIN unanswered beyond a delayed ACK
-        if verdict:
-            log.info("the connection of %s ended unanswered (%s): its peer is silent", peer, entry)
+        log.info("the connection of %s ended %s (%s)", peer, "unanswered: its peer is silent" if verdict
+                 else "answered: its peer's kernel spoke", entry)
         return verdict
 
     async def _state(self, keys: tuple[str, ...]) -> Entry | None:

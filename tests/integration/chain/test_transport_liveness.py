@@ -36,7 +36,7 @@ async def test_a_cut_link_is_found_by_the_transport_and_fenced_once(make_lab) ->
     rec = lab.inspector.liveness.hosts["compute-1"]
     assert rec.peer.startswith("ipv4:169.254.1.2:"), rec.peer
     cut = time.monotonic()
-    lab.cut_link("compute-1")
+    lab.silence_host("compute-1")
     await wait_for(lambda: lab.inspector.liveness.hosts["compute-1"].liveness == "unreachable", 10, 0.005,
                    "compute-1 declared unreachable")
     found = time.monotonic() - cut
@@ -98,7 +98,7 @@ async def test_every_link_cut_together_is_found_by_the_transport_and_fences_noth
     owner = await make_lab.consumer(lab, "project-a")
     changes = liveness_changes(lab)
     for h in lab.hosts:
-        lab.cut_link(h)
+        lab.silence_host(h)
     try:
         await wait_for(lambda: {h for h, new in changes if new == "unreachable"} == set(lab.hosts), 10,
                        what="every host found silent by the transport")
@@ -106,7 +106,7 @@ async def test_every_link_cut_together_is_found_by_the_transport_and_fences_noth
         await still(lambda: all(lab.power(h) == ("on", 0) for h in lab.hosts), 2.0)
     finally:
         for h in lab.hosts:
-            lab.restore_link(h)
+            lab.unsilence_host(h)
     await wait_for(lambda: all(lab.inspector.liveness.hosts[h].liveness == "up" for h in lab.hosts), 20,
                    what="every agent back")
     await still(lambda: all(lab.power(h) == ("on", 0) for h in lab.hosts), 1.5)
