@@ -24,7 +24,10 @@ notification path from the log append to the consumer's socket.
   per subscriber once they all left (after a GC and malloc_trim).
 * matching: ``--subscribers`` subscribers that all see every notification
   (one project owning the server); 10 notifications, back to back.
-  ``deliveries_per_s`` is deliveries / (last delivery − first publish).
+  ``deliveries_per_s`` is deliveries / (last delivery − first publish), with
+  consumers accepting batches of up to 256 (``SubscribeRequest.max_batch``,
+  DoctorClient's default: what is queued for a consumer goes in one message);
+  ``deliveries_per_s_unbatched`` the same with one notification per message.
 * ingest: 200 agent streams (``--ingest`` generators) sending batches of 20
   events, the next once the last is acknowledged, for 8 s: ``events_per_s``
   acknowledged, and per second of the inspector's CPU.
@@ -61,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 
 from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc  # noqa: E402
+from doctor_common.client import MAX_BATCH  # noqa: E402
 from doctor_common.grpcutil import auth_metadata  # noqa: E402
 from doctor_common.lab.cloud import free_port, wait_for  # noqa: E402
 
@@ -73,9 +77,10 @@ INGEST_SECONDS = 8.0
 
 # -- a generator process ---------------------------------------------------------------------------
 
-async def subscribe(endpoint: str, token: str, count: int, expect: int) -> None:
-    """``count`` subscriptions; READY once every snapshot arrived; then, if ``expect``, the receipt time of
-    each notification sequence by the last of its subscribers, and every latency (JSON), then wait for EOF."""
+async def subscribe(endpoint: str, token: str, count: int, expect: int, max_batch: int = 0) -> None:
+    """``count`` subscriptions (accepting ``max_batch`` notifications per message); READY once every snapshot
+    arrived; then, if ``expect``, the receipt time of each notification sequence by the last of its subscribers,
+    and every latency (JSON), then wait for EOF."""
     import grpc
 
     tokens = token.split(",")  # round robin: several projects' subscribers from one process
@@ -91,19 +96,21 @@ async def subscribe(endpoint: str, token: str, count: int, expect: int) -> None:
     async def one(i: int) -> None:
         nonlocal ready
         stub = fault_pb2_grpc.FaultManagementStub(channels[i // PER_CHANNEL])
-        call = stub.Subscribe(fault_pb2.SubscribeRequest(), metadata=auth_metadata(tokens[i % len(tokens)]))
+        call = stub.Subscribe(fault_pb2.SubscribeRequest(max_batch=max_batch),
+                              metadata=auth_metadata(tokens[i % len(tokens)]))
         async for msg in call:
-            if msg.WhichOneof("kind") == "subscribed":
+            kind = msg.WhichOneof("kind")
+            if kind == "subscribed":
                 if not msg.subscribed.more:
                     ready += 1
                     if ready == count:
                         all_ready.set()
                 continue
             now = time.time_ns()
-            n = msg.fault
-            last_seen[n.sequence] = max(last_seen.get(n.sequence, 0), now)
-            latencies.append((now - n.event_time_unix_nanos) / 1e6)
-            got[0] += 1
+            for n in ([m.fault for m in msg.batch.messages] if kind == "batch" else [msg.fault]):
+                last_seen[n.sequence] = max(last_seen.get(n.sequence, 0), now)
+                latencies.append((now - n.event_time_unix_nanos) / 1e6)
+                got[0] += 1
             if expect and got[0] >= expect * count:
                 done.set()
 
@@ -313,10 +320,10 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
 # -- the bench -------------------------------------------------------------------------------------
 
 class Generator:
-    def __init__(self, endpoint: str, token: str, count: int, expect: int = 0) -> None:
+    def __init__(self, endpoint: str, token: str, count: int, expect: int = 0, max_batch: int = 0) -> None:
         self.proc = subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--subscribe", endpoint, token,
-                                      str(count), str(expect)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                      str(count), str(expect), "--max-batch", str(max_batch)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     async def line(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -436,29 +443,30 @@ async def run(subscribers: int, procs: int, metrics: bool = False) -> dict[str, 
         await wait_for(lambda: len(insp.registry) == 0, 60, 0.1, "every subscriber gone")
         out["kb_kept_after_leaving"] = round(max(0.0, rss_kb() - base) / subscribers, 1)
 
-        # -- every subscriber matches --------------------------------------------------------------
+        # -- every subscriber matches: consumers accepting batches (DoctorClient's default), then not ----
         expect = 10
-        for k in range(procs):
-            n = per if k < procs - 1 else subscribers - per * (procs - 1)
-            gens.append(Generator(endpoint, tokens["owner"], n, expect=expect))
-        await asyncio.gather(*(g.line(180) for g in gens))
-        await wait_for(lambda: len(insp.registry) >= subscribers, 60, 0.1, "every matching subscriber registered")
-        cpu0 = me.cpu_times()
-        first = time.time_ns()
-        for i in range(expect):
-            await insp.publisher.publish(notification(100 + i, "owner"))
-        await wait_for(lambda: all(s.depth == 0 for s in insp.registry), 300, 0.005, "every queue written out")
-        cpu1 = me.cpu_times()
-        reports = [json.loads(await g.line(300)) for g in gens]
-        last = max(max(r["last_seen"].values()) for r in reports)
-        out["deliveries_per_s"] = round(subscribers * expect / ((last - first) / 1e9))
-        out["matching_last_delivery_ms"] = round((last - first) / 1e6, 1)
-        cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-        out["deliveries_per_inspector_cpu_s"] = round(subscribers * expect / cpu)
-        for g in gens:
-            g.stop()
-        gens = []
-        await wait_for(lambda: len(insp.registry) == 0, 60, 0.1, "every subscriber gone")
+        for suffix, max_batch in (("", MAX_BATCH), ("_unbatched", 0)):
+            for k in range(procs):
+                n = per if k < procs - 1 else subscribers - per * (procs - 1)
+                gens.append(Generator(endpoint, tokens["owner"], n, expect=expect, max_batch=max_batch))
+            await asyncio.gather(*(g.line(180) for g in gens))
+            await wait_for(lambda: len(insp.registry) >= subscribers, 60, 0.1, "every matching subscriber registered")
+            cpu0 = me.cpu_times()
+            first = time.time_ns()
+            for i in range(expect):
+                await insp.publisher.publish(notification(100 + i, "owner"))
+            await wait_for(lambda: all(s.depth == 0 for s in insp.registry), 300, 0.005, "every queue written out")
+            cpu1 = me.cpu_times()
+            reports = [json.loads(await g.line(300)) for g in gens]
+            last = max(max(r["last_seen"].values()) for r in reports)
+            out["deliveries_per_s" + suffix] = round(subscribers * expect / ((last - first) / 1e9))
+            out["matching_last_delivery_ms" + suffix] = round((last - first) / 1e6, 1)
+            cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+            out["deliveries_per_inspector_cpu_s" + suffix] = round(subscribers * expect / cpu)
+            for g in gens:
+                g.stop()
+            gens = []
+            await wait_for(lambda: len(insp.registry) == 0, 60, 0.1, "every subscriber gone")
 
         # -- ingest: agents sending batches of events ----------------------------------------------
         per_proc = INGEST_STREAMS // procs
@@ -502,6 +510,7 @@ async def main() -> None:
     ap.add_argument("--ingest", nargs=5, metavar=("ENDPOINT", "FIRST", "STREAMS", "SECONDS", "BATCH"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--agents", nargs=4, metavar=("ENDPOINT", "FIRST", "COUNT", "HEARTBEAT_MS"), help=argparse.SUPPRESS)
+    ap.add_argument("--max-batch", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--agent-count", type=int, default=0, help="simulated agents (default 10,000; --quick 2,000)")
     ap.add_argument("--only", choices=("agents", "subscribers"), help="run one phase")
     ap.add_argument("--keepalive-ms", type=int, default=750, help="the inspector's transport keepalive (agents phase; "
@@ -518,7 +527,7 @@ async def main() -> None:
         return
     if args.subscribe:
         endpoint, token, count, expect = args.subscribe
-        await subscribe(endpoint, token, int(count), int(expect))
+        await subscribe(endpoint, token, int(count), int(expect), args.max_batch)
         return
     a: dict[str, Any] = {}
     if args.only != "subscribers":
@@ -542,9 +551,10 @@ async def main() -> None:
     print(f"{r['subscribers']} idle subscribers: owner's copy p50 {r['owner_p50_ms']} ms, p99 {r['owner_p99_ms']} ms; "
           f"inspector {r['inspector_cpu_pct']} % of a core; {r['idle_kb_per_subscriber']} KB each, "
           f"{r['kb_kept_after_leaving']} KB each kept after they left")
-    print(f"{r['subscribers']} matching subscribers: {r['deliveries_per_s']} deliveries/s "
-          f"(10 notifications, last delivered {r['matching_last_delivery_ms']} ms after the first publish; "
-          f"{r['deliveries_per_inspector_cpu_s']} per second of the inspector's CPU)")
+    for suffix, how in (("", f"accepting batches of {MAX_BATCH}"), ("_unbatched", "one notification per message")):
+        print(f"{r['subscribers']} matching subscribers, {how}: {r['deliveries_per_s' + suffix]} deliveries/s "
+              f"(10 notifications, last delivered {r['matching_last_delivery_ms' + suffix]} ms after the first "
+              f"publish; {r['deliveries_per_inspector_cpu_s' + suffix]} per second of the inspector's CPU)")
     print(f"ingest ({r['ingest']}): {r['events_per_s']} events/s acknowledged "
           f"({r['events_per_inspector_cpu_s']} per second of the inspector's CPU)")
     if args.metrics:

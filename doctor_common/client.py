@@ -50,6 +50,7 @@ log = logging.getLogger("doctor.client")
 # an established stream that ends with one of these is reconnected (resumed)
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED,
               grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED}
+MAX_BATCH = 256  # notifications accepted in one Subscribe message (unpacked here; the inspector caps it at 1,000)
 MAX_SESSION_RESUMES = 20  # a session's progress stream that broke this often is given up (Watch it again)
 
 
@@ -131,13 +132,25 @@ class DoctorClient:
                                  fault_pb2.ServerHostStatusRequest(server_id=server_id), timeout)
 
     async def subscribe_once(self, flt: fault_pb2.SubscribeFilter | None = None, resume_after: int = 0,
-                             subscription_id: str = "", max_backoff_s: float = 1.0
+                             subscription_id: str = "", max_backoff_s: float = 1.0, max_batch: int = MAX_BATCH
                              ) -> AsyncIterator[fault_pb2.SubscribeStreamMessage]:
-        """One subscription stream, at the replica that serves it (errors once it began propagate)."""
-        req = fault_pb2.SubscribeRequest(filter=flt, resume_after=resume_after, subscription_id=subscription_id)
+        """One subscription stream, at the replica that serves it (errors once it began propagate).
+
+        Notifications the inspector sends together (``max_batch``: a burst, a replay) are yielded one by one,
+        each as the message it would have been alone: callers never see a batch."""
+        req = fault_pb2.SubscribeRequest(filter=flt, resume_after=resume_after, subscription_id=subscription_id,
+                                         max_batch=max_batch)
         async for msg in self._stream(lambda ch: fault_pb2_grpc.FaultManagementStub(ch).Subscribe(
                 req, metadata=self._md), max_backoff_s):
-            if msg.WhichOneof("kind") == "fault":
+            kind = msg.WhichOneof("kind")
+            if kind == "batch":
+                received = now_ns()
+                for one in msg.batch.messages:
+                    if one.WhichOneof("kind") == "fault":
+                        stamp(one.fault.timeline, Stage.STAGE_DELIVERED, received)
+                    yield one
+                continue
+            if kind == "fault":
                 stamp(msg.fault.timeline, Stage.STAGE_DELIVERED, now_ns())
             yield msg
 

@@ -23,7 +23,7 @@ from collections import deque
 from doctor_common.api import fault_pb2
 from doctor_common.auth import Principal
 from notifier.filters import Filter, view_notification
-from notifier.wire import Delivery, delivery
+from notifier.wire import ITEM_OVERHEAD, MAX_BATCH, Delivery, delivery
 
 log = logging.getLogger("doctor.notifier")
 
@@ -34,13 +34,15 @@ UNSERVED = "unserved"  # this replica lost sight of the log (etcd): the consumer
 class Subscriber:
     """One live stream's subscription: its identity and filter, its queue of deliveries, and why it must end."""
 
-    __slots__ = ("principal", "filter", "limit", "id", "start_sequence", "last_delivered", "delivered", "ended_by",
-                 "credential", "leader_hint", "task", "writing", "_items", "_waiter")
+    __slots__ = ("principal", "filter", "limit", "max_batch", "id", "start_sequence", "last_delivered", "delivered",
+                 "ended_by", "credential", "leader_hint", "task", "writing", "_items", "_waiter")
 
-    def __init__(self, principal: Principal, flt: Filter, limit: int, start_sequence: int = 0) -> None:
+    def __init__(self, principal: Principal, flt: Filter, limit: int, start_sequence: int = 0,
+                 max_batch: int = 1) -> None:
         self.principal = principal
         self.filter = flt
         self.limit = limit
+        self.max_batch = max_batch  # deliveries one stream message may carry (the consumer's max_batch, bounded)
         self.id = uuid.uuid4().hex
         self.start_sequence = start_sequence  # live entries start after this one
         self.last_delivered = 0
@@ -104,6 +106,15 @@ class Subscriber:
             return None
         return self._items.popleft()
 
+    def take_queued(self, count: int, budget: int) -> list[Delivery]:
+        """Up to ``count`` more queued deliveries whose bytes fit in ``budget`` (what a batch may add now)."""
+        out: list[Delivery] = []
+        items = self._items
+        while items and len(out) < count and len(items[0].data) + ITEM_OVERHEAD <= budget:
+            budget -= len(items[0].data) + ITEM_OVERHEAD
+            out.append(items.popleft())
+        return out
+
     def take_nowait(self) -> Delivery | None:
         """The next queued delivery, if any (tests and Diagnostics)."""
         return self._items.popleft() if self._items else None
@@ -151,9 +162,11 @@ class Registry:
                 if seq <= self.last_sequence and not fut.done():
                     fut.set_result(None)
 
-    def add(self, principal: Principal, flt: Filter, start_sequence: int, sub_id: str = "") -> Subscriber:
+    def add(self, principal: Principal, flt: Filter, start_sequence: int, sub_id: str = "",
+            max_batch: int = 1) -> Subscriber:
         """A live subscriber; ``sub_id`` resumes a known subscription (a stream still open under it is ended)."""
-        sub = Subscriber(principal, flt, self.queue_limit, start_sequence=start_sequence)
+        sub = Subscriber(principal, flt, self.queue_limit, start_sequence=start_sequence,
+                         max_batch=max(1, min(max_batch, MAX_BATCH)))
         if sub_id:
             sub.id = sub_id
             old = self._subs.get(sub_id)

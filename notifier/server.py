@@ -19,7 +19,7 @@ from notifier.filters import Filter, FilterError, view_notification, view_resour
 from notifier.log import CursorExpired, MemoryLog, NotificationLog
 from notifier.registry import FELL_BEHIND, NOT_LEADER, REVOKED, UNSERVED, Registry, Subscriber
 from notifier.subscriptions import SubscriptionBook
-from notifier.wire import Delivery, delivery, encode
+from notifier.wire import MAX_BATCH_BYTES, Delivery, batch, batch_length, delivery, encode
 
 log = logging.getLogger("doctor.notifier")
 
@@ -171,7 +171,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                                 f"resume_after={resume} is beyond the last sequence {self.position()}")
         known = self.book.resumable(request.subscription_id, principal) if request.subscription_id else None
         # register before reading the log: nothing published from here on can fall between the two
-        sub = self.registry.add(principal, flt, self.position(), known.id if known else "")
+        sub = self.registry.add(principal, flt, self.position(), known.id if known else "", request.max_batch)
         sub.credential = self.auth.credential(context)
         # a recognised subscription resumes even from 0 (its snapshot was taken before anything was logged);
         # resume_after=0 on a new one means "from now on"
@@ -198,29 +198,39 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
                     missed = await self.log.read(resume, sub.start_sequence)
                 except CursorExpired as exc:
                     await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-                for n in missed:
-                    view = view_notification(principal, flt, n)
-                    if view is not None:
-                        await self._deliver(context, sub, delivery(view))
+                views = [delivery(v) for v in (view_notification(principal, flt, n) for n in missed) if v is not None]
                 del missed
+                i = 0
+                while i < len(views):
+                    k = batch_length(views, i, sub.max_batch)
+                    await self._deliver(context, sub, views[i:i + k])
+                    i += k
+                del views
             ticket.done()  # set up: the next subscription may be admitted
             while True:
                 item = await sub.next()
                 if item is None:
                     await self._cut_off(context, sub)
-                await self._deliver(context, sub, item)  # type: ignore[arg-type]
+                assert item is not None
+                if sub.max_batch > 1:  # what else is queued goes with it, in one message
+                    more = sub.take_queued(sub.max_batch - 1, MAX_BATCH_BYTES - len(item.data))
+                    if more:
+                        await self._deliver(context, sub, [item, *more])
+                        continue
+                await self._deliver(context, sub, [item])
         finally:
             sub.task = None
             self.registry.remove(sub)
             self.book.detach(sub)
             log.info("subscription %s ended", sub.id)
 
-    async def _deliver(self, context: grpc.aio.ServicerContext, sub: Subscriber, item: Delivery) -> None:
+    async def _deliver(self, context: grpc.aio.ServicerContext, sub: Subscriber, items: Sequence[Delivery]) -> None:
+        """One stream message: the delivery alone, or a batch of several."""
         # counted before the write: a write interrupted by a cut-off is already in the transport and reaches the
         # client ahead of the status, so the cursor the status names includes it
-        sub.last_delivered = item.sequence
-        await self._write(context, sub, item.data)
-        sub.delivered += 1
+        sub.last_delivered = items[-1].sequence
+        await self._write(context, sub, items[0].data if len(items) == 1 else batch(items))
+        sub.delivered += len(items)
 
     async def _write(self, context: grpc.aio.ServicerContext, sub: Subscriber,
                      msg: bytes | fault_pb2.SubscribeStreamMessage) -> None:

@@ -26,35 +26,37 @@ from doctor_common.api import common_pb2 as doctor_dot_v1_dot_common__pb2
 from doctor_common.api import maintenance_pb2 as doctor_dot_v1_dot_maintenance__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64octor/v1/fault.proto\x12\tdoctor.v1\x1a\x16\x64octor/v1/common.proto\x1a\x1b\x64octor/v1/maintenance.proto\"\x8c\x01\n\x0fSubscribeFilter\x12\x1d\n\x15virtual_resource_type\x18\x01 \x03(\t\x12\x1b\n\x13virtual_resource_id\x18\x02 \x03(\t\x12\x12\n\nfault_type\x18\x03 \x03(\t\x12)\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x13.doctor.v1.Severity\"m\n\x10SubscribeRequest\x12*\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1a.doctor.v1.SubscribeFilter\x12\x14\n\x0cresume_after\x18\x02 \x01(\x04\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\"\xd1\x01\n\x11SubscribeResponse\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12=\n\x15virtual_resource_info\x18\x02 \x03(\x0b\x32\x1e.doctor.v1.VirtualResourceInfo\x12?\n\x16physical_resource_info\x18\x03 \x03(\x0b\x32\x1f.doctor.v1.PhysicalResourceInfo\x12\x15\n\rlast_sequence\x18\x04 \x01(\x04\x12\x0c\n\x04more\x18\x05 \x01(\x08\"\x8d\x03\n\x11\x46\x61ultNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x1d\n\x15\x65vent_time_unix_nanos\x18\x03 \x01(\x03\x12=\n\x15virtual_resource_info\x18\x04 \x03(\x0b\x32\x1e.doctor.v1.VirtualResourceInfo\x12?\n\x16physical_resource_info\x18\x05 \x03(\x0b\x32\x1f.doctor.v1.PhysicalResourceInfo\x12%\n\x08timeline\x18\x06 \x01(\x0b\x32\x13.doctor.v1.Timeline\x12\x0e\n\x06\x66\x65nced\x18\x07 \x01(\x08\x12\x15\n\rfencing_error\x18\x08 \x01(\t\x12\'\n\x05phase\x18\t \x01(\x0e\x32\x18.doctor.v1.IncidentPhase\x12\x37\n\x0bmaintenance\x18\n \x01(\x0b\x32\".doctor.v1.MaintenanceNotification\"\xbe\x01\n\x16SubscribeStreamMessage\x12\x32\n\nsubscribed\x18\x01 \x01(\x0b\x32\x1c.doctor.v1.SubscribeResponseH\x00\x12-\n\x05\x66\x61ult\x18\x02 \x01(\x0b\x32\x1c.doctor.v1.FaultNotificationH\x00\x12\x39\n\x0bmaintenance\x18\x03 \x01(\x0b\x32\".doctor.v1.MaintenanceNotificationH\x00\x42\x06\n\x04kind\"\xdd\x01\n\x10\x46\x61ultQueryFilter\x12\x1d\n\x15virtual_resource_type\x18\x01 \x03(\t\x12\x1b\n\x13virtual_resource_id\x18\x02 \x03(\t\x12\x12\n\nfault_type\x18\x03 \x03(\t\x12)\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x13.doctor.v1.Severity\x12\x1e\n\x16\x65vent_start_unix_nanos\x18\x05 \x01(\x03\x12\x1c\n\x14\x65vent_end_unix_nanos\x18\x06 \x01(\x03\x12\x10\n\x08\x66\x61ult_id\x18\x07 \x01(\t\"@\n\x11\x46\x61ultQueryRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.doctor.v1.FaultQueryFilter\"\x94\x01\n\x12\x46\x61ultQueryResponse\x12=\n\x15virtual_resource_info\x18\x01 \x03(\x0b\x32\x1e.doctor.v1.VirtualResourceInfo\x12?\n\x16physical_resource_info\x18\x02 \x03(\x0b\x32\x1f.doctor.v1.PhysicalResourceInfo\",\n\x17ServerHostStatusRequest\x12\x11\n\tserver_id\x18\x01 \x01(\t\"g\n\x18ServerHostStatusResponse\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12*\n\x0bhost_status\x18\x03 \x01(\x0e\x32\x15.doctor.v1.HostStatus*\xf7\x01\n\rIncidentPhase\x12\x1e\n\x1aINCIDENT_PHASE_UNSPECIFIED\x10\x00\x12\x1c\n\x18INCIDENT_PHASE_SUSPECTED\x10\x01\x12\x17\n\x13INCIDENT_PHASE_HELD\x10\x02\x12\x19\n\x15INCIDENT_PHASE_FENCED\x10\x03\x12\x1e\n\x1aINCIDENT_PHASE_MARKED_DOWN\x10\x04\x12\x1b\n\x17INCIDENT_PHASE_UNFENCED\x10\x05\x12\x1c\n\x18INCIDENT_PHASE_WITHDRAWN\x10\x06\x12\x19\n\x15INCIDENT_PHASE_CLOSED\x10\x07\x32\x8c\x02\n\x0f\x46\x61ultManagement\x12M\n\tSubscribe\x12\x1b.doctor.v1.SubscribeRequest\x1a!.doctor.v1.SubscribeStreamMessage0\x01\x12J\n\x0bQueryFaults\x12\x1c.doctor.v1.FaultQueryRequest\x1a\x1d.doctor.v1.FaultQueryResponse\x12^\n\x13GetServerHostStatus\x12\".doctor.v1.ServerHostStatusRequest\x1a#.doctor.v1.ServerHostStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64octor/v1/fault.proto\x12\tdoctor.v1\x1a\x16\x64octor/v1/common.proto\x1a\x1b\x64octor/v1/maintenance.proto\"\x8c\x01\n\x0fSubscribeFilter\x12\x1d\n\x15virtual_resource_type\x18\x01 \x03(\t\x12\x1b\n\x13virtual_resource_id\x18\x02 \x03(\t\x12\x12\n\nfault_type\x18\x03 \x03(\t\x12)\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x13.doctor.v1.Severity\"\x80\x01\n\x10SubscribeRequest\x12*\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1a.doctor.v1.SubscribeFilter\x12\x14\n\x0cresume_after\x18\x02 \x01(\x04\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"\xd1\x01\n\x11SubscribeResponse\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12=\n\x15virtual_resource_info\x18\x02 \x03(\x0b\x32\x1e.doctor.v1.VirtualResourceInfo\x12?\n\x16physical_resource_info\x18\x03 \x03(\x0b\x32\x1f.doctor.v1.PhysicalResourceInfo\x12\x15\n\rlast_sequence\x18\x04 \x01(\x04\x12\x0c\n\x04more\x18\x05 \x01(\x08\"\x8d\x03\n\x11\x46\x61ultNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x1d\n\x15\x65vent_time_unix_nanos\x18\x03 \x01(\x03\x12=\n\x15virtual_resource_info\x18\x04 \x03(\x0b\x32\x1e.doctor.v1.VirtualResourceInfo\x12?\n\x16physical_resource_info\x18\x05 \x03(\x0b\x32\x1f.doctor.v1.PhysicalResourceInfo\x12%\n\x08timeline\x18\x06 \x01(\x0b\x32\x13.doctor.v1.Timeline\x12\x0e\n\x06\x66\x65nced\x18\x07 \x01(\x08\x12\x15\n\rfencing_error\x18\x08 \x01(\t\x12\'\n\x05phase\x18\t \x01(\x0e\x32\x18.doctor.v1.IncidentPhase\x12\x37\n\x0bmaintenance\x18\n \x01(\x0b\x32\".doctor.v1.MaintenanceNotification\"\xed\x01\n\x16SubscribeStreamMessage\x12\x32\n\nsubscribed\x18\x01 \x01(\x0b\x32\x1c.doctor.v1.SubscribeResponseH\x00\x12-\n\x05\x66\x61ult\x18\x02 \x01(\x0b\x32\x1c.doctor.v1.FaultNotificationH\x00\x12\x39\n\x0bmaintenance\x18\x03 \x01(\x0b\x32\".doctor.v1.MaintenanceNotificationH\x00\x12-\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x1c.doctor.v1.NotificationBatchH\x00\x42\x06\n\x04kind\"H\n\x11NotificationBatch\x12\x33\n\x08messages\x18\x01 \x03(\x0b\x32!.doctor.v1.SubscribeStreamMessage\"\xdd\x01\n\x10\x46\x61ultQueryFilter\x12\x1d\n\x15virtual_resource_type\x18\x01 \x03(\t\x12\x1b\n\x13virtual_resource_id\x18\x02 \x03(\t\x12\x12\n\nfault_type\x18\x03 \x03(\t\x12)\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x13.doctor.v1.Severity\x12\x1e\n\x16\x65vent_start_unix_nanos\x18\x05 \x01(\x03\x12\x1c\n\x14\x65vent_end_unix_nanos\x18\x06 \x01(\x03\x12\x10\n\x08\x66\x61ult_id\x18\x07 \x01(\t\"@\n\x11\x46\x61ultQueryRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.doctor.v1.FaultQueryFilter\"\x94\x01\n\x12\x46\x61ultQueryResponse\x12=\n\x15virtual_resource_info\x18\x01 \x03(\x0b\x32\x1e.doctor.v1.VirtualResourceInfo\x12?\n\x16physical_resource_info\x18\x02 \x03(\x0b\x32\x1f.doctor.v1.PhysicalResourceInfo\",\n\x17ServerHostStatusRequest\x12\x11\n\tserver_id\x18\x01 \x01(\t\"g\n\x18ServerHostStatusResponse\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12*\n\x0bhost_status\x18\x03 \x01(\x0e\x32\x15.doctor.v1.HostStatus*\xf7\x01\n\rIncidentPhase\x12\x1e\n\x1aINCIDENT_PHASE_UNSPECIFIED\x10\x00\x12\x1c\n\x18INCIDENT_PHASE_SUSPECTED\x10\x01\x12\x17\n\x13INCIDENT_PHASE_HELD\x10\x02\x12\x19\n\x15INCIDENT_PHASE_FENCED\x10\x03\x12\x1e\n\x1aINCIDENT_PHASE_MARKED_DOWN\x10\x04\x12\x1b\n\x17INCIDENT_PHASE_UNFENCED\x10\x05\x12\x1c\n\x18INCIDENT_PHASE_WITHDRAWN\x10\x06\x12\x19\n\x15INCIDENT_PHASE_CLOSED\x10\x07\x32\x8c\x02\n\x0f\x46\x61ultManagement\x12M\n\tSubscribe\x12\x1b.doctor.v1.SubscribeRequest\x1a!.doctor.v1.SubscribeStreamMessage0\x01\x12J\n\x0bQueryFaults\x12\x1c.doctor.v1.FaultQueryRequest\x1a\x1d.doctor.v1.FaultQueryResponse\x12^\n\x13GetServerHostStatus\x12\".doctor.v1.ServerHostStatusRequest\x1a#.doctor.v1.ServerHostStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'doctor.v1.fault_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INCIDENTPHASE']._serialized_start=1741
-  _globals['_INCIDENTPHASE']._serialized_end=1988
+  _globals['_INCIDENTPHASE']._serialized_start=1882
+  _globals['_INCIDENTPHASE']._serialized_end=2129
   _globals['_SUBSCRIBEFILTER']._serialized_start=90
   _globals['_SUBSCRIBEFILTER']._serialized_end=230
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=232
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=341
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=344
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=553
-  _globals['_FAULTNOTIFICATION']._serialized_start=556
-  _globals['_FAULTNOTIFICATION']._serialized_end=953
-  _globals['_SUBSCRIBESTREAMMESSAGE']._serialized_start=956
-  _globals['_SUBSCRIBESTREAMMESSAGE']._serialized_end=1146
-  _globals['_FAULTQUERYFILTER']._serialized_start=1149
-  _globals['_FAULTQUERYFILTER']._serialized_end=1370
-  _globals['_FAULTQUERYREQUEST']._serialized_start=1372
-  _globals['_FAULTQUERYREQUEST']._serialized_end=1436
-  _globals['_FAULTQUERYRESPONSE']._serialized_start=1439
-  _globals['_FAULTQUERYRESPONSE']._serialized_end=1587
-  _globals['_SERVERHOSTSTATUSREQUEST']._serialized_start=1589
-  _globals['_SERVERHOSTSTATUSREQUEST']._serialized_end=1633
-  _globals['_SERVERHOSTSTATUSRESPONSE']._serialized_start=1635
-  _globals['_SERVERHOSTSTATUSRESPONSE']._serialized_end=1738
-  _globals['_FAULTMANAGEMENT']._serialized_start=1991
-  _globals['_FAULTMANAGEMENT']._serialized_end=2259
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=233
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=361
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=364
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=573
+  _globals['_FAULTNOTIFICATION']._serialized_start=576
+  _globals['_FAULTNOTIFICATION']._serialized_end=973
+  _globals['_SUBSCRIBESTREAMMESSAGE']._serialized_start=976
+  _globals['_SUBSCRIBESTREAMMESSAGE']._serialized_end=1213
+  _globals['_NOTIFICATIONBATCH']._serialized_start=1215
+  _globals['_NOTIFICATIONBATCH']._serialized_end=1287
+  _globals['_FAULTQUERYFILTER']._serialized_start=1290
+  _globals['_FAULTQUERYFILTER']._serialized_end=1511
+  _globals['_FAULTQUERYREQUEST']._serialized_start=1513
+  _globals['_FAULTQUERYREQUEST']._serialized_end=1577
+  _globals['_FAULTQUERYRESPONSE']._serialized_start=1580
+  _globals['_FAULTQUERYRESPONSE']._serialized_end=1728
+  _globals['_SERVERHOSTSTATUSREQUEST']._serialized_start=1730
+  _globals['_SERVERHOSTSTATUSREQUEST']._serialized_end=1774
+  _globals['_SERVERHOSTSTATUSRESPONSE']._serialized_start=1776
+  _globals['_SERVERHOSTSTATUSRESPONSE']._serialized_end=1879
+  _globals['_FAULTMANAGEMENT']._serialized_start=2132
+  _globals['_FAULTMANAGEMENT']._serialized_end=2400
 # @@protoc_insertion_point(module_scope)

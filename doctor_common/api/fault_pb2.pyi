@@ -41,14 +41,16 @@ class SubscribeFilter(_message.Message):
     def __init__(self, virtual_resource_type: _Optional[_Iterable[str]] = ..., virtual_resource_id: _Optional[_Iterable[str]] = ..., fault_type: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[_common_pb2.Severity, str]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("filter", "resume_after", "subscription_id")
+    __slots__ = ("filter", "resume_after", "subscription_id", "max_batch")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     filter: SubscribeFilter
     resume_after: int
     subscription_id: str
-    def __init__(self, filter: _Optional[_Union[SubscribeFilter, _Mapping]] = ..., resume_after: _Optional[int] = ..., subscription_id: _Optional[str] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, filter: _Optional[_Union[SubscribeFilter, _Mapping]] = ..., resume_after: _Optional[int] = ..., subscription_id: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
     __slots__ = ("subscription_id", "virtual_resource_info", "physical_resource_info", "last_sequence", "more")
@@ -89,14 +91,22 @@ class FaultNotification(_message.Message):
     def __init__(self, notification_id: _Optional[str] = ..., sequence: _Optional[int] = ..., event_time_unix_nanos: _Optional[int] = ..., virtual_resource_info: _Optional[_Iterable[_Union[_common_pb2.VirtualResourceInfo, _Mapping]]] = ..., physical_resource_info: _Optional[_Iterable[_Union[_common_pb2.PhysicalResourceInfo, _Mapping]]] = ..., timeline: _Optional[_Union[_common_pb2.Timeline, _Mapping]] = ..., fenced: _Optional[bool] = ..., fencing_error: _Optional[str] = ..., phase: _Optional[_Union[IncidentPhase, str]] = ..., maintenance: _Optional[_Union[_maintenance_pb2.MaintenanceNotification, _Mapping]] = ...) -> None: ...
 
 class SubscribeStreamMessage(_message.Message):
-    __slots__ = ("subscribed", "fault", "maintenance")
+    __slots__ = ("subscribed", "fault", "maintenance", "batch")
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     FAULT_FIELD_NUMBER: _ClassVar[int]
     MAINTENANCE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     subscribed: SubscribeResponse
     fault: FaultNotification
     maintenance: _maintenance_pb2.MaintenanceNotification
-    def __init__(self, subscribed: _Optional[_Union[SubscribeResponse, _Mapping]] = ..., fault: _Optional[_Union[FaultNotification, _Mapping]] = ..., maintenance: _Optional[_Union[_maintenance_pb2.MaintenanceNotification, _Mapping]] = ...) -> None: ...
+    batch: NotificationBatch
+    def __init__(self, subscribed: _Optional[_Union[SubscribeResponse, _Mapping]] = ..., fault: _Optional[_Union[FaultNotification, _Mapping]] = ..., maintenance: _Optional[_Union[_maintenance_pb2.MaintenanceNotification, _Mapping]] = ..., batch: _Optional[_Union[NotificationBatch, _Mapping]] = ...) -> None: ...
+
+class NotificationBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[SubscribeStreamMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[SubscribeStreamMessage, _Mapping]]] = ...) -> None: ...
 
 class FaultQueryFilter(_message.Message):
     __slots__ = ("virtual_resource_type", "virtual_resource_id", "fault_type", "min_severity", "event_start_unix_nanos", "event_end_unix_nanos", "fault_id")

@@ -221,14 +221,17 @@ async def test_a_fault_healed_in_the_same_batch_leaves_no_alarm(lab: Lab) -> Non
     assert lab.inspector.alarms.by_component("compute-1", "sensor:flap") is None
 
 
-async def test_slow_consumer_is_cut_off_without_delaying_others(lab: Lab) -> None:
+@pytest.mark.parametrize("max_batch", [0, 100])
+async def test_slow_consumer_is_cut_off_without_delaying_others(lab: Lab, max_batch: int) -> None:
     """A subscriber that stops reading is ended with RESOURCE_EXHAUSTED (telling it where to resume) while a
-    reading subscriber receives every notification."""
+    reading subscriber receives every notification. The cursor it is given is the last notice it received,
+    whether they came one per message or in batches."""
     token = lab.tokens["admin"]
     agent_token = lab.hosts["compute-1"].agent_token
     # a small HTTP/2 window, so the slow reader's backlog reaches the server's queue quickly
     slow_ch = grpc.aio.insecure_channel(lab.endpoint, options=[("grpc.http2.bdp_probe", 0)])
-    slow = fault_pb2_grpc.FaultManagementStub(slow_ch).Subscribe(fault_pb2.SubscribeRequest(), metadata=auth_metadata(token))
+    slow = fault_pb2_grpc.FaultManagementStub(slow_ch).Subscribe(fault_pb2.SubscribeRequest(max_batch=max_batch),
+                                                                 metadata=auth_metadata(token))
     assert (await slow.read()).WhichOneof("kind") == "subscribed"
     fast_got: list[int] = []
     async with DoctorClient(lab.endpoint, token) as fast:
@@ -262,7 +265,10 @@ async def test_slow_consumer_is_cut_off_without_delaying_others(lab: Lab) -> Non
             msg = await slow.read()
             if msg is grpc.aio.EOF:
                 await slow
-            slow_got.append(msg.fault.sequence)
+            if msg.WhichOneof("kind") == "batch":
+                slow_got.extend(m.fault.sequence for m in msg.batch.messages)
+            else:
+                slow_got.append(msg.fault.sequence)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "resume_after=" in err.value.details()
     cursor = int(err.value.details().rsplit("resume_after=", 1)[1])
     assert slow_got and cursor == slow_got[-1] < total
