@@ -19,7 +19,10 @@ it afresh (a silent host is re-detected by liveness, a reported fault judged
 at once). A step done but not yet recorded is done again, which every step
 tolerates: an off host is "already off", forcing a host down twice is
 harmless. Each notice is recorded in the same etcd transaction that appends
-it, so it is announced exactly once. Before each external action the term is
+it, so it is announced exactly once. The incident is opened in a transaction
+before its suspicion's: one opened whose suspicion never reached the log (the
+term ended in between) is announced before anything else is done about it,
+by this leader or the next. Before each external action the term is
 checked (``durable.check()``), and every response runs under ``Term.run``.
 """
 
@@ -116,6 +119,9 @@ class Recovery:
         self._timers: dict[str, asyncio.TimerHandle] = {}  # alarm id -> its next judgement (wait, retry)
         self._failures: dict[str, int] = {}                # alarm id -> failed attempts in a row
         self._granted: set[str] = set()                    # alarm ids judged fit to fence: a budget token spent
+        # alarm ids whose suspicion is not in the log yet (its append failed, or the term ended between the
+        # incident's opening and its notice): announced before anything else is done about them
+        self._unannounced: set[str] = set()
 
     # -- state for the responder and Diagnostics -------------------------------------------------
 
@@ -133,11 +139,13 @@ class Recovery:
         self._timers.clear()
         self._failures.clear()
         self._granted.clear()
+        self._unannounced.clear()
 
     def forget(self, alarm_id: str) -> None:
         self.forget_timer(alarm_id)
         self._failures.pop(alarm_id, None)
         self._granted.discard(alarm_id)
+        self._unannounced.discard(alarm_id)
 
     # -- a new incident ----------------------------------------------------------------------------
 
@@ -153,14 +161,24 @@ class Recovery:
                       actions=tuple(sorted(rule.actions)))
         stamp(tl, Stage.STAGE_CORRELATED)
         self._deciding.add(alarm.id)  # the caller judges it next: the safety net must not judge it meanwhile
+        self._unannounced.add(alarm.id)
         try:
             r.alarms.add(alarm)  # QueryFaults sees it from now on
-            await r.durable.open_incident(alarm, rule.actions)
-            await r.publish(alarm, tl, step=Step.NOTIFY_SUSPECTED, stage=Stage.STAGE_SUSPECT_PUBLISHED)
+            await self._announce(alarm)
         except BaseException:
-            self._deciding.discard(alarm.id)  # the sweep judges it (or a new leader resumes it)
+            self._deciding.discard(alarm.id)  # the sweep judges it, announcing it first (or a new leader resumes it)
             raise
         return alarm
+
+    async def _announce(self, alarm: Alarm) -> None:
+        """Journal the incident and tell the owners of the suspicion, unless they were told (the caller holds
+        the host's lock). The opening and the notice are two transactions: an incident judged with its notice
+        missing would be fenced and announced FENCED with no SUSPECTED in the log."""
+        if alarm.id not in self._unannounced:
+            return
+        await self.r.durable.open_incident(alarm, alarm.actions)  # create-if-absent: a no-op when it is open
+        await self.r.publish(alarm, alarm.timeline, step=Step.NOTIFY_SUSPECTED, stage=Stage.STAGE_SUSPECT_PUBLISHED)
+        self._unannounced.discard(alarm.id)
 
     async def decide(self, alarm: Alarm, *, settle: bool = True) -> None:
         """Judge the suspicion against the fleet and act on the verdict. Runs as its own task: the settle
@@ -177,6 +195,7 @@ class Recovery:
                 if r.alarms.get(alarm.id) is not alarm or not alarm.withdrawable:
                     return  # withdrawn, enabled or fenced meanwhile
                 r.durable.check()
+                await self._announce(alarm)
                 await self._judge(alarm)
         except (NotLeader, asyncio.CancelledError):
             raise
@@ -250,6 +269,10 @@ class Recovery:
             # nothing was sent to the BMC: this leader judges the suspicion afresh
             if alarm.phase not in (Phase.INCIDENT_PHASE_HELD, Phase.INCIDENT_PHASE_UNFENCED):
                 alarm.phase = Phase.INCIDENT_PHASE_SUSPECTED
+                if Step.NOTIFY_SUSPECTED not in done:
+                    # opened, then the term ended before its notice was appended (a held or unfenced alarm
+                    # record was written with a notice of its own: its owners were told)
+                    self._unannounced.add(alarm.id)
             if self.guard.is_link_fault(alarm.fault.fault_type):
                 self.guard.link_lost(alarm.host, alarm.component)
             if alarm.silence or self.guard.settle_for(alarm.host, False) > 0:
@@ -258,6 +281,10 @@ class Recovery:
                 self.later(alarm, self.rejoin_s)
             else:
                 r.spawn(self.decide(alarm), f"judging {alarm.host} again after the takeover")
+            if alarm.id in self._unannounced:
+                async with r.lock(alarm.host):  # the owners hear at once, not when it is judged
+                    if r.alarms.get(alarm.id) is alarm and alarm.withdrawable:
+                        await self._announce(alarm)
             return
         async with r.lock(alarm.host):
             await self.run(alarm, incident.data.get("actions") or sorted(FENCE_ALL), done)

@@ -7,9 +7,11 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from controller_adapter.base import Bmc, Host
 from doctor_common.api import common_pb2, fault_pb2
-from doctor_common.etcd_guard import EtcdUnavailable
+from doctor_common.etcd_guard import EtcdUnavailable, NotLeader
 from doctor_common.lab.cloud import wait_for
 from inspector.ha.etcd_store import Incident
 from inspector.response.alarms import AlarmStore, alarm_from_json, alarm_to_json
@@ -63,15 +65,33 @@ class Controller:
 
 
 class Journal(NullDurable):
-    """Standalone's journal, made to fail its first write of a step when told to."""
+    """Standalone's journal, made to fail its first write of a step when told to; it keeps the incidents opened."""
 
     def __init__(self) -> None:
         self.fail_next_step = False
+        self.opened: dict[str, dict[str, Any]] = {}
+
+    async def open_incident(self, alarm: Any, actions: Any) -> None:
+        self.opened[alarm.id] = {"alarm_id": alarm.id, "host": alarm.host, "actions": sorted(actions)}
 
     async def step(self, incident_id: str, step: Any, detail: dict[str, Any]) -> None:
         if self.fail_next_step:
             self.fail_next_step = False
             raise EtcdUnavailable("etcd did not answer in time")
+
+
+class Log(MemoryLog):
+    """The log in memory, made to refuse its next append when told to (etcd past its deadline, a term lost)."""
+
+    def __init__(self) -> None:
+        super().__init__(10_000)
+        self.refuse_next: Exception | None = None
+
+    async def append(self, notification: fault_pb2.FaultNotification, *, also: Any = ()) -> int:
+        refused, self.refuse_next = self.refuse_next, None
+        if refused is not None:
+            raise refused
+        return await super().append(notification, also=also)
 
 
 class World:
@@ -81,7 +101,7 @@ class World:
         self.resources.hosts = {h: Host(h, zone=z, switch=s, bmc=Bmc(h)) for h, (z, s) in spec.items()}
         self.quiet: set[str] = set()
         self.alarms = AlarmStore()
-        self.log = MemoryLog(10_000)
+        self.log = Log()
         self.bmcs = Bmcs()
         self.journal = Journal()
         self.guard = FleetGuard(cfg, lambda: self.resources.hosts, self.view)
@@ -177,3 +197,41 @@ async def test_later_faults_of_a_handled_host_are_recorded_as_derived_and_announ
     inc = w.alarms.incident("c1")
     assert inc is not None and "correlated.compute.hypervisor.down" in inc.fault.fault_details
     assert len(w.log._entries) == before + 1 and len(w.alarms.on_host("c1")) == 1 and w.bmcs.sent == ["c1"]
+
+
+async def test_a_suspicion_journalled_but_never_announced_is_announced_by_the_next_leader() -> None:
+    """The leader journals a new incident, then loses its term before the suspicion reaches the log. The next
+    leader finishes the incident: the owners hear the suspicion first, then the power-off and the marking down,
+    each once, and the host is powered off once."""
+    spec = {f"c{i}": ("az1", "") for i in range(6)}
+    old = World(spec)
+    old.log.refuse_next = NotLeader("leadership (token 2) was lost: the leader key was deleted")
+    with pytest.raises(NotLeader):  # the suspicion's append refused: the response stops
+        await old.fault("c1", "compute.host.nic.down", "nic:eth0")
+    inc = old.alarms.incident("c1")
+    assert inc is not None and inc.id in old.journal.opened and old.log.last_sequence == 0 and old.bmcs.sent == []
+
+    new = World(spec)
+    new.alarms.replace([alarm_from_json(alarm_to_json(a), lambda _i: None, lambda _i: None) for a in old.alarms])
+    new.guard.reset()
+    new.r.causes.took_over()
+    await new.r.recovery.resume(Incident(inc.id, old.journal.opened[inc.id], ()))  # opened, no step recorded
+    await wait_for(lambda: new.phase("c1") == P.INCIDENT_PHASE_MARKED_DOWN, 5, what="the incident finished")
+    assert new.phases_logged("c1") == [P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_FENCED,
+                                       P.INCIDENT_PHASE_MARKED_DOWN]
+    assert new.bmcs.sent == ["c1"]
+
+
+async def test_a_suspicion_whose_notice_failed_is_announced_before_it_is_judged() -> None:
+    """etcd refuses the suspicion's append past its deadline while the leader keeps its term: the sweep that
+    judges the suspicion again tells the owners of it first, then fences."""
+    w = World({f"c{i}": ("az1", "") for i in range(6)})
+    w.log.refuse_next = EtcdUnavailable("etcd did not answer in time")
+    with pytest.raises(EtcdUnavailable):
+        await w.fault("c1", "compute.host.nic.down", "nic:eth0")
+    assert w.phase("c1") == P.INCIDENT_PHASE_SUSPECTED and w.log.last_sequence == 0
+    await w.r.causes.sweep()
+    await wait_for(lambda: w.phase("c1") == P.INCIDENT_PHASE_MARKED_DOWN, 5, what="judged by the sweep")
+    assert w.phases_logged("c1") == [P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_FENCED,
+                                     P.INCIDENT_PHASE_MARKED_DOWN]
+    assert w.bmcs.sent == ["c1"]
