@@ -15,14 +15,26 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVER_USER_TIMEOUT_MS = 20_000  # gRPC's own default TCP_USER_TIMEOUT for a server's connections
+
+
+def user_timeout_ms(keepalive_ms: int, ping_timeout_ms: int) -> int:
+    """The kernel's TCP_USER_TIMEOUT for a server whose keepalive pings every ``keepalive_ms`` and gives up after
+    ``ping_timeout_ms``: the keepalive ends a silent peer's connection first, and its closed socket is left to be
+    looked at (inspector/southbound/tcp_peer.py) for as long again at least."""
+    return max(SERVER_USER_TIMEOUT_MS, 2 * (keepalive_ms + ping_timeout_ms))
 
 
 def server_options(keepalive_ms: int = 1000, ping_timeout_ms: int = 1000) -> list[tuple[str, int]]:
     return [
-        # the server's own keepalive is what ends a hung or cut-off peer's transport
+        # the server's own keepalive is what ends a hung or cut-off peer's transport: its ping unanswered for
+        # ping_timeout_ms
         ("grpc.keepalive_time_ms", keepalive_ms),
-        ("grpc.keepalive_timeout_ms", ping_timeout_ms),
         ("grpc.http2.ping_timeout_ms", ping_timeout_ms),
+        # not the ping's timeout (grpcio 1.85): the socket's TCP_USER_TIMEOUT. Equal to the ping timeout, the kernel
+        # destroyed a silent peer's connection itself whenever something sent before the ping had gone unacknowledged
+        # that long first: no socket left to look at, and the silence was judged an agent's death
+        ("grpc.keepalive_timeout_ms", user_timeout_ms(keepalive_ms, ping_timeout_ms)),
         # accept the clients' pings, or they are killed for "too many pings"
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream that carries no data (rare heartbeats)

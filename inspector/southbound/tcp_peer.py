@@ -19,7 +19,9 @@ So: FIN_WAIT1 with retransmissions is *silence*, the peer's silence, judged
 like a heartbeat timeout. FIN_WAIT1 without is looked at again once a delayed
 ACK must have come (250 ms): still there, silence. ESTABLISHED (gRPC has not closed the socket yet, or the agent
 ended just its call) is looked at again too; still open at the end means the
-peer is there. Anything else is the agent's death, as before. Unix-socket
+peer is there. Anything else is the agent's death, as before. (So the kernel
+must not destroy a silent peer's connection on its own first: the server's
+TCP_USER_TIMEOUT outlasts the keepalive and these looks, ``server_options``.) Unix-socket
 agents (local) and sockets this process cannot find count as answered: no
 evidence of silence.
 
@@ -42,8 +44,8 @@ log = logging.getLogger("doctor.inspector.tcp")
 STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
           "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
 LOOKS_S = (0.05, 0.25)    # an undecided socket is looked at again after these (a delayed ACK takes ≤ 200 ms)
-COALESCE_S = 0.0          # streams ending in the same turn of the loop share one read (no wait: a silent peer's
-#                           socket may be destroyed by its own kernel within a few hundred ms)
+COALESCE_S = 0.0          # streams ending in the same turn of the loop share one read (no wait: the kernel keeps
+#                           a silent peer's socket only until its TCP_USER_TIMEOUT, doctor_common/grpcutil.py)
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 
 
