@@ -73,6 +73,9 @@ class SubscriptionBook:
         self.epoch = 0                          # bumped by clear(): streams of an older term write nothing
         self.local_only = False                 # a replica that does not lead: records in memory, not in the store
         self._live: dict[str, Subscriber] = {}  # id -> the stream currently serving it
+        # ids of records whose consumer left, oldest first: pruning looks only at the front (10,000 consumers
+        # leaving cost 10,000 steps, not 10,000²)
+        self._detached: dict[str, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
@@ -89,6 +92,7 @@ class SubscriptionBook:
             records[rid] = rec
         if epoch == self.epoch:
             self.records = records
+            self._detached = dict.fromkeys(sorted(records, key=lambda rid: records[rid].detached_unix))
             await self._prune(now)
 
     def follow_all(self, records: dict[str, dict[str, Any]]) -> None:
@@ -114,6 +118,7 @@ class SubscriptionBook:
         self.epoch += 1
         self.records.clear()
         self._live.clear()
+        self._detached.clear()
 
     def resumable(self, sub_id: str, principal: Principal) -> SubscriptionRecord | None:
         """The known subscription ``sub_id`` if it belongs to ``principal`` (anything else: a new one)."""
@@ -133,6 +138,7 @@ class SubscriptionBook:
         if epoch == self.epoch:
             self.records[sub.id] = rec
             self._live[sub.id] = sub
+            self._detached.pop(sub.id, None)
 
     def detach(self, sub: Subscriber) -> None:
         """The stream of ``sub`` ended: remember how far it got (written in the background)."""
@@ -142,6 +148,8 @@ class SubscriptionBook:
         del self._live[sub.id]
         rec.connected, rec.detached_unix = False, time.time()
         rec.last_delivered = max(rec.last_delivered, sub.last_delivered)
+        self._detached.pop(sub.id, None)
+        self._detached[sub.id] = None  # the newest to leave
         if self.store is not None and not self.local_only:
             self._background(self.store.put(sub.id, rec.to_json()), f"detach of subscription {sub.id}")
         self._background(self._prune(time.time()), "pruning subscriptions")
@@ -150,12 +158,22 @@ class SubscriptionBook:
         return [r for r in self.records.values() if r.id not in self._live]
 
     async def _prune(self, now: float) -> None:
-        for rec in [r for r in self.records.values() if not r.connected and now - r.detached_unix > self.expiry_s]:
+        """Forget the records whose consumer stayed away longer than ``expiry_s`` (the oldest leavers first)."""
+        expired = []
+        for rid in self._detached:
+            rec = self.records.get(rid)
+            if rec is not None and (rec.connected or now - rec.detached_unix <= self.expiry_s):
+                break
+            expired.append(rid)
+        for rid in expired:
+            self._detached.pop(rid, None)
+            gone = self.records.pop(rid, None)
+            if gone is None:
+                continue
             if self.store is not None and not self.local_only:
-                await self.store.delete(rec.id)
-            self.records.pop(rec.id, None)
-            log.info("subscription %s (%s) expired: its consumer stayed away %.0fs", rec.id, rec.name,
-                     now - rec.detached_unix)
+                await self.store.delete(rid)
+            log.info("subscription %s (%s) expired: its consumer stayed away %.0fs", rid, gone.name,
+                     now - gone.detached_unix)
 
     def _background(self, coro: Any, what: str) -> None:
         task = asyncio.ensure_future(coro)
