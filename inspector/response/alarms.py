@@ -135,7 +135,12 @@ class AlarmStore:
 
     def incident(self, host: str) -> Alarm | None:
         """The host's active fencing incident, if any."""
-        return next((a for a in self._by_host.get(host, {}).values() if a.fences), None)
+        on_host = self._by_host.get(host)
+        if on_host:  # most hosts have none: the fleet guard asks this of every host at each count
+            for a in on_host.values():
+                if a.fences:
+                    return a
+        return None
 
     def raised_by(self, host: str, component: str) -> Alarm | None:
         """The alarm a component of the host raised, fencing incident or not."""
