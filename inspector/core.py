@@ -61,7 +61,7 @@ from inspector.southbound.gateway import AgentGatewayServicer
 from inspector.southbound.http_events import HttpEvents
 from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
-from inspector.southbound.messages import FAULTY
+from inspector.southbound.messages import FAULTY, trigger_from_state
 from inspector.southbound.tcp_peer import PeerSilence
 from inspector.tls import ServerCertificates, server_listeners
 from notifier.credentials import watch_keystone_streams
@@ -611,12 +611,14 @@ class Inspector:
 
     # -- from the agents -----------------------------------------------------------------------
 
-    def _on_state(self, rec: HostRecord, state: agent_pb2.ComponentState, trigger: Trigger) -> None:
+    def _on_state(self, rec: HostRecord, state: agent_pb2.ComponentState, observed_ns: int, sent_ns: int,
+                  received_ns: int) -> None:
         if not self.acting:
             return
         key = (rec.host_id, state.component)
         if state.status in FAULTY and state.fault_type:
             self._faults_responded.add(key)
+            trigger = trigger_from_state(rec.host_id, state, observed_ns, sent_ns, received_ns)
             self._act(self.responder.fault(trigger), f"response to {trigger.fault_type} on {rec.host_id}")
         elif state.status == agent_pb2.COMPONENT_STATUS_OK and (
                 key in self._faults_responded or self.alarms.raised_by(*key) is not None):

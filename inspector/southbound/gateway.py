@@ -32,7 +32,7 @@ from doctor_common.timeline import now_ns
 from inspector.response.trigger import Trigger
 from inspector.southbound.json_events import parse_json_events
 from inspector.southbound.liveness import HostRecord, Liveness
-from inspector.southbound.messages import BadMessage, check_health, check_hello, check_state, trigger_from_state
+from inspector.southbound.messages import BadMessage, check_health, check_hello, check_state
 
 log = logging.getLogger("doctor.inspector.gateway")
 
@@ -89,7 +89,7 @@ class Standalone:
 
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, auth: TokenAuth, liveness: Liveness, known_host: Callable[[str], Any],
-                 on_state: Callable[[HostRecord, agent_pb2.ComponentState, Trigger], None],
+                 on_state: Callable[[HostRecord, agent_pb2.ComponentState, int, int, int], None],
                  heartbeat_interval_ms: int, gate: LeaderGate | None = None,
                  is_switch: Callable[[str], bool] = lambda _name: False,
                  on_switch: Callable[[str, agent_pb2.ComponentState], None] = lambda _name, _state: None,
@@ -98,7 +98,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self.admission = admission  # Hellos reconciled at once (a reconnect storm converges, doctor_common/admission)
         self.liveness = liveness
         self.known_host = known_host  # coroutine: raises NotFound for an unknown host
-        self.on_state = on_state      # called for every component transition, schedules the response
+        # called for every component reading (observed, sent, received ns), schedules the response; it builds a
+        # Trigger only for what it responds to: most readings are a healthy component's, and need none
+        self.on_state = on_state
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.gate = gate or Standalone()
         self.is_switch = is_switch    # a monitor's JSON event may be about a switch, a physical resource too
@@ -221,7 +223,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                                         status=agent_pb2.COMPONENT_STATUS_OK, severity=common_pb2.SEVERITY_CLEARED)
         log.warning("host %s restarted (boot id %s)", rec.host_id, rec.host_boot_id)
         for state in (fault, back):
-            self.on_state(rec, state, trigger_from_state(rec.host_id, state, received, 0, received))
+            self.on_state(rec, state, received, 0, received)
 
     def _reconcile(self, rec: HostRecord, hello: agent_pb2.Hello) -> None:
         """Level-triggered: treat every component in the Hello as if it had just changed to what it is."""
@@ -231,7 +233,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             if previous is not None and previous.status == c.status and previous.fault_type == c.fault_type:
                 continue
             rec.components[c.component] = c
-            self.on_state(rec, c, trigger_from_state(rec.host_id, c, c.since_unix_nanos or received, 0, received))
+            self.on_state(rec, c, c.since_unix_nanos or received, 0, received)
 
     def _events(self, rec: HostRecord, batch: agent_pb2.EventBatch) -> int:
         if len(batch.events) > MAX_BATCH:
@@ -246,8 +248,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 continue  # a resend of something already processed
             rec.last_sequence = e.sequence
             rec.components[e.state.component] = e.state
-            self.on_state(rec, e.state, trigger_from_state(rec.host_id, e.state, e.observed_unix_nanos,
-                                                           e.sent_unix_nanos, received))
+            self.on_state(rec, e.state, e.observed_unix_nanos, e.sent_unix_nanos, received)
             if e.state.details.get("gone") == "true":  # the component no longer exists (a VM deleted)
                 del rec.components[e.state.component]
         return acked
@@ -303,5 +304,5 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 continue
             rec = self.liveness.record(host)
             rec.components[state.component] = state
-            self.on_state(rec, state, trigger_from_state(host, state, observed, 0, received))
+            self.on_state(rec, state, observed, 0, received)
         return len(events)

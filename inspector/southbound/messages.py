@@ -12,6 +12,9 @@ from doctor_common.api import agent_pb2, common_pb2
 from inspector.response.trigger import Trigger
 
 FAULTY = (agent_pb2.COMPONENT_STATUS_FAULT, agent_pb2.COMPONENT_STATUS_WARNING, agent_pb2.COMPONENT_STATUS_UNKNOWN)
+# looked up once: an enum's values() builds a new list per call, and every event is checked against them
+_STATUSES = frozenset(agent_pb2.ComponentStatus.values()) - {agent_pb2.COMPONENT_STATUS_UNSPECIFIED}
+_SEVERITIES = frozenset(common_pb2.Severity.values())
 
 
 class BadMessage(ValueError):
@@ -21,15 +24,17 @@ class BadMessage(ValueError):
 def check_state(s: agent_pb2.ComponentState, where: str) -> None:
     if not s.component or len(s.component) > MAX_ID:
         raise BadMessage(f"{where}.component must be 1-{MAX_ID} characters")
-    if s.status not in agent_pb2.ComponentStatus.values() or s.status == agent_pb2.COMPONENT_STATUS_UNSPECIFIED:
+    if s.status not in _STATUSES:
         raise BadMessage(f"{where}.status {s.status} is not a ComponentStatus")
-    if s.severity not in common_pb2.Severity.values():
+    if s.severity not in _SEVERITIES:
         raise BadMessage(f"{where}.severity {s.severity} is not a Severity")
     if s.status in FAULTY and not s.fault_type:
         raise BadMessage(f"{where}.fault_type is required when the status is not OK")
     if len(s.fault_type) > MAX_ID or len(s.description) > MAX_TEXT or len(s.checker) > MAX_ID:
         raise BadMessage(f"{where}: fault_type/checker over {MAX_ID} or description over {MAX_TEXT} characters")
-    if len(s.details) > MAX_DETAILS or any(len(k) > MAX_ID or len(v) > MAX_TEXT for k, v in s.details.items()):
+    details = s.details
+    if details and (len(details) > MAX_DETAILS or any(len(k) > MAX_ID or len(v) > MAX_TEXT
+                                                      for k, v in details.items())):
         raise BadMessage(f"{where}.details: at most {MAX_DETAILS} entries of {MAX_ID}/{MAX_TEXT} characters")
 
 

@@ -25,6 +25,7 @@ from inspector.response.trigger import Trigger
 from inspector.southbound.gateway import AgentGatewayServicer
 from inspector.southbound.http_events import HttpEvents, HttpEventsConfig
 from inspector.southbound.liveness import HostRecord, Liveness
+from inspector.southbound.messages import trigger_from_state
 
 HOSTS = ("compute-1", "compute-2")
 AGENT = {"compute-1": "token-c1", "compute-2": "token-c2"}
@@ -76,8 +77,8 @@ async def make_listener(**cfg: Any) -> tuple[Listener, HttpEvents]:
         if host not in HOSTS:
             raise NotFound(host)
 
-    def on_state(_rec: HostRecord, _state: agent_pb2.ComponentState, trigger: Trigger) -> None:
-        taken.append(trigger)
+    def on_state(rec: HostRecord, state: agent_pb2.ComponentState, observed: int, sent: int, received: int) -> None:
+        taken.append(trigger_from_state(rec.host_id, state, observed, sent, received))
 
     gateway = AgentGatewayServicer(auth, Liveness(1.0, lambda *_: asyncio.sleep(0)), known, on_state, 500, gate)
     server = HttpEvents(HttpEventsConfig(host="127.0.0.1", port=0, **cfg), gateway, auth)
