@@ -47,6 +47,14 @@ LOOKS_S = (0.05, 0.25)    # an undecided socket is looked at again after these (
 COALESCE_S = 0.0          # streams ending in the same turn of the loop share one read (no wait: the kernel keeps
 #                           a silent peer's socket only until its TCP_USER_TIMEOUT, doctor_common/grpcutil.py)
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+MIN_PING_TIMEOUT_MS = 200  # a live agent's loop (grpclib answers pings in Python) may answer a ping this late
+
+
+def ping_timeout_ms(keepalive_ms: int, timeout_ms: int) -> int:
+    """How long the transport's keepalive ping may go unanswered: what the liveness timeout leaves after one
+    keepalive interval, so a peer silent since just after a ping is found within the timeout (plus the looks at
+    its socket). A ping that times out on a live host costs no fence: its kernel answers, an agent death."""
+    return max(MIN_PING_TIMEOUT_MS, timeout_ms - keepalive_ms)
 
 
 def proc_keys(peer: str) -> tuple[str, ...]:
@@ -78,7 +86,8 @@ def _v6(addr: ipaddress.IPv6Address, port: int) -> str:
     return "".join(f"{w:08X}" for w in struct.unpack("=4I", addr.packed)) + f":{port:04X}"
 
 
-Entry = tuple[str, int, int]  # (state, bytes not acknowledged, retransmissions)
+Entry = tuple[str, int, int, int]  # (state, bytes not acknowledged, retransmissions, the timer running)
+ZERO_WINDOW_PROBE = 4  # /proc/net/tcp's "tr": the peer's kernel answers, with a full receive window
 
 
 def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, Entry]:
@@ -96,7 +105,8 @@ def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, .
                         continue
                     if int(fields[1].rsplit(":", 1)[1], 16) in local_ports:
                         tx = int(fields[4].split(":", 1)[0], 16)
-                        out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16))
+                        timer = int(fields[5].split(":", 1)[0], 16)
+                        out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer)
         except OSError:
             continue
     return out
@@ -106,7 +116,11 @@ def judge(entry: Entry | None) -> bool | None:
     """True: the peer is silent; False: its kernel answered; None: look again."""
     if entry is None:
         return False
-    state, unacknowledged, retransmissions = entry
+    state, unacknowledged, retransmissions, timer = entry
+    if state == "FIN_WAIT1" and timer == ZERO_WINDOW_PROBE:
+        # our FIN waits behind data the peer has no room for: its kernel answers our probes (a live host whose
+        # agent stopped reading, frozen or wedged) — an agent's death, never silence
+        return False
     if state == "FIN_WAIT1":
         # retransmitted: unanswered for a retransmission timeout already. Unacknowledged bytes alone are not
         # enough: a live peer may hold its ACK for a delayed-ACK time (up to 200 ms) — look again
