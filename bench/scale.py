@@ -299,11 +299,11 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
     finally:
         if probe is not None:
             probe.kill()
-            probe.wait()
+            await asyncio.to_thread(probe.wait)
         ended = 0
-        for g in gens:
+        for g in gens:  # waited for in threads: the inspector's loop (this one) keeps running meanwhile
             try:  # closing its stdin ends it: its last line says how many of its streams were lost
-                text, _ = g.communicate(timeout=30)
+                text, _ = await asyncio.to_thread(g.communicate, None, 30)
                 lines = [x for x in text.splitlines() if x.startswith("{")]
                 ended += json.loads(lines[-1]).get("ended", 0) if lines else 0
             except (subprocess.TimeoutExpired, ValueError):

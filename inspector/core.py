@@ -62,7 +62,7 @@ from inspector.southbound.http_events import HttpEvents
 from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY, trigger_from_state
-from inspector.southbound.tcp_peer import PeerSilence, ping_timeout_ms
+from inspector.southbound.tcp_peer import PeerSilence
 from inspector.tls import ServerCertificates, server_listeners
 from notifier.credentials import watch_keystone_streams
 from notifier.log import MemoryLog, NotificationLog
@@ -367,10 +367,12 @@ class Inspector:
             # would be forgotten by the restore (and its host, expected but never heard, declared unreachable)
             restored = await self._restore()
             sessions = await self.maintenance.restore()
-        # the keepalive finds a silent peer without Python per ping; the kernel's TCP state of the closed connection
-        # tells silence from an agent's death (southbound/tcp_peer.py)
-        keepalive = server_options(keepalive_ms=self.cfg.keepalive_ms, ping_timeout_ms=ping_timeout_ms(
-            self.cfg.keepalive_ms, int(1000 * self.cfg.liveness_timeout_s)))
+        # the keepalive finds a silent peer (a ping unanswered for the liveness timeout) without Python per ping; the
+        # kernel's TCP state of the closed connection tells silence from an agent's death (southbound/tcp_peer.py).
+        # A shorter ping timeout finds silence sooner, but peers slow to answer (measured: agents starved of CPU)
+        # are then cut off in masses and reconnect in a storm
+        keepalive = server_options(keepalive_ms=self.cfg.keepalive_ms,
+                                   ping_timeout_ms=int(1000 * self.cfg.liveness_timeout_s))
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
         gateway = AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,

@@ -226,6 +226,9 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
 
     async def _deliver(self, context: grpc.aio.ServicerContext, sub: Subscriber, items: Sequence[Delivery]) -> None:
         """One stream message: the delivery alone, or a batch of several."""
+        if sub.ended_by:  # ended while this handler awaited the log or a write: the cursor stays at what was sent
+            self.registry.remove(sub)
+            await self._cut_off(context, sub)
         # counted before the write: a write interrupted by a cut-off is already in the transport and reaches the
         # client ahead of the status, so the cursor the status names includes it
         sub.last_delivered = items[-1].sequence

@@ -162,14 +162,15 @@ class SubscriptionBook:
         expired = []
         for rid in self._detached:
             rec = self.records.get(rid)
-            if rec is not None and (rec.connected or now - rec.detached_unix <= self.expiry_s):
+            if rec is not None and not rec.connected and now - rec.detached_unix <= self.expiry_s:
                 break
-            expired.append(rid)
+            expired.append(rid)  # expired, gone, or connected again (a stale place in the order: dropped)
         for rid in expired:
             self._detached.pop(rid, None)
-            gone = self.records.pop(rid, None)
-            if gone is None:
-                continue
+            rec = self.records.get(rid)
+            if rec is None or rec.connected or rid in self._live:
+                continue  # back meanwhile (this loop awaits the store): its record is live
+            gone = self.records.pop(rid)
             if self.store is not None and not self.local_only:
                 await self.store.delete(rid)
             log.info("subscription %s (%s) expired: its consumer stayed away %.0fs", rid, gone.name,

@@ -29,7 +29,6 @@ from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.auth import AgentIdentity, TokenAuth
 from doctor_common.grpcutil import Undecodable
 from doctor_common.timeline import now_ns
-from inspector.response.trigger import Trigger
 from inspector.southbound.json_events import parse_json_events
 from inspector.southbound.liveness import HostRecord, Liveness
 from inspector.southbound.messages import BadMessage, check_health, check_hello, check_state

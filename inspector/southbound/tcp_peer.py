@@ -44,17 +44,10 @@ log = logging.getLogger("doctor.inspector.tcp")
 STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
           "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
 LOOKS_S = (0.05, 0.25)    # an undecided socket is looked at again after these (a delayed ACK takes ≤ 200 ms)
+PROBE_LOOKS_S = (0.5, 1.0)  # and, behind a full window, after these: window probes back off from 200 ms
 COALESCE_S = 0.0          # streams ending in the same turn of the loop share one read (no wait: the kernel keeps
 #                           a silent peer's socket only until its TCP_USER_TIMEOUT, doctor_common/grpcutil.py)
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
-MIN_PING_TIMEOUT_MS = 200  # a live agent's loop (grpclib answers pings in Python) may answer a ping this late
-
-
-def ping_timeout_ms(keepalive_ms: int, timeout_ms: int) -> int:
-    """How long the transport's keepalive ping may go unanswered: what the liveness timeout leaves after one
-    keepalive interval, so a peer silent since just after a ping is found within the timeout (plus the looks at
-    its socket). A ping that times out on a live host costs no fence: its kernel answers, an agent death."""
-    return max(MIN_PING_TIMEOUT_MS, timeout_ms - keepalive_ms)
 
 
 def proc_keys(peer: str) -> tuple[str, ...]:
@@ -86,8 +79,8 @@ def _v6(addr: ipaddress.IPv6Address, port: int) -> str:
     return "".join(f"{w:08X}" for w in struct.unpack("=4I", addr.packed)) + f":{port:04X}"
 
 
-Entry = tuple[str, int, int, int]  # (state, bytes not acknowledged, retransmissions, the timer running)
-ZERO_WINDOW_PROBE = 4  # /proc/net/tcp's "tr": the peer's kernel answers, with a full receive window
+Entry = tuple[str, int, int, int, int]  # (state, bytes not acknowledged, retransmissions, timer, probes unanswered)
+ZERO_WINDOW_PROBE = 4  # /proc/net/tcp's "tr": the peer's receive window was full, its window is being probed
 
 
 def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, Entry]:
@@ -100,13 +93,14 @@ def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, .
             with open(table) as f:
                 next(f, None)  # the header
                 for line in f:
-                    fields = line.split(None, 7)
-                    if len(fields) < 7 or fields[2] not in wanted:
+                    fields = line.split(None, 9)
+                    if len(fields) < 9 or fields[2] not in wanted:
                         continue
                     if int(fields[1].rsplit(":", 1)[1], 16) in local_ports:
                         tx = int(fields[4].split(":", 1)[0], 16)
                         timer = int(fields[5].split(":", 1)[0], 16)
-                        out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer)
+                        out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer,
+                                          int(fields[8]))  # icsk_probes_out, zeroed by any answer
         except OSError:
             continue
     return out
@@ -116,11 +110,11 @@ def judge(entry: Entry | None) -> bool | None:
     """True: the peer is silent; False: its kernel answered; None: look again."""
     if entry is None:
         return False
-    state, unacknowledged, retransmissions, timer = entry
+    state, unacknowledged, retransmissions, timer, probes = entry
     if state == "FIN_WAIT1" and timer == ZERO_WINDOW_PROBE:
-        # our FIN waits behind data the peer has no room for: its kernel answers our probes (a live host whose
-        # agent stopped reading, frozen or wedged) — an agent's death, never silence
-        return False
+        # our FIN waits behind data the peer had no room for (its agent stopped reading: frozen or wedged). A
+        # live host's kernel answers each window probe (the count drops to 0); two unanswered: silent
+        return True if probes >= 2 else None
     if state == "FIN_WAIT1":
         # retransmitted: unanswered for a retransmission timeout already. Unacknowledged bytes alone are not
         # enough: a live peer may hold its ACK for a delayed-ACK time (up to 200 ms) — look again
@@ -128,6 +122,10 @@ def judge(entry: Entry | None) -> bool | None:
     if state == "ESTABLISHED":
         return None  # gRPC has not closed it yet, or the agent ended just its call: the last look tells
     return False
+
+
+def _behind_full_window(entry: Entry | None) -> bool:
+    return entry is not None and entry[0] == "FIN_WAIT1" and entry[3] == ZERO_WINDOW_PROBE
 
 
 class PeerSilence:
@@ -143,14 +141,18 @@ class PeerSilence:
         if not keys:
             return False
         entry = await self._state(keys)
-        for delay in LOOKS_S:  # bounded: a verdict, or the last look decides
-            verdict = judge(entry)
-            if verdict is not None:
-                break
-            await asyncio.sleep(delay)
+        looks, probing = list(LOOKS_S), False
+        verdict = judge(entry)
+        while verdict is None and looks:  # bounded: a verdict, or the last look decides
+            await asyncio.sleep(looks.pop(0))
             entry = await self._state(keys)
-        else:
-            verdict = entry is not None and entry[0] == "FIN_WAIT1"  # our FIN unanswered beyond a delayed ACK
+            verdict = judge(entry)
+            if verdict is None and not looks and not probing and _behind_full_window(entry):
+                looks, probing = list(PROBE_LOOKS_S), True  # probes back off: give them time to go unanswered
+        if verdict is None:
+            # our FIN unanswered beyond a delayed ACK; behind a full window, no second probe went unanswered:
+            # the peer's kernel answered recently (the safe side: an agent's death is never fenced)
+            verdict = entry is not None and entry[0] == "FIN_WAIT1" and not _behind_full_window(entry)
         log.info("the connection of %s ended %s (%s)", peer, "unanswered: its peer is silent" if verdict
                  else "answered: its peer's kernel spoke", entry)
         return verdict
