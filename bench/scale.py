@@ -19,7 +19,7 @@ notification path from the log append to the consumer's socket.
 
 * idle: ``--subscribers`` subscribers of 100 other projects, one owner in its
   own process; 30 notifications for the owner, 50 ms apart. ``owner_p99_ms``
-  is publish → the owner holds it; ``idle_kb_per_subscriber`` the inspector's
+  is publish → the owner holds it; ``idle_inspector_cpu_pct`` the inspector's CPU meanwhile; ``idle_kb_per_subscriber`` the inspector's
   RSS growth per idle subscriber; ``kb_kept_after_leaving`` what is still held
   per subscriber once they all left (after a GC and malloc_trim).
 * matching: ``--subscribers`` subscribers that all see every notification
@@ -432,7 +432,7 @@ async def run(subscribers: int, procs: int, metrics: bool = False) -> dict[str, 
         report = json.loads(await owner.line(60))
         elapsed = time.monotonic() - t0
         cpu1 = me.cpu_times()
-        out["inspector_cpu_pct"] = round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / elapsed, 1)
+        out["idle_inspector_cpu_pct"] = round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / elapsed, 1)
         lat = report["latencies"]
         out["owner_p50_ms"] = round(statistics.median(lat), 2)
         out["owner_p99_ms"] = round(percentile(lat, 99), 2)
@@ -549,7 +549,7 @@ async def main() -> None:
     subscribers = args.subscribers or (2000 if args.quick else 10_000)
     r = await run(subscribers, args.procs, args.metrics)
     print(f"{r['subscribers']} idle subscribers: owner's copy p50 {r['owner_p50_ms']} ms, p99 {r['owner_p99_ms']} ms; "
-          f"inspector {r['inspector_cpu_pct']} % of a core; {r['idle_kb_per_subscriber']} KB each, "
+          f"inspector {r['idle_inspector_cpu_pct']} % of a core; {r['idle_kb_per_subscriber']} KB each, "
           f"{r['kb_kept_after_leaving']} KB each kept after they left")
     for suffix, how in (("", f"accepting batches of {MAX_BATCH}"), ("_unbatched", "one notification per message")):
         print(f"{r['subscribers']} matching subscribers, {how}: {r['deliveries_per_s' + suffix]} deliveries/s "
