@@ -6,8 +6,8 @@
 - ``ClientTls``: what a client dials with (``ca_file``, optional ``cert_file``/``key_file`` for mutual TLS,
   ``server_name``). ``ssl_context()`` serves grpclib (the agent), ``grpc_tls.channel_credentials()`` grpcio (DoctorClient,
   the replicas' probes); both read the files again when they changed, so a new connection uses renewed ones.
-- (``grpc_tls.peer_dns_names``): the DNS names of the caller's client certificate, verified by the server against its
-  client CA (docs/tls.md: an agent's certificate names its host as a DNS subjectAltName).
+- grpcio's side (channels, and ``peer_dns_names``: the DNS names of the caller's client certificate, verified by
+  the server against its client CA; docs/tls.md) is in ``doctor_common/grpc_tls.py``.
 """
 
 from __future__ import annotations

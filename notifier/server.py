@@ -226,22 +226,21 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
 
     async def _deliver(self, context: grpc.aio.ServicerContext, sub: Subscriber, items: Sequence[Delivery]) -> None:
         """One stream message: the delivery alone, or a batch of several."""
-        if sub.ended_by:  # ended while this handler awaited the log or a write: the cursor stays at what was sent
-            self.registry.remove(sub)
-            await self._cut_off(context, sub)
-        # counted before the write: a write interrupted by a cut-off is already in the transport and reaches the
-        # client ahead of the status, so the cursor the status names includes it
-        sub.last_delivered = items[-1].sequence
-        await self._write(context, sub, items[0].data if len(items) == 1 else batch(items))
+        await self._write(context, sub, items[0].data if len(items) == 1 else batch(items), items[-1].sequence)
         sub.delivered += len(items)
 
     async def _write(self, context: grpc.aio.ServicerContext, sub: Subscriber,
-                     msg: bytes | fault_pb2.SubscribeStreamMessage) -> None:
-        """Write (bytes as they are). A client that stops reading blocks the write; the subscriber's ``end``
-        (its queue overflowed, the replica stopped leading, a newer stream took it over) interrupts it."""
+                     msg: bytes | fault_pb2.SubscribeStreamMessage, through: int = 0) -> None:
+        """Write (bytes as they are); ``through``: the last notice it carries. A client that stops reading blocks
+        the write; the subscriber's ``end`` (its queue overflowed, the replica stopped leading, a newer stream took
+        it over) interrupts it."""
         if sub.ended_by:  # ended while this handler awaited something else (the book, the state, the log)
             self.registry.remove(sub)
-            await self._cut_off(context, sub)
+            await self._cut_off(context, sub)  # the cursor it names stays at what was sent
+        if through:
+            # counted before the write: a write interrupted by a cut-off is already in the transport and reaches
+            # the client ahead of the status, so the cursor the status names includes it
+            sub.last_delivered = through
         sub.writing = True
         try:
             await context.write(msg)

@@ -19,7 +19,9 @@ So: FIN_WAIT1 with retransmissions is *silence*, the peer's silence, judged
 like a heartbeat timeout. FIN_WAIT1 without is looked at again once a delayed
 ACK must have come (250 ms): still there, silence. ESTABLISHED (gRPC has not closed the socket yet, or the agent
 ended just its call) is looked at again too; still open at the end means the
-peer is there. Anything else is the agent's death, as before. (So the kernel
+peer is there. FIN_WAIT1 behind a full receive window (the agent stopped
+reading) is judged by the window probes instead: answered, the agent's death;
+two unanswered, silence. Anything else is the agent's death, as before. (So the kernel
 must not destroy a silent peer's connection on its own first: the server's
 TCP_USER_TIMEOUT outlasts the keepalive and these looks, ``server_options``.) Unix-socket
 agents (local) and sockets this process cannot find count as answered: no

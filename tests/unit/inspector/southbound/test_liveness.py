@@ -172,10 +172,11 @@ async def test_a_silent_verdict_reached_while_the_inspector_is_behind_is_not_tru
 
     async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
         changes.append(new)
-    lv = Liveness(1.0, on_change, heartbeat_s=3.0, peer_silent=peer_silent)
-    lv.lag.behind = lambda now=None: True  # type: ignore[method-assign]
+    lv = Liveness(1.0, on_change, Lag(bound_s=0.05, hold_s=5.0), heartbeat_s=3.0, peer_silent=peer_silent)
     rec, s = lv.record("h"), object()
     await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
+    lv.lag.check()
+    time.sleep(0.2)  # the inspector's loop stalls (the behaviour under test, not a wait): 4× the lag bound
     await lv.detach(rec, s)
     await asyncio.gather(*lv._judging)
     assert rec.liveness == UP and changes == [UP]
