@@ -172,49 +172,18 @@ async def ingest(endpoint: str, first: int, streams: int, seconds: float, batch:
 
 
 async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> None:
-    """``count`` simulated agents, each on a TCP connection of its own (gRPC's core answers the inspector's
-    keepalive pings, as grpclib's loop does in a real agent): Hello, then a heartbeat every ``heartbeat_ms``. At EOF
-    on stdin, prints how many streams ended after all had connected once (JSON)."""
-    import random
+    """``count`` simulated agents (bench/sim_agents.py: one TCP connection each, HTTP/2 by hand, every PING
+    answered): Hello, then a heartbeat every ``heartbeat_ms``. At EOF on stdin, prints how many streams ended after
+    all had connected once (JSON)."""
+    from bench.sim_agents import Fleet
 
-    import grpc
-
-    from doctor_common.api import agent_pb2, agent_pb2_grpc
-
-    ended = [0]
-    connected = [0]
-
-    async def agent(i: int) -> None:
-        host = f"sim-{first + i}"
-        async with grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1),
-                                                                ("grpc.keepalive_permit_without_calls", 1)]) as ch:
-            while True:  # reconnects, as an agent does: a refusal ("busy": admission) is retried with backoff
-                call = agent_pb2_grpc.AgentGatewayStub(ch).Connect()
-                try:
-                    await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
-                        host_id=host, boot_id=f"b{first + i}", agent_version="bench")))
-                    msg = await call.read()
-                    if msg is grpc.aio.EOF:
-                        raise ConnectionError("ended at hello")
-                    connected[0] += 1
-                    await asyncio.sleep(random.uniform(0, heartbeat_ms / 1000))  # heartbeats spread over the interval
-                    while True:
-                        await call.write(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(
-                            sent_unix_nanos=time.time_ns())))
-                        await asyncio.sleep(heartbeat_ms / 1000)
-                except (grpc.aio.AioRpcError, ConnectionError, grpc.aio.UsageError):
-                    if connected[0] >= count:
-                        ended[0] += 1  # a stream lost after everyone was in: the inspector dropped it
-                    await asyncio.sleep(random.uniform(0.05, 0.5))
-                finally:
-                    call.cancel()
-
-    tasks = [asyncio.create_task(agent(i)) for i in range(count)]
+    host, port = endpoint.rsplit(":", 1)
+    fleet = Fleet(host, int(port), first, count, heartbeat_ms)
+    held = asyncio.create_task(fleet.hold())
     await asyncio.to_thread(sys.stdin.read)
-    print(json.dumps({"ended": ended[0]}), flush=True)
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps({"ended": fleet.lost}), flush=True)
+    held.cancel()
+    await asyncio.gather(held, return_exceptions=True)
 
 
 async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300,

@@ -1,0 +1,153 @@
+"""Simulated agents for bench/scale.py: thousands of ``AgentGateway.Connect`` streams from one process.
+
+A gRPC channel per simulated agent (grpc.aio) costs the generator more than the inspector it measures: at 10,000
+the generators could not hold their own connections on this 2-core machine. Each agent here is one asyncio
+protocol speaking just enough HTTP/2 by hand: the preface and settings, one request (header block encoded once by
+hpack, valid on any fresh connection), a Hello, a heartbeat every ``heartbeat_ms``, and an answer to every PING
+and SETTINGS the server sends. What the inspector sees is what a real agent sends: one TCP connection, one
+stream, the same frames. Responses are not parsed beyond "a message arrived" and "the stream ended".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import time
+import hpack
+
+from doctor_common.api import agent_pb2
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
+END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+WINDOW = 1 << 24  # what we let the server send before a WINDOW_UPDATE: more than a bench run receives
+STREAM = 1
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
+
+
+def grpc_message(msg: agent_pb2.AgentMessage) -> bytes:
+    body = msg.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(body)) + body
+
+
+def opening(authority: str) -> bytes:
+    """Preface, settings (no push, a large stream window), a connection window to match, the request's headers."""
+    settings = struct.pack(">HI", 0x2, 0) + struct.pack(">HI", 0x4, WINDOW)
+    headers = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"),
+                                      (":path", "/doctor.v1.AgentGateway/Connect"), (":authority", authority),
+                                      ("content-type", "application/grpc"), ("te", "trailers"),
+                                      ("user-agent", "doctor-bench-sim")])
+    return (PREFACE + frame(SETTINGS, 0, 0, settings) + frame(0x8, 0, 0, struct.pack(">I", WINDOW - 65535))
+            + frame(HEADERS, END_HEADERS, STREAM, headers))
+
+
+class SimAgent(asyncio.Protocol):
+    """One connection, one Connect stream. ``answered`` is set at the server's first message (the Hello was
+    taken); ``ended`` when the stream or the connection ends for any reason."""
+
+    def __init__(self, hello: bytes, opening: bytes) -> None:
+        self.hello, self.opening = hello, opening
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.answered = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.pings = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.opening + frame(DATA, 0, STREAM, self.hello))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        at, n = 0, len(buf)
+        while n - at >= 9:
+            length = int.from_bytes(buf[at:at + 3], "big")
+            if n - at - 9 < length:
+                break
+            kind, flags = buf[at + 3], buf[at + 4]
+            if kind == PING and not flags & ACK:
+                self.pings += 1
+                assert self.transport is not None
+                self.transport.write(frame(PING, ACK, 0, bytes(buf[at + 9:at + 17])))
+            elif kind == SETTINGS and not flags & ACK:
+                assert self.transport is not None
+                self.transport.write(frame(SETTINGS, ACK, 0, b""))
+            elif kind == DATA and length:
+                self.answered.set()
+                if flags & END_STREAM:
+                    self._end()
+            elif kind == HEADERS and flags & END_STREAM or kind in (RST_STREAM, GOAWAY):
+                self._end()
+            at += 9 + length
+        del buf[:at]
+
+    def heartbeat(self) -> None:
+        if self.transport is not None and not self.ended.is_set():
+            beat = grpc_message(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(sent_unix_nanos=time.time_ns())))
+            self.transport.write(frame(DATA, 0, STREAM, beat))
+
+    def _end(self) -> None:
+        self.ended.set()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended.set()
+
+
+class Fleet:
+    """``count`` simulated agents ``sim-<first>…``, each reconnecting with backoff as an agent does (admission
+    refuses some during the storm). ``lost`` counts the streams that ended after every agent had been in once: the
+    inspector dropped them."""
+
+    def __init__(self, host: str, port: int, first: int, count: int, heartbeat_ms: int) -> None:
+        self.host, self.port, self.first, self.count = host, port, first, count
+        self.heartbeat_s = heartbeat_ms / 1000
+        self.connected = 0  # Hellos answered, reconnects included
+        self.lost = 0
+        self.pings = 0
+
+    async def hold(self) -> None:
+        """Until cancelled."""
+        tasks = [asyncio.create_task(self._agent(i)) for i in range(self.count)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _agent(self, i: int) -> None:
+        loop = asyncio.get_running_loop()
+        start = opening(f"{self.host}:{self.port}")
+        hello = grpc_message(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+            host_id=f"sim-{self.first + i}", boot_id=f"b{self.first + i}", agent_version="bench")))
+        for _ in range(1_000_000):  # reconnects: bounded, far beyond any run
+            proto: SimAgent | None = None
+            try:
+                _, proto = await loop.create_connection(lambda: SimAgent(hello, start), self.host, self.port)
+                await asyncio.wait_for(proto.answered.wait(), 30)
+                self.connected += 1
+                await asyncio.sleep(random.uniform(0, self.heartbeat_s))  # heartbeats spread over the interval
+                while not proto.ended.is_set():
+                    proto.heartbeat()
+                    try:
+                        await asyncio.wait_for(proto.ended.wait(), self.heartbeat_s)
+                    except TimeoutError:
+                        pass
+                if self.connected >= self.count:
+                    self.lost += 1
+            except (OSError, TimeoutError):
+                pass
+            finally:
+                if proto is not None:
+                    self.pings += proto.pings
+                    if proto.transport is not None:
+                        proto.transport.close()
+            await asyncio.sleep(random.uniform(0.05, 0.5))
