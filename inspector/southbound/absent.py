@@ -51,20 +51,21 @@ class AbsentWatch:
     async def sweep(self) -> None:
         now = time.monotonic()
         away = {h for h, rec in self.liveness.hosts.items() if rec.liveness in (AGENT_DOWN, STOPPED)}
-        self._reported = {k for k in self._reported if k[0] in away}  # the agent came back: report anew
-        absent = []
+        if self._reported:
+            self._reported = {k for k in self._reported if k[0] in away}  # the agent came back: report anew
+        polled: list[tuple[str, Bmc]] = []
         for host in sorted(away):
             rec = self.liveness.hosts[host]
-            absent.append(host)
             if now - rec.changed_at > self.deadline_s:
                 self._once(rec.host_id, AGENT_ABSENT, common_pb2.SEVERITY_MAJOR, "agent",
                            f"the agent has not come back for {now - rec.changed_at:.0f} s ({rec.liveness})")
-        await asyncio.gather(*(self._check_power(h) for h in absent))
+            bmc = self.bmc_for(host)
+            if bmc is not None and (host, POWER_OFF) not in self._reported:
+                polled.append((host, bmc))
+        # a task only for a BMC to ask: thousands of agents away (a reconnect storm) cost no loop turns
+        await asyncio.gather(*(self._check_power(h, bmc) for h, bmc in polled))
 
-    async def _check_power(self, host: str) -> None:
-        bmc = self.bmc_for(host)
-        if bmc is None or (host, POWER_OFF) in self._reported:
-            return
+    async def _check_power(self, host: str, bmc: Bmc) -> None:
         async with self._slots:
             try:
                 state = await self.power_state(bmc, min(5.0, self.poll_s))

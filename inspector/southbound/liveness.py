@@ -14,7 +14,10 @@ tells that apart from an agent that died on a live host
 (events, heartbeats) for longer than the silence limit — the liveness
 timeout, or 2.5 heartbeat intervals when heartbeats are rarer than that (a
 large fleet's setting: the transport then carries silence detection, and no
-healthy agent is declared between two heartbeats). Silence is counted less
+healthy agent is declared between two heartbeats); over TCP, only when the
+connection does not show its peer's kernel answering (a live host's agent
+stalled, or this inspector behind reading it, is not silence:
+``tcp_peer.judge_open``). Silence is counted less
 the time the inspector itself was not running (``southbound/lag.py``);
 nothing is declared unreachable while the inspector is behind.
 """
@@ -58,6 +61,7 @@ class HostRecord:
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
     stream: object | None = None    # identity of the stream currently owning the host
+    excused: bool = False           # silent past the limit, its kernel answering: said once, not declared
     goodbye: bool = False
     closed_stream: object | None = None  # the stream whose end is being judged (a later one's judgement wins)
 
@@ -71,11 +75,13 @@ class Liveness:
 
     def __init__(self, timeout_s: float, on_change: Callable[[HostRecord, str, str], Awaitable[None]],
                  lag: Lag | None = None, *, heartbeat_s: float = 0.0,
-                 peer_silent: Callable[[str], Awaitable[bool]] | None = None) -> None:
+                 peer_silent: Callable[[str], Awaitable[bool]] | None = None,
+                 open_peer_silent: Callable[[str], Awaitable[bool | None]] | None = None) -> None:
         self.timeout_s = timeout_s
         # no message for longer than this: unreachable (a healthy agent speaks every heartbeat interval)
         self.silence_limit_s = max(timeout_s, 2.5 * heartbeat_s)
         self.peer_silent = peer_silent  # did a closed connection's peer answer? (southbound/tcp_peer.py)
+        self.open_peer_silent = open_peer_silent  # and an open one's, when its agent fell silent
         self._judging: set[asyncio.Task[None]] = set()
         self.on_change = on_change
         self.lag = lag or Lag(bound_s=max(0.05, timeout_s / 5), hold_s=timeout_s)
@@ -143,6 +149,7 @@ class Liveness:
 
     async def heard(self, rec: HostRecord) -> None:
         self._seen(rec)
+        rec.excused = False
         if rec.liveness != UP:
             await self._set(rec, UP)
 
@@ -189,10 +196,14 @@ class Liveness:
                             rec.host_id)
             elif silent:
                 await self._set(rec, UNREACHABLE)
-            elif self.silence(rec) < self.silence_limit_s:
+            elif self.silence(rec) < self.silence_limit_s or rec.excused:
+                # answered: its agent died; after a long silence too, if its kernel answered throughout it
                 await self._set(rec, AGENT_DOWN)
         except Exception:  # noqa: BLE001 - one host's judgement must not be lost silently
             log.exception("judging the closed stream of host %s failed", rec.host_id)
+        finally:
+            if rec.closed_stream is stream:
+                rec.closed_stream = None
 
     async def watch(self) -> None:
         """Declare silent hosts unreachable; runs until cancelled.
@@ -208,9 +219,40 @@ class Liveness:
             now = time.monotonic()
             if self.lag.behind(now):
                 continue
-            for rec in list(self.hosts.values()):
-                if rec.liveness == UP and self.silence(rec, now) > self.silence_limit_s:
-                    try:
-                        await self._set(rec, UNREACHABLE)
-                    except Exception:  # noqa: BLE001 - one host's failure must not stop the watch
-                        log.exception("handling silence of host %s failed", rec.host_id)
+            silent = [rec for rec in list(self.hosts.values()) if rec.liveness == UP and rec.closed_stream is None
+                      and self.silence(rec, now) > self.silence_limit_s]  # a close being judged: its verdict decides
+            if silent:
+                await self._declare(silent)
+
+    async def _declare(self, silent: list[HostRecord]) -> None:
+        """Declare unreachable the silent hosts whose transport does not say otherwise: a stream still open over
+        TCP whose peer's kernel answers is a live host (``tcp_peer.judge_open``), its silence left to the
+        keepalive."""
+        verdicts: list[bool | None] = [None] * len(silent)
+        asked = [i for i, rec in enumerate(silent) if self.open_peer_silent is not None and rec.connected
+                 and rec.peer.startswith(("ipv4:", "ipv6:"))]
+        if asked:
+            assert self.open_peer_silent is not None
+            answers = await asyncio.gather(*(self.open_peer_silent(silent[i].peer) for i in asked),
+                                           return_exceptions=True)
+            for i, answer in zip(asked, answers):
+                verdicts[i] = None if isinstance(answer, BaseException) else answer
+            self.lag.check()
+            if self.lag.behind():
+                return  # the look took long enough to doubt what it saw: judged at the next turn
+        now = time.monotonic()
+        for rec, verdict in zip(silent, verdicts):
+            if (not self.current(rec) or rec.liveness != UP or rec.closed_stream is not None
+                    or self.silence(rec, now) <= self.silence_limit_s):
+                continue  # heard meanwhile, or judged
+            if verdict is False:
+                if not rec.excused:
+                    rec.excused = True
+                    log.warning("host %s: no message for %.1f s, but its kernel answers on the open connection: "
+                                "not declared unreachable (its agent stalled, or this inspector is behind reading "
+                                "it); the keepalive judges the connection", rec.host_id, self.silence(rec, now))
+                continue
+            try:
+                await self._set(rec, UNREACHABLE)
+            except Exception:  # noqa: BLE001 - one host's failure must not stop the watch
+                log.exception("handling silence of host %s failed", rec.host_id)

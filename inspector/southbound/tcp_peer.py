@@ -27,6 +27,12 @@ TCP_USER_TIMEOUT outlasts the keepalive and these looks, ``server_options``.) Un
 agents (local) and sockets this process cannot find count as answered: no
 evidence of silence.
 
+A stream still open whose agent has been silent past the silence limit is
+asked too (``judge_open``): unacknowledged and retransmitted, the peer is
+silent; anything else, its kernel answers and the host lives (a wedged agent,
+or this inspector behind in reading it: its own stall must never be a host's
+silence), and the silence is left to the keepalive, whose close is judged as above.
+
 The connection tables are read from ``/proc/net/tcp`` and ``/proc/net/tcp6``
 in a worker thread, once for every stream that ended within the same few
 milliseconds, so a thousand streams ending together cost one read.
@@ -126,6 +132,19 @@ def judge(entry: Entry | None) -> bool | None:
     return False
 
 
+def judge_open(entry: Entry | None) -> bool | None:
+    """A connection still open whose agent has said nothing for longer than the silence limit. True: its peer's
+    kernel is silent too (what we sent is unacknowledged and already retransmitted, or two window probes went
+    unanswered); False: the kernel answers (nothing of ours waits retransmitted), so the host is alive and what
+    stalled is its agent, or this inspector's own reading of the stream; None: no open connection to tell by."""
+    if entry is None or entry[0] != "ESTABLISHED":
+        return None
+    _state, unacknowledged, retransmissions, timer, probes = entry
+    if timer == ZERO_WINDOW_PROBE:
+        return probes >= 2
+    return bool(unacknowledged and retransmissions)
+
+
 def _behind_full_window(entry: Entry | None) -> bool:
     return entry is not None and entry[0] == "FIN_WAIT1" and entry[3] == ZERO_WINDOW_PROBE
 
@@ -157,6 +176,19 @@ class PeerSilence:
             verdict = entry is not None and entry[0] == "FIN_WAIT1" and not _behind_full_window(entry)
         log.info("the connection of %s ended %s (%s)", peer, "unanswered: its peer is silent" if verdict
                  else "answered: its peer's kernel spoke", entry)
+        return verdict
+
+    async def open_silent(self, peer: str) -> bool | None:
+        """For a stream still open whose agent fell silent: is its peer's kernel silent too (``judge_open``)?
+        One look: thousands of streams asked together cost one read of the tables."""
+        keys = proc_keys(peer)
+        if not keys:
+            return None
+        entry = await self._state(keys)
+        verdict = judge_open(entry)
+        log.info("the open connection of %s: %s (%s)", peer, {True: "unanswered: its peer is silent",
+                                                             False: "answered: its peer's kernel speaks",
+                                                             None: "not found open"}[verdict], entry)
         return verdict
 
     async def _state(self, keys: tuple[str, ...]) -> Entry | None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import time
 
+import grpc
+
 from controller_adapter.base import HostStatus
-from doctor_common.api import fault_pb2
+from doctor_common.api import agent_pb2, agent_pb2_grpc, fault_pb2
+from doctor_common.grpcutil import auth_metadata
 from doctor_common.lab.cloud import wait_for
 from tests.integration.chain.conftest import liveness_changes, still
 
@@ -111,3 +114,25 @@ async def test_every_link_cut_together_is_found_by_the_transport_and_fences_noth
                    what="every agent back")
     await still(lambda: all(lab.power(h) == ("on", 0) for h in lab.hosts), 1.5)
     assert all(FENCED not in host_phases(owner, h) for h in lab.hosts)
+
+
+async def test_a_stream_held_open_in_silence_while_its_kernel_answers_is_never_fenced(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """compute-1's agent is replaced by one that sends its Hello and then nothing, its gRPC stack answering every
+    ping: to the inspector, a stalled agent looks the same as a stream it is behind reading (seen at 10,000
+    agents, bench/scale.py). Long past the silence limit the open connection's kernel answers, so the host is
+    not declared unreachable: 0 power-offs. Its connection then closed by the peer: an agent's death."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",))
+    await lab.kill_agent("compute-1")
+    rec = lambda: lab.inspector.liveness.hosts["compute-1"]  # noqa: E731
+    await wait_for(lambda: rec().liveness == "agent_down", 10, what="the real agent gone")
+    async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+        call = agent_pb2_grpc.AgentGatewayStub(ch).Connect(metadata=auth_metadata(lab.hosts["compute-1"].agent_token))
+        await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(host_id="compute-1", boot_id="mute")))
+        assert (await call.read()).WhichOneof("kind") == "config"
+        await wait_for(lambda: rec().liveness == "up", 10, what="the mute agent in")
+        limit = lab.inspector.liveness.silence_limit_s
+        await wait_for(lambda: rec().excused, limit + 5, what="its silence judged, and excused by its kernel")
+        await still(lambda: rec().liveness == "up" and lab.power("compute-1") == ("on", 0), 4 * limit)
+        call.cancel()
+    await wait_for(lambda: rec().liveness == "agent_down", 10, what="its connection closed by its peer")
+    assert lab.power("compute-1") == ("on", 0) and lab.power("compute-2") == ("on", 0)

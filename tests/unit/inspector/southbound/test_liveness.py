@@ -180,3 +180,36 @@ async def test_a_silent_verdict_reached_while_the_inspector_is_behind_is_not_tru
     await lv.detach(rec, s)
     await asyncio.gather(*lv._judging)
     assert rec.liveness == UP and changes == [UP]
+
+
+async def test_silence_on_an_open_connection_whose_kernel_answers_is_not_unreachable() -> None:
+    """Past the silence limit, a stream still open over TCP is asked about (southbound/tcp_peer.judge_open): its
+    kernel answering means a live host (its agent stalled, or this inspector behind reading it) — not declared,
+    said once; its kernel silent too, or nothing to tell by, unreachable. A unix-socket agent is never asked."""
+    verdict: dict[str, bool | None] = {"ipv4:10.0.0.1:5": False, "ipv4:10.0.0.2:5": True, "ipv4:10.0.0.3:5": None}
+    asked: list[str] = []
+
+    async def open_peer_silent(peer: str) -> bool | None:
+        asked.append(peer)
+        return verdict[peer]
+    changes: list[tuple[str, str]] = []
+
+    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append((rec.host_id, new))
+    lv = Liveness(0.05, on_change, Lag(bound_s=1.0, hold_s=0.05), open_peer_silent=open_peer_silent)
+    for host, peer in (("stalled", "ipv4:10.0.0.1:5"), ("silent", "ipv4:10.0.0.2:5"), ("unknown", "ipv4:10.0.0.3:5"),
+                       ("local", "unix:/s")):
+        await lv.attach(lv.record(host), object(), agent_pb2.Hello(host_id=host, boot_id="b"), peer)
+    watch = asyncio.create_task(lv.watch())
+    try:
+        await wait_for(lambda: {h for h, new in changes if new == UNREACHABLE} == {"silent", "unknown", "local"}
+                       and asked.count("ipv4:10.0.0.1:5") >= 2, 5.0, what="three declared, the stalled one asked twice")
+        assert lv.hosts["stalled"].liveness == UP and lv.hosts["stalled"].excused
+        await lv.heard(lv.hosts["stalled"])  # it speaks again: a later silence is said anew
+        assert not lv.hosts["stalled"].excused
+        verdict["ipv4:10.0.0.1:5"] = True    # and now its kernel is silent too
+        await wait_for(lambda: lv.hosts["stalled"].liveness == UNREACHABLE, 5.0, what="the stalled host declared")
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+    assert "unix:/s" not in asked

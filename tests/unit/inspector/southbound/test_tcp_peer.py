@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from inspector.southbound import tcp_peer
-from inspector.southbound.tcp_peer import PeerSilence, judge, proc_keys, read_states
+from inspector.southbound.tcp_peer import PeerSilence, judge, judge_open, proc_keys, read_states
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
@@ -114,3 +114,33 @@ async def test_a_peer_that_stopped_reading_is_not_silent() -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_the_verdict_on_an_open_connection() -> None:
+    """An agent silent past the limit on a connection still open: the kernel's word on the host."""
+    assert judge_open(("ESTABLISHED", 0, 0, 0, 0)) is False     # nothing of ours waits: the kernel answers
+    assert judge_open(("ESTABLISHED", 17, 0, 1, 0)) is False    # sent just now, not yet retransmitted
+    assert judge_open(("ESTABLISHED", 34, 2, 1, 0)) is True     # our pings retransmitted, unanswered: silent
+    assert judge_open(("ESTABLISHED", 9000, 0, 4, 1)) is False  # behind a full window, its probes answered
+    assert judge_open(("ESTABLISHED", 9000, 0, 4, 2)) is True   # two window probes unanswered
+    assert judge_open(None) is None and judge_open(("FIN_WAIT1", 1, 1, 1, 0)) is None  # closed: judged as such
+
+
+async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
+    """A real loopback connection, open and idle (the agent says nothing, its kernel is there): answered. Once
+    the peer closed it, there is no open connection to tell by."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    try:
+        peer = f"ipv4:127.0.0.1:{client.getsockname()[1]}"
+        peers = PeerSilence(lambda: {port})
+        accepted.sendall(b"ping")  # what the keepalive sends: acknowledged by the peer's kernel, never read
+        assert await peers.open_silent(peer) is False
+        client.close()
+        assert await peers.open_silent(peer) is None
+        assert await PeerSilence(lambda: {port}).open_silent("unix:/run/agent.sock") is None
+    finally:
+        for s in (client, accepted, server):
+            s.close()
