@@ -227,28 +227,30 @@ class Liveness:
     async def _declare(self, silent: list[HostRecord]) -> None:
         """Declare unreachable the silent hosts whose transport does not say otherwise: a stream still open over
         TCP whose peer's kernel answers is a live host (``tcp_peer.judge_open``), its silence left to the
-        keepalive."""
-        verdicts: list[bool | None] = [None] * len(silent)
+        keepalive; one whose kernel is silent too, or that nothing can tell about (not TCP, not open), is."""
+        told: dict[int, bool | None] = {}  # what the open connections' kernels say, by index in ``silent``
         asked = [i for i, rec in enumerate(silent) if self.open_peer_silent is not None and rec.connected
                  and rec.peer.startswith(("ipv4:", "ipv6:"))]
         if asked:
             assert self.open_peer_silent is not None
             answers = await asyncio.gather(*(self.open_peer_silent(silent[i].peer) for i in asked),
                                            return_exceptions=True)
-            for i, answer in zip(asked, answers):
-                verdicts[i] = None if isinstance(answer, BaseException) else answer
+            told = {i: a for i, a in zip(asked, answers) if not isinstance(a, BaseException)}
             self.lag.check()
             if self.lag.behind():
                 return  # the look took long enough to doubt what it saw: judged at the next turn
         now = time.monotonic()
-        for rec, verdict in zip(silent, verdicts):
+        for i, rec in enumerate(silent):
             if (not self.current(rec) or rec.liveness != UP or rec.closed_stream is not None
                     or self.silence(rec, now) <= self.silence_limit_s):
                 continue  # heard meanwhile, or judged
+            verdict = told.get(i, True)  # nothing to tell by (not TCP, not open): the silence alone decides
+            if verdict is None:
+                continue  # undecided (a close in flight): looked at again next turn
             if verdict is False:
                 if not rec.excused:
                     rec.excused = True
-                    log.warning("host %s: no message for %.1f s, but its kernel answers on the open connection: "
+                    log.warning("host %s: no message for %.1f s, but its kernel answers on its connection: "
                                 "not declared unreachable (its agent stalled, or this inspector is behind reading "
                                 "it); the keepalive judges the connection", rec.host_id, self.silence(rec, now))
                 continue

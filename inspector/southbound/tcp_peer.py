@@ -136,9 +136,12 @@ def judge_open(entry: Entry | None) -> bool | None:
     """A connection still open whose agent has said nothing for longer than the silence limit. True: its peer's
     kernel is silent too (what we sent is unacknowledged and already retransmitted, or two window probes went
     unanswered); False: the kernel answers (nothing of ours waits retransmitted), so the host is alive and what
-    stalled is its agent, or this inspector's own reading of the stream; None: no open connection to tell by."""
+    stalled is its agent, or this inspector's own reading of the stream; None: undecided yet.
+
+    Closed already, though this inspector has not yet read the stream's end (seen at 10,000 agents): judged as a
+    close (``judge``): gone or answered, the peer's kernel spoke."""
     if entry is None or entry[0] != "ESTABLISHED":
-        return None
+        return judge(entry)
     _state, unacknowledged, retransmissions, timer, probes = entry
     if timer == ZERO_WINDOW_PROBE:
         return probes >= 2
@@ -188,7 +191,7 @@ class PeerSilence:
         verdict = judge_open(entry)
         log.info("the open connection of %s: %s (%s)", peer, {True: "unanswered: its peer is silent",
                                                              False: "answered: its peer's kernel speaks",
-                                                             None: "not found open"}[verdict], entry)
+                                                             None: "undecided"}[verdict], entry)
         return verdict
 
     async def _state(self, keys: tuple[str, ...]) -> Entry | None:

@@ -185,7 +185,8 @@ async def test_a_silent_verdict_reached_while_the_inspector_is_behind_is_not_tru
 async def test_silence_on_an_open_connection_whose_kernel_answers_is_not_unreachable() -> None:
     """Past the silence limit, a stream still open over TCP is asked about (southbound/tcp_peer.judge_open): its
     kernel answering means a live host (its agent stalled, or this inspector behind reading it) — not declared,
-    said once; its kernel silent too, or nothing to tell by, unreachable. A unix-socket agent is never asked."""
+    said once; its kernel silent too, unreachable; undecided, asked again. A unix-socket agent is never asked
+    (nothing to tell by): unreachable."""
     verdict: dict[str, bool | None] = {"ipv4:10.0.0.1:5": False, "ipv4:10.0.0.2:5": True, "ipv4:10.0.0.3:5": None}
     asked: list[str] = []
 
@@ -202,9 +203,13 @@ async def test_silence_on_an_open_connection_whose_kernel_answers_is_not_unreach
         await lv.attach(lv.record(host), object(), agent_pb2.Hello(host_id=host, boot_id="b"), peer)
     watch = asyncio.create_task(lv.watch())
     try:
-        await wait_for(lambda: {h for h, new in changes if new == UNREACHABLE} == {"silent", "unknown", "local"}
-                       and asked.count("ipv4:10.0.0.1:5") >= 2, 5.0, what="three declared, the stalled one asked twice")
+        await wait_for(lambda: {h for h, new in changes if new == UNREACHABLE} == {"silent", "local"}
+                       and asked.count("ipv4:10.0.0.1:5") >= 2 and asked.count("ipv4:10.0.0.3:5") >= 2, 5.0,
+                       what="two declared, the stalled and the undecided asked twice")
         assert lv.hosts["stalled"].liveness == UP and lv.hosts["stalled"].excused
+        assert lv.hosts["unknown"].liveness == UP and not lv.hosts["unknown"].excused
+        verdict["ipv4:10.0.0.3:5"] = True
+        await wait_for(lambda: lv.hosts["unknown"].liveness == UNREACHABLE, 5.0, what="the undecided one declared")
         await lv.heard(lv.hosts["stalled"])  # it speaks again: a later silence is said anew
         assert not lv.hosts["stalled"].excused
         verdict["ipv4:10.0.0.1:5"] = True    # and now its kernel is silent too

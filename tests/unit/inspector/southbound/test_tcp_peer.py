@@ -123,12 +123,14 @@ def test_the_verdict_on_an_open_connection() -> None:
     assert judge_open(("ESTABLISHED", 34, 2, 1, 0)) is True     # our pings retransmitted, unanswered: silent
     assert judge_open(("ESTABLISHED", 9000, 0, 4, 1)) is False  # behind a full window, its probes answered
     assert judge_open(("ESTABLISHED", 9000, 0, 4, 2)) is True   # two window probes unanswered
-    assert judge_open(None) is None and judge_open(("FIN_WAIT1", 1, 1, 1, 0)) is None  # closed: judged as such
+    # closed, its end not read yet by the inspector: judged as a close
+    assert judge_open(None) is False and judge_open(("FIN_WAIT2", 0, 0, 0, 0)) is False
+    assert judge_open(("FIN_WAIT1", 1, 1, 1, 0)) is True and judge_open(("FIN_WAIT1", 1, 0, 1, 0)) is None
 
 
 async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
-    """A real loopback connection, open and idle (the agent says nothing, its kernel is there): answered. Once
-    the peer closed it, there is no open connection to tell by."""
+    """A real loopback connection, open and idle (the agent says nothing, its kernel is there): answered. Closed
+    by the peer since: answered too."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     client = socket.create_connection(("127.0.0.1", port))
@@ -138,8 +140,8 @@ async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
         peers = PeerSilence(lambda: {port})
         accepted.sendall(b"ping")  # what the keepalive sends: acknowledged by the peer's kernel, never read
         assert await peers.open_silent(peer) is False
-        client.close()
-        assert await peers.open_silent(peer) is None
+        client.close()  # the peer's kernel closed it (its agent died) before the inspector read the stream's end
+        assert await peers.open_silent(peer) is False
         assert await PeerSilence(lambda: {port}).open_silent("unix:/run/agent.sock") is None
     finally:
         for s in (client, accepted, server):
