@@ -108,7 +108,7 @@ class AgentLink:
                 if self._redirect:  # a follower sent us on: nothing failed
                     log.debug("%s redirected this agent to %s", target, self._redirect)
                 else:
-                    log.warning("stream to %s failed: %s", target, exc or type(exc).__name__)
+                    log.warning("stream to %s failed: %s", target, str(exc) or type(exc).__name__)
             except ValueError as exc:  # an endpoint (a redirect's) or a header grpclib cannot use
                 log.error("cannot stream to %s: %s", target, exc)
             except Exception:  # a bug or a library surprise ends this session, never the transport loop

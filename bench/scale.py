@@ -181,7 +181,7 @@ async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> No
     fleet = Fleet(host, int(port), first, count, heartbeat_ms)
     held = asyncio.create_task(fleet.hold())
     await asyncio.to_thread(sys.stdin.read)
-    print(json.dumps({"ended": fleet.lost}), flush=True)
+    print(json.dumps({"ended": fleet.lost, "why": fleet.reasons}), flush=True)
     held.cancel()
     await asyncio.gather(held, return_exceptions=True)
 
@@ -247,10 +247,15 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         except TimeoutError:
             out["connect_all_s"] = None  # the generators could not hold them all (they share the cores)
         out["agents_connected"] = connected()
-        probe = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "agent", "--config",
-                                  str(d / "probe.toml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await wait_for(lambda: "probe" in insp.liveness.hosts and insp.liveness.hosts["probe"].liveness == UP, 60,
-                       0.05, "the probe agent")
+        with open(d / "probe.log", "wb") as plog:
+            probe = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "agent", "--config",
+                                      str(d / "probe.toml")], stdout=plog, stderr=plog)
+        try:
+            await wait_for(lambda: "probe" in insp.liveness.hosts and insp.liveness.hosts["probe"].liveness == UP,
+                           60, 0.05, "the probe agent")
+        except TimeoutError:
+            print((d / "probe.log").read_text()[-3000:], file=sys.stderr)
+            raise
         changes.clear()
         cpu0, w0 = me.cpu_times(), time.monotonic()
         await asyncio.sleep(seconds)  # the steady state: heartbeats and the transport's pings, nothing else
@@ -273,16 +278,21 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         if probe is not None:
             probe.kill()
             await asyncio.to_thread(probe.wait)
-        ended = 0
+        ended, reasons = 0, {}
         for g in gens:  # waited for in threads: the inspector's loop (this one) keeps running meanwhile
             try:  # closing its stdin ends it: its last line says how many of its streams were lost
                 text, _ = await asyncio.to_thread(g.communicate, None, 30)
                 lines = [x for x in text.splitlines() if x.startswith("{")]
-                ended += json.loads(lines[-1]).get("ended", 0) if lines else 0
+                last = json.loads(lines[-1]) if lines else {}
+                ended += last.get("ended", 0)
+                for why, k in last.get("why", {}).items():
+                    reasons[why] = reasons.get(why, 0) + k
             except (subprocess.TimeoutExpired, ValueError):
                 g.kill()
                 g.wait()
         out["streams_lost"] = ended
+        if reasons:
+            out["streams_lost_why"] = reasons
         await insp.stop(0.5)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", link], capture_output=True)

@@ -56,6 +56,7 @@ class SimAgent(asyncio.Protocol):
         self.answered = asyncio.Event()
         self.ended = asyncio.Event()
         self.pings = 0
+        self.why = ""  # what ended it: trailers, RST_STREAM, GOAWAY, the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -81,9 +82,9 @@ class SimAgent(asyncio.Protocol):
             elif kind == DATA and length:
                 self.answered.set()
                 if flags & END_STREAM:
-                    self._end()
+                    self._end("end of stream")
             elif kind == HEADERS and flags & END_STREAM or kind in (RST_STREAM, GOAWAY):
-                self._end()
+                self._end({HEADERS: "trailers", RST_STREAM: "RST_STREAM", GOAWAY: "GOAWAY"}[kind])
             at += 9 + length
         del buf[:at]
 
@@ -92,12 +93,14 @@ class SimAgent(asyncio.Protocol):
             beat = grpc_message(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(sent_unix_nanos=time.time_ns())))
             self.transport.write(frame(DATA, 0, STREAM, beat))
 
-    def _end(self) -> None:
+    def _end(self, why: str) -> None:
+        self.why = self.why or why
         self.ended.set()
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.why = self.why or f"connection lost ({exc or 'closed'})"
         self.ended.set()
 
 
@@ -112,6 +115,7 @@ class Fleet:
         self.connected = 0  # Hellos answered, reconnects included
         self.lost = 0
         self.pings = 0
+        self.reasons: dict[str, int] = {}  # why streams ended after every agent had been in
 
     async def hold(self) -> None:
         """Until cancelled."""
@@ -143,8 +147,11 @@ class Fleet:
                         pass
                 if self.connected >= self.count:
                     self.lost += 1
+                    self.reasons[proto.why] = self.reasons.get(proto.why, 0) + 1
             except (OSError, TimeoutError):
                 pass
+            except Exception as exc:  # noqa: BLE001 - one agent's surprise must not end the others
+                self.reasons[f"generator error: {exc!r}"] = self.reasons.get(f"generator error: {exc!r}", 0) + 1
             finally:
                 if proto is not None:
                     self.pings += proto.pings

@@ -36,6 +36,7 @@ from doctor_common.admission import Admission
 from doctor_common.audit import Audit
 from doctor_common.config import ConfigError
 from doctor_common.etcd_guard import NotLeader
+from doctor_common.gc_pacing import PACING
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import Stage, now_ns
 from inspector.config import InspectorConfig, load_inspector_config
@@ -130,6 +131,7 @@ class Inspector:
                 skip_to=self.registry.skip_to, idle=lambda: not len(self.registry),
                 on_fresh=self._feed_fresh, stale_s=self.leadership.config.lease_ttl_s + 1.0)
         self._health_tasks: set[asyncio.Task[None]] = set()
+        self._gc_paced = False
         self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s, retry_s=cfg.fencing_retry_s)
         self.lag = Lag(bound_s=cfg.max_lag_s, hold_s=cfg.liveness_timeout_s)
         self.peers = PeerSilence(lambda: set(self.ports))
@@ -360,6 +362,9 @@ class Inspector:
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if not self._gc_paced:  # full collections walk only what is new (doctor_common/gc_pacing.py)
+            self._gc_paced = True
+            PACING.install()
         await self.resources.load()
         restored: tuple[dict[str, Any], set[str]] = ({}, set())
         sessions = []
@@ -436,6 +441,9 @@ class Inspector:
         log.info("inspector %s serving on %s", self.cfg.node_id, ", ".join(self.cfg.listen))
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self._gc_paced:
+            self._gc_paced = False
+            PACING.uninstall()
         self.liveness.closing = True  # the agents' streams end because we end them: no agent died
         if self.leadership is not None:
             await self.leadership.stop_campaign()  # hands over at once
