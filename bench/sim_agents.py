@@ -55,6 +55,7 @@ class SimAgent(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.answered = asyncio.Event()
         self.ended = asyncio.Event()
+        self.settled = asyncio.Event()  # answered or ended, whichever first (a refusal ends it unanswered)
         self.pings = 0
         self.why = ""  # what ended it: trailers, RST_STREAM, GOAWAY, the connection
 
@@ -81,6 +82,7 @@ class SimAgent(asyncio.Protocol):
                 self.transport.write(frame(SETTINGS, ACK, 0, b""))
             elif kind == DATA and length:
                 self.answered.set()
+                self.settled.set()
                 if flags & END_STREAM:
                     self._end("end of stream")
             elif kind == HEADERS and flags & END_STREAM or kind in (RST_STREAM, GOAWAY):
@@ -96,12 +98,14 @@ class SimAgent(asyncio.Protocol):
     def _end(self, why: str) -> None:
         self.why = self.why or why
         self.ended.set()
+        self.settled.set()
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.why = self.why or f"connection lost ({exc or 'closed'})"
         self.ended.set()
+        self.settled.set()
 
 
 class Fleet:
@@ -136,7 +140,9 @@ class Fleet:
             proto: SimAgent | None = None
             try:
                 _, proto = await loop.create_connection(lambda: SimAgent(hello, start), self.host, self.port)
-                await asyncio.wait_for(proto.answered.wait(), 30)
+                await asyncio.wait_for(proto.settled.wait(), 30)
+                if not proto.answered.is_set():
+                    raise ConnectionError(f"refused: {proto.why}")  # admission's "busy": retried with backoff
                 self.connected += 1
                 await asyncio.sleep(random.uniform(0, self.heartbeat_s))  # heartbeats spread over the interval
                 while not proto.ended.is_set():
