@@ -60,7 +60,10 @@ class Lag:
 
     def observe_read_delay(self, host: str, relative_s: float, now: float | None = None) -> None:
         self._delays[host] = (time.monotonic() if now is None else now, relative_s)
-        self._median = (-1.0, 0.0)
+        if relative_s > self.bound_s:
+            # a late read counts at once; an on-time one may wait for the next median (within 100 ms): at 10,000
+            # agents a heartbeat arrives every half millisecond, and each median walks every host
+            self._median = (-1.0, 0.0)
 
     def clear_read_delays(self) -> None:
         self._delays.clear()

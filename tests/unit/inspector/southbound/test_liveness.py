@@ -218,3 +218,18 @@ async def test_silence_on_an_open_connection_whose_kernel_answers_is_not_unreach
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
     assert "unix:/s" not in asked
+
+
+def test_late_reads_count_at_once_and_on_time_ones_do_not_recount_the_fleet() -> None:
+    """The median walks every host: an on-time read leaves it for up to 100 ms, a late one makes it fresh."""
+    lag = Lag(bound_s=0.05, hold_s=0.1)
+    t = time.monotonic()
+    for i in range(3):
+        lag.observe_read_delay(f"h{i}", 0.001, now=t)
+    assert not lag.behind(t)
+    cached = lag._median
+    lag.observe_read_delay("h0", 0.002, now=t)
+    assert lag._median == cached  # on time: not recounted
+    for i in range(3):
+        lag.observe_read_delay(f"h{i}", 1.0, now=t)
+    assert lag.behind(t)  # late: counted at once, not 100 ms later
