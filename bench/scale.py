@@ -187,7 +187,7 @@ async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> No
 
 
 async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300,
-                     heartbeat_ms: int = 5000) -> dict[str, Any]:
+                     heartbeat_ms: int = 5000, ping_timeout_ms: int = 0) -> dict[str, Any]:
     """``n`` simulated agents (heartbeats every 5 s, liveness timeout 1.5 s, the transport's keepalive every
     ``keepalive_ms``) on one inspector; a real agent in a network namespace, over its own veth, whose link is then cut."""
     from inspector.config import load_inspector_config
@@ -205,7 +205,7 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
     (d / "inspector.toml").write_text(
         f'[inspector]\nlisten = ["{endpoint}", "169.254.250.1:{agent_port}"]\nlog_level = "warning"\n'
         f'heartbeat_interval_ms = {heartbeat_ms}\nliveness_timeout_ms = {timeout_ms}\nmax_handshakes = 512\n'
-        f'keepalive_ms = {keepalive_ms}\n'
+        f'keepalive_ms = {keepalive_ms}\n' + (f'ping_timeout_ms = {ping_timeout_ms}\n' if ping_timeout_ms else '') +
         f'[controller.embedded]\ninventory = "inventory.toml"\n[tls]\nplaintext = true  # the bench\'s own veth\n'
         f'[auth]\nallow_anonymous_agents = true\n')
     (d / "probe.toml").write_text(
@@ -230,7 +230,7 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
     gens: list[subprocess.Popen[str]] = []
     probe: subprocess.Popen[bytes] | None = None
     out: dict[str, Any] = {"agents": n, "heartbeat_ms": heartbeat_ms, "liveness_timeout_ms": timeout_ms,
-                           "keepalive_ms": insp.cfg.keepalive_ms}
+                           "keepalive_ms": insp.cfg.keepalive_ms, "ping_timeout_ms": insp.cfg.ping_timeout_ms}
     try:
         t0 = time.monotonic()
         per = n // procs
@@ -499,6 +499,8 @@ async def main() -> None:
     ap.add_argument("--keepalive-ms", type=int, default=750, help="the inspector's transport keepalive (agents phase; "
                                                                   "750: the default for its 1.5 s timeout)")
     ap.add_argument("--heartbeat-ms", type=int, default=5000, help="the agents' heartbeat interval (agents phase)")
+    ap.add_argument("--ping-timeout-ms", type=int, default=0,
+                    help="the inspector's ping_timeout_ms (agents phase; default: the liveness timeout)")
     args = ap.parse_args()
     if args.agents:
         endpoint, first, count, heartbeat_ms = args.agents
@@ -518,7 +520,7 @@ async def main() -> None:
             raise SystemExit("the agents phase needs root (a network namespace for the probe agent): run as root, "
                              "or --only subscribers")
         a = await run_agents(args.agent_count or (2000 if args.quick else 10_000), args.procs,
-                             5.0 if args.quick else 15.0, args.keepalive_ms, args.heartbeat_ms)
+                             5.0 if args.quick else 15.0, args.keepalive_ms, args.heartbeat_ms, args.ping_timeout_ms)
         print(f"{a['agents']} agents (heartbeats every {a['heartbeat_ms']} ms, transport keepalive every "
               f"{a['keepalive_ms']} ms): {a['agents_connected']} connected (all in {a['connect_all_s']} s); "
               f"inspector {a['inspector_cpu_pct']} % "

@@ -376,9 +376,8 @@ class Inspector:
         # the keepalive finds a silent peer (a ping unanswered for the liveness timeout) without Python per ping; the
         # kernel's TCP state of the closed connection tells silence from an agent's death (southbound/tcp_peer.py).
         # A shorter ping timeout finds silence sooner, but peers slow to answer (measured: agents starved of CPU)
-        # are then cut off in masses and reconnect in a storm
-        keepalive = server_options(keepalive_ms=self.cfg.keepalive_ms,
-                                   ping_timeout_ms=int(1000 * self.cfg.liveness_timeout_s))
+        # are then cut off in masses and reconnect in a storm: the liveness timeout by default, ping_timeout_ms
+        keepalive = server_options(keepalive_ms=self.cfg.keepalive_ms, ping_timeout_ms=self.cfg.ping_timeout_ms)
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
         gateway = AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,

@@ -135,6 +135,8 @@ def test_a_secret_file_open_to_others_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("keys, key, words", [
     ("liveness_timeout_ms = 1000\nkeepalive_ms = 1000\n", "inspector.keepalive_ms", "shorter than liveness_timeout_ms"),
     ("keepalive_ms = 10\n", "inspector.keepalive_ms", "at least 50"),
+    ("liveness_timeout_ms = 1000\nping_timeout_ms = 1500\n", "inspector.ping_timeout_ms",
+     "not be longer than liveness_timeout_ms"),
 ])
 def test_the_transport_keepalive_must_fit_the_liveness_timeout(tmp_path: Path, keys: str, key: str,
                                                                words: str) -> None:
@@ -151,4 +153,5 @@ def test_the_transport_keepalive_must_fit_the_liveness_timeout(tmp_path: Path, k
     cfg = load_inspector_config(p)
     # the keepalive defaults to half the timeout (at most a second)
     assert (cfg.keepalive_ms, cfg.heartbeat_interval_ms, cfg.liveness_timeout_s) == (500, 5000, 1.0)
+    assert cfg.ping_timeout_ms == 1000  # a ping may go unanswered for the liveness timeout, by default
     assert cfg.guard.silence_settle_s == 1.1  # spread shows within two keepalive intervals, not a heartbeat's
