@@ -23,6 +23,7 @@ DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
 END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
 WINDOW = 1 << 24  # what we let the server send before a WINDOW_UPDATE: more than a bench run receives
 STREAM = 1
+MAX_BACKOFF_S = 2.0  # agent/config.py's default max_backoff_s
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
@@ -109,8 +110,8 @@ class SimAgent(asyncio.Protocol):
 
 
 class Fleet:
-    """``count`` simulated agents ``sim-<first>…``, each reconnecting with backoff as an agent does (admission
-    refuses some during the storm). ``lost`` counts the streams that ended after every agent had been in once: the
+    """``count`` simulated agents ``sim-<first>…``, each reconnecting with the agent's backoff (doubling from
+    50 ms to 2 s, jittered; admission refuses some during the storm). ``lost`` counts the streams that ended after every agent had been in once: the
     inspector dropped them."""
 
     def __init__(self, host: str, port: int, first: int, count: int, heartbeat_ms: int) -> None:
@@ -136,6 +137,7 @@ class Fleet:
         start = opening(f"{self.host}:{self.port}")
         hello = grpc_message(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
             host_id=f"sim-{self.first + i}", boot_id=f"b{self.first + i}", agent_version="bench")))
+        backoff = 0.05
         for _ in range(1_000_000):  # reconnects: bounded, far beyond any run
             proto: SimAgent | None = None
             try:
@@ -144,6 +146,7 @@ class Fleet:
                 if not proto.answered.is_set():
                     raise ConnectionError(f"refused: {proto.why}")  # admission's "busy": retried with backoff
                 self.connected += 1
+                backoff = 0.05  # as agent/transport.py: only failures in a row grow the backoff
                 await asyncio.sleep(random.uniform(0, self.heartbeat_s))  # heartbeats spread over the interval
                 while not proto.ended.is_set():
                     proto.heartbeat()
@@ -163,4 +166,5 @@ class Fleet:
                     self.pings += proto.pings
                     if proto.transport is not None:
                         proto.transport.close()
-            await asyncio.sleep(random.uniform(0.05, 0.5))
+            await asyncio.sleep(backoff * (0.5 + random.random()))  # the agent's own backoff, up to 2 s
+            backoff = min(backoff * 2, MAX_BACKOFF_S)

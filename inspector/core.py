@@ -663,7 +663,9 @@ class Inspector:
         elif new == AGENT_DOWN:
             self._act(self.responder.fault(Trigger(
                 rec.host_id, "compute.host.agent.down", common_pb2.SEVERITY_MAJOR, component="agent",
-                description="the agent's stream was closed by its host: agent died, host alive",
+                description=("the agent has sent nothing past the silence limit while its host's kernel answers "
+                             "on its connection: agent stalled, host alive" if rec.connected else
+                             "the agent's stream was closed by its host: agent died, host alive"),
                 observed_ns=now, received_ns=now)), f"agent down {rec.host_id}")
         elif new in (UP, STOPPED) and (old in (AGENT_DOWN, UNREACHABLE, STOPPED)
                                        or self.alarms.raised_by(rec.host_id, "agent") is not None):

@@ -61,7 +61,6 @@ class HostRecord:
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
     stream: object | None = None    # identity of the stream currently owning the host
-    excused: bool = False           # silent past the limit, its kernel answering: said once, not declared
     goodbye: bool = False
     closed_stream: object | None = None  # the stream whose end is being judged (a later one's judgement wins)
 
@@ -149,7 +148,6 @@ class Liveness:
 
     async def heard(self, rec: HostRecord) -> None:
         self._seen(rec)
-        rec.excused = False
         if rec.liveness != UP:
             await self._set(rec, UP)
 
@@ -196,8 +194,8 @@ class Liveness:
                             rec.host_id)
             elif silent:
                 await self._set(rec, UNREACHABLE)
-            elif self.silence(rec) < self.silence_limit_s or rec.excused:
-                # answered: its agent died; after a long silence too, if its kernel answered throughout it
+            else:
+                # answered: the host's kernel spoke, so its agent died — however long it was silent before
                 await self._set(rec, AGENT_DOWN)
         except Exception:  # noqa: BLE001 - one host's judgement must not be lost silently
             log.exception("judging the closed stream of host %s failed", rec.host_id)
@@ -226,8 +224,9 @@ class Liveness:
 
     async def _declare(self, silent: list[HostRecord]) -> None:
         """Declare unreachable the silent hosts whose transport does not say otherwise: a stream still open over
-        TCP whose peer's kernel answers is a live host (``tcp_peer.judge_open``), its silence left to the
-        keepalive; one whose kernel is silent too, or that nothing can tell about (not TCP, not open), is."""
+        TCP whose peer's kernel answers is a live host (``tcp_peer.judge_open``) whose agent is down; one whose
+        kernel is silent too, or that nothing can tell about (not TCP, not open, or undecided for a second
+        silence limit), is unreachable."""
         told: dict[int, bool | None] = {}  # what the open connections' kernels say, by index in ``silent``
         asked = [i for i, rec in enumerate(silent) if self.open_peer_silent is not None and rec.connected
                  and rec.peer.startswith(("ipv4:", "ipv6:"))]
@@ -245,14 +244,15 @@ class Liveness:
                     or self.silence(rec, now) <= self.silence_limit_s):
                 continue  # heard meanwhile, or judged
             verdict = told.get(i, True)  # nothing to tell by (not TCP, not open): the silence alone decides
-            if verdict is None:
-                continue  # undecided (a close in flight): looked at again next turn
+            if verdict is None and self.silence(rec, now) < 2 * self.silence_limit_s:
+                continue  # undecided (a close in flight, no socket found): looked at again, for another limit
             if verdict is False:
-                if not rec.excused:
-                    rec.excused = True
-                    log.warning("host %s: no message for %.1f s, but its kernel answers on its connection: "
-                                "not declared unreachable (its agent stalled, or this inspector is behind reading "
-                                "it); the keepalive judges the connection", rec.host_id, self.silence(rec, now))
+                # the host lives: its agent stalled, or this inspector is behind reading it. An agent alarm (no
+                # fence; its BMC is polled like any absent agent's), cleared when the agent speaks again
+                log.warning("host %s: no message for %.1f s, but its kernel answers on its connection: agent "
+                            "down, not unreachable (its agent stalled, or this inspector is behind reading it)",
+                            rec.host_id, self.silence(rec, now))
+                await self._set(rec, AGENT_DOWN)
                 continue
             try:
                 await self._set(rec, UNREACHABLE)

@@ -29,9 +29,10 @@ evidence of silence.
 
 A stream still open whose agent has been silent past the silence limit is
 asked too (``judge_open``): unacknowledged and retransmitted, the peer is
-silent; anything else, its kernel answers and the host lives (a wedged agent,
-or this inspector behind in reading it: its own stall must never be a host's
-silence), and the silence is left to the keepalive, whose close is judged as above.
+silent; its kernel answering, the host lives (a wedged agent, or this
+inspector behind in reading it: its own stall must never be a host's
+silence) and its agent is down; no socket found, undecided for another
+silence limit, then the silence decides.
 
 The connection tables are read from ``/proc/net/tcp`` and ``/proc/net/tcp6``
 in a worker thread, once for every stream that ended within the same few
@@ -139,8 +140,11 @@ def judge_open(entry: Entry | None) -> bool | None:
     stalled is its agent, or this inspector's own reading of the stream; None: undecided yet.
 
     Closed already, though this inspector has not yet read the stream's end (seen at 10,000 agents): judged as a
-    close (``judge``): gone or answered, the peer's kernel spoke."""
-    if entry is None or entry[0] != "ESTABLISHED":
+    close (``judge``). No socket at all is undecided here, not "answered": the tables may not show this
+    inspector's connections (another network namespace, a TCP proxy), and the silence must then decide."""
+    if entry is None:
+        return None
+    if entry[0] != "ESTABLISHED":
         return judge(entry)
     _state, unacknowledged, retransmissions, timer, probes = entry
     if timer == ZERO_WINDOW_PROBE:
@@ -189,7 +193,7 @@ class PeerSilence:
             return None
         entry = await self._state(keys)
         verdict = judge_open(entry)
-        log.info("the open connection of %s: %s (%s)", peer, {True: "unanswered: its peer is silent",
+        log.debug("the open connection of %s: %s (%s)", peer, {True: "unanswered: its peer is silent",
                                                              False: "answered: its peer's kernel speaks",
                                                              None: "undecided"}[verdict], entry)
         return verdict

@@ -184,40 +184,62 @@ async def test_a_silent_verdict_reached_while_the_inspector_is_behind_is_not_tru
 
 async def test_silence_on_an_open_connection_whose_kernel_answers_is_not_unreachable() -> None:
     """Past the silence limit, a stream still open over TCP is asked about (southbound/tcp_peer.judge_open): its
-    kernel answering means a live host (its agent stalled, or this inspector behind reading it) — not declared,
-    said once; its kernel silent too, unreachable; undecided, asked again. A unix-socket agent is never asked
-    (nothing to tell by): unreachable."""
+    kernel answering means a live host — agent down (an alarm, never a fence), up again when it speaks; its kernel
+    silent too, unreachable; undecided (no socket found), asked again until a second silence limit has passed,
+    then the silence decides. A unix-socket agent is never asked: unreachable."""
     verdict: dict[str, bool | None] = {"ipv4:10.0.0.1:5": False, "ipv4:10.0.0.2:5": True, "ipv4:10.0.0.3:5": None}
     asked: list[str] = []
 
     async def open_peer_silent(peer: str) -> bool | None:
         asked.append(peer)
         return verdict[peer]
-    changes: list[tuple[str, str]] = []
+    changes: list[tuple[str, str, float]] = []
 
     async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
-        changes.append((rec.host_id, new))
-    lv = Liveness(0.05, on_change, Lag(bound_s=1.0, hold_s=0.05), open_peer_silent=open_peer_silent)
+        changes.append((rec.host_id, new, lv.silence(rec)))
+    lv = Liveness(0.2, on_change, Lag(bound_s=1.0, hold_s=0.05), open_peer_silent=open_peer_silent)
     for host, peer in (("stalled", "ipv4:10.0.0.1:5"), ("silent", "ipv4:10.0.0.2:5"), ("unknown", "ipv4:10.0.0.3:5"),
                        ("local", "unix:/s")):
         await lv.attach(lv.record(host), object(), agent_pb2.Hello(host_id=host, boot_id="b"), peer)
+    changes.clear()
     watch = asyncio.create_task(lv.watch())
     try:
-        await wait_for(lambda: {h for h, new in changes if new == UNREACHABLE} == {"silent", "local"}
-                       and asked.count("ipv4:10.0.0.1:5") >= 2 and asked.count("ipv4:10.0.0.3:5") >= 2, 5.0,
-                       what="two declared, the stalled and the undecided asked twice")
-        assert lv.hosts["stalled"].liveness == UP and lv.hosts["stalled"].excused
-        assert lv.hosts["unknown"].liveness == UP and not lv.hosts["unknown"].excused
-        verdict["ipv4:10.0.0.3:5"] = True
-        await wait_for(lambda: lv.hosts["unknown"].liveness == UNREACHABLE, 5.0, what="the undecided one declared")
-        await lv.heard(lv.hosts["stalled"])  # it speaks again: a later silence is said anew
-        assert not lv.hosts["stalled"].excused
-        verdict["ipv4:10.0.0.1:5"] = True    # and now its kernel is silent too
-        await wait_for(lambda: lv.hosts["stalled"].liveness == UNREACHABLE, 5.0, what="the stalled host declared")
+        await wait_for(lambda: {(h, new) for h, new, _ in changes} == {
+            ("stalled", AGENT_DOWN), ("silent", UNREACHABLE), ("local", UNREACHABLE), ("unknown", UNREACHABLE)}, 5.0,
+            what="every silent host judged")
+        stalled = lv.hosts["stalled"]
+        assert stalled.connected and [p for p in asked if p == "ipv4:10.0.0.1:5"] == ["ipv4:10.0.0.1:5"]
+        # the undecided one was asked turn after turn, and declared only past a second silence limit
+        assert asked.count("ipv4:10.0.0.3:5") >= 2
+        assert next(s for h, new, s in changes if h == "unknown") >= 2 * lv.silence_limit_s
+        assert next(s for h, new, s in changes if h == "silent") < 2 * lv.silence_limit_s
+        await lv.heard(stalled)  # it speaks again
+        assert stalled.liveness == UP
+        verdict["ipv4:10.0.0.1:5"] = True  # and falls silent with its kernel
+        await wait_for(lambda: stalled.liveness == UNREACHABLE, 5.0, what="the stalled host declared")
     finally:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
     assert "unix:/s" not in asked
+
+
+async def test_an_answered_close_is_an_agents_death_however_long_the_silence_before() -> None:
+    """The close of a stream whose host had been silent past the limit (not looked at meanwhile: the inspector
+    was behind) but whose kernel answered the close: agent down, never unreachable."""
+    async def peer_silent(_peer: str) -> bool:
+        return False
+    changes: list[str] = []
+
+    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append(new)
+    lv = Liveness(0.05, on_change, peer_silent=peer_silent)
+    rec, s = lv.record("h"), object()
+    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
+    rec.last_seen -= 10.0  # silent for 10 s (the behaviour under test, not a wait)
+    await lv.detach(rec, s)
+    assert rec.closed_stream is s  # being judged: the watch leaves it alone meanwhile
+    await asyncio.gather(*lv._judging)
+    assert changes == [UP, AGENT_DOWN] and rec.closed_stream is None
 
 
 def test_late_reads_count_at_once_and_on_time_ones_do_not_recount_the_fleet() -> None:

@@ -123,14 +123,15 @@ def test_the_verdict_on_an_open_connection() -> None:
     assert judge_open(("ESTABLISHED", 34, 2, 1, 0)) is True     # our pings retransmitted, unanswered: silent
     assert judge_open(("ESTABLISHED", 9000, 0, 4, 1)) is False  # behind a full window, its probes answered
     assert judge_open(("ESTABLISHED", 9000, 0, 4, 2)) is True   # two window probes unanswered
-    # closed, its end not read yet by the inspector: judged as a close
-    assert judge_open(None) is False and judge_open(("FIN_WAIT2", 0, 0, 0, 0)) is False
+    # closed, its end not read yet by the inspector: judged as a close; no socket at all: undecided
+    assert judge_open(None) is None and judge_open(("FIN_WAIT2", 0, 0, 0, 0)) is False
+    assert judge_open(("CLOSE_WAIT", 0, 0, 0, 0)) is False
     assert judge_open(("FIN_WAIT1", 1, 1, 1, 0)) is True and judge_open(("FIN_WAIT1", 1, 0, 1, 0)) is None
 
 
 async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
     """A real loopback connection, open and idle (the agent says nothing, its kernel is there): answered. Closed
-    by the peer since: answered too."""
+    by the peer since (CLOSE_WAIT, the inspector not having read the end): answered too."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     client = socket.create_connection(("127.0.0.1", port))
@@ -139,9 +140,14 @@ async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
         peer = f"ipv4:127.0.0.1:{client.getsockname()[1]}"
         peers = PeerSilence(lambda: {port})
         accepted.sendall(b"ping")  # what the keepalive sends: acknowledged by the peer's kernel, never read
+        assert (await peers._state(proc_keys(peer)))[0] == "ESTABLISHED"
         assert await peers.open_silent(peer) is False
+        assert client.recv(4) == b"ping"
         client.close()  # the peer's kernel closed it (its agent died) before the inspector read the stream's end
+        assert (await peers._state(proc_keys(peer)))[0] == "CLOSE_WAIT"
         assert await peers.open_silent(peer) is False
+        accepted.close()  # gone from the tables: nothing to tell by here (the silence decides)
+        assert await peers.open_silent(peer) is None
         assert await PeerSilence(lambda: {port}).open_silent("unix:/run/agent.sock") is None
     finally:
         for s in (client, accepted, server):
