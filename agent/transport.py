@@ -82,6 +82,7 @@ class AgentLink:
         self.connects = 0
         self._redirect: str | None = None
         self._accepted = False
+        self._accepted_at = 0.0
         self._stream: Stream[agent_pb2.AgentMessage, agent_pb2.GatewayMessage] | None = None
         self._writing = asyncio.Lock()  # one message at a time on the stream (the goodbye comes from outside)
         self._stopping = False
@@ -116,7 +117,10 @@ class AgentLink:
             finally:
                 self.connected.clear()
                 self._stream = None
-                if self._accepted:  # a leader had taken the stream: only consecutive failures grow the backoff
+                if self._accepted and time.monotonic() - self._accepted_at >= 2 * self.max_backoff_s:
+                    # a leader had kept the stream a while: only failures in a row grow the backoff. One cut off
+                    # at once (an overloaded inspector's pings timing out) does not reset it: agents retrying
+                    # every 50 ms would feed the storm that cut them off (bench/scale.py at 10,000 agents)
                     backoff = 0.05
             if self._stopping:
                 return
@@ -245,6 +249,7 @@ class AgentLink:
             self.state.resend_levels(time.time_ns())
         elif kind == "config":
             self._accepted = True  # the inspector took the stream (only a leader sends its config)
+            self._accepted_at = time.monotonic()
             if msg.config.heartbeat_interval_ms:
                 self.heartbeat_interval_s = msg.config.heartbeat_interval_ms / 1000
 

@@ -86,8 +86,11 @@ class SimAgent(asyncio.Protocol):
                 self.settled.set()
                 if flags & END_STREAM:
                     self._end("end of stream")
-            elif kind == HEADERS and flags & END_STREAM or kind in (RST_STREAM, GOAWAY):
-                self._end({HEADERS: "trailers", RST_STREAM: "RST_STREAM", GOAWAY: "GOAWAY"}[kind])
+            elif kind == GOAWAY:  # the error code and the server's words: why it ends the connection
+                code = int.from_bytes(buf[at + 13:at + 17], "big") if length >= 8 else -1
+                self._end(f"GOAWAY {code} {bytes(buf[at + 17:at + 9 + length]).decode(errors='replace')[:60]}")
+            elif kind == HEADERS and flags & END_STREAM or kind == RST_STREAM:
+                self._end({HEADERS: "trailers", RST_STREAM: "RST_STREAM"}[kind])
             at += 9 + length
         del buf[:at]
 
@@ -146,7 +149,7 @@ class Fleet:
                 if not proto.answered.is_set():
                     raise ConnectionError(f"refused: {proto.why}")  # admission's "busy": retried with backoff
                 self.connected += 1
-                backoff = 0.05  # as agent/transport.py: only failures in a row grow the backoff
+                accepted_at = time.monotonic()
                 await asyncio.sleep(random.uniform(0, self.heartbeat_s))  # heartbeats spread over the interval
                 while not proto.ended.is_set():
                     proto.heartbeat()
@@ -154,6 +157,8 @@ class Fleet:
                         await asyncio.wait_for(proto.ended.wait(), self.heartbeat_s)
                     except TimeoutError:
                         pass
+                if time.monotonic() - accepted_at >= 2 * MAX_BACKOFF_S:
+                    backoff = 0.05  # as agent/transport.py: a stream kept a while resets the backoff
                 if self.connected >= self.count:
                     self.lost += 1
                     self.reasons[proto.why] = self.reasons.get(proto.why, 0) + 1

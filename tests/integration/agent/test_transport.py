@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -188,3 +189,26 @@ async def test_a_redirect_nobody_can_dial_is_logged_and_the_agent_carries_on(
             assert record.levelno == logging.ERROR and "unix-abstract: form is not supported" in record.getMessage()
             assert await f.expect("hello") == "hello compute-1"  # back to the configured endpoint
             assert not task.done()
+
+
+async def test_a_stream_cut_off_at_once_does_not_reset_the_backoff() -> None:
+    """An inspector that takes each stream and cuts it at once (overloaded: its pings timing out) is not redialled
+    every 50 ms: only a stream kept a while (twice the maximum backoff) resets the backoff, so the retries of a
+    reconnect storm spread out instead of feeding it."""
+    calls: list[float] = []
+
+    async def connect(requests: AsyncIterator[agent_pb2.AgentMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.GatewayMessage]:
+        calls.append(time.monotonic())
+        await anext(aiter(requests))
+        yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=500))  # taken
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "cut off")
+
+    async with gateway_in_process(connect) as endpoint:
+        link = AgentLink(AgentState("compute-1", "test"), (endpoint,), None, max_backoff_s=0.4)
+        async with running(link):
+            await wait_for(lambda: len(calls) >= 7, 20, 0.01, "seven streams")
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    # the backoff doubled from 50 ms to its 0.4 s cap (each wait jittered by ×0.5–1.5): had each taken stream
+    # reset it, every gap would be about 50 ms
+    assert min(gaps[-3:]) >= 0.2 - 0.01, gaps
