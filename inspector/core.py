@@ -137,7 +137,8 @@ class Inspector:
         self.peers = PeerSilence(lambda: set(self.ports))
         self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed, self.lag,
                                  heartbeat_s=cfg.heartbeat_interval_ms / 1000, peer_silent=self.peers.silent,
-                                 open_peer_silent=self.peers.open_silent)
+                                 open_peer_silent=self.peers.open_silent,
+                                 transport_s=(cfg.keepalive_ms + cfg.ping_timeout_ms) / 1000 + 0.5)
         # a healthy agent speaks every heartbeat interval: hosts silenced together are all "quiet" by the time
         # the first of them crosses the liveness timeout
         hb = cfg.heartbeat_interval_ms / 1000

@@ -61,6 +61,7 @@ class HostRecord:
     components: dict[str, agent_pb2.ComponentState] = field(default_factory=dict)
     health: agent_pb2.AgentHealth | None = None  # the agent's latest report on itself, for Diagnostics
     stream: object | None = None    # identity of the stream currently owning the host
+    excused: bool = False           # silent past the limit, its kernel answering: said once per silence
     goodbye: bool = False
     closed_stream: object | None = None  # the stream whose end is being judged (a later one's judgement wins)
 
@@ -75,12 +76,16 @@ class Liveness:
     def __init__(self, timeout_s: float, on_change: Callable[[HostRecord, str, str], Awaitable[None]],
                  lag: Lag | None = None, *, heartbeat_s: float = 0.0,
                  peer_silent: Callable[[str], Awaitable[bool]] | None = None,
-                 open_peer_silent: Callable[[str], Awaitable[bool | None]] | None = None) -> None:
+                 open_peer_silent: Callable[[str], Awaitable[bool | None]] | None = None,
+                 transport_s: float = 0.0) -> None:
         self.timeout_s = timeout_s
         # no message for longer than this: unreachable (a healthy agent speaks every heartbeat interval)
         self.silence_limit_s = max(timeout_s, 2.5 * heartbeat_s)
         self.peer_silent = peer_silent  # did a closed connection's peer answer? (southbound/tcp_peer.py)
         self.open_peer_silent = open_peer_silent  # and an open one's, when its agent fell silent
+        # a kernel that acknowledged all we sent is proof of life only once the keepalive has had its full turn
+        # (a ping sent and left unanswered for its timeout ends the connection): until then, nothing is declared
+        self.stall_after_s = self.silence_limit_s + transport_s
         self._judging: set[asyncio.Task[None]] = set()
         self.on_change = on_change
         self.lag = lag or Lag(bound_s=max(0.05, timeout_s / 5), hold_s=timeout_s)
@@ -140,6 +145,7 @@ class Liveness:
             rec.health = None      # and counts its checkers' runs afresh
         rec.stream, rec.connected, rec.goodbye = stream, True, False
         rec.min_read_delay = float("inf")
+        rec.excused = False
         rec.boot_id, rec.agent_version, rec.peer = hello.boot_id, hello.agent_version, peer
         rec.facts = dict(hello.facts)
         self._seen(rec)
@@ -148,6 +154,7 @@ class Liveness:
 
     async def heard(self, rec: HostRecord) -> None:
         self._seen(rec)
+        rec.excused = False
         if rec.liveness != UP:
             await self._set(rec, UP)
 
@@ -224,9 +231,9 @@ class Liveness:
 
     async def _declare(self, silent: list[HostRecord]) -> None:
         """Declare unreachable the silent hosts whose transport does not say otherwise: a stream still open over
-        TCP whose peer's kernel answers is a live host (``tcp_peer.judge_open``) whose agent is down; one whose
-        kernel is silent too, or that nothing can tell about (not TCP, not open, or undecided for a second
-        silence limit), is unreachable."""
+        TCP whose peer's kernel answers is left to the keepalive for its full turn, then is a live host
+        (``tcp_peer.judge_open``) whose agent is down; one whose kernel is silent too, or that nothing can tell
+        about (not TCP, not open, or undecided for that long and a silence limit more), is unreachable."""
         told: dict[int, bool | None] = {}  # what the open connections' kernels say, by index in ``silent``
         asked = [i for i, rec in enumerate(silent) if self.open_peer_silent is not None and rec.connected
                  and rec.peer.startswith(("ipv4:", "ipv6:"))]
@@ -244,12 +251,21 @@ class Liveness:
                     or self.silence(rec, now) <= self.silence_limit_s):
                 continue  # heard meanwhile, or judged
             verdict = told.get(i, True)  # nothing to tell by (not TCP, not open): the silence alone decides
-            if verdict is None and self.silence(rec, now) < 2 * self.silence_limit_s:
-                continue  # undecided (a close in flight, no socket found): looked at again, for another limit
+            if verdict is None and self.silence(rec, now) < self.stall_after_s + self.silence_limit_s:
+                continue  # undecided (a close in flight, no socket found): looked at again, for a while
             if verdict is False:
-                # the host lives: its agent stalled, or this inspector is behind reading it. An agent alarm (no
-                # fence; its BMC is polled like any absent agent's), cleared when the agent speaks again
-                log.warning("host %s: no message for %.1f s, but its kernel answers on its connection: agent "
+                if self.silence(rec, now) < self.stall_after_s:
+                    # nothing of ours unanswered yet: the keepalive's ping may not have gone out. Its full turn
+                    # ends a dead host's connection (then judged as a close); until then, nothing is declared
+                    if not rec.excused:
+                        rec.excused = True
+                        log.info("host %s: no message for %.1f s, its kernel acknowledging all we sent: left to "
+                                 "the keepalive", rec.host_id, self.silence(rec, now))
+                    continue
+                # the connection outlived a full keepalive turn: the host's HTTP/2 answers, its agent is stalled
+                # (or this inspector is behind reading it). An agent alarm (no fence; its BMC is polled like any
+                # absent agent's), cleared when the agent speaks again
+                log.warning("host %s: no message for %.1f s, but its connection answers the keepalive: agent "
                             "down, not unreachable (its agent stalled, or this inspector is behind reading it)",
                             rec.host_id, self.silence(rec, now))
                 await self._set(rec, AGENT_DOWN)

@@ -136,8 +136,8 @@ def judge(entry: Entry | None) -> bool | None:
 def judge_open(entry: Entry | None) -> bool | None:
     """A connection still open whose agent has said nothing for longer than the silence limit. True: its peer's
     kernel is silent too (what we sent is unacknowledged and already retransmitted, or two window probes went
-    unanswered); False: the kernel answers (nothing of ours waits retransmitted), so the host is alive and what
-    stalled is its agent, or this inspector's own reading of the stream; None: undecided yet.
+    unanswered); False: the kernel acknowledged everything we sent — proof of life only once the keepalive
+    has sent something since the silence began (``Liveness`` waits for its full turn); None: undecided yet.
 
     Closed already, though this inspector has not yet read the stream's end (seen at 10,000 agents): judged as a
     close (``judge``). No socket at all is undecided here, not "answered": the tables may not show this
@@ -148,8 +148,11 @@ def judge_open(entry: Entry | None) -> bool | None:
         return judge(entry)
     _state, unacknowledged, retransmissions, timer, probes = entry
     if timer == ZERO_WINDOW_PROBE:
-        return probes >= 2
-    return bool(unacknowledged and retransmissions)
+        return True if probes >= 2 else None
+    if unacknowledged:
+        # retransmitted: unanswered for a retransmission timeout; not yet: a delayed ACK may still come
+        return True if retransmissions else None
+    return False
 
 
 def _behind_full_window(entry: Entry | None) -> bool:

@@ -119,9 +119,9 @@ async def test_a_peer_that_stopped_reading_is_not_silent() -> None:
 def test_the_verdict_on_an_open_connection() -> None:
     """An agent silent past the limit on a connection still open: the kernel's word on the host."""
     assert judge_open(("ESTABLISHED", 0, 0, 0, 0)) is False     # nothing of ours waits: the kernel answers
-    assert judge_open(("ESTABLISHED", 17, 0, 1, 0)) is False    # sent just now, not yet retransmitted
+    assert judge_open(("ESTABLISHED", 17, 0, 1, 0)) is None     # sent just now, not yet retransmitted
     assert judge_open(("ESTABLISHED", 34, 2, 1, 0)) is True     # our pings retransmitted, unanswered: silent
-    assert judge_open(("ESTABLISHED", 9000, 0, 4, 1)) is False  # behind a full window, its probes answered
+    assert judge_open(("ESTABLISHED", 9000, 0, 4, 1)) is None   # behind a full window, one probe out
     assert judge_open(("ESTABLISHED", 9000, 0, 4, 2)) is True   # two window probes unanswered
     # closed, its end not read yet by the inspector: judged as a close; no socket at all: undecided
     assert judge_open(None) is None and judge_open(("FIN_WAIT2", 0, 0, 0, 0)) is False
