@@ -63,6 +63,7 @@ from inspector.southbound.http_events import HttpEvents
 from inspector.southbound.lag import Lag
 from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 from inspector.southbound.messages import FAULTY, trigger_from_state
+from inspector.southbound import tcp_peer
 from inspector.southbound.tcp_peer import PeerSilence
 from inspector.tls import ServerCertificates, server_listeners
 from notifier.credentials import watch_keystone_streams
@@ -403,6 +404,13 @@ class Inspector:
             self.ports.append(port)
         await server.start()
         self.server = server
+        tcp_ports = {port for (address, _), port in zip(listeners, self.ports) if not address.startswith("unix:")}
+        if tcp_ports and not await asyncio.to_thread(tcp_peer.listening, tcp_ports):
+            # the kernel's word on the agents' connections cannot be read here: judged as before it was asked
+            log.error("the TCP connection tables (%s) do not show this inspector's own listeners: silence is judged "
+                      "by heartbeats alone, and a closed stream is an agent's death only if heard from recently "
+                      "(docs/agent.md, \"Liveness\")", ", ".join(tcp_peer.TABLES))
+            self.liveness.peer_silent = self.liveness.open_peer_silent = None
         # every replica, whatever its role (a follower's leadership changes must not cancel it): its own streams
         self._keystone_watch = asyncio.create_task(watch_keystone_streams(self.auth, self.registry),
                                                    name="Keystone tokens of live streams")

@@ -115,6 +115,22 @@ def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, .
     return out
 
 
+def listening(ports: set[int], tables: tuple[str, ...] = TABLES) -> bool:
+    """Do the connection tables show a listening socket on one of ``ports``? Not when /proc is masked or shows
+    another network namespace: then nothing here can be read about this process's connections."""
+    for table in tables:
+        try:
+            with open(table) as f:
+                next(f, None)  # the header
+                for line in f:
+                    fields = line.split(None, 4)
+                    if len(fields) >= 4 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                        return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def judge(entry: Entry | None) -> bool | None:
     """True: the peer is silent; False: its kernel answered; None: look again."""
     if entry is None:

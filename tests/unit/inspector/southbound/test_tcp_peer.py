@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from inspector.southbound import tcp_peer
-from inspector.southbound.tcp_peer import PeerSilence, judge, judge_open, proc_keys, read_states
+from inspector.southbound.tcp_peer import PeerSilence, judge, judge_open, listening, proc_keys, read_states
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
@@ -152,3 +152,17 @@ async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
     finally:
         for s in (client, accepted, server):
             s.close()
+
+
+def test_the_tables_are_trusted_only_if_they_show_our_own_listener(tmp_path: Path) -> None:
+    """At start-up the inspector looks for its own listening socket: found, the kernel's word is read; not found
+    (a masked /proc, another namespace's tables), it judges by heartbeats alone."""
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = server.getsockname()[1]
+        assert listening({port})
+        empty = tmp_path / "tcp"
+        empty.write_text(HEADER)
+        assert not listening({port}, (str(empty), str(tmp_path / "missing")))
+    finally:
+        server.close()
