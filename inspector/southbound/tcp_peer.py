@@ -46,7 +46,7 @@ import ipaddress
 import logging
 import struct
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 log = logging.getLogger("doctor.inspector.tcp")
 
@@ -92,43 +92,46 @@ Entry = tuple[str, int, int, int, int]  # (state, bytes not acknowledged, retran
 ZERO_WINDOW_PROBE = 4  # /proc/net/tcp's "tr": the peer's receive window was full, its window is being probed
 
 
-def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, Entry]:
-    """The TCP state of each connection whose remote address is one of ``keys`` and whose local port is one of
-    ``local_ports`` (a key absent from the answer: no such socket)."""
-    wanted = set(keys)
-    out: dict[str, Entry] = {}
+def _rows(tables: tuple[str, ...]) -> Iterator[list[str]]:
+    """Each socket's fields (split as far as the inode) in the tables that can be read; an unreadable one is
+    skipped."""
     for table in tables:
         try:
             with open(table) as f:
                 next(f, None)  # the header
                 for line in f:
-                    fields = line.split(None, 9)
-                    if len(fields) < 9 or fields[2] not in wanted:
-                        continue
-                    if int(fields[1].rsplit(":", 1)[1], 16) in local_ports:
-                        tx = int(fields[4].split(":", 1)[0], 16)
-                        timer = int(fields[5].split(":", 1)[0], 16)
-                        out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer,
-                                          int(fields[8]))  # icsk_probes_out, zeroed by any answer
+                    yield line.split(None, 9)
         except OSError:
             continue
+
+
+def _local_port(fields: list[str]) -> int:
+    return int(fields[1].rsplit(":", 1)[1], 16)
+
+
+def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, Entry]:
+    """The TCP state of each connection whose remote address is one of ``keys`` and whose local port is one of
+    ``local_ports`` (a key absent from the answer: no such socket)."""
+    wanted = set(keys)
+    out: dict[str, Entry] = {}
+    for fields in _rows(tables):
+        if len(fields) < 9 or fields[2] not in wanted or _local_port(fields) not in local_ports:
+            continue
+        tx = int(fields[4].split(":", 1)[0], 16)
+        timer = int(fields[5].split(":", 1)[0], 16)
+        out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer,
+                          int(fields[8]))  # icsk_probes_out, zeroed by any answer
     return out
 
 
 def listening(ports: set[int], tables: tuple[str, ...] = TABLES) -> bool:
     """Do the connection tables show a listening socket on one of ``ports``? Not when /proc is masked or shows
     another network namespace: then nothing here can be read about this process's connections."""
-    for table in tables:
-        try:
-            with open(table) as f:
-                next(f, None)  # the header
-                for line in f:
-                    fields = line.split(None, 4)
-                    if len(fields) >= 4 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) in ports:
-                        return True
-        except (OSError, ValueError):
-            continue
-    return False
+    try:
+        return any(len(fields) >= 4 and fields[3] == "0A" and _local_port(fields) in ports
+                   for fields in _rows(tables))
+    except ValueError:  # a table this code cannot parse is one it cannot trust either
+        return False
 
 
 def judge(entry: Entry | None) -> bool | None:
