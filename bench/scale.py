@@ -73,6 +73,8 @@ IDLE_PROJECTS = 100
 INGEST_STREAMS = 200       # agent streams sending events, in the generator processes
 INGEST_BATCH = 20          # events per message
 INGEST_SECONDS = 8.0
+# the default, said aloud (docs/agent.md, "Liveness"); DOCTOR_BENCH_NO_GC_FREEZE=1 for the A/B without it
+GC_FREEZE = f'gc_freeze = {"false" if os.environ.get("DOCTOR_BENCH_NO_GC_FREEZE") else "true"}\n'
 
 
 # -- a generator process ---------------------------------------------------------------------------
@@ -205,7 +207,8 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
     (d / "inspector.toml").write_text(
         f'[inspector]\nlisten = ["{endpoint}", "169.254.250.1:{agent_port}"]\nlog_level = "warning"\n'
         f'heartbeat_interval_ms = {heartbeat_ms}\nliveness_timeout_ms = {timeout_ms}\nmax_handshakes = 512\n'
-        f'keepalive_ms = {keepalive_ms}\n' + (f'ping_timeout_ms = {ping_timeout_ms}\n' if ping_timeout_ms else '') +
+        f'keepalive_ms = {keepalive_ms}\n{GC_FREEZE}'
+        + (f'ping_timeout_ms = {ping_timeout_ms}\n' if ping_timeout_ms else '') +
         f'[controller.embedded]\ninventory = "inventory.toml"\n[tls]\nplaintext = true  # the bench\'s own veth\n'
         f'[auth]\nallow_anonymous_agents = true\n')
     (d / "probe.toml").write_text(
@@ -382,7 +385,7 @@ async def run(subscribers: int, procs: int, metrics: bool = False) -> dict[str, 
     consumers = "".join(f'[[auth.consumers]]\nname = "{p}"\nproject = "{p}"\ntoken = "{t}"\n'
                         for p, t in tokens.items())
     (d / "inspector.toml").write_text(
-        f'[inspector]\nlisten = ["{endpoint}"]\nlog_level = "warning"\n'
+        f'[inspector]\nlisten = ["{endpoint}"]\nlog_level = "warning"\n{GC_FREEZE}'
         f'[controller.embedded]\ninventory = "inventory.toml"\n[notifier]\nqueue_limit = 1000\n'
         + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else "")
         + f'[auth]\nallow_anonymous_agents = true\n{consumers}')

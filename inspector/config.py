@@ -36,6 +36,7 @@ class InspectorConfig:
     liveness_timeout_s: float = 1.5
     keepalive_ms: int = 750              # the transport's pings (southbound/tcp_peer.py)
     ping_timeout_ms: int = 1500          # and how long one may go unanswered (default: the liveness timeout)
+    gc_freeze: bool = True               # freeze survivors of full collections (doctor_common/gc_pacing.py)
     fencing_timeout_s: float = 5.0
     fencing_poll_s: float = 0.002
     fencing_retry_s: float = 0.05
@@ -217,6 +218,8 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
     if opts["ping_timeout_ms"] > timeout_ms:
         raise i.error("ping_timeout_ms", "must not be longer than liveness_timeout_ms (the transport would find a "
                                          "silent peer later than the heartbeats could)")
+    # full collections stop walking thousands of agent streams (docs/agent.md, "Liveness"); false: CPython as is
+    opts["gc_freeze"] = i.bool("gc_freeze", True)
     opts["advertise"] = i.str("advertise", "")
     opts["advertise_agents"] = i.str("advertise_agents", "")
     opts["takeover_grace_s"] = i.int("takeover_grace_ms", 10_000, min=0) / 1000

@@ -364,7 +364,7 @@ class Inspector:
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if not self._gc_paced:  # full collections walk only what is new (doctor_common/gc_pacing.py)
+        if self.cfg.gc_freeze and not self._gc_paced:  # full collections walk only what is new (gc_pacing.py)
             self._gc_paced = True
             PACING.install()
         await self.resources.load()
@@ -405,7 +405,9 @@ class Inspector:
         await server.start()
         self.server = server
         tcp_ports = {port for (address, _), port in zip(listeners, self.ports) if not address.startswith("unix:")}
-        if tcp_ports and not await asyncio.to_thread(tcp_peer.listening, tcp_ports):
+        # read here, in the same turn as the start (a few ms, once): an await would let clients find the gRPC
+        # port open before the HTTP one and the leadership campaign
+        if tcp_ports and not tcp_peer.listening(tcp_ports):
             # the kernel's word on the agents' connections cannot be read here: judged as before it was asked
             log.error("the TCP connection tables (%s) do not show this inspector's own listeners: silence is judged "
                       "by heartbeats alone, and a closed stream is an agent's death only if heard from recently "
