@@ -14,6 +14,8 @@ import asyncio
 import random
 import struct
 import time
+from collections import Counter
+
 import hpack
 
 from doctor_common.api import agent_pb2
@@ -57,7 +59,6 @@ class SimAgent(asyncio.Protocol):
         self.answered = asyncio.Event()
         self.ended = asyncio.Event()
         self.settled = asyncio.Event()  # answered or ended, whichever first (a refusal ends it unanswered)
-        self.pings = 0
         self.why = ""  # what ended it: trailers, RST_STREAM, GOAWAY, the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,7 +76,6 @@ class SimAgent(asyncio.Protocol):
                 break
             kind, flags = buf[at + 3], buf[at + 4]
             if kind == PING and not flags & ACK:
-                self.pings += 1
                 assert self.transport is not None
                 self.transport.write(frame(PING, ACK, 0, bytes(buf[at + 9:at + 17])))
             elif kind == SETTINGS and not flags & ACK:
@@ -122,8 +122,7 @@ class Fleet:
         self.heartbeat_s = heartbeat_ms / 1000
         self.connected = 0  # Hellos answered, reconnects included
         self.lost = 0
-        self.pings = 0
-        self.reasons: dict[str, int] = {}  # why streams ended after every agent had been in
+        self.reasons: Counter[str] = Counter()  # why streams ended after every agent had been in
 
     async def hold(self) -> None:
         """Until cancelled."""
@@ -161,15 +160,13 @@ class Fleet:
                     backoff = 0.05  # as agent/transport.py: a stream kept a while resets the backoff
                 if self.connected >= self.count:
                     self.lost += 1
-                    self.reasons[proto.why] = self.reasons.get(proto.why, 0) + 1
+                    self.reasons[proto.why] += 1
             except (OSError, TimeoutError):
                 pass
             except Exception as exc:  # noqa: BLE001 - one agent's surprise must not end the others
-                self.reasons[f"generator error: {exc!r}"] = self.reasons.get(f"generator error: {exc!r}", 0) + 1
+                self.reasons[f"generator error: {exc!r}"] += 1
             finally:
-                if proto is not None:
-                    self.pings += proto.pings
-                    if proto.transport is not None:
-                        proto.transport.close()
+                if proto is not None and proto.transport is not None:
+                    proto.transport.close()
             await asyncio.sleep(backoff * (0.5 + random.random()))  # the agent's own backoff, up to 2 s
             backoff = min(backoff * 2, MAX_BACKOFF_S)

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from inspector.southbound import tcp_peer
 from inspector.southbound.tcp_peer import PeerSilence, judge, judge_open, listening, proc_keys, read_states
+
+
+@contextlib.contextmanager
+def loopback() -> Iterator[tuple[int, socket.socket, socket.socket, str]]:
+    """A real loopback connection: (the server's port, the client's socket, the accepted one, the client as grpc
+    names a peer); every socket closed afterwards (closing twice is harmless)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    try:
+        yield port, client, accepted, f"ipv4:127.0.0.1:{client.getsockname()[1]}"
+    finally:
+        for s in (client, accepted, server):
+            s.close()
+
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
@@ -60,33 +78,20 @@ async def test_a_live_connection_is_not_silent_and_many_questions_share_one_read
         return real(keys, ports, tables)
     monkeypatch.setattr(tcp_peer, "read_states", counting)
     monkeypatch.setattr(tcp_peer, "LOOKS_S", (0.01, 0.01))
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
-    accepted, _ = server.accept()
-    try:
-        peer = f"ipv4:127.0.0.1:{client.getsockname()[1]}"
+    with loopback() as (port, _client, _accepted, peer):
         peers = PeerSilence(lambda: {port})
         assert await peers._state(proc_keys(peer)) == ("ESTABLISHED", 0, 0, 0, 0)
         reads.clear()
         verdicts = await asyncio.gather(*(peers.silent(peer) for _ in range(50)))
         assert verdicts == [False] * 50
         assert len(reads) == 3, reads  # one read per look, whatever the number of questions
-    finally:
-        for s in (client, accepted, server):
-            s.close()
 
 
 async def test_a_closed_connection_is_not_silent() -> None:
     """The peer closed (FIN, as a killed agent's kernel does): no socket left in a silent state."""
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
-    accepted, _ = server.accept()
-    peer = f"ipv4:127.0.0.1:{client.getsockname()[1]}"
-    client.close()
-    accepted.close()
-    server.close()
+    with loopback() as (port, client, accepted, peer):
+        client.close()
+        accepted.close()
     assert await PeerSilence(lambda: {port}).silent(peer) is False
 
 
@@ -132,12 +137,7 @@ def test_the_verdict_on_an_open_connection() -> None:
 async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
     """A real loopback connection, open and idle (the agent says nothing, its kernel is there): answered. Closed
     by the peer since (CLOSE_WAIT, the inspector not having read the end): answered too."""
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
-    accepted, _ = server.accept()
-    try:
-        peer = f"ipv4:127.0.0.1:{client.getsockname()[1]}"
+    with loopback() as (port, client, accepted, peer):
         peers = PeerSilence(lambda: {port})
         accepted.sendall(b"ping")  # what the keepalive sends: acknowledged by the peer's kernel, never read
         assert (await peers._state(proc_keys(peer)))[0] == "ESTABLISHED"
@@ -149,9 +149,6 @@ async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
         accepted.close()  # gone from the tables: nothing to tell by here (the silence decides)
         assert await peers.open_silent(peer) is None
         assert await PeerSilence(lambda: {port}).open_silent("unix:/run/agent.sock") is None
-    finally:
-        for s in (client, accepted, server):
-            s.close()
 
 
 def test_the_tables_are_trusted_only_if_they_show_our_own_listener(tmp_path: Path) -> None:
