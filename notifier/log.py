@@ -30,6 +30,10 @@ class NotificationLog(Protocol):
     @property
     def last_sequence(self) -> int: ...
 
+    async def load(self) -> int:
+        """The last sequence as stored (an append that raised may have been applied after all)."""
+        ...
+
     async def append(self, notification: fault_pb2.FaultNotification, *, also: Sequence[Any] = ()) -> int:
         """Assign the next sequence number to the notification, store it, return the number.
 
@@ -55,6 +59,9 @@ class MemoryLog:
     @property
     def first_sequence(self) -> int:
         return self._entries[0].sequence if self._entries else self._last + 1
+
+    async def load(self) -> int:
+        return self._last
 
     async def append(self, notification: fault_pb2.FaultNotification, *, also: Sequence[Any] = ()) -> int:
         if also:

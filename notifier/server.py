@@ -13,7 +13,7 @@ from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc
 from doctor_common.admission import UNBOUNDED, Admission, Ticket
 from doctor_common.audit import Audit
 from doctor_common.auth import Principal, TokenAuth
-from doctor_common.shielded import shielded
+from doctor_common.shielded import start_shielded
 from doctor_common.timeline import Stage, now_ns, stamp
 from notifier.filters import Filter, FilterError, view_notification, view_resources
 from notifier.log import CursorExpired, MemoryLog, NotificationLog
@@ -50,7 +50,10 @@ class Publisher:
     order. The append is shielded from the caller's cancellation (a leader
     losing its term): a write already sent is seen through to its answer —
     applied, or refused by the fencing token — instead of being abandoned with
-    an unknown outcome.
+    an unknown outcome. An append that raised (etcd past its deadline) or
+    whose caller left may still have been applied: what it wrote is read back
+    from the log and offered live, in order, before anything newer
+    (``catch_up``), so a retry can ask the journal instead of announcing twice.
     """
 
     def __init__(self, log_: NotificationLog, registry: Registry,
@@ -62,21 +65,59 @@ class Publisher:
         self._shield = not isinstance(log_, MemoryLog)  # an in-memory append cannot be left half-done
         self._lock = asyncio.Lock()
         self.audit = Audit()  # the daemon sets its own
+        # an append raised or was left by its caller after this sequence: what it wrote is not offered yet
+        self._unsure_after: int | None = None
+        self._inflight: asyncio.Future[int] | None = None  # that append, if it may still be running
 
     async def publish(self, notification: fault_pb2.FaultNotification, also: Sequence[Any] = (),
                       stage: int = Stage.STAGE_PUBLISHED) -> int:
         """Log, then fan out; ``stage`` is stamped on its timeline (an incident's earlier notices have their own)."""
         stamp(notification.timeline, stage)
         async with self._lock:
-            if self._shield:
-                seq = await shielded(self._append(notification, also))  # errors are logged in _append
-            else:
-                seq = await self._append(notification, also)
+            await self._catch_up()  # anything an earlier append wrote goes out before this one
+            before = self.log.last_sequence
+            try:
+                if self._shield:
+                    self._inflight = start_shielded(self._append(notification, also))  # errors logged in _append
+                    seq = await asyncio.shield(self._inflight)
+                else:
+                    seq = await self._append(notification, also)
+            except BaseException:
+                self._unsure_after = before  # applied or not: the log will say
+                raise
+            self._inflight = None
             self.after_append(seq, stage)
-            recipients = self.registry.fan_out(notification)
-        self.audit.published(seq, notification.notification_id, recipients,
-                             fault_pb2.IncidentPhase.Name(notification.phase).removeprefix("INCIDENT_PHASE_").lower())
+            self._offer(notification)
         return seq
+
+    async def catch_up(self) -> None:
+        """Offer live what appends that raised may have written after all (read back from the log). Raises
+        when the log cannot be read: the caller tries again later."""
+        async with self._lock:
+            await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        if self._unsure_after is None:
+            return
+        if self._inflight is not None:  # its caller left; the write goes on: its outcome first
+            await asyncio.gather(asyncio.shield(self._inflight), return_exceptions=True)
+            self._inflight = None
+        last = await self.log.load()
+        after = max(self._unsure_after, self.registry.last_sequence)  # what was offered already is not read
+        if last > after:
+            try:
+                entries = await self.log.read(after, last)
+            except CursorExpired:
+                entries = []  # trimmed already: every stream that missed it resumes into CursorExpired
+            log.warning("%d notification(s) whose append raised were written after all: offered now", len(entries))
+            for n in entries:
+                self._offer(n)
+        self._unsure_after = None
+
+    def _offer(self, notification: fault_pb2.FaultNotification) -> None:
+        recipients = self.registry.fan_out(notification)
+        self.audit.published(notification.sequence, notification.notification_id, recipients,
+                             fault_pb2.IncidentPhase.Name(notification.phase).removeprefix("INCIDENT_PHASE_").lower())
 
     async def _append(self, notification: fault_pb2.FaultNotification, also: Sequence[Any]) -> int:
         try:

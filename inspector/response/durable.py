@@ -53,6 +53,10 @@ class NullDurable:
     async def step(self, incident_id: str, step: Step, detail: dict[str, Any]) -> None:
         return None
 
+    async def recorded(self, incident_id: str, step: Step) -> bool:
+        """Is the step in the incident's journal? (An append that raised may still have been applied.)"""
+        return False
+
     async def close_incident(self, incident_id: str) -> None:
         return None
 
@@ -123,6 +127,9 @@ class EtcdDurable(NullDurable):
     async def step(self, incident_id: str, step: Step, detail: dict[str, Any]) -> None:
         await self._write(self.store.record_step(incident_id, step, detail), f"journal step {step} of {incident_id}")
 
+    async def recorded(self, incident_id: str, step: Step) -> bool:
+        return any(s.step == str(step) for s in await self.store.steps(incident_id))
+
     async def close_incident(self, incident_id: str) -> None:
         await self._write(self.store.close_incident(incident_id), f"closing incident {incident_id}")
 
@@ -184,6 +191,9 @@ class LocalDurable(NullDurable):
     def _step_op(self, incident_id: str, step: Step, detail: dict[str, Any] | None) -> Any:
         record = {"step": str(step), "node_id": self.node_id, "time_unix": time.time(), "detail": detail or {}}
         return self.state.put_op("steps", f"{incident_id}/{step}", record)
+
+    async def recorded(self, incident_id: str, step: Step) -> bool:
+        return f"{incident_id}/{step}" in await self.state.items("steps")
 
     async def close_incident(self, incident_id: str) -> None:
         await self.state.apply(self.state.delete_op("incidents", incident_id),

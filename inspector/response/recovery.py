@@ -122,6 +122,9 @@ class Recovery:
         # alarm ids whose suspicion is not in the log yet (its append failed, or the term ended between the
         # incident's opening and its notice): announced before anything else is done about them
         self._unannounced: set[str] = set()
+        # of those, the ones whose notice was sent and raised (past etcd's deadline, say): it may have been
+        # applied, so the journal is read before announcing again — a second SUSPECTED would be a lie too
+        self._tried: set[str] = set()
 
     # -- state for the responder and Diagnostics -------------------------------------------------
 
@@ -140,12 +143,14 @@ class Recovery:
         self._failures.clear()
         self._granted.clear()
         self._unannounced.clear()
+        self._tried.clear()
 
     def forget(self, alarm_id: str) -> None:
         self.forget_timer(alarm_id)
         self._failures.pop(alarm_id, None)
         self._granted.discard(alarm_id)
         self._unannounced.discard(alarm_id)
+        self._tried.discard(alarm_id)
 
     # -- a new incident ----------------------------------------------------------------------------
 
@@ -176,9 +181,21 @@ class Recovery:
         missing would be fenced and announced FENCED with no SUSPECTED in the log."""
         if alarm.id not in self._unannounced:
             return
-        await self.r.durable.open_incident(alarm, alarm.actions)  # create-if-absent: a no-op when it is open
-        await self.r.publish(alarm, alarm.timeline, step=Step.NOTIFY_SUSPECTED, stage=Stage.STAGE_SUSPECT_PUBLISHED)
+        if alarm.id in self._tried and await self._announced_after_all(alarm):
+            log.info("the suspicion of %s was announced after all (its append raised, but was applied)", alarm.host)
+        else:
+            await self.r.durable.open_incident(alarm, alarm.actions)  # create-if-absent: a no-op when it is open
+            self._tried.add(alarm.id)
+            await self.r.publish(alarm, alarm.timeline, step=Step.NOTIFY_SUSPECTED,
+                                 stage=Stage.STAGE_SUSPECT_PUBLISHED)
         self._unannounced.discard(alarm.id)
+        self._tried.discard(alarm.id)
+
+    async def _announced_after_all(self, alarm: Alarm) -> bool:
+        """Was the notice whose append raised applied? Then it is in the log, and the publisher offers it live
+        (read back from the log) before this answers: announcing again would tell the owners twice."""
+        await self.r.publisher.catch_up()
+        return await self.r.durable.recorded(alarm.id, Step.NOTIFY_SUSPECTED)
 
     async def decide(self, alarm: Alarm, *, settle: bool = True) -> None:
         """Judge the suspicion against the fleet and act on the verdict. Runs as its own task: the settle

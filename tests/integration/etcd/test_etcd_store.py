@@ -9,6 +9,7 @@ from doctor_common.etcd_guard import NotLeader, TokenGuard
 from inspector.ha.election import Election
 from inspector.ha.etcd_config import EtcdClient, connect
 from inspector.ha.etcd_store import RECOVERY_STEPS, EtcdStore, Step, json_codec, proto_codec
+from inspector.response.durable import EtcdDurable
 from tests.etcd_cluster import EtcdCluster
 from tests.integration.etcd.conftest import keys_under, make_config
 
@@ -102,6 +103,9 @@ async def test_recovery_journal_records_each_step_once_and_survives_a_leader_cha
             ("notify_suspected", "a", token_a), ("fence", "a", token_a), ("confirm_off", "a", token_a)]
         assert inc.steps[1].detail == {"bmc": "10.0.0.9"}
         assert inc.pending() == ["notify_fenced", "mark_down", "servers_error", "notify"]
+        journal = EtcdDurable(sb)  # what a leader asks when an append raised: was the step applied anyway?
+        assert await journal.recorded("inc-1", Step.NOTIFY_SUSPECTED)
+        assert not await journal.recorded("inc-1", Step("mark_down"))
         for step in await sb.pending_steps("inc-1"):
             assert await sb.record_step("inc-1", step) is True
         assert [s.step for s in await sb.steps("inc-1")] == [str(s) for s in RECOVERY_STEPS]

@@ -11,6 +11,7 @@ import pytest
 
 from controller_adapter.base import Bmc, Host
 from doctor_common.api import common_pb2, fault_pb2
+from doctor_common.auth import Principal
 from doctor_common.etcd_guard import EtcdUnavailable, NotLeader
 from doctor_common.lab.cloud import wait_for
 from inspector.ha.etcd_store import Incident
@@ -23,6 +24,7 @@ from inspector.response.policy import default_policy
 from inspector.response.recovery import RetryPolicy
 from inspector.response.responder import Responder
 from inspector.response.trigger import Trigger
+from notifier.filters import Filter
 from notifier.log import MemoryLog
 from notifier.registry import Registry
 from notifier.server import Publisher
@@ -70,6 +72,13 @@ class Journal(NullDurable):
     def __init__(self) -> None:
         self.fail_next_step = False
         self.opened: dict[str, dict[str, Any]] = {}
+        self.steps: set[tuple[str, str]] = set()  # (incident, step) recorded with a log append
+
+    def publish_ops(self, alarm: Any, *, cleared: bool = False, step: Any = None, detail: Any = None) -> list[Any]:
+        return [("step", alarm.id, str(step))] if step is not None else []
+
+    async def recorded(self, incident_id: str, step: Any) -> bool:
+        return (incident_id, str(step)) in self.steps
 
     async def open_incident(self, alarm: Any, actions: Any) -> None:
         self.opened[alarm.id] = {"alarm_id": alarm.id, "host": alarm.host, "actions": sorted(actions)}
@@ -86,12 +95,21 @@ class Log(MemoryLog):
     def __init__(self) -> None:
         super().__init__(10_000)
         self.refuse_next: Exception | None = None
+        self.raise_after_next: Exception | None = None  # applied, then raised (an answer lost past the deadline)
+        self.journal: Journal | None = None
 
     async def append(self, notification: fault_pb2.FaultNotification, *, also: Any = ()) -> int:
         refused, self.refuse_next = self.refuse_next, None
         if refused is not None:
             raise refused
-        return await super().append(notification, also=also)
+        sequence = await super().append(notification)
+        for op in also:  # the journal's step goes in the same transaction as the append
+            if self.journal is not None and op[0] == "step":
+                self.journal.steps.add((op[1], op[2]))
+        late, self.raise_after_next = self.raise_after_next, None
+        if late is not None:
+            raise late
+        return sequence
 
 
 class World:
@@ -104,6 +122,7 @@ class World:
         self.log = Log()
         self.bmcs = Bmcs()
         self.journal = Journal()
+        self.log.journal = self.journal
         self.guard = FleetGuard(cfg, lambda: self.resources.hosts, self.view)
         self.r = Responder(default_policy(), self.resources, Controller(), self.bmcs, self.alarms,  # type: ignore[arg-type]
                            Publisher(self.log, Registry()), durable=self.journal, guard=self.guard,
@@ -235,3 +254,25 @@ async def test_a_suspicion_whose_notice_failed_is_announced_before_it_is_judged(
     assert w.phases_logged("c1") == [P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_FENCED,
                                      P.INCIDENT_PHASE_MARKED_DOWN]
     assert w.bmcs.sent == ["c1"]
+
+
+async def test_a_suspicion_whose_notice_was_applied_but_raised_is_not_announced_twice() -> None:
+    """etcd applies the suspicion's append but its answer comes past the deadline (the append raises) while the
+    leader keeps its term: the journal says the notice went out, so the sweep judges and fences without telling
+    the owners "suspected" a second time."""
+    w = World({f"c{i}": ("az1", "") for i in range(6)})
+    live = w.r.publisher.registry.add(Principal("admin", admin=True), Filter(), 0)
+    w.log.raise_after_next = EtcdUnavailable("etcd did not answer in time")
+    with pytest.raises(EtcdUnavailable):
+        await w.fault("c1", "compute.host.nic.down", "nic:eth0")
+    assert w.phases_logged("c1") == [P.INCIDENT_PHASE_SUSPECTED]
+    await w.r.causes.sweep()
+    await wait_for(lambda: w.phase("c1") == P.INCIDENT_PHASE_MARKED_DOWN, 5, what="judged by the sweep")
+    assert w.phases_logged("c1") == [P.INCIDENT_PHASE_SUSPECTED, P.INCIDENT_PHASE_FENCED,
+                                     P.INCIDENT_PHASE_MARKED_DOWN]
+    assert w.bmcs.sent == ["c1"]
+    # the leader's live subscriber got the suspicion too (read back from the log), once and first
+    got = []
+    while (item := live.take_nowait()) is not None:
+        got.append(item.sequence)
+    assert got == [1, 2, 3]
