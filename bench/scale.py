@@ -6,8 +6,12 @@
   keepalive at 750 ms (the default), plus one real agent in a network namespace over its
   own veth. ``connect_all_s``: until every agent is in (admission bounds the
   handshakes); ``inspector_cpu_pct`` over a steady window; ``false_unreachable``
-  healthy hosts declared unreachable meanwhile; ``silence_detect_ms`` from
-  cutting the real agent's link to its host being unreachable.
+  healthy hosts declared unreachable meanwhile; ``silence_detect_ms`` (median)
+  and ``silence_detect_max_ms`` from cutting the real agent's link to its host
+  being unreachable, over 7 cuts (3 with ``--quick``) at random points of the
+  keepalive's period (the link restored and the agent back in between).
+  ``gc_thaw_pause_ms``: the full collection after a thaw of GC pacing
+  (``doctor_common/gc_pacing.py``, every 600 s), timed with every agent held.
 
 The inspector (standalone, embedded controller, no agents) runs in this
 process; subscribers are opened by generator processes at nice 10
@@ -49,6 +53,7 @@ import ctypes
 import gc
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -188,8 +193,19 @@ async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> No
     await asyncio.gather(held, return_exceptions=True)
 
 
+def pin_this_process(cpus: set[int]) -> None:
+    """Every thread of this process (the inspector's loop and gRPC core's threads) on ``cpus``; threads they
+    start later inherit it."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # a thread that just ended
+
+
 async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300,
-                     heartbeat_ms: int = 5000, ping_timeout_ms: int = 0) -> dict[str, Any]:
+                     heartbeat_ms: int = 5000, ping_timeout_ms: int = 0, cuts: int = 5,
+                     pin: bool = False) -> dict[str, Any]:
     """``n`` simulated agents (heartbeats every 5 s, liveness timeout 1.5 s, the transport's keepalive every
     ``keepalive_ms``) on one inspector; a real agent in a network namespace, over its own veth, whose link is then cut."""
     from inspector.config import load_inspector_config
@@ -234,12 +250,20 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
     probe: subprocess.Popen[bytes] | None = None
     out: dict[str, Any] = {"agents": n, "heartbeat_ms": heartbeat_ms, "liveness_timeout_ms": timeout_ms,
                            "keepalive_ms": insp.cfg.keepalive_ms, "ping_timeout_ms": insp.cfg.ping_timeout_ms}
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned: list[str] = []
+    if pin and len(cpus) >= 2:
+        # the inspector on one core, the simulated hosts on the others: hosts then answer the keepalive on their
+        # own CPU as real ones do, instead of at nice 10 behind the inspector they load
+        pin_this_process({cpus[0]})
+        pinned = ["taskset", "-c", ",".join(map(str, cpus[1:]))]
+        out["pinned"] = f"inspector on cpu {cpus[0]}, generators and the probe on {','.join(map(str, cpus[1:]))}"
     try:
         t0 = time.monotonic()
         per = n // procs
         for k in range(procs):
             count = per if k < procs - 1 else n - per * (procs - 1)
-            gens.append(subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--agents", endpoint,
+            gens.append(subprocess.Popen([*pinned, "nice", "-n", "10", sys.executable, __file__, "--agents", endpoint,
                                           str(k * per), str(count), str(heartbeat_ms)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         def connected() -> int:
@@ -251,7 +275,7 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
             out["connect_all_s"] = None  # the generators could not hold them all (they share the cores)
         out["agents_connected"] = connected()
         with open(d / "probe.log", "wb") as plog:
-            probe = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "agent", "--config",
+            probe = subprocess.Popen([*pinned, "ip", "netns", "exec", ns, sys.executable, "-m", "agent", "--config",
                                       str(d / "probe.toml")], stdout=plog, stderr=plog)
         try:
             await wait_for(lambda: "probe" in insp.liveness.hosts and insp.liveness.hosts["probe"].liveness == UP,
@@ -266,14 +290,29 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         out["inspector_cpu_pct"] = round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (w1 - w0), 1)
         out["steady_s"] = seconds
         out["rss_mb"] = round(me.memory_info().rss / 2**20)
-        cut = time.monotonic()
-        subprocess.run(["ip", "link", "set", link, "down"], check=True)
-        try:
-            await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UNREACHABLE, 30, 0.002,
-                           "the probe's silence")
-            out["silence_detect_ms"] = round((time.monotonic() - cut) * 1000)
-        except TimeoutError:
-            out["silence_detect_ms"] = None  # not within 30 s: the figures before it still stand
+        detect_ms: list[float] = []
+        for k in range(cuts):  # each cut falls at a different point of the keepalive's period
+            if k:
+                subprocess.run(["ip", "link", "set", link, "up"], check=True)
+                await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UP, 30, 0.01, "the probe back")
+                await asyncio.sleep(random.uniform(0, insp.cfg.keepalive_ms / 1000))
+            cut = time.monotonic()
+            subprocess.run(["ip", "link", "set", link, "down"], check=True)
+            try:
+                await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UNREACHABLE, 30, 0.002,
+                               "the probe's silence")
+                detect_ms.append((time.monotonic() - cut) * 1000)
+            except TimeoutError:
+                break  # not within 30 s: the figures before it still stand
+        out["silence_detect_ms"] = round(statistics.median(detect_ms)) if len(detect_ms) == cuts else None
+        out["silence_detect_max_ms"] = round(max(detect_ms)) if len(detect_ms) == cuts else None
+        out["silence_cuts"] = cuts
+        if insp.cfg.gc_freeze:
+            # what a thaw costs (every gc_pacing.THAW_S): one full collection walking every object once more
+            gc.unfreeze()
+            t = time.perf_counter()
+            gc.collect()  # gc_pacing freezes what survives, as after any full collection
+            out["gc_thaw_pause_ms"] = round((time.perf_counter() - t) * 1000)
         out["false_unreachable"] = sum(1 for h, new, _ in changes if new == UNREACHABLE and h != "probe")
         out["false_agent_down"] = sum(1 for h, new, _ in changes if new == "agent_down")
         out["lag_worst_ms"] = round(insp.lag.worst_s * 1000, 1)
@@ -503,7 +542,9 @@ async def main() -> None:
                                                                   "750: the default for its 1.5 s timeout)")
     ap.add_argument("--heartbeat-ms", type=int, default=5000, help="the agents' heartbeat interval (agents phase)")
     ap.add_argument("--ping-timeout-ms", type=int, default=0,
-                    help="the inspector's ping_timeout_ms (agents phase; default: the liveness timeout)")
+                    help="the inspector's ping_timeout_ms (agents phase; default: timeout − keepalive)")
+    ap.add_argument("--pin", action="store_true",
+                    help="agents phase: the inspector on the first CPU, the generators on the others")
     args = ap.parse_args()
     if args.agents:
         endpoint, first, count, heartbeat_ms = args.agents
@@ -523,15 +564,17 @@ async def main() -> None:
             raise SystemExit("the agents phase needs root (a network namespace for the probe agent): run as root, "
                              "or --only subscribers")
         a = await run_agents(args.agent_count or (2000 if args.quick else 10_000), args.procs,
-                             5.0 if args.quick else 15.0, args.keepalive_ms, args.heartbeat_ms, args.ping_timeout_ms)
+                             5.0 if args.quick else 15.0, args.keepalive_ms, args.heartbeat_ms, args.ping_timeout_ms,
+                             3 if args.quick else 7, args.pin)
         print(f"{a['agents']} agents (heartbeats every {a['heartbeat_ms']} ms, transport keepalive every "
               f"{a['keepalive_ms']} ms): {a['agents_connected']} connected (all in {a['connect_all_s']} s); "
               f"inspector {a['inspector_cpu_pct']} % "
               f"of a core over {a['steady_s']} s, {a['rss_mb']} MB; {a['false_unreachable']} declared unreachable "
               f"falsely, {a['streams_lost']} streams lost; a cut link found in {a['silence_detect_ms']} ms "
-              f"(timeout {a['liveness_timeout_ms']} ms)", flush=True)
+              f"(median of {a['silence_cuts']} cuts, max {a['silence_detect_max_ms']} ms; timeout "
+              f"{a['liveness_timeout_ms']} ms, pings unanswered for {a['ping_timeout_ms']} ms end a stream)", flush=True)
     if args.only == "agents":
-        print(json.dumps({"bench": "scale", "cpus": len(os.sched_getaffinity(0)),
+        print(json.dumps({"bench": "scale", "cpus": os.cpu_count(),
                           "shared": f"{args.procs} agent generator processes at nice 10", **a}))
         return
     subscribers = args.subscribers or (2000 if args.quick else 10_000)
@@ -547,7 +590,7 @@ async def main() -> None:
           f"({r['events_per_inspector_cpu_s']} per second of the inspector's CPU)")
     if args.metrics:
         print(f"metrics: {r['scrapes']} scrapes, p50 {r['scrape_p50_ms']} ms, max {r['scrape_max_ms']} ms")
-    print(json.dumps({"bench": "scale", "cpus": len(os.sched_getaffinity(0)),
+    print(json.dumps({"bench": "scale", "cpus": os.cpu_count(),
                       "shared": f"{args.procs} generator processes (agents, subscribers, ingest) at nice 10",
                       **{k: v for k, v in a.items() if k != "agents"}, "agents": a.get("agents", 0), **r}))
 

@@ -35,7 +35,7 @@ class InspectorConfig:
     heartbeat_interval_ms: int = 500
     liveness_timeout_s: float = 1.5
     keepalive_ms: int = 750              # the transport's pings (southbound/tcp_peer.py)
-    ping_timeout_ms: int = 1500          # and how long one may go unanswered (default: the liveness timeout)
+    ping_timeout_ms: int = 750           # and how long one may go unanswered (default: timeout − keepalive)
     gc_freeze: bool = True               # freeze survivors of full collections (doctor_common/gc_pacing.py)
     fencing_timeout_s: float = 5.0
     fencing_poll_s: float = 0.002
@@ -211,10 +211,14 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
     if opts["keepalive_ms"] >= opts["liveness_timeout_s"] * 1000:
         raise i.error("keepalive_ms", "must be shorter than liveness_timeout_ms (a silent peer is found within the "
                                       "timeout plus one keepalive interval)")
-    # a ping unanswered this long closes the connection (then judged by the kernel's word): shorter finds silence
-    # sooner — timeout − keepalive finds it within the timeout — but cuts off agents slow to answer
+    # a ping unanswered this long closes the connection (then judged by the kernel's word). By default timeout −
+    # keepalive: a silent peer is found within the liveness timeout however rare the heartbeats. An agent too busy
+    # to answer that fast is cut off, and its kernel's acknowledgement makes that an agent alarm, never a fence;
+    # longer tolerates busier agents and finds silence later (by default never under 500 ms: an agent process on a
+    # loaded host may take a few hundred ms to run)
     timeout_ms = int(opts["liveness_timeout_s"] * 1000)
-    opts["ping_timeout_ms"] = i.int("ping_timeout_ms", timeout_ms, min=100, max=60_000)
+    opts["ping_timeout_ms"] = i.int("ping_timeout_ms", min(timeout_ms, max(500, timeout_ms - opts["keepalive_ms"])),
+                                    min=100, max=60_000)
     if opts["ping_timeout_ms"] > timeout_ms:
         raise i.error("ping_timeout_ms", "must not be longer than liveness_timeout_ms (the transport would find a "
                                          "silent peer later than the heartbeats could)")

@@ -375,10 +375,9 @@ class Inspector:
             # would be forgotten by the restore (and its host, expected but never heard, declared unreachable)
             restored = await self._restore()
             sessions = await self.maintenance.restore()
-        # the keepalive finds a silent peer (a ping unanswered for the liveness timeout) without Python per ping; the
-        # kernel's TCP state of the closed connection tells silence from an agent's death (southbound/tcp_peer.py).
-        # A shorter ping timeout finds silence sooner, but peers slow to answer (measured: agents starved of CPU)
-        # are then cut off in masses and reconnect in a storm: the liveness timeout by default, ping_timeout_ms
+        # the keepalive finds a silent peer (a ping unanswered for ping_timeout_ms: within the liveness timeout, by
+        # default) without Python per ping; the kernel's TCP state of the closed connection tells silence from an
+        # agent's death (southbound/tcp_peer.py): a live host too busy to answer in time is an agent alarm
         keepalive = server_options(keepalive_ms=self.cfg.keepalive_ms, ping_timeout_ms=self.cfg.ping_timeout_ms)
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
         gateway = AgentGatewayServicer(

@@ -153,6 +153,6 @@ def test_the_transport_keepalive_must_fit_the_liveness_timeout(tmp_path: Path, k
     cfg = load_inspector_config(p)
     # the keepalive defaults to half the timeout (at most a second)
     assert (cfg.keepalive_ms, cfg.heartbeat_interval_ms, cfg.liveness_timeout_s) == (500, 5000, 1.0)
-    assert cfg.ping_timeout_ms == 1000  # a ping may go unanswered for the liveness timeout, by default
+    assert cfg.ping_timeout_ms == 500  # timeout − keepalive: a silent peer is found within the liveness timeout
     assert cfg.gc_freeze is True        # full collections skip what survived the last one (gc_pacing.py)
     assert cfg.guard.silence_settle_s == 1.1  # spread shows within two keepalive intervals, not a heartbeat's
