@@ -24,8 +24,10 @@ notification path from the log append to the consumer's socket.
 * idle: ``--subscribers`` subscribers of 100 other projects, one owner in its
   own process; 30 notifications for the owner, 50 ms apart. ``owner_p99_ms``
   is publish → the owner holds it; ``idle_inspector_cpu_pct`` the inspector's CPU meanwhile; ``idle_kb_per_subscriber`` the inspector's
-  RSS growth per idle subscriber; ``kb_kept_after_leaving`` what is still held
-  per subscriber once they all left (after a GC and malloc_trim).
+  RSS growth per idle subscriber; ``kb_kept_by_inspector`` what is still held
+  per subscriber once they all left, as the inspector left it (its own heap
+  trim, doctor_common/heap_trim.py, included); ``kb_kept_after_leaving`` the
+  same after the bench's own GC and malloc_trim.
 * matching: ``--subscribers`` subscribers that all see every notification
   (one project owning the server); 10 notifications, back to back.
   ``deliveries_per_s`` is deliveries / (last delivery − first publish), with
@@ -71,6 +73,7 @@ import psutil  # noqa: E402
 from doctor_common.api import common_pb2, fault_pb2, fault_pb2_grpc  # noqa: E402
 from doctor_common.client import MAX_BATCH  # noqa: E402
 from doctor_common.grpcutil import auth_metadata  # noqa: E402
+from doctor_common.heap_trim import HeapTrim  # noqa: E402
 from doctor_common.lab.cloud import free_port, wait_for  # noqa: E402
 
 PER_CHANNEL = 100
@@ -79,6 +82,8 @@ INGEST_STREAMS = 200       # agent streams sending events, in the generator proc
 INGEST_BATCH = 20          # events per message
 INGEST_SECONDS = 8.0
 # the default, said aloud (docs/agent.md, "Liveness"); DOCTOR_BENCH_NO_GC_FREEZE=1 for the A/B without it
+# the A/B of the inspector's heap trim after subscribers leave (doctor_common/heap_trim.py): =1 for without it
+NO_HEAP_TRIM = bool(os.environ.get("DOCTOR_BENCH_NO_HEAP_TRIM"))
 GC_FREEZE = f'gc_freeze = {"false" if os.environ.get("DOCTOR_BENCH_NO_GC_FREEZE") else "true"}\n'
 
 
@@ -429,9 +434,11 @@ async def run(subscribers: int, procs: int, metrics: bool = False) -> dict[str, 
         + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else "")
         + f'[auth]\nallow_anonymous_agents = true\n{consumers}')
     insp = Inspector(load_inspector_config(d / "inspector.toml"))
+    if NO_HEAP_TRIM:
+        insp.heap_trim = HeapTrim(after=sys.maxsize)  # never trims
     await insp.start()
     me = psutil.Process()
-    out: dict[str, Any] = {"subscribers": subscribers, "metrics": metrics}
+    out: dict[str, Any] = {"subscribers": subscribers, "metrics": metrics, "heap_trim": not NO_HEAP_TRIM}
     gens: list[Generator] = []
     scrapes: list[float] = []
     stop_scraping = asyncio.Event()
@@ -466,6 +473,12 @@ async def run(subscribers: int, procs: int, metrics: bool = False) -> dict[str, 
             g.stop()
         gens = []
         await wait_for(lambda: len(insp.registry) == 0, 60, 0.1, "every subscriber gone")
+        trims = getattr(insp, "heap_trim", None)
+        try:  # the inspector's own trim after they left (doctor_common/heap_trim.py), if it has one
+            await wait_for(lambda: trims is not None and trims.trims > 0, 5, 0.1, "the inspector's heap trim")
+        except TimeoutError:
+            pass
+        out["kb_kept_by_inspector"] = round(max(0.0, me.memory_info().rss / 1024 - base) / subscribers, 1)
         out["kb_kept_after_leaving"] = round(max(0.0, rss_kb() - base) / subscribers, 1)
 
         # -- every subscriber matches: consumers accepting batches (DoctorClient's default), then not ----
@@ -581,7 +594,8 @@ async def main() -> None:
     r = await run(subscribers, args.procs, args.metrics)
     print(f"{r['subscribers']} idle subscribers: owner's copy p50 {r['owner_p50_ms']} ms, p99 {r['owner_p99_ms']} ms; "
           f"inspector {r['idle_inspector_cpu_pct']} % of a core; {r['idle_kb_per_subscriber']} KB each, "
-          f"{r['kb_kept_after_leaving']} KB each kept after they left")
+          f"{r['kb_kept_by_inspector']} KB each kept after they left ({r['kb_kept_after_leaving']} KB after a GC and "
+          f"malloc_trim)")
     for suffix, how in (("", f"accepting batches of {MAX_BATCH}"), ("_unbatched", "one notification per message")):
         print(f"{r['subscribers']} matching subscribers, {how}: {r['deliveries_per_s' + suffix]} deliveries/s "
               f"(10 notifications, last delivered {r['matching_last_delivery_ms' + suffix]} ms after the first "

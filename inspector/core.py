@@ -37,6 +37,7 @@ from doctor_common.audit import Audit
 from doctor_common.config import ConfigError
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.gc_pacing import PACING
+from doctor_common.heap_trim import HeapTrim
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
 from doctor_common.timeline import Stage, now_ns
 from inspector.config import InspectorConfig, load_inspector_config
@@ -133,6 +134,7 @@ class Inspector:
                 on_fresh=self._feed_fresh, stale_s=self.leadership.config.lease_ttl_s + 1.0)
         self._health_tasks: set[asyncio.Task[None]] = set()
         self._gc_paced = False
+        self.heap_trim = HeapTrim()  # what departed subscribers freed goes back to the system
         self.fencer = IpmiFencer(cfg.fencing_timeout_s, cfg.fencing_poll_s, retry_s=cfg.fencing_retry_s)
         self.lag = Lag(bound_s=cfg.max_lag_s, hold_s=cfg.liveness_timeout_s)
         self.peers = PeerSilence(lambda: set(self.ports))
@@ -388,7 +390,7 @@ class Inspector:
         add_fault_management(FaultManagementServicer(
             self.auth, self.view, self.log, self.registry, self.book, self.serve_consumers,
             admission=self.subscription_admission, position=self._position,
-            following=lambda: not self.acting and self.feed is not None), server)
+            following=lambda: not self.acting and self.feed is not None, ended=self.heap_trim.ended), server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(self), server)
         diagnostics_pb2_grpc.add_HostsServicer_to_server(HostsServicer(self), server)
         maintenance_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(
@@ -468,6 +470,7 @@ class Inspector:
             await self.server.stop(grace)
         if self.metrics is not None:
             await self.metrics.stop()
+        await self.heap_trim.close()
         for closing in (self.book, self.agent_redirects, self.consumer_redirects, self.probe):
             await closing.close()
         if self.leadership is not None:

@@ -163,7 +163,8 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
     def __init__(self, auth: TokenAuth, state: FaultState, log_: NotificationLog, registry: Registry,
                  book: SubscriptionBook | None = None,
                  gate: Callable[..., Awaitable[None]] = _always, admission: Admission = UNBOUNDED,
-                 position: Callable[[], int] | None = None, following: Callable[[], bool] = lambda: False) -> None:
+                 position: Callable[[], int] | None = None, following: Callable[[], bool] = lambda: False,
+                 ended: Callable[[], None] = lambda: None) -> None:
         self.auth = auth
         self.admission = admission  # subscriptions set up at once (snapshot and replay: doctor_common/admission)
         self.state = state
@@ -175,6 +176,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
         # a replica that follows the log (``inspector/ha/replica_feed.py``), which may be a moment behind
         self.position = position or (lambda: self.log.last_sequence)
         self.following = following
+        self.ended = ended  # a Subscribe call ended (doctor_common/heap_trim.py gives its memory back)
 
     async def _filter(self, principal: Principal, f: fault_pb2.SubscribeFilter | fault_pb2.FaultQueryFilter,
                       context: grpc.aio.ServicerContext) -> Filter:
@@ -202,6 +204,7 @@ class FaultManagementServicer(fault_pb2_grpc.FaultManagementServicer):
             await self._subscribe(request, context, principal, ticket)
         finally:
             ticket.done()
+            self.ended()
 
     async def _subscribe(self, request: fault_pb2.SubscribeRequest, context: grpc.aio.ServicerContext,
                          principal: Principal, ticket: Ticket) -> None:
