@@ -10,6 +10,7 @@ import grpc
 
 from doctor_common.api import agent_pb2, agent_pb2_grpc, fault_pb2, fault_pb2_grpc
 from doctor_common.grpcutil import auth_metadata
+from doctor_common.lab.cloud import wait_for
 from tests.etcd_cluster import EtcdCluster
 
 
@@ -24,6 +25,11 @@ async def test_clients_arriving_at_a_follower_after_the_leader_died_are_held_and
     sub_id = consumer.snapshots[0].subscription_id
     await consumer.close()
     follower = lab.replicas[1].endpoint
+
+    async def mirrored() -> bool:  # the follower copied the subscription's record from etcd (its own watch)
+        status = await lab.status(1)
+        return status is not None and sub_id in {s.subscription_id for s in status.subscriptions}
+    await wait_for(mirrored, 10, 0.02, "the follower to know the subscription")
     killed = await lab.kill_replica(0)
 
     async with grpc.aio.insecure_channel(follower) as ch:
