@@ -188,14 +188,26 @@ async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> No
     answered): Hello, then a heartbeat every ``heartbeat_ms``. At EOF on stdin, prints how many streams ended after
     all had connected once (JSON)."""
     from bench.sim_agents import Fleet
+    from doctor_common.gc_pacing import PACING
 
+    PACING.install()  # the generator's thousands of connections are not walked by every full collection either
     host, port = endpoint.rsplit(":", 1)
     fleet = Fleet(host, int(port), first, count, heartbeat_ms)
     held = asyncio.create_task(fleet.hold())
+    lags: list[float] = []
+
+    async def lag() -> None:  # how late this generator's loop runs: its simulated hosts answer pings that late
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.05)
+            lags.append(time.monotonic() - t - 0.05)
+    lagging = asyncio.create_task(lag())
     await asyncio.to_thread(sys.stdin.read)
-    print(json.dumps({"ended": fleet.lost, "why": fleet.reasons}), flush=True)
+    lagging.cancel()
+    print(json.dumps({"ended": fleet.lost, "why": fleet.reasons, "lag_max_ms": round(max(lags, default=0) * 1000),
+                      "lag_p99_ms": round(percentile(lags, 99) * 1000) if lags else 0}), flush=True)
     held.cancel()
-    await asyncio.gather(held, return_exceptions=True)
+    await asyncio.gather(held, lagging, return_exceptions=True)
 
 
 def pin_this_process(cpus: set[int]) -> None:
@@ -325,19 +337,22 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         if probe is not None:
             probe.kill()
             await asyncio.to_thread(probe.wait)
-        ended, reasons = 0, {}
+        ended, reasons, gen_lag_max, gen_lag_p99 = 0, {}, 0, 0
         for g in gens:  # waited for in threads: the inspector's loop (this one) keeps running meanwhile
             try:  # closing its stdin ends it: its last line says how many of its streams were lost
                 text, _ = await asyncio.to_thread(g.communicate, None, 30)
                 lines = [x for x in text.splitlines() if x.startswith("{")]
                 last = json.loads(lines[-1]) if lines else {}
                 ended += last.get("ended", 0)
+                gen_lag_max = max(gen_lag_max, last.get("lag_max_ms", 0))
+                gen_lag_p99 = max(gen_lag_p99, last.get("lag_p99_ms", 0))
                 for why, k in last.get("why", {}).items():
                     reasons[why] = reasons.get(why, 0) + k
             except (subprocess.TimeoutExpired, ValueError):
                 g.kill()
                 g.wait()
         out["streams_lost"] = ended
+        out["generator_lag_p99_ms"], out["generator_lag_max_ms"] = gen_lag_p99, gen_lag_max  # the worst generator's
         if reasons:
             out["streams_lost_why"] = reasons
         await insp.stop(0.5)

@@ -232,8 +232,8 @@ class Liveness:
     async def _declare(self, silent: list[HostRecord]) -> None:
         """Declare unreachable the silent hosts whose transport does not say otherwise: a stream still open over
         TCP whose peer's kernel answers is left to the keepalive for its full turn, then is a live host
-        (``tcp_peer.judge_open``) whose agent is down; one whose kernel is silent too, or that nothing can tell
-        about (not TCP, not open, or undecided for that long and a silence limit more), is unreachable."""
+        (``tcp_peer.judge_open``) whose agent is down, and so is one still undecided a silence limit after that;
+        one whose kernel is silent too, or that nothing can tell about (not TCP, not open), is unreachable."""
         told: dict[int, bool | None] = {}  # what the open connections' kernels say, by index in ``silent``
         asked = [i for i, rec in enumerate(silent) if self.open_peer_silent is not None and rec.connected
                  and rec.peer.startswith(("ipv4:", "ipv6:"))]
@@ -251,8 +251,16 @@ class Liveness:
                     or self.silence(rec, now) <= self.silence_limit_s):
                 continue  # heard meanwhile, or judged
             verdict = told.get(i, True)  # nothing to tell by (not TCP, not open): the silence alone decides
-            if verdict is None and self.silence(rec, now) < self.stall_after_s + self.silence_limit_s:
-                continue  # undecided (a close in flight, no socket found): looked at again, for a while
+            if verdict is None:
+                if self.silence(rec, now) < self.stall_after_s + self.silence_limit_s:
+                    continue  # undecided (a close in flight, no socket found): looked at again, for a while
+                # still no evidence of the peer's silence (its socket gone while this inspector has not read its
+                # stream's end, seen in a 10,000-agent connect storm; probes still answered): an agent alarm, its
+                # BMC polled like any absent agent's — a powered-off host is still found — never a fence
+                log.warning("host %s: no message for %.1f s and its connection cannot be judged: agent down, not "
+                            "unreachable", rec.host_id, self.silence(rec, now))
+                await self._set(rec, AGENT_DOWN)
+                continue
             if verdict is False:
                 if self.silence(rec, now) < self.stall_after_s:
                     # nothing of ours unanswered yet: the keepalive's ping may not have gone out. Its full turn

@@ -15,9 +15,15 @@ already retransmitted. Measured in the lab (agents over veth pairs; docs/agent.m
 0 retransmissions), FIN_WAIT2 20 ms later; link cut — FIN_WAIT1 with 138 bytes
 queued and 2 retransmissions.
 
-So: FIN_WAIT1 with retransmissions is *silence*, the peer's silence, judged
-like a heartbeat timeout. FIN_WAIT1 without is looked at again once a delayed
-ACK must have come (250 ms): still there, silence. ESTABLISHED (gRPC has not closed the socket yet, or the agent
+So: FIN_WAIT1 retransmitted twice is *silence*, the peer's silence, judged
+like a heartbeat timeout (two retransmission timeouts, 600 ms at least,
+without a word). Once is looked at again: a live peer's delayed ACK (up to
+200 ms) can lose the race against our first retransmission timeout (200 ms),
+and on an overloaded machine both kernels' timers run late (seen in a
+10,000-agent connect storm: live peers' FINs unacknowledged for 300 ms and
+more, nothing retransmitted yet). Still unacknowledged after the last look
+(0.8 s), retransmitted: silence; never retransmitted, no evidence either way,
+so the peer counts as answered. ESTABLISHED (gRPC has not closed the socket yet, or the agent
 ended just its call) is looked at again too; still open at the end means the
 peer is there. FIN_WAIT1 behind a full receive window (the agent stopped
 reading) is judged by the window probes instead: answered, the agent's death;
@@ -32,7 +38,8 @@ asked too (``judge_open``): unacknowledged and retransmitted, the peer is
 silent; its kernel answering, the host lives (a wedged agent, or this
 inspector behind in reading it: its own stall must never be a host's
 silence) and its agent is down; no socket found, undecided for another
-silence limit, then the silence decides.
+silence limit, then its agent is down too (no evidence of the peer's
+silence: an alarm, never a fence).
 
 The connection tables are read from ``/proc/net/tcp`` and ``/proc/net/tcp6``
 in a worker thread, once for every stream that ended within the same few
@@ -52,7 +59,8 @@ log = logging.getLogger("doctor.inspector.tcp")
 
 STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
           "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
-LOOKS_S = (0.05, 0.25)    # an undecided socket is looked at again after these (a delayed ACK takes ≤ 200 ms)
+LOOKS_S = (0.05, 0.25, 0.5)  # an undecided socket is looked at again after these (a delayed ACK takes ≤ 200 ms,
+#                              a second retransmission comes 600 ms after the first send)
 PROBE_LOOKS_S = (0.5, 1.0)  # and, behind a full window, after these: window probes back off from 200 ms
 COALESCE_S = 0.0          # streams ending in the same turn of the loop share one read (no wait: the kernel keeps
 #                           a silent peer's socket only until its TCP_USER_TIMEOUT, doctor_common/grpcutil.py)
@@ -144,9 +152,10 @@ def judge(entry: Entry | None) -> bool | None:
         # live host's kernel answers each window probe (the count drops to 0); two unanswered: silent
         return True if probes >= 2 else None
     if state == "FIN_WAIT1":
-        # retransmitted: unanswered for a retransmission timeout already. Unacknowledged bytes alone are not
-        # enough: a live peer may hold its ACK for a delayed-ACK time (up to 200 ms) — look again
-        return True if retransmissions else None
+        # retransmitted twice: unanswered for two retransmission timeouts. Unacknowledged bytes alone are not
+        # enough, nor one retransmission: a live peer may hold its ACK for a delayed-ACK time (up to 200 ms), as
+        # long as our first retransmission timeout — look again
+        return True if retransmissions >= 2 else None
     if state == "ESTABLISHED":
         return None  # gRPC has not closed it yet, or the agent ended just its call: the last look tells
     return False
@@ -159,8 +168,8 @@ def judge_open(entry: Entry | None) -> bool | None:
     has sent something since the silence began (``Liveness`` waits for its full turn); None: undecided yet.
 
     Closed already, though this inspector has not yet read the stream's end (seen at 10,000 agents): judged as a
-    close (``judge``). No socket at all is undecided here, not "answered": the tables may not show this
-    inspector's connections (another network namespace, a TCP proxy), and the silence must then decide."""
+    close (``judge``). No socket at all is undecided here, not "answered": the stream's end may simply not be
+    read yet (``Liveness`` asks again for a while, then counts the agent down)."""
     if entry is None:
         return None
     if entry[0] != "ESTABLISHED":
@@ -169,8 +178,8 @@ def judge_open(entry: Entry | None) -> bool | None:
     if timer == ZERO_WINDOW_PROBE:
         return True if probes >= 2 else None
     if unacknowledged:
-        # retransmitted: unanswered for a retransmission timeout; not yet: a delayed ACK may still come
-        return True if retransmissions else None
+        # retransmitted twice: unanswered for two retransmission timeouts; not yet: a delayed ACK may still come
+        return True if retransmissions >= 2 else None
     return False
 
 
@@ -200,9 +209,11 @@ class PeerSilence:
             if verdict is None and not looks and not probing and _behind_full_window(entry):
                 looks, probing = list(PROBE_LOOKS_S), True  # probes back off: give them time to go unanswered
         if verdict is None:
-            # our FIN unanswered beyond a delayed ACK; behind a full window, no second probe went unanswered:
-            # the peer's kernel answered recently (the safe side: an agent's death is never fenced)
-            verdict = entry is not None and entry[0] == "FIN_WAIT1" and not _behind_full_window(entry)
+            # still unacknowledged after the looks: silent if our kernel retransmitted meanwhile; never
+            # retransmitted (timers running late on an overloaded machine), or behind a full window with no
+            # second probe unanswered: no evidence of silence (the safe side: an agent's death is never fenced)
+            verdict = (entry is not None and entry[0] == "FIN_WAIT1" and not _behind_full_window(entry)
+                       and entry[2] >= 1)
         log.info("the connection of %s ended %s (%s)", peer, "unanswered: its peer is silent" if verdict
                  else "answered: its peer's kernel spoke", entry)
         return verdict

@@ -186,8 +186,8 @@ async def test_silence_on_an_open_connection_whose_kernel_answers_is_not_unreach
     """Past the silence limit, a stream still open over TCP is asked about (southbound/tcp_peer.judge_open): its
     kernel acknowledging all we sent is left to the keepalive for its full turn, then means a live host — agent
     down (an alarm, never a fence), up again when it speaks; its kernel silent too, unreachable at once;
-    undecided (no socket found), asked again for a silence limit more, then the silence decides. A unix-socket
-    agent is never asked: unreachable."""
+    undecided (no socket found), asked again for a silence limit more, then agent down too (no evidence of the
+    peer's silence: an alarm, never a fence). A unix-socket agent is never asked: unreachable."""
     verdict: dict[str, bool | None] = {"ipv4:10.0.0.1:5": False, "ipv4:10.0.0.2:5": True, "ipv4:10.0.0.3:5": None}
     asked: list[str] = []
 
@@ -208,13 +208,13 @@ async def test_silence_on_an_open_connection_whose_kernel_answers_is_not_unreach
     watch = asyncio.create_task(lv.watch())
     try:
         await wait_for(lambda: {(h, new) for h, new, _ in changes} == {
-            ("stalled", AGENT_DOWN), ("silent", UNREACHABLE), ("local", UNREACHABLE), ("unknown", UNREACHABLE)}, 5.0,
+            ("stalled", AGENT_DOWN), ("silent", UNREACHABLE), ("local", UNREACHABLE), ("unknown", AGENT_DOWN)}, 5.0,
             what="every silent host judged")
         stalled = lv.hosts["stalled"]
         # the answering one was asked turn after turn (excused, said once), and down only after the keepalive's turn
         assert stalled.connected and asked.count("ipv4:10.0.0.1:5") >= 2
         assert next(s for h, new, s in changes if h == "stalled") >= lv.stall_after_s
-        # the undecided one too, and declared only a silence limit later still
+        # the undecided one too, and down only a silence limit later still
         assert asked.count("ipv4:10.0.0.3:5") >= 2
         assert next(s for h, new, s in changes if h == "unknown") >= lv.stall_after_s + lv.silence_limit_s
         assert next(s for h, new, s in changes if h == "silent") < lv.stall_after_s

@@ -8,6 +8,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from inspector.southbound import tcp_peer
 from inspector.southbound.tcp_peer import PeerSilence, judge, judge_open, listening, proc_keys, read_states
 
@@ -58,7 +60,8 @@ def test_the_verdict() -> None:
     assert judge(("TIME_WAIT", 0, 0, 3, 0)) is False and judge(("FIN_WAIT2", 0, 0, 0, 0)) is False
     assert judge(("CLOSE_WAIT", 0, 0, 0, 0)) is False and judge(("LAST_ACK", 1, 0, 1, 0)) is False
     assert judge(("FIN_WAIT1", 138, 2, 1, 0)) is True     # the keepalive's pings never acknowledged
-    assert judge(("FIN_WAIT1", 1, 1, 1, 0)) is True       # our FIN retransmitted
+    assert judge(("FIN_WAIT1", 1, 2, 1, 0)) is True       # our FIN retransmitted twice
+    assert judge(("FIN_WAIT1", 1, 1, 1, 0)) is None       # once: a live peer's delayed ACK can lose that race
     assert judge(("FIN_WAIT1", 1, 0, 1, 0)) is None       # a delayed ACK may still come: look again
     assert judge(("FIN_WAIT1", 40, 0, 1, 0)) is None      # bytes written just now, not yet acknowledged: the same
     assert judge(("FIN_WAIT1", 9000, 3, 4, 0)) is None    # behind a full window, probes answered so far: look again
@@ -90,6 +93,29 @@ async def test_a_live_connection_is_not_silent_and_many_questions_share_one_read
         verdicts = await asyncio.gather(*(peers.silent(peer) for _ in range(50)))
         assert verdicts == [False] * 50
         assert len(reads) == 1, reads  # one read, whatever the number of questions
+
+
+@pytest.mark.parametrize(("entries", "silent"), [
+    # a live peer on an overloaded machine: its ACK of our FIN late, and our own retransmission timer too
+    ([("FIN_WAIT1", 1, 0, 1, 0)] * 4, False),
+    # a delayed ACK that lost the race against our first retransmission timeout, then came
+    ([("FIN_WAIT1", 1, 1, 1, 0), ("FIN_WAIT2", 0, 0, 0, 0)], False),
+    # unanswered across the looks, retransmitted once: silent at the last look
+    ([("FIN_WAIT1", 1, 0, 1, 0)] * 3 + [("FIN_WAIT1", 1, 1, 1, 0)], True),
+    # retransmitted twice: silent at once
+    ([("FIN_WAIT1", 138, 2, 1, 0)], True),
+])
+async def test_a_closed_connection_is_silent_only_with_retransmissions(monkeypatch, entries, silent) -> None:  # type: ignore[no-untyped-def]
+    """Unacknowledged alone is no evidence (in a 10,000-agent connect storm, live peers' FINs stayed unacknowledged
+    for 300 ms with nothing retransmitted); one retransmission is evidence only if nothing came after it."""
+    looks = iter(entries)
+    last = entries[-1]
+
+    def states(keys, ports, tables=tcp_peer.TABLES):  # type: ignore[no-untyped-def]
+        return {key: next(looks, last) for key in keys}
+    monkeypatch.setattr(tcp_peer, "read_states", states)
+    monkeypatch.setattr(tcp_peer, "LOOKS_S", (0.01, 0.01, 0.01))
+    assert await PeerSilence(lambda: {9000}).silent("ipv4:127.0.0.1:41382") is silent
 
 
 async def test_a_closed_connection_is_not_silent() -> None:
@@ -131,12 +157,13 @@ def test_the_verdict_on_an_open_connection() -> None:
     assert judge_open(("ESTABLISHED", 0, 0, 0, 0)) is False     # nothing of ours waits: the kernel answers
     assert judge_open(("ESTABLISHED", 17, 0, 1, 0)) is None     # sent just now, not yet retransmitted
     assert judge_open(("ESTABLISHED", 34, 2, 1, 0)) is True     # our pings retransmitted, unanswered: silent
+    assert judge_open(("ESTABLISHED", 17, 1, 1, 0)) is None     # once: a delayed ACK may have lost the race
     assert judge_open(("ESTABLISHED", 9000, 0, 4, 1)) is None   # behind a full window, one probe out
     assert judge_open(("ESTABLISHED", 9000, 0, 4, 2)) is True   # two window probes unanswered
     # closed, its end not read yet by the inspector: judged as a close; no socket at all: undecided
     assert judge_open(None) is None and judge_open(("FIN_WAIT2", 0, 0, 0, 0)) is False
     assert judge_open(("CLOSE_WAIT", 0, 0, 0, 0)) is False
-    assert judge_open(("FIN_WAIT1", 1, 1, 1, 0)) is True and judge_open(("FIN_WAIT1", 1, 0, 1, 0)) is None
+    assert judge_open(("FIN_WAIT1", 1, 2, 1, 0)) is True and judge_open(("FIN_WAIT1", 1, 1, 1, 0)) is None
 
 
 async def test_an_open_connection_whose_kernel_answers_is_not_silent() -> None:
