@@ -58,3 +58,40 @@ def test_installed_once_however_many_daemons_share_the_process() -> None:
     assert pacing._collected in gc.callbacks
     pacing.uninstall()
     assert pacing._collected not in gc.callbacks
+
+
+def test_the_thaw_comes_early_once_the_frozen_objects_have_grown() -> None:
+    """Churn leaves cycles frozen (streams alive at a freeze, cut later): once the frozen objects have grown
+    ``grow``-fold since the first freeze, the thaw does not wait for ``thaw_s``."""
+    pacing = GcPacing(thaw_s=3600, grow=1.2, min_thaw_s=0)
+    pacing.install()
+    try:
+        gc.collect()
+        baseline = gc.get_freeze_count()
+        assert pacing.freezes == 1 and baseline > 0
+        churned = [Node() for _ in range(baseline // 2)]  # half as many again: frozen by the next collection
+        refs = [weakref.ref(n) for n in churned[:100]]
+        gc.collect()
+        assert pacing.thaws == 0 and gc.get_freeze_count() > 1.2 * baseline
+        del churned  # cut: cyclic garbage, frozen
+        gc.collect()  # the frozen objects have grown past 1.2×: thawed, not frozen again
+        assert pacing.thaws == 1 and gc.get_freeze_count() == 0
+        gc.collect()  # and swept
+        assert all(r() is None for r in refs)
+    finally:
+        pacing.uninstall()
+
+
+def test_an_early_thaw_waits_for_min_thaw_s() -> None:
+    """Grown fleets are not thawed over and over: an early thaw comes at most every ``min_thaw_s`` (counted from
+    the install too)."""
+    pacing = GcPacing(thaw_s=3600, grow=1.2, min_thaw_s=3600)
+    pacing.install()
+    try:
+        gc.collect()
+        grown = [Node() for _ in range(gc.get_freeze_count() // 2)]
+        gc.collect()
+        gc.collect()
+        assert pacing.thaws == 0 and pacing.freezes == 3 and len(grown) > 0
+    finally:
+        pacing.uninstall()
