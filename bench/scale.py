@@ -11,7 +11,8 @@
   being unreachable, over 7 cuts (3 with ``--quick``) at random points of the
   keepalive's period (the link restored and the agent back in between).
   ``gc_thaw_pause_ms``: the full collection after a thaw of GC pacing
-  (``doctor_common/gc_pacing.py``, every 600 s), timed with every agent held.
+  (``doctor_common/gc_pacing.py``, every 600 s), timed with every agent held;
+  ``gc_frozen`` the objects it thawed, ``gc_thaw_swept`` the garbage it found.
 
 The inspector (standalone, embedded controller, no agents) runs in this
 process; subscribers are opened by generator processes at nice 10
@@ -326,9 +327,10 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         out["silence_cuts"] = cuts
         if insp.cfg.gc_freeze:
             # what a thaw costs (every gc_pacing.THAW_S): one full collection walking every object once more
+            out["gc_frozen"] = gc.get_freeze_count()
             gc.unfreeze()
             t = time.perf_counter()
-            gc.collect()  # gc_pacing freezes what survives, as after any full collection
+            out["gc_thaw_swept"] = gc.collect()  # gc_pacing freezes what survives, as after any full collection
             out["gc_thaw_pause_ms"] = round((time.perf_counter() - t) * 1000)
         out["false_unreachable"] = sum(1 for h, new, _ in changes if new == UNREACHABLE and h != "probe")
         out["false_agent_down"] = sum(1 for h, new, _ in changes if new == "agent_down")
