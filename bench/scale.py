@@ -312,7 +312,10 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         for k in range(cuts):  # each cut falls at a different point of the keepalive's period
             if k:
                 subprocess.run(["ip", "link", "set", link, "up"], check=True)
-                await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UP, 30, 0.01, "the probe back")
+                try:
+                    await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UP, 30, 0.01, "the probe back")
+                except TimeoutError:
+                    break  # its reconnects refused or timed out: the cuts measured so far are reported
                 await asyncio.sleep(random.uniform(0, insp.cfg.keepalive_ms / 1000))
             cut = time.monotonic()
             subprocess.run(["ip", "link", "set", link, "down"], check=True)
@@ -322,9 +325,9 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
                 detect_ms.append((time.monotonic() - cut) * 1000)
             except TimeoutError:
                 break  # not within 30 s: the figures before it still stand
-        out["silence_detect_ms"] = round(statistics.median(detect_ms)) if len(detect_ms) == cuts else None
-        out["silence_detect_max_ms"] = round(max(detect_ms)) if len(detect_ms) == cuts else None
-        out["silence_cuts"] = cuts
+        out["silence_detect_ms"] = round(statistics.median(detect_ms)) if detect_ms else None
+        out["silence_detect_max_ms"] = round(max(detect_ms)) if detect_ms else None
+        out["silence_cuts"] = len(detect_ms)  # fewer than asked: the probe did not come back in time
         if insp.cfg.gc_freeze:
             # what a thaw costs (every gc_pacing.THAW_S): one full collection walking every object once more
             out["gc_frozen"] = gc.get_freeze_count()
@@ -627,4 +630,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--agents" in sys.argv:
+        # a generator of simulated hosts runs on uvloop: the standard loop's per-callback cost made 10,000 of them
+        # answer the inspector's pings seconds late on these cores (generator_lag_*); the inspector stays on asyncio
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
