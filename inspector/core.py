@@ -146,7 +146,8 @@ class Inspector:
         # the first of them crosses the liveness timeout
         hb = cfg.heartbeat_interval_ms / 1000
         self.quiet_after_s = max(1.5 * hb, cfg.liveness_timeout_s - hb)
-        self.guard = FleetGuard(cfg.guard, lambda: self.resources.hosts, self._host_view, behind=self.lag.behind)
+        self.guard = FleetGuard(cfg.guard, lambda: self.resources.hosts, self._host_view, behind=self.lag.behind,
+                                may_be_quiet=self._any_quiet)
         self.responder = Responder(cfg.policy, self.resources, self.controller, self.fencer, self.alarms,
                                    self.publisher, cfg.bmcs, self.durable, guard=self.guard, retry=cfg.fence_retry,
                                    rejoin_s=cfg.takeover_grace_s + cfg.liveness_timeout_s, spawn=self._act)
@@ -541,6 +542,13 @@ class Inspector:
                 asyncio.create_task(self.absent.watch(), name="absent agents"),
                 # a replica refreshes its map whether it leads or not (``start``)
                 *([] if self.leadership else [asyncio.create_task(self.resources.refresh_forever(), name="resources")])]
+
+    def _any_quiet(self) -> bool:
+        """Could any host count as quiet (``view_of``: unreachable, or up and unheard past quiet_after_s)? The
+        liveness records alone, without each host's view."""
+        now, limit, silence = time.monotonic(), self.quiet_after_s, self.liveness.silence
+        return any(rec.liveness == UNREACHABLE or (rec.liveness == UP and silence(rec, now) > limit)
+                   for rec in self.liveness.hosts.values())
 
     def _host_view(self, host: str) -> HostView:
         """The host as the fleet guard counts it (``response.fleet_guard.view_of``)."""

@@ -234,3 +234,30 @@ def test_how_the_guard_counts_a_host(liveness: str, silence: float, kw: dict[str
     args = {"out_of_service": False, "judged": False, "held": False, **kw}
     v = view_of(liveness, silence, 1.0, 60.0, **args)
     assert (v.watched, v.quiet, v.heard) == expected
+
+
+def test_a_fleet_with_nothing_quiet_is_not_counted_host_by_host() -> None:
+    """Every cause needs a quiet host, a lost link or a switch reported down. With the inspector's word that no
+    host may be quiet (a scan of its liveness records), no host's view is built; a lost link is still counted,
+    and so is a quiet host once the word changes."""
+    f = Fleet(rack(6, switch="tor-1"))
+    viewed: list[str] = []
+
+    def view(host: str) -> HostView:
+        viewed.append(host)
+        return f.view(host)
+    maybe = [False]
+    f.guard.view, f.guard.may_be_quiet = view, lambda: maybe[0]
+    assert f.guard.causes() == [] and viewed == []
+    for h in ("c1", "c2", "c3"):
+        f.guard.link_lost(h, "nic:eth0")
+    f.now += 1
+    assert [c.key for c in f.guard.causes()] == ["switch:tor-1"] and viewed
+    for h in ("c1", "c2", "c3"):
+        f.guard.link_back(h)
+    viewed.clear()
+    f.now += 1
+    assert f.guard.causes() == [] and viewed == []
+    maybe[0] = True
+    f.silent("c1", "c2", "c3", "c4", "c5", "c6")
+    assert [c.key for c in f.guard.causes()][-1] == "fleet"
