@@ -37,8 +37,8 @@ from doctor_common.audit import Audit
 from doctor_common.config import ConfigError
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.gc_pacing import PACING
-from doctor_common.heap_trim import HeapTrim
 from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
+from doctor_common.heap_trim import HeapTrim
 from doctor_common.timeline import Stage, now_ns
 from inspector.config import InspectorConfig, load_inspector_config
 from inspector.ha.leadership import Leadership
