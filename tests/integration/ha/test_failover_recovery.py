@@ -49,7 +49,7 @@ async def test_leader_killed_mid_recovery_the_next_one_finishes_it_once(
     on compute-1: it hears nothing)."""
     lab = await ha(shared_etcd, first_env={"DOCTOR_TEST_CRASH_AT": point}, hosts=2, projects=PROJECTS)
     consumers = [await ha.consumer(lab, p) for p in (*PROJECTS, "admin")]
-    assert await lab.leader() == 0
+    assert await lab.wait_leader() == 0
 
     lab.cut_link("compute-1")
     proc = lab.replicas[0].proc
