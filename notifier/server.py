@@ -109,7 +109,9 @@ class Publisher:
                 entries = await self.log.read(after, last)
             except CursorExpired:
                 entries = []  # trimmed already: every stream that missed it resumes into CursorExpired
-            log.warning("%d notification(s) whose append raised were written after all: offered now", len(entries))
+            if entries:
+                log.warning("%d notification(s) whose append raised were written after all: offered now",
+                            len(entries))
             for n in entries:
                 self._offer(n)
         self._unsure_after = None

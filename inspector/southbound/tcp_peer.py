@@ -183,6 +183,10 @@ def judge_open(entry: Entry | None) -> bool | None:
     return False
 
 
+def _retransmissions(entry: Entry) -> int:
+    return entry[2]
+
+
 def _behind_full_window(entry: Entry | None) -> bool:
     return entry is not None and entry[0] == "FIN_WAIT1" and entry[3] == ZERO_WINDOW_PROBE
 
@@ -213,7 +217,7 @@ class PeerSilence:
             # retransmitted (timers running late on an overloaded machine), or behind a full window with no
             # second probe unanswered: no evidence of silence (the safe side: an agent's death is never fenced)
             verdict = (entry is not None and entry[0] == "FIN_WAIT1" and not _behind_full_window(entry)
-                       and entry[2] >= 1)
+                       and _retransmissions(entry) >= 1)
         log.info("the connection of %s ended %s (%s)", peer, "unanswered: its peer is silent" if verdict
                  else "answered: its peer's kernel spoke", entry)
         return verdict
