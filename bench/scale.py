@@ -10,6 +10,10 @@
   and ``silence_detect_max_ms`` from cutting the real agent's link to its host
   being unreachable, over 7 cuts (3 with ``--quick``) at random points of the
   keepalive's period (the link restored and the agent back in between).
+  ``silence_detect_stalled_ms``: one more cut, with the inspector's loop
+  blocked past the keepalive's close (a GC pause, a storm), so the close is
+  read while it is behind and judged afresh once it is on time
+  (``silence_detect_stalled_verdict``: what the probe was declared).
   ``gc_thaw_pause_ms``: the full collection after a thaw of GC pacing
   (``doctor_common/gc_pacing.py``, every 600 s), timed with every agent held;
   ``gc_frozen`` the objects it thawed, ``gc_thaw_swept`` the garbage it found.
@@ -262,6 +266,14 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         changes.append((rec.host_id, new, time.monotonic()))
         await original(rec, old, new)
     insp.liveness.on_change = spy
+    probe_closed: list[float] = []  # when the inspector read the end of the probe's stream
+    detach = insp.liveness.detach
+
+    async def detach_spy(rec: Any, stream: object) -> None:
+        if rec.host_id == "probe":
+            probe_closed.append(time.monotonic())
+        await detach(rec, stream)
+    insp.liveness.detach = detach_spy  # type: ignore[method-assign]
     await insp.start()
     me = psutil.Process()
     gens: list[subprocess.Popen[str]] = []
@@ -302,13 +314,20 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
             print((d / "probe.log").read_text()[-3000:], file=sys.stderr)
             raise
         changes.clear()
-        cpu0, w0 = me.cpu_times(), time.monotonic()
+        lag_connect_s, insp.lag.worst_s = insp.lag.worst_s, 0.0  # the connect storm's lag, apart from the steady one
+        cpu0, w0, threads0 = me.cpu_times(), time.monotonic(), thread_cpu_s()
         await asyncio.sleep(seconds)  # the steady state: heartbeats and the transport's pings, nothing else
-        cpu1, w1 = me.cpu_times(), time.monotonic()
+        cpu1, w1, threads1 = me.cpu_times(), time.monotonic(), thread_cpu_s()
         out["inspector_cpu_pct"] = round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (w1 - w0), 1)
+        out["inspector_cpu_user_sys_pct"] = [round(100 * (cpu1.user - cpu0.user) / (w1 - w0), 1),
+                                             round(100 * (cpu1.system - cpu0.system) / (w1 - w0), 1)]
+        out["inspector_cpu_by_thread"] = thread_cpu_pct(threads0, threads1, w1 - w0)
+        out["lag_worst_steady_ms"] = round(insp.lag.worst_s * 1000, 1)
         out["steady_s"] = seconds
         out["rss_mb"] = round(me.memory_info().rss / 2**20)
         detect_ms: list[float] = []
+        closed_ms: list[int | None] = []  # cut → the stream's end read (the keepalive's part of each detection)
+        rto_ms: list[int | None] = []     # the probe connection's retransmission timeout at each cut
         for k in range(cuts):  # each cut falls at a different point of the keepalive's period
             if k:
                 subprocess.run(["ip", "link", "set", link, "up"], check=True)
@@ -317,16 +336,37 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
                 except TimeoutError:
                     break  # its reconnects refused or timed out: the cuts measured so far are reported
                 await asyncio.sleep(random.uniform(0, insp.cfg.keepalive_ms / 1000))
+            rto_ms.append(probe_rto_ms(insp.liveness.hosts["probe"].peer))
             cut = time.monotonic()
             subprocess.run(["ip", "link", "set", link, "down"], check=True)
             try:
                 await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UNREACHABLE, 30, 0.002,
                                "the probe's silence")
                 detect_ms.append((time.monotonic() - cut) * 1000)
+                closed_ms.append(round((probe_closed[-1] - cut) * 1000) if probe_closed and probe_closed[-1] > cut
+                                 else None)
             except TimeoutError:
                 break  # not within 30 s: the figures before it still stand
+        if len(detect_ms) == cuts:
+            # a cut the inspector misses while stalled: its loop blocked past the keepalive's close (as a GC pause
+            # or a storm does), so the close is read, unanswered, while it is behind — judged afresh once on time
+            subprocess.run(["ip", "link", "set", link, "up"], check=True)
+            try:
+                await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UP, 30, 0.01, "the probe back")
+                await asyncio.sleep(random.uniform(0, insp.cfg.keepalive_ms / 1000))
+                cut = time.monotonic()
+                subprocess.run(["ip", "link", "set", link, "down"], check=True)
+                time.sleep((insp.cfg.keepalive_ms + insp.cfg.ping_timeout_ms) / 1000 + 0.3)  # the stall itself
+                await wait_for(lambda: insp.liveness.hosts["probe"].liveness != UP, 30, 0.002, "the probe judged")
+                out["silence_detect_stalled_ms"] = round((time.monotonic() - cut) * 1000)
+                out["silence_detect_stalled_verdict"] = insp.liveness.hosts["probe"].liveness
+            except TimeoutError:
+                out["silence_detect_stalled_ms"] = None
         out["silence_detect_ms"] = round(statistics.median(detect_ms)) if detect_ms else None
         out["silence_detect_max_ms"] = round(max(detect_ms)) if detect_ms else None
+        out["silence_detect_each_ms"] = [round(x) for x in detect_ms]
+        out["silence_closed_each_ms"] = closed_ms
+        out["silence_rto_each_ms"] = rto_ms
         out["silence_cuts"] = len(detect_ms)  # fewer than asked: the probe did not come back in time
         if insp.cfg.gc_freeze:
             # what a thaw costs (every gc_pacing.THAW_S): one full collection walking every object once more
@@ -337,7 +377,8 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
             out["gc_thaw_pause_ms"] = round((time.perf_counter() - t) * 1000)
         out["false_unreachable"] = sum(1 for h, new, _ in changes if new == UNREACHABLE and h != "probe")
         out["false_agent_down"] = sum(1 for h, new, _ in changes if new == "agent_down")
-        out["lag_worst_ms"] = round(insp.lag.worst_s * 1000, 1)
+        out["lag_worst_ms"] = round(max(lag_connect_s, insp.lag.worst_s) * 1000, 1)
+        out["lag_worst_connect_ms"] = round(lag_connect_s * 1000, 1)
     finally:
         if probe is not None:
             probe.kill()
@@ -390,6 +431,50 @@ class Generator:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def probe_rto_ms(peer: str) -> int | None:
+    """The kernel's current retransmission timeout of the inspector's connection to ``peer`` (/proc/net/tcp's
+    13th field, in clock ticks): how soon a cut shows as retransmissions (inspector/southbound/tcp_peer.py)."""
+    from inspector.southbound.tcp_peer import TABLES, proc_keys
+    keys = set(proc_keys(peer))
+    for table in TABLES:
+        with open(table) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 12 and fields[2] in keys and fields[3] == "01":
+                    return int(fields[12]) * 1000 // os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def thread_cpu_s() -> dict[str, tuple[float, float]]:
+    """This process's CPU seconds (user, system) by thread name: the event loop's thread is ``python``, gRPC
+    core's are its own (``grpc_global_tim``, ``default-executo``, ...)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, tuple[float, float]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        u, s = out.get(name, (0.0, 0.0))
+        out[name] = (u + int(fields[11]) / tick, s + int(fields[12]) / tick)
+    return out
+
+
+def thread_cpu_pct(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                   seconds: float) -> dict[str, list[float]]:
+    """[user, system] % of a core per thread name between two ``thread_cpu_s`` readings (threads that ended
+    meanwhile are not counted)."""
+    out = {}
+    for name, (u, s) in after.items():
+        u0, s0 = before.get(name, (0.0, 0.0))
+        if u - u0 + s - s0 > 0:
+            out[name] = [round(100 * (u - u0) / seconds, 1), round(100 * (s - s0) / seconds, 1)]
+    return dict(sorted(out.items(), key=lambda kv: -sum(kv[1])))
 
 
 def rss_kb() -> float:

@@ -141,6 +141,7 @@ class Inspector:
         self.liveness = Liveness(cfg.liveness_timeout_s, self._liveness_changed, self.lag,
                                  heartbeat_s=cfg.heartbeat_interval_ms / 1000, peer_silent=self.peers.silent,
                                  open_peer_silent=self.peers.open_silent,
+                                 peer_silent_afresh=self.peers.silent_afresh,
                                  transport_s=(cfg.keepalive_ms + cfg.ping_timeout_ms) / 1000 + 0.5)
         # a healthy agent speaks every heartbeat interval: hosts silenced together are all "quiet" by the time
         # the first of them crosses the liveness timeout
@@ -414,7 +415,7 @@ class Inspector:
             log.error("the TCP connection tables (%s) do not show this inspector's own listeners: silence is judged "
                       "by heartbeats alone, and a closed stream is an agent's death only if heard from recently "
                       "(docs/agent.md, \"Liveness\")", ", ".join(tcp_peer.TABLES))
-            self.liveness.peer_silent = self.liveness.open_peer_silent = None
+            self.liveness.peer_silent = self.liveness.open_peer_silent = self.liveness.peer_silent_afresh = None
         # every replica, whatever its role (a follower's leadership changes must not cancel it): its own streams
         self._keystone_watch = asyncio.create_task(watch_keystone_streams(self.auth, self.registry),
                                                    name="Keystone tokens of live streams")

@@ -37,6 +37,7 @@ from inspector.southbound.lag import Lag
 log = logging.getLogger("doctor.inspector.liveness")
 
 UP, AGENT_DOWN, UNREACHABLE, STOPPED, UNKNOWN = "up", "agent_down", "unreachable", "stopped", "unknown"
+AFRESH_WAIT_S = 0.05  # how often a close left undecided by a stall asks whether this inspector is on time again
 
 
 @dataclass
@@ -77,12 +78,14 @@ class Liveness:
                  lag: Lag | None = None, *, heartbeat_s: float = 0.0,
                  peer_silent: Callable[[str], Awaitable[bool]] | None = None,
                  open_peer_silent: Callable[[str], Awaitable[bool | None]] | None = None,
+                 peer_silent_afresh: Callable[[str, Callable[[], bool], float], Awaitable[bool | None]] | None = None,
                  transport_s: float = 0.0) -> None:
         self.timeout_s = timeout_s
         # no message for longer than this: unreachable (a healthy agent speaks every heartbeat interval)
         self.silence_limit_s = max(timeout_s, 2.5 * heartbeat_s)
         self.peer_silent = peer_silent  # did a closed connection's peer answer? (southbound/tcp_peer.py)
         self.open_peer_silent = open_peer_silent  # and an open one's, when its agent fell silent
+        self.peer_silent_afresh = peer_silent_afresh  # and a closed one's again, once this inspector is on time
         # a kernel that acknowledged all we sent is proof of life only once the keepalive has had its full turn
         # (a ping sent and left unanswered for its timeout ends the connection): until then, nothing is declared
         self.stall_after_s = self.silence_limit_s + transport_s
@@ -196,10 +199,19 @@ class Liveness:
             self.lag.check()  # a stall nobody has measured yet is measured before the verdict is trusted
             if silent and self.lag.behind():
                 # the kernel's evidence may be our own stall's (ACKs read late, our segments retransmitted): not
-                # trusted; a host really gone is still found by the silence limit, which discounts the stall
-                log.warning("host %s: its connection ended unanswered while this inspector is behind: not judged",
-                            rec.host_id)
-            elif silent:
+                # trusted as it stands. Looked at again once this inspector is on time; without fresh evidence, a
+                # host really gone is still found by the silence limit, which discounts the stall
+                log.warning("host %s: its connection ended unanswered while this inspector is behind: judged again "
+                            "once it is on time", rec.host_id)
+                silent = await self._afresh(rec)
+                if (rec.connected or not self.current(rec) or rec.liveness != UP or self.closing
+                        or rec.closed_stream is not stream):
+                    return
+                if silent is None:
+                    log.warning("host %s: nothing new on its closed connection: left to the silence limit",
+                                rec.host_id)
+                    return
+            if silent:
                 await self._set(rec, UNREACHABLE)
             else:
                 # answered: the host's kernel spoke, so its agent died — however long it was silent before
@@ -209,6 +221,22 @@ class Liveness:
         finally:
             if rec.closed_stream is stream:
                 rec.closed_stream = None
+
+    def _on_time(self) -> bool:
+        self.lag.check()
+        return not self.lag.behind()
+
+    async def _afresh(self, rec: HostRecord) -> bool | None:
+        """The closed connection of ``rec``, judged again with this inspector on time: True silent, False answered,
+        None no fresh evidence before the silence limit would judge the host anyway."""
+        if self.peer_silent_afresh is None:
+            return None
+        deadline = time.monotonic() + max(0.0, self.silence_limit_s - self.silence(rec))
+        while not self._on_time():  # bounded by the deadline
+            if time.monotonic() >= deadline or rec.connected or self.closing:
+                return None
+            await asyncio.sleep(AFRESH_WAIT_S)
+        return await self.peer_silent_afresh(rec.peer, self._on_time, deadline - time.monotonic())
 
     async def watch(self) -> None:
         """Declare silent hosts unreachable; runs until cancelled.

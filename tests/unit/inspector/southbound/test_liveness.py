@@ -3,6 +3,8 @@
 import asyncio
 import time
 
+import pytest
+
 from doctor_common.api import agent_pb2
 from doctor_common.lab.cloud import wait_for
 from inspector.southbound.lag import Lag
@@ -180,6 +182,60 @@ async def test_a_silent_verdict_reached_while_the_inspector_is_behind_is_not_tru
     await lv.detach(rec, s)
     await asyncio.gather(*lv._judging)
     assert rec.liveness == UP and changes == [UP]
+
+
+@pytest.mark.parametrize(("afresh", "expected"), [(True, UNREACHABLE), (False, AGENT_DOWN), (None, UP)])
+async def test_a_close_left_unjudged_by_a_stall_is_judged_afresh_once_on_time(afresh, expected) -> None:  # type: ignore[no-untyped-def]
+    """Unanswered while behind: asked again only once the inspector is on time. Fresh silence, unreachable; an
+    answer, the agent's death; nothing new, the host is left to the silence limit (still up meanwhile)."""
+    asked: list[bool] = []
+    lag = Lag(bound_s=0.05, hold_s=0.3)
+
+    async def peer_silent(_peer: str) -> bool:
+        return True
+
+    async def peer_silent_afresh(_peer: str, on_time, within_s: float) -> bool | None:  # type: ignore[no-untyped-def]
+        asked.append(lag.behind())
+        assert on_time() and within_s > 0
+        return afresh
+    changes: list[str] = []
+
+    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append(new)
+    lv = Liveness(1.0, on_change, lag, heartbeat_s=3.0, peer_silent=peer_silent,
+                  peer_silent_afresh=peer_silent_afresh)
+    rec, s = lv.record("h"), object()
+    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
+    lv.lag.check()
+    time.sleep(0.2)  # the inspector's loop stalls (the behaviour under test, not a wait): 4× the lag bound
+    await lv.detach(rec, s)
+    lv.lag.check()
+    assert lv.lag.behind()
+    await asyncio.gather(*lv._judging)
+    assert asked == [False]  # asked once, on time
+    assert rec.liveness == expected and changes == [UP] + ([expected] if expected != UP else [])
+    assert rec.closed_stream is None  # the watch judges it from now on
+
+
+async def test_a_close_left_unjudged_is_not_asked_again_past_the_silence_limit() -> None:
+    """Still behind when the silence limit comes: no fresh look; the watch judges the host (as before)."""
+    asked: list[str] = []
+
+    async def peer_silent(_peer: str) -> bool:
+        return True
+
+    async def peer_silent_afresh(peer: str, on_time, within_s: float) -> bool | None:  # type: ignore[no-untyped-def]
+        asked.append(peer)
+        return True
+    lv = Liveness(0.1, lambda *_: asyncio.sleep(0), Lag(bound_s=0.02, hold_s=60.0), heartbeat_s=0.1,
+                  peer_silent=peer_silent, peer_silent_afresh=peer_silent_afresh)
+    rec, s = lv.record("h"), object()
+    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
+    lv.lag.check()
+    time.sleep(0.1)  # a stall: behind for the next minute
+    await lv.detach(rec, s)
+    await asyncio.wait_for(asyncio.gather(*lv._judging), 5.0)
+    assert asked == [] and rec.liveness == UP and rec.closed_stream is None
 
 
 async def test_silence_on_an_open_connection_whose_kernel_answers_is_not_unreachable() -> None:

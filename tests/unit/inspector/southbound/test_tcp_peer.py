@@ -55,6 +55,36 @@ def test_tables_are_read_for_the_asked_peers_on_our_ports(tmp_path: Path) -> Non
     assert found == {"0200630A:9C4E": ("FIN_WAIT1", 0x8A, 2, 1, 0)}
 
 
+@pytest.mark.parametrize("libc", [True, False])
+@pytest.mark.parametrize("asked", [1, tcp_peer.FIND_KEYS_MAX + 1])
+def test_a_table_is_searched_for_the_peer_in_its_remote_column_only(tmp_path: Path, monkeypatch, libc: bool,  # type: ignore[no-untyped-def]
+                                                                    asked: int) -> None:
+    """Found by a search of the text (a few asked) or by every line (many): the same answer. A line holding the
+    key as its *local* address (the agent's own end, in the same namespace) is not the connection asked."""
+    if not libc:
+        monkeypatch.setattr(tcp_peer, "_LIBC", None)
+    monkeypatch.setattr(tcp_peer, "READ_CHUNK", 64)  # the C library's reads, chunk after chunk
+    table = tmp_path / "tcp"
+    table.write_text(HEADER + "".join([
+        "   0: 0200630A:9C4E 0100630A:C737 01 00000000:00000000 00:00000000 00000000     0        0 0 1 x\n",  # its end
+        "   1: 0100630A:C737 0200630A:9C4E 04 0000008A:00000000 01:00000014 00000002     0        0 0 2 x\n",
+    ]))
+    keys = ["0200630A:9C4E"] + [f"0900630A:{port:04X}" for port in range(asked - 1)]
+    assert read_states(keys, {0xC737}, (str(table),)) == {"0200630A:9C4E": ("FIN_WAIT1", 0x8A, 2, 1, 0)}
+
+
+def test_a_live_table_is_read_whole(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The C library's reads of /proc, chunk after chunk, give the whole table (one page per kernel read)."""
+    monkeypatch.setattr(tcp_peer, "READ_CHUNK", 1000)
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(loopback()) for _ in range(60)]  # more than a page of connections
+        text = tcp_peer._text("/proc/net/tcp")
+        assert text is not None
+        for port, *_ in conns:
+            assert f":{port:04X} ".encode() in text
+        assert len(text.splitlines()) > 60
+
+
 def test_the_verdict() -> None:
     assert judge(None) is False                           # gone: the peer's kernel closed it or answered our FIN
     assert judge(("TIME_WAIT", 0, 0, 3, 0)) is False and judge(("FIN_WAIT2", 0, 0, 0, 0)) is False
@@ -195,3 +225,42 @@ def test_the_tables_are_trusted_only_if_they_show_our_own_listener(tmp_path: Pat
         assert not listening({port}, (str(empty), str(tmp_path / "missing")))
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(("entries", "on_time", "verdict"), [
+    # a silent peer: retransmitted again after a look made on time, still unanswered
+    ([("FIN_WAIT1", 138, 3, 1, 0)] * 2 + [("FIN_WAIT1", 138, 4, 1, 0)], [True] * 8, True),
+    # the peer's kernel acknowledged at last: the socket left FIN_WAIT1
+    ([("FIN_WAIT1", 138, 3, 1, 0), ("FIN_WAIT2", 0, 0, 0, 0)], [True] * 8, False),
+    # the peer answered part of it: the count restarted
+    ([("FIN_WAIT1", 138, 3, 1, 0), ("FIN_WAIT1", 9, 0, 1, 0)], [True] * 8, False),
+    # the retransmission came while the inspector was behind again: not counted; nothing after it
+    ([("FIN_WAIT1", 138, 3, 1, 0)] * 2 + [("FIN_WAIT1", 138, 4, 1, 0)], [True, True, True, False] + [True] * 40,
+     None),
+    # nothing new at all within the time given
+    ([("FIN_WAIT1", 138, 3, 1, 0)], [True] * 40, None),
+    # behind a full window: a window probe more, unanswered
+    ([("FIN_WAIT1", 0, 0, 4, 1), ("FIN_WAIT1", 0, 0, 4, 2)], [True] * 8, True),
+])
+async def test_a_close_judged_afresh_needs_something_unanswered_since_a_look_on_time(  # type: ignore[no-untyped-def]
+        monkeypatch, entries, on_time, verdict) -> None:
+    """A close found unanswered while the inspector was behind: only what our kernel sent after a look made on
+    time, left unanswered with the inspector still on time, is silence; any answer is the agent's death."""
+    looks = iter(entries)
+    last = entries[-1]
+    times = iter(on_time)
+
+    def states(keys, ports, tables=tcp_peer.TABLES):  # type: ignore[no-untyped-def]
+        return {key: next(looks, last) for key in keys}
+    monkeypatch.setattr(tcp_peer, "read_states", states)
+    monkeypatch.setattr(tcp_peer, "AFRESH_LOOK_S", 0.01)
+    got = await PeerSilence(lambda: {9000}).silent_afresh("ipv4:127.0.0.1:41382", lambda: next(times, True), 0.15)
+    assert got is verdict
+
+
+async def test_a_close_judged_afresh_is_not_silent_once_the_peer_closed() -> None:
+    """A real socket: the peer closed its end and acknowledged ours, so nothing is left in FIN_WAIT1."""
+    with loopback() as (port, client, accepted, peer):
+        client.close()
+        accepted.close()
+    assert await PeerSilence(lambda: {port}).silent_afresh(peer, lambda: True, 0.5) is False
