@@ -49,12 +49,13 @@ silence) and its agent is down; no socket found, undecided for another
 silence limit, then its agent is down too (no evidence of the peer's
 silence: an alarm, never a fence).
 
-The connection tables are read from ``/proc/net/tcp`` and ``/proc/net/tcp6``
-in a worker thread, once for every stream that ended within the same few
-milliseconds, so a thousand streams ending together cost one read. Each is
-read whole by one call of the C library (``_text``) and searched for the
-connections asked, not split line by line (a table of 10,000 connections is
-1.5 MB).
+The kernel is asked through NETLINK_SOCK_DIAG (``sock_diag.py``: only the
+connections asked, filtered in the kernel), or, where that cannot be asked,
+the connection tables are read from ``/proc/net/tcp`` and ``/proc/net/tcp6``
+(each whole, by one call of the C library: ``_text``; and searched for the
+connections asked, not split line by line). Either in a worker thread, once
+for every stream that ended within the same few milliseconds, so a thousand
+streams ending together cost one question.
 """
 
 from __future__ import annotations
@@ -68,12 +69,15 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
+from inspector.southbound import sock_diag
+from inspector.southbound.sock_diag import STATES, Entry
+
 log = logging.getLogger("doctor.inspector.tcp")
 
-STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
-          "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
-LOOKS_S = (0.05, 0.25, 0.5)  # an undecided socket is looked at again after these (a delayed ACK takes ≤ 200 ms,
-#                              a second retransmission comes 600 ms after the first send)
+# an undecided socket is looked at again after these, 0.8 s in all (a delayed ACK takes ≤ 200 ms, a second
+# retransmission comes 600 ms after the first send): often at first, so a second retransmission that comes after
+# the close is seen within 50 ms of it (a look costs the kernel a few ms through sock_diag)
+LOOKS_S = (0.05, 0.05, 0.05, 0.05, 0.1, 0.1, 0.2, 0.2)
 PROBE_LOOKS_S = (0.5, 1.0)  # and, behind a full window, after these: window probes back off from 200 ms
 AFRESH_LOOK_S = 0.1       # a close judged afresh is looked at this often
 AFRESH_MAX_S = 10.0       # and for at most this long: well within the TCP_USER_TIMEOUT that keeps a silent peer's
@@ -112,7 +116,6 @@ def _v6(addr: ipaddress.IPv6Address, port: int) -> str:
     return "".join(f"{w:08X}" for w in struct.unpack("=4I", addr.packed)) + f":{port:04X}"
 
 
-Entry = tuple[str, int, int, int, int]  # (state, bytes not acknowledged, retransmissions, timer, probes unanswered)
 ZERO_WINDOW_PROBE = 4  # /proc/net/tcp's "tr": the peer's receive window was full, its window is being probed
 
 
@@ -207,6 +210,14 @@ def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, .
         out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer,
                           int(fields[8]))  # icsk_probes_out, zeroed by any answer
     return out
+
+
+def connection_states(keys: Iterable[str], local_ports: set[int]) -> dict[str, Entry]:
+    """``read_states`` through sock_diag (the kernel answers only the connections asked: ``sock_diag.py``), or
+    from the tables where it cannot be asked."""
+    keys = list(keys)
+    found = sock_diag.states(keys, local_ports)
+    return found if found is not None else read_states(keys, local_ports)
 
 
 def listening(ports: set[int], tables: tuple[str, ...] = TABLES) -> bool:
@@ -371,7 +382,7 @@ class PeerSilence:
             await asyncio.sleep(COALESCE_S)
             pending, self._pending = self._pending, {}
             try:
-                found = await asyncio.to_thread(read_states, list(pending), self.local_ports())
+                found = await asyncio.to_thread(connection_states, list(pending), self.local_ports())
             except Exception as exc:  # noqa: BLE001 - no evidence either way: not silent
                 log.warning("cannot read the TCP connection tables: %s", exc)
                 found = {}

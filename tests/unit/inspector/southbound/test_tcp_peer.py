@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from inspector.southbound import tcp_peer
+from inspector.southbound import sock_diag, tcp_peer
 from inspector.southbound.tcp_peer import PeerSilence, judge, judge_open, listening, proc_keys, read_states
 
 
@@ -105,12 +105,12 @@ async def test_a_live_connection_is_not_silent_and_many_questions_share_one_read
     judged answered; one read of the tables per look. Fifty questions asked in the same turn share one read
     (asked over several looks, whose sleeps a busy machine may wake in different turns, they could not)."""
     reads = []
-    real = tcp_peer.read_states
+    real = tcp_peer.connection_states
 
-    def counting(keys, ports, tables=tcp_peer.TABLES):  # type: ignore[no-untyped-def]
+    def counting(keys, ports):  # type: ignore[no-untyped-def]
         reads.append(len(list(keys)))
-        return real(keys, ports, tables)
-    monkeypatch.setattr(tcp_peer, "read_states", counting)
+        return real(keys, ports)
+    monkeypatch.setattr(tcp_peer, "connection_states", counting)
     monkeypatch.setattr(tcp_peer, "LOOKS_S", (0.01, 0.01))
     with loopback() as (port, _client, _accepted, peer):
         peers = PeerSilence(lambda: {port})
@@ -143,7 +143,7 @@ async def test_a_closed_connection_is_silent_only_with_retransmissions(monkeypat
 
     def states(keys, ports, tables=tcp_peer.TABLES):  # type: ignore[no-untyped-def]
         return {key: next(looks, last) for key in keys}
-    monkeypatch.setattr(tcp_peer, "read_states", states)
+    monkeypatch.setattr(tcp_peer, "connection_states", states)
     monkeypatch.setattr(tcp_peer, "LOOKS_S", (0.01, 0.01, 0.01))
     assert await PeerSilence(lambda: {9000}).silent("ipv4:127.0.0.1:41382") is silent
 
@@ -176,6 +176,9 @@ async def test_a_peer_that_stopped_reading_is_not_silent() -> None:
     try:
         entry = read_states(proc_keys(peer), {port}).get(proc_keys(peer)[0])
         assert entry is not None and entry[0] == "FIN_WAIT1"
+        asked = sock_diag.states(proc_keys(peer), {port})  # the netlink answer, the same connection
+        assert asked is not None and asked[proc_keys(peer)[0]][0] == "FIN_WAIT1"
+        assert asked[proc_keys(peer)[0]][3] in (1, 4)  # a loss probe first, then the full window's probes
         assert await PeerSilence(lambda: {port}).silent(peer) is False
     finally:
         client.close()
@@ -252,7 +255,7 @@ async def test_a_close_judged_afresh_needs_something_unanswered_since_a_look_on_
 
     def states(keys, ports, tables=tcp_peer.TABLES):  # type: ignore[no-untyped-def]
         return {key: next(looks, last) for key in keys}
-    monkeypatch.setattr(tcp_peer, "read_states", states)
+    monkeypatch.setattr(tcp_peer, "connection_states", states)
     monkeypatch.setattr(tcp_peer, "AFRESH_LOOK_S", 0.01)
     got = await PeerSilence(lambda: {9000}).silent_afresh("ipv4:127.0.0.1:41382", lambda: next(times, True), 0.15)
     assert got is verdict
