@@ -111,9 +111,10 @@ def _ask(sock: socket.socket, family: int, peers: list[tuple[int, bytes, int]], 
                     _exp, _rq, wqueue, _uid, _ino = _AFTER_ID.unpack_from(data, body + 4 + _ID_BYTES)
                     if sport in local_ports:
                         name = STATES.get(f"{state:02X}", f"{state:02X}")
-                        # probing a full window (timer 4), the kernel's count is of probes, not retransmissions
-                        out[_key(fam, dst, dport)] = ((name, wqueue, retrans, timer, 0) if timer != 4
-                                                      else (name, wqueue, 0, timer, retrans))
+                        # probing a full window (timer 4) or keeping alive (2), the kernel's count is of probes
+                        # unanswered, not of retransmissions: where /proc's table shows it too
+                        out[_key(fam, dst, dport)] = ((name, wqueue, 0, timer, retrans) if timer in (2, 4)
+                                                      else (name, wqueue, retrans, timer, 0))
             at += (length + 3) & ~3
 
 
