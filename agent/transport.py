@@ -17,14 +17,17 @@ import asyncio
 import logging
 import random
 import time
+from asyncio import BaseTransport
 from collections.abc import Callable
 from typing import NoReturn
 
-from grpclib.client import Channel, Stream
+from grpclib.client import Channel, Handler, Stream
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 from grpclib.stream import recv_message
+from h2.events import PingReceived
 
 from agent.state import AgentState
 from doctor_common.agent_limits import MAX_BATCH
@@ -48,9 +51,36 @@ _CONFIG_ERRORS = {Status.UNAUTHENTICATED, Status.PERMISSION_DENIED, Status.NOT_F
 _STREAM_ENDED = (OSError, StreamTerminatedError, ProtocolError)  # OSError covers connection errors, timeouts
 
 
+class _Protocol(H2Protocol):
+    """grpclib's HTTP/2 connection whose keepalive does not ping when the inspector pinged us within the
+    interval: the inspector's own keepalive (every 750 ms by default) already shows the path alive both ways, and
+    at 10,000 agents the pings it would answer cost it a core's tenth or more (docs/agent.md, "Liveness"). An
+    inspector that stops pinging (stopped, its host gone) is pinged again after one interval, as before."""
+
+    def connection_made(self, transport: BaseTransport) -> None:
+        super().connection_made(transport)
+        conn, pinged = self.connection, [-float("inf")]
+        default = conn._is_need_send_ping  # grpclib 0.4 internals (pinned <0.5 in pyproject.toml)
+
+        def ping_received(_event: object) -> None:
+            pinged[0] = time.monotonic()
+
+        def need_ping() -> bool:
+            keepalive = self.config._keepalive_time or 0.0
+            return time.monotonic() - pinged[0] >= keepalive and default()
+        self.processor.processors[PingReceived] = ping_received
+        conn._is_need_send_ping = need_ping  # type: ignore[method-assign]
+
+
+class _Channel(Channel):
+    def _protocol_factory(self) -> H2Protocol:
+        return _Protocol(Handler(), self._config, self._h2_config)
+
+
 def open_channel(target: str, keepalive_ms: int, tls: ClientTls | None = None) -> Channel:
-    """A grpclib channel to ``host:port``, ``[v6]:port`` or ``unix:/path``, pinging every ``keepalive_ms``; over
-    TLS when ``tls`` is given (its files read again if they changed: a renewed certificate needs no restart)."""
+    """A grpclib channel to ``host:port``, ``[v6]:port`` or ``unix:/path``, pinging every ``keepalive_ms`` unless
+    the inspector pinged it meanwhile (``_Protocol``); over TLS when ``tls`` is given (its files read again if
+    they changed: a renewed certificate needs no restart)."""
     host, port, path = parse_endpoint(target)
     keepalive_s = keepalive_ms / 1000
     config = Configuration(
@@ -59,8 +89,8 @@ def open_channel(target: str, keepalive_ms: int, tls: ClientTls | None = None) -
         ssl_target_name_override=tls.server_name if tls is not None else None)
     ssl = tls.ssl_context() if tls is not None else None
     if path is not None:
-        return Channel(path=path, config=config, ssl=ssl)
-    return Channel(host, port, config=config, ssl=ssl)
+        return _Channel(path=path, config=config, ssl=ssl)
+    return _Channel(host, port, config=config, ssl=ssl)
 
 
 class AgentLink:

@@ -188,7 +188,8 @@ async def ingest(endpoint: str, first: int, streams: int, seconds: float, batch:
         await c.close()
 
 
-async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> None:
+async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int, ping_ms: int = 0,
+                 ping_always: bool = False) -> None:
     """``count`` simulated agents (bench/sim_agents.py: one TCP connection each, HTTP/2 by hand, every PING
     answered): Hello, then a heartbeat every ``heartbeat_ms``. At EOF on stdin, prints how many streams ended after
     all had connected once (JSON)."""
@@ -197,7 +198,7 @@ async def agents(endpoint: str, first: int, count: int, heartbeat_ms: int) -> No
 
     PACING.install()  # the generator's thousands of connections are not walked by every full collection either
     host, port = endpoint.rsplit(":", 1)
-    fleet = Fleet(host, int(port), first, count, heartbeat_ms)
+    fleet = Fleet(host, int(port), first, count, heartbeat_ms, ping_ms, ping_always)
     held = asyncio.create_task(fleet.hold())
     lags: list[float] = []
 
@@ -227,7 +228,7 @@ def pin_this_process(cpus: set[int]) -> None:
 
 async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300,
                      heartbeat_ms: int = 5000, ping_timeout_ms: int = 0, cuts: int = 5,
-                     pin: bool = False) -> dict[str, Any]:
+                     pin: bool = False, agent_ping_ms: int = 1000, agent_ping_always: bool = False) -> dict[str, Any]:
     """``n`` simulated agents (heartbeats every 5 s, liveness timeout 1.5 s, the transport's keepalive every
     ``keepalive_ms``) on one inspector; a real agent in a network namespace, over its own veth, whose link is then cut."""
     from inspector.config import load_inspector_config
@@ -279,6 +280,8 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
     gens: list[subprocess.Popen[str]] = []
     probe: subprocess.Popen[bytes] | None = None
     out: dict[str, Any] = {"agents": n, "heartbeat_ms": heartbeat_ms, "liveness_timeout_ms": timeout_ms,
+                           "agent_ping_ms": agent_ping_ms,
+                           "agent_pings": "always" if agent_ping_always else "unless pinged within the interval",
                            "keepalive_ms": insp.cfg.keepalive_ms, "ping_timeout_ms": insp.cfg.ping_timeout_ms}
     cpus = sorted(os.sched_getaffinity(0))
     pinned: list[str] = []
@@ -294,7 +297,8 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         for k in range(procs):
             count = per if k < procs - 1 else n - per * (procs - 1)
             gens.append(subprocess.Popen([*pinned, "nice", "-n", "10", sys.executable, __file__, "--agents", endpoint,
-                                          str(k * per), str(count), str(heartbeat_ms)],
+                                          str(k * per), str(count), str(heartbeat_ms), str(agent_ping_ms),
+                                          "always" if agent_ping_always else "skip"],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         def connected() -> int:
             return sum(1 for r in insp.liveness.hosts.values() if r.connected)
@@ -652,7 +656,12 @@ async def main() -> None:
     ap.add_argument("--subscribe", nargs=4, metavar=("ENDPOINT", "TOKEN", "COUNT", "EXPECT"), help=argparse.SUPPRESS)
     ap.add_argument("--ingest", nargs=5, metavar=("ENDPOINT", "FIRST", "STREAMS", "SECONDS", "BATCH"),
                     help=argparse.SUPPRESS)
-    ap.add_argument("--agents", nargs=4, metavar=("ENDPOINT", "FIRST", "COUNT", "HEARTBEAT_MS"), help=argparse.SUPPRESS)
+    ap.add_argument("--agents", nargs=6, metavar=("ENDPOINT", "FIRST", "COUNT", "HEARTBEAT_MS", "PING_MS", "PINGS"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--agent-ping-ms", type=int, default=1000,
+                    help="the simulated agents' own keepalive (the agent's default keepalive_ms; 0: none)")
+    ap.add_argument("--agent-ping-always", action="store_true",
+                    help="agents ping even when the inspector pinged them within the interval (agents before 2026-12)")
     ap.add_argument("--max-batch", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--agent-count", type=int, default=0, help="simulated agents (default 10,000; --quick 2,000)")
     ap.add_argument("--only", choices=("agents", "subscribers"), help="run one phase")
@@ -665,8 +674,8 @@ async def main() -> None:
                     help="agents phase: the inspector on the first CPU, the generators on the others")
     args = ap.parse_args()
     if args.agents:
-        endpoint, first, count, heartbeat_ms = args.agents
-        await agents(endpoint, int(first), int(count), int(heartbeat_ms))
+        endpoint, first, count, heartbeat_ms, ping_ms, pings = args.agents
+        await agents(endpoint, int(first), int(count), int(heartbeat_ms), int(ping_ms), pings == "always")
         return
     if args.ingest:
         endpoint, first, streams, seconds, batch = args.ingest
@@ -683,7 +692,7 @@ async def main() -> None:
                              "or --only subscribers")
         a = await run_agents(args.agent_count or (2000 if args.quick else 10_000), args.procs,
                              5.0 if args.quick else 15.0, args.keepalive_ms, args.heartbeat_ms, args.ping_timeout_ms,
-                             3 if args.quick else 7, args.pin)
+                             3 if args.quick else 7, args.pin, args.agent_ping_ms, args.agent_ping_always)
         print(f"{a['agents']} agents (heartbeats every {a['heartbeat_ms']} ms, transport keepalive every "
               f"{a['keepalive_ms']} ms): {a['agents_connected']} connected (all in {a['connect_all_s']} s); "
               f"inspector {a['inspector_cpu_pct']} % "

@@ -52,8 +52,12 @@ class SimAgent(asyncio.Protocol):
     """One connection, one Connect stream. ``answered`` is set at the server's first message (the Hello was
     taken); ``ended`` when the stream or the connection ends for any reason."""
 
-    def __init__(self, hello: bytes, opening: bytes) -> None:
+    def __init__(self, hello: bytes, opening: bytes, ping_s: float = 0.0, ping_always: bool = False) -> None:
         self.hello, self.opening = hello, opening
+        self.ping_s = ping_s  # the agent's own keepalive (agent/transport.py): a PING every ping_s, 0 for none
+        self.ping_always = ping_always  # even when the server pinged us within ping_s (grpclib's own keepalive)
+        self.pinged_at = -1.0  # when the server last pinged us (monotonic)
+        self._ping_timer: asyncio.TimerHandle | None = None
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.answered = asyncio.Event()
@@ -64,6 +68,17 @@ class SimAgent(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio's classes
         transport.write(self.opening + frame(DATA, 0, STREAM, self.hello))
+        if self.ping_s:
+            self._ping_timer = asyncio.get_running_loop().call_later(random.uniform(0, self.ping_s), self._ping)
+
+    def _ping(self) -> None:
+        """As the real agent's keepalive: a PING every ``ping_s``, unless the server pinged us within it (the
+        server's keepalive already shows the path alive both ways: agent/transport.py)."""
+        if self.transport is None or self.ended.is_set():
+            return
+        if self.ping_always or time.monotonic() - self.pinged_at >= self.ping_s:
+            self.transport.write(frame(PING, 0, 0, struct.pack(">Q", time.monotonic_ns())))
+        self._ping_timer = asyncio.get_running_loop().call_later(self.ping_s, self._ping)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -76,6 +91,7 @@ class SimAgent(asyncio.Protocol):
             kind, flags = buf[at + 3], buf[at + 4]
             if kind == PING and not flags & ACK:
                 assert self.transport is not None
+                self.pinged_at = time.monotonic()
                 self.transport.write(frame(PING, ACK, 0, bytes(buf[at + 9:at + 17])))
             elif kind == SETTINGS and not flags & ACK:
                 assert self.transport is not None
@@ -99,6 +115,8 @@ class SimAgent(asyncio.Protocol):
             self.transport.write(frame(DATA, 0, STREAM, beat))
 
     def _end(self, why: str) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
         self.why = self.why or why
         self.ended.set()
         self.settled.set()
@@ -106,6 +124,8 @@ class SimAgent(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
         self.why = self.why or f"connection lost ({exc or 'closed'})"
         self.ended.set()
         self.settled.set()
@@ -116,9 +136,11 @@ class Fleet:
     50 ms to 2 s, jittered; admission refuses some during the storm). ``lost`` counts the streams that ended after every agent had been in once: the
     inspector dropped them."""
 
-    def __init__(self, host: str, port: int, first: int, count: int, heartbeat_ms: int) -> None:
+    def __init__(self, host: str, port: int, first: int, count: int, heartbeat_ms: int, ping_ms: int = 0,
+                 ping_always: bool = False) -> None:
         self.host, self.port, self.first, self.count = host, port, first, count
         self.heartbeat_s = heartbeat_ms / 1000
+        self.ping_s, self.ping_always = ping_ms / 1000, ping_always
         self.connected = 0  # Hellos answered, reconnects included
         self.lost = 0
         self.reasons: Counter[str] = Counter()  # why streams ended after every agent had been in
@@ -142,7 +164,7 @@ class Fleet:
         for _ in range(1_000_000):  # reconnects: bounded, far beyond any run
             proto: SimAgent | None = None
             try:
-                _, proto = await loop.create_connection(lambda: SimAgent(hello, start), self.host, self.port)
+                _, proto = await loop.create_connection(lambda: SimAgent(hello, start, self.ping_s, self.ping_always), self.host, self.port)
                 await asyncio.wait_for(proto.settled.wait(), 30)
                 if not proto.answered.is_set():
                     raise ConnectionError(f"refused: {proto.why}")  # admission's "busy": retried with backoff

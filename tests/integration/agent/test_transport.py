@@ -14,10 +14,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpclib.const import Cardinality
 
 from agent.checkers.base import Reading, Status
 from agent.state import AgentState
-from agent.transport import AgentLink
+from agent.transport import CONNECT, AgentLink, open_channel
 from doctor_common.api import agent_pb2, agent_pb2_grpc, common_pb2
 from doctor_common.grpcutil import server_options
 from doctor_common.lab.cloud import wait_for
@@ -212,3 +213,49 @@ async def test_a_stream_cut_off_at_once_does_not_reset_the_backoff() -> None:
     # the backoff doubled from 50 ms to its 0.4 s cap (each wait jittered by ×0.5–1.5): had each taken stream
     # reset it, every gap would be about 50 ms
     assert min(gaps[-3:]) >= 0.2 - 0.01, gaps
+
+
+class _Quiet(agent_pb2_grpc.AgentGatewayServicer):
+    """Takes a Hello, then reads until the stream ends."""
+
+    async def Connect(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        async for msg in request_iterator:
+            if msg.WhichOneof("kind") == "hello":
+                yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=100))
+
+
+@pytest.mark.parametrize(("server_keepalive_ms", "pings"), [(150, "none"), (600_000, "every interval")])
+async def test_the_agent_pings_only_an_inspector_that_does_not_ping_it(monkeypatch: pytest.MonkeyPatch,
+                                                                       server_keepalive_ms: int, pings: str) -> None:
+    """The inspector's keepalive shows the path alive both ways: while it pings, the agent sends no pings of its
+    own (at 10,000 agents the inspector would answer 10,000 a second); an inspector that does not ping is pinged
+    every keepalive interval, as before."""
+    import h2.connection
+    sent: list[float] = []
+    real_ping = h2.connection.H2Connection.ping
+
+    def counting(self, opaque_data):  # type: ignore[no-untyped-def]
+        sent.append(time.monotonic())
+        return real_ping(self, opaque_data)
+    monkeypatch.setattr(h2.connection.H2Connection, "ping", counting)
+    server = grpc.aio.server(options=server_options(keepalive_ms=server_keepalive_ms, ping_timeout_ms=1000))
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(_Quiet(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}", 200)
+    try:
+        stream = channel.request(CONNECT, Cardinality.STREAM_STREAM, agent_pb2.AgentMessage, agent_pb2.GatewayMessage)
+        async with stream:
+            await stream.send_message(agent_pb2.AgentMessage(hello=agent_pb2.Hello(host_id="h", boot_id="b")))
+            assert (await asyncio.wait_for(stream.recv_message(), 10)) is not None
+            start = time.monotonic()
+            await asyncio.sleep(1.5)  # the span observed: 7 of the agent's keepalive intervals (not a wait for anything)
+            during = [t for t in sent if t >= start]
+            if pings == "none":
+                assert during == []
+            else:
+                assert len(during) >= 4, during
+            await stream.cancel()
+    finally:
+        channel.close()
+        await server.stop(0)
