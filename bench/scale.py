@@ -2,7 +2,9 @@
 
 * agents (root: a network namespace): ``--agent-count`` simulated agents
   (generator processes at nice 10, one TCP connection each, heartbeats every
-  5 s) on an inspector with the liveness timeout at 1.5 s and the transport's
+  5 s, their own keepalive ping every second unless the inspector pinged
+  them within it, as the agent does; ``--agent-ping-always`` for agents that
+  ping whatever they receive) on an inspector with the liveness timeout at 1.5 s and the transport's
   keepalive at 750 ms (the default), plus one real agent in a network namespace over its
   own veth. ``connect_all_s``: until every agent is in (admission bounds the
   handshakes); ``inspector_cpu_pct`` over a steady window; ``false_unreachable``
@@ -14,6 +16,12 @@
   blocked past the keepalive's close (a GC pause, a storm), so the close is
   read while it is behind and judged afresh once it is on time
   (``silence_detect_stalled_verdict``: what the probe was declared).
+  ``inspector_cpu_by_thread``: [user, system] % per thread name over the
+  steady window (``python`` is the event loop's, ``event_engine`` gRPC
+  core's); ``lag_worst_steady_ms`` and ``lag_worst_connect_ms`` the loop's
+  worst lag in each phase; per cut, ``silence_detect_each_ms``,
+  ``silence_closed_each_ms`` (when the stream's end was read) and
+  ``silence_rto_each_ms`` (the connection's retransmission timeout).
   ``gc_thaw_pause_ms``: the full collection after a thaw of GC pacing
   (``doctor_common/gc_pacing.py``, every 600 s), timed with every agent held;
   ``gc_frozen`` the objects it thawed, ``gc_thaw_swept`` the garbage it found.
