@@ -11,7 +11,11 @@ gone: it does not answer a health check (``LeaderProbe``, cached briefly), or
 this client already came back from it (an agent is known by its host, a
 consumer by its subscription id); and while no leader is known, or this
 replica is about to act. When the election moves on it sends the client
-straight to the new leader, or serves it if this replica now leads.
+straight to the new leader, or serves it if this replica now leads. A hold
+lasts at most the lease TTL + 1.5 s (how long a dead leader is normally
+named); one still failing its health check then is held again, up to
+``HOLD_TURNS`` holds (a loaded etcd extends leases: a follower redirected
+clients to a leader dead for longer than that).
 
 One task polls the election's view (two local attributes, every 10 ms)
 while any client is held, and wakes the held ones on a change.
@@ -30,6 +34,7 @@ from doctor_common.grpc_tls import secure_channel
 from doctor_common.tls import ClientTls
 
 POLL_S = 0.01
+HOLD_TURNS = 3  # a client is held again while the leader named is still evidently gone, up to this many times
 
 
 class LeaderProbe:
@@ -85,10 +90,18 @@ class Redirector:
 
     async def target(self, key: str) -> str | None:
         """Where to send client ``key`` now: None when this replica acts (serve it) or no leader is known."""
-        named = self.leader()
-        sent = self._sent.get(key)
-        came_back = sent is not None and sent[0] == named and time.monotonic() - sent[1] < self.hold_s
-        if not self.acting() and (named is None or named == self.own or came_back or not await self.alive()):
+        for turn in range(HOLD_TURNS):  # bounded: a client is held at most HOLD_TURNS × hold_s
+            if self.acting():
+                break
+            named = self.leader()
+            sent = self._sent.get(key)
+            # came back from the named leader: evidence it is gone, but only once (the leader may have sent it back)
+            came_back = (turn == 0 and sent is not None and sent[0] == named
+                         and time.monotonic() - sent[1] < self.hold_s)
+            if not (named is None or named == self.own or came_back or not await self.alive()):
+                break
+            # held again while the named leader still does not answer: under a loaded etcd its lease outlives
+            # the TTL + 1.5 s a dead leader is normally named for, and a client sent there only fails and backs off
             await self._hold(named)
         if self.acting():
             return None
@@ -103,22 +116,25 @@ class Redirector:
         deadline = time.monotonic() + self.hold_s
         self._held += 1
         if self._watch is None or self._watch.done():
-            self._watch = asyncio.create_task(self._poll(), name="redirector")
+            # the view it compares with is taken now, not when the task first runs: a change in between is a change
+            self._watch = asyncio.create_task(self._poll((self.leader(), self.acting())), name="redirector")
         try:
-            while not self.acting() and self.leader() in (None, gone, self.own):
+            while True:  # bounded by the deadline
+                changed = self._changed  # before the check: a change after it sets this very event
+                if self.acting() or self.leader() not in (None, gone, self.own):
+                    return
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
                 try:  # asyncio.timeout, not wait_for (gh-86296: it can swallow a cancellation on 3.11)
                     async with asyncio.timeout(left):
-                        await self._changed.wait()
+                        await changed.wait()
                 except TimeoutError:
                     return
         finally:
             self._held -= 1
 
-    async def _poll(self) -> None:
-        last = (self.leader(), self.acting())
+    async def _poll(self, last: tuple[str | None, bool]) -> None:
         while self._held > 0:
             await asyncio.sleep(POLL_S)
             now = (self.leader(), self.acting())
