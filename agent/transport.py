@@ -52,24 +52,25 @@ _STREAM_ENDED = (OSError, StreamTerminatedError, ProtocolError)  # OSError cover
 
 
 class _Protocol(H2Protocol):
-    """grpclib's HTTP/2 connection whose keepalive does not ping when the inspector pinged us within the
-    interval: the inspector's own keepalive (every 750 ms by default) already shows the path alive both ways, and
-    at 10,000 agents the pings it would answer cost it a core's tenth or more (docs/agent.md, "Liveness"). An
-    inspector that stops pinging (stopped, its host gone) is pinged again after one interval, as before."""
+    """grpclib's HTTP/2 connection whose keepalive pings one interval after the last ping the inspector sent (or
+    the last of its own): while the inspector pings more often (every 750 ms by default) the agent sends none,
+    since the inspector's keepalive already shows the path alive both ways, and at 10,000 agents the pings it
+    would answer cost it a core's tenth or more (docs/agent.md, "Liveness"). An inspector that stops pinging
+    (stopped, its host gone) is pinged one interval after its last ping and left 0.5 s later, as before."""
 
     def connection_made(self, transport: BaseTransport) -> None:
         super().connection_made(transport)
-        conn, pinged = self.connection, [-float("inf")]
-        default = conn._is_need_send_ping  # grpclib 0.4 internals (pinned <0.5 in pyproject.toml)
+        conn, keepalive = self.connection, self.config._keepalive_time  # grpclib 0.4 internals (pinned <0.5)
+        if not keepalive:
+            return
 
         def ping_received(_event: object) -> None:
-            pinged[0] = time.monotonic()
-
-        def need_ping() -> bool:
-            keepalive = self.config._keepalive_time or 0.0
-            return time.monotonic() - pinged[0] >= keepalive and default()
+            # our next ping is due one interval after the inspector's last one (not at grpclib's next tick, up
+            # to an interval later): an inspector that stops pinging is pinged, and left, as soon as before
+            if conn._ping_handle is not None and not conn.is_closing():
+                conn._ping_handle.cancel()
+                conn._ping_handle = asyncio.get_running_loop().call_later(keepalive, conn._ping)
         self.processor.processors[PingReceived] = ping_received
-        conn._is_need_send_ping = need_ping  # type: ignore[method-assign]
 
 
 class _Channel(Channel):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from doctor_common.api import agent_pb2
 from doctor_common.timeline import now_ns
 from inspector.southbound.lag import Lag
+from inspector.southbound.tcp_peer import AFRESH_MAX_S
 
 log = logging.getLogger("doctor.inspector.liveness")
 
@@ -78,7 +79,8 @@ class Liveness:
                  lag: Lag | None = None, *, heartbeat_s: float = 0.0,
                  peer_silent: Callable[[str], Awaitable[bool]] | None = None,
                  open_peer_silent: Callable[[str], Awaitable[bool | None]] | None = None,
-                 peer_silent_afresh: Callable[[str, Callable[[], bool], float], Awaitable[bool | None]] | None = None,
+                 peer_silent_afresh: Callable[[str, Callable[[], bool], float, Callable[[], bool]],
+                                              Awaitable[bool | None]] | None = None,
                  transport_s: float = 0.0) -> None:
         self.timeout_s = timeout_s
         # no message for longer than this: unreachable (a healthy agent speaks every heartbeat interval)
@@ -191,6 +193,7 @@ class Liveness:
 
     async def _judge_close(self, rec: HostRecord, stream: object) -> None:
         assert self.peer_silent is not None
+        closed_at = time.monotonic()
         try:
             silent = await self.peer_silent(rec.peer)
             if (rec.connected or not self.current(rec) or rec.liveness != UP or self.closing
@@ -203,7 +206,7 @@ class Liveness:
                 # host really gone is still found by the silence limit, which discounts the stall
                 log.warning("host %s: its connection ended unanswered while this inspector is behind: judged again "
                             "once it is on time", rec.host_id)
-                silent = await self._afresh(rec)
+                silent = await self._afresh(rec, closed_at)
                 if (rec.connected or not self.current(rec) or rec.liveness != UP or self.closing
                         or rec.closed_stream is not stream):
                     return
@@ -226,17 +229,22 @@ class Liveness:
         self.lag.check()
         return not self.lag.behind()
 
-    async def _afresh(self, rec: HostRecord) -> bool | None:
+    async def _afresh(self, rec: HostRecord, closed_at: float) -> bool | None:
         """The closed connection of ``rec``, judged again with this inspector on time: True silent, False answered,
-        None no fresh evidence before the silence limit would judge the host anyway."""
+        None no fresh evidence before the silence limit would judge the host anyway, or before the kernel may
+        destroy the socket (``tcp_peer.AFRESH_MAX_S`` after the close; a socket gone would read as answered)."""
         if self.peer_silent_afresh is None:
             return None
-        deadline = time.monotonic() + max(0.0, self.silence_limit_s - self.silence(rec))
+        deadline = min(time.monotonic() + max(0.0, self.silence_limit_s - self.silence(rec)),
+                       closed_at + AFRESH_MAX_S)
+
+        def gone() -> bool:  # back, or judged otherwise, or this inspector stopping: nothing to decide here
+            return rec.connected or self.closing or not self.current(rec) or rec.liveness != UP
         while not self._on_time():  # bounded by the deadline
-            if time.monotonic() >= deadline or rec.connected or self.closing:
+            if time.monotonic() >= deadline or gone():
                 return None
             await asyncio.sleep(AFRESH_WAIT_S)
-        return await self.peer_silent_afresh(rec.peer, self._on_time, deadline - time.monotonic())
+        return await self.peer_silent_afresh(rec.peer, self._on_time, deadline - time.monotonic(), gone)
 
     async def watch(self) -> None:
         """Declare silent hosts unreachable; runs until cancelled.

@@ -18,9 +18,11 @@ caller reads the tables instead.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterable
 
 NETLINK_SOCK_DIAG = 4
@@ -32,6 +34,10 @@ BC_JMP, BC_D_COND = 1, 8  # linux/inet_diag.h: INET_DIAG_BC_JMP, INET_DIAG_BC_D_
 ALL_STATES = 0xFFFFFFFF & ~(1 << 10)  # every state but LISTEN
 KEYS_PER_ASK = 64                     # conditions per request (a jump spans at most 64 KB; a dump per 64 peers)
 RECV_BYTES = 1 << 16
+RETRY_AFTER_S = 60.0                  # after a failure, the tables are read instead for this long
+
+log = logging.getLogger("doctor.inspector.tcp")
+_unavailable_until = 0.0
 
 _HDR = struct.Struct("=IHHII")        # nlmsghdr
 _REQ = struct.Struct("=BBBBI")        # inet_diag_req_v2 before its sockid
@@ -95,11 +101,13 @@ def _ask(sock: socket.socket, family: int, peers: list[tuple[int, bytes, int]], 
         at = 0
         while at + _HDR.size <= len(data):
             length, kind, _flags, got_seq, _pid = _HDR.unpack_from(data, at)
-            if length < _HDR.size:
+            if length < _HDR.size or at + length > len(data):
                 raise OSError(errno.EIO, "sock_diag: a malformed message")
             body = at + _HDR.size
             if got_seq == seq:
                 if kind == NLMSG_DONE:
+                    if length >= _HDR.size + 4 and struct.unpack_from("=i", data, body)[0] != 0:
+                        raise OSError(errno.EIO, "sock_diag: the dump ended in an error")  # incomplete: not trusted
                     return
                 if kind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", data, body)[0]
@@ -128,6 +136,9 @@ def states(keys: Iterable[str], local_ports: set[int]) -> dict[str, Entry] | Non
         except ValueError:
             continue
         by_family.setdefault(family, []).append((family, addr, port))
+    global _unavailable_until
+    if time.monotonic() < _unavailable_until:
+        return None
     out: dict[str, Entry] = {}
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
@@ -137,6 +148,10 @@ def states(keys: Iterable[str], local_ports: set[int]) -> dict[str, Entry] | Non
                 for i in range(0, len(peers), KEYS_PER_ASK):
                     seq += 1
                     _ask(sock, family, peers[i:i + KEYS_PER_ASK], seq, local_ports, out)
-    except OSError:
+    except (OSError, struct.error) as exc:
+        # not asked again for a while: a sandbox that swallows the request would cost every look its timeout
+        _unavailable_until = time.monotonic() + RETRY_AFTER_S
+        log.warning("sock_diag cannot be asked (%s): the connection tables are read instead for %.0f s", exc,
+                    RETRY_AFTER_S)
         return None
     return out

@@ -35,11 +35,12 @@ evidence of silence.
 
 A close found unanswered while this inspector was behind is not trusted as
 it stands (its own stall's evidence, perhaps); once it is on time again, the
-socket is looked at afresh (``silent_afresh``): our kernel retransmitting
-again, still unanswered, with the inspector on time since the look before, is
+socket is looked at afresh (``silent_afresh``): something our kernel sent
+after a look made on time, left unanswered longer than any delayed ACK (or
+until the next retransmission), with the inspector on time throughout, is
 silence; the peer answering (the socket leaving FIN_WAIT1, the count
-dropping) is the agent's death; neither within the time given, no verdict
-(the silence limit decides, as before).
+dropping, below the close's own look too) is the agent's death; neither
+within the time given, no verdict (the silence limit decides, as before).
 
 A stream still open whose agent has been silent past the silence limit is
 asked too (``judge_open``): unacknowledged and retransmitted, the peer is
@@ -80,8 +81,11 @@ log = logging.getLogger("doctor.inspector.tcp")
 LOOKS_S = (0.05, 0.05, 0.05, 0.05, 0.1, 0.1, 0.2, 0.2)
 PROBE_LOOKS_S = (0.5, 1.0)  # and, behind a full window, after these: window probes back off from 200 ms
 AFRESH_LOOK_S = 0.1       # a close judged afresh is looked at this often
-AFRESH_MAX_S = 10.0       # and for at most this long: well within the TCP_USER_TIMEOUT that keeps a silent peer's
-#                           socket (20 s at least, doctor_common/grpcutil.py)
+AFRESH_CONFIRM_S = 0.3    # and what was sent after a look on time must stay unanswered this long (a delayed ACK
+#                           takes ≤ 200 ms)
+AFRESH_MAX_S = 10.0       # a close is judged afresh within this long of its end: well within the TCP_USER_TIMEOUT
+#                           that keeps a silent peer's socket (20 s at least, doctor_common/grpcutil.py)
+CLOSED_KEPT = 4096        # the closes' last looks kept for a second look (the newest)
 COALESCE_S = 0.0          # streams ending in the same turn of the loop share one read (no wait: the kernel keeps
 #                           a silent peer's socket only until its TCP_USER_TIMEOUT, doctor_common/grpcutil.py)
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
@@ -119,7 +123,7 @@ def _v6(addr: ipaddress.IPv6Address, port: int) -> str:
 ZERO_WINDOW_PROBE = 4  # /proc/net/tcp's "tr": the peer's receive window was full, its window is being probed
 
 
-READ_CHUNK = 1 << 22  # bytes asked of the C library at a time (a table of 10,000 connections is 1.5 MB)
+READ_CHUNK = 1 << 20  # bytes asked of the C library at a time (a table of 10,000 connections is 1.5 MB)
 FIND_KEYS_MAX = 64    # up to this many connections asked together are found by searching the text for each
 
 
@@ -151,18 +155,23 @@ def _text(table: str) -> bytes | None:
                 return f.read()
         except OSError:
             return None
-    f = _LIBC.fopen(table.encode(), b"rb")
-    if not f:
-        return None
-    try:
-        chunks, buf = [], ctypes.create_string_buffer(READ_CHUNK)
-        while True:  # bounded: the table ends
-            n = _LIBC.fread(buf, 1, READ_CHUNK, f)
-            chunks.append(ctypes.string_at(buf, n))
-            if n < READ_CHUNK:
-                return None if _LIBC.ferror(f) else b"".join(chunks)
-    finally:
-        _LIBC.fclose(f)
+    buf = ctypes.create_string_buffer(READ_CHUNK)
+    for _ in range(3):  # a signal landing in a read fails it (EINTR): read again, a few times at most
+        f = _LIBC.fopen(table.encode(), b"rb")
+        if not f:
+            return None
+        try:
+            chunks = []
+            while True:  # bounded: the table ends
+                n = _LIBC.fread(buf, 1, READ_CHUNK, f)
+                chunks.append(ctypes.string_at(buf, n))
+                if n < READ_CHUNK:
+                    break
+            if not _LIBC.ferror(f):
+                return b"".join(chunks)
+        finally:
+            _LIBC.fclose(f)
+    return None
 
 
 def _rows(tables: tuple[str, ...], keys: Iterable[str] | None = None) -> Iterator[list[str]]:
@@ -292,6 +301,7 @@ class PeerSilence:
         self.local_ports = local_ports
         self._pending: dict[str, asyncio.Future[Entry | None]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._closed: dict[str, Entry | None] = {}  # peer -> the last look at its close judged silent
 
     async def silent(self, peer: str) -> bool:
         keys = proc_keys(peer)
@@ -314,36 +324,58 @@ class PeerSilence:
                        and _retransmissions(entry) >= 1)
         log.info("the connection of %s ended %s (%s)", peer, "unanswered: its peer is silent" if verdict
                  else "answered: its peer's kernel spoke", entry)
+        if verdict:  # kept for a second look (``silent_afresh``), should this inspector have been behind
+            self._closed.pop(peer, None)
+            self._closed[peer] = entry
+            while len(self._closed) > CLOSED_KEPT:
+                del self._closed[next(iter(self._closed))]
         return verdict
 
-    async def silent_afresh(self, peer: str, on_time: Callable[[], bool], within_s: float) -> bool | None:
+    async def silent_afresh(self, peer: str, on_time: Callable[[], bool], within_s: float,
+                            gone: Callable[[], bool] = lambda: False) -> bool | None:
         """A connection that ended unanswered while this inspector was behind, looked at again now that it is on
-        time (``on_time()``, asked around every look). True: our kernel sent the peer something more since a look
-        made on time (a retransmission, a window probe), still unanswered, and the inspector stayed on time; False:
-        the peer's kernel answered (the socket left FIN_WAIT1, or what was unanswered dropped); None: neither
-        within ``within_s`` (at most ``AFRESH_MAX_S``), or never on time: no fresh evidence."""
+        time (``on_time()``, asked around every look).
+
+        True: something our kernel sent after a look made on time (a retransmission, a window probe) went
+        unanswered for ``AFRESH_CONFIRM_S`` — longer than a live peer's delayed ACK — or long enough for the next
+        one to follow it, with the inspector on time throughout. False: the peer's kernel answered (the socket
+        left FIN_WAIT1, or what was unanswered dropped, compared with the close's own look too). None: neither
+        within ``within_s`` (at most ``AFRESH_MAX_S``), never on time, or ``gone()`` (the host is back)."""
         keys = proc_keys(peer)
         if not keys:
             return False
+        closed = self._closed.pop(peer, None)  # what the close's verdict saw: a lower count since is an answer
         deadline = time.monotonic() + min(within_s, AFRESH_MAX_S)
-        base: Entry | None = None  # the last look made on time: what is fresh is counted from it
-        while True:  # bounded by the deadline
+        base: Entry | None = None     # the last look made on time: what is fresh is counted from it
+        rose_at: float | None = None  # when a look on time first saw one more unanswered than ``base``
+        verdict: bool | None = None
+        entry = previous = None
+        while not gone():  # bounded by the deadline
             trusted = on_time()
             entry = await self._state(keys)
             trusted = trusted and on_time()
+            now = time.monotonic()
             if entry is None or entry[0] != "FIN_WAIT1":
-                verdict: bool | None = False  # acknowledged (gone, FIN_WAIT2, TIME_WAIT...): its kernel spoke
+                verdict = False  # acknowledged (gone, FIN_WAIT2, TIME_WAIT...): its kernel spoke
                 break
-            if base is not None and base[3] == entry[3] and _unanswered(entry) < _unanswered(base):
+            if any(ref is not None and ref[0] == "FIN_WAIT1" and ref[3] == entry[3]
+                   and _unanswered(entry) < _unanswered(ref) for ref in (closed, base, previous)):
                 verdict = False  # the peer answered something: the count restarted
                 break
-            if trusted and base is not None and base[3] == entry[3] and _unanswered(entry) > _unanswered(base):
-                verdict = True
-                break
+            previous = entry
             if not trusted or base is None or base[3] != entry[3]:
-                base = entry if trusted else None
-            if time.monotonic() + AFRESH_LOOK_S > deadline:
-                verdict = None
+                base, rose_at = (entry if trusted else None), None
+            else:
+                rise = _unanswered(entry) - _unanswered(base)
+                if rise >= 2:
+                    verdict = True  # one sent after the base went unanswered until the next was sent
+                    break
+                if rise == 1:
+                    rose_at = now if rose_at is None else rose_at
+                    if now - rose_at >= AFRESH_CONFIRM_S:
+                        verdict = True  # sent after the base, unanswered for longer than any delayed ACK
+                        break
+            if now + AFRESH_LOOK_S > deadline:
                 break
             await asyncio.sleep(AFRESH_LOOK_S)
         log.info("the connection of %s, looked at again with this inspector on time: %s (%s)", peer,

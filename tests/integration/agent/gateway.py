@@ -43,8 +43,8 @@ class Gateway(agent_pb2_grpc.AgentGatewayServicer):
                 print(kind, flush=True)
 
 
-async def serve(listen: str, redirect_to: str | None) -> None:
-    server = grpc.aio.server(options=server_options())
+async def serve(listen: str, redirect_to: str | None, keepalive_ms: int) -> None:
+    server = grpc.aio.server(options=server_options(keepalive_ms=keepalive_ms))
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(Gateway(redirect_to), server)
     server.add_insecure_port(listen)
     await server.start()
@@ -56,5 +56,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--listen", required=True, help="a gRPC address: unix:/path or 127.0.0.1:port")
     p.add_argument("--redirect-to", help="act as a follower: redirect every agent to this endpoint")
+    p.add_argument("--keepalive-ms", type=int, default=1000, help="how often it pings its agents")
     args = p.parse_args()
-    asyncio.run(serve(args.listen, args.redirect_to))
+    asyncio.run(serve(args.listen, args.redirect_to, args.keepalive_ms))

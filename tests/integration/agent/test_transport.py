@@ -224,7 +224,7 @@ class _Quiet(agent_pb2_grpc.AgentGatewayServicer):
                 yield agent_pb2.GatewayMessage(config=agent_pb2.ConfigHint(heartbeat_interval_ms=100))
 
 
-@pytest.mark.parametrize(("server_keepalive_ms", "pings"), [(150, "none"), (600_000, "every interval")])
+@pytest.mark.parametrize(("server_keepalive_ms", "pings"), [(100, "none"), (600_000, "every interval")])
 async def test_the_agent_pings_only_an_inspector_that_does_not_ping_it(monkeypatch: pytest.MonkeyPatch,
                                                                        server_keepalive_ms: int, pings: str) -> None:
     """The inspector's keepalive shows the path alive both ways: while it pings, the agent sends no pings of its
@@ -242,14 +242,14 @@ async def test_the_agent_pings_only_an_inspector_that_does_not_ping_it(monkeypat
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(_Quiet(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = open_channel(f"127.0.0.1:{port}", 200)
+    channel = open_channel(f"127.0.0.1:{port}", 500 if pings == "none" else 200)
     try:
         stream = channel.request(CONNECT, Cardinality.STREAM_STREAM, agent_pb2.AgentMessage, agent_pb2.GatewayMessage)
         async with stream:
             await stream.send_message(agent_pb2.AgentMessage(hello=agent_pb2.Hello(host_id="h", boot_id="b")))
             assert (await asyncio.wait_for(stream.recv_message(), 10)) is not None
             start = time.monotonic()
-            await asyncio.sleep(1.5)  # the span observed: 7 of the agent's keepalive intervals (not a wait for anything)
+            await asyncio.sleep(1.5)  # the span observed: 3 or 7 of the agent's keepalive intervals (not a wait)
             during = [t for t in sent if t >= start]
             if pings == "none":
                 assert during == []
@@ -259,3 +259,27 @@ async def test_the_agent_pings_only_an_inspector_that_does_not_ping_it(monkeypat
     finally:
         channel.close()
         await server.stop(0)
+
+
+async def test_an_inspector_that_stops_pinging_is_left_one_interval_after_its_last_ping(tmp_path: Path) -> None:
+    """The inspector pings every 100 ms, so the agent (keepalive 1 s) sends none; stopped (SIGSTOP), it pings
+    nothing more: the agent pings one interval after its last ping and leaves when that goes unanswered 0.5 s
+    later — about 1.5 s, not up to an interval more."""
+    async with gateway_process(tmp_path / "gw.sock", "--keepalive-ms", "100") as gw:
+        channel = open_channel(gw.endpoint, 1000)
+        try:
+            stream = channel.request(CONNECT, Cardinality.STREAM_STREAM, agent_pb2.AgentMessage,
+                                     agent_pb2.GatewayMessage)
+            async with stream:
+                await stream.send_message(agent_pb2.AgentMessage(hello=agent_pb2.Hello(host_id="h", boot_id="b")))
+                assert (await asyncio.wait_for(stream.recv_message(), 10)) is not None
+                await gw.expect("hello")
+                stopped = time.monotonic()
+                gw.proc.send_signal(signal.SIGSTOP)
+                with pytest.raises(Exception):  # noqa: B017 - grpclib's end of a connection lost to its keepalive
+                    async with asyncio.timeout(10):
+                        await stream.recv_message()
+                left = time.monotonic() - stopped
+        finally:
+            channel.close()
+    assert left < 2.2, f"left a stopped inspector after {left:.2f} s"

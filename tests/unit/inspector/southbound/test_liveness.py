@@ -180,7 +180,7 @@ async def test_a_silent_verdict_reached_while_the_inspector_is_behind_is_not_tru
     lv.lag.check()
     time.sleep(0.2)  # the inspector's loop stalls (the behaviour under test, not a wait): 4× the lag bound
     await lv.detach(rec, s)
-    await asyncio.gather(*lv._judging)
+    await asyncio.wait_for(asyncio.gather(*lv._judging), 10)
     assert rec.liveness == UP and changes == [UP]
 
 
@@ -194,9 +194,9 @@ async def test_a_close_left_unjudged_by_a_stall_is_judged_afresh_once_on_time(af
     async def peer_silent(_peer: str) -> bool:
         return True
 
-    async def peer_silent_afresh(_peer: str, on_time, within_s: float) -> bool | None:  # type: ignore[no-untyped-def]
+    async def peer_silent_afresh(_peer: str, on_time, within_s: float, gone) -> bool | None:  # type: ignore[no-untyped-def]
         asked.append(lag.behind())
-        assert on_time() and within_s > 0
+        assert on_time() and within_s > 0 and not gone()
         return afresh
     changes: list[str] = []
 
@@ -211,10 +211,44 @@ async def test_a_close_left_unjudged_by_a_stall_is_judged_afresh_once_on_time(af
     await lv.detach(rec, s)
     lv.lag.check()
     assert lv.lag.behind()
-    await asyncio.gather(*lv._judging)
+    await asyncio.wait_for(asyncio.gather(*lv._judging), 10)
     assert asked == [False]  # asked once, on time
     assert rec.liveness == expected and changes == [UP] + ([expected] if expected != UP else [])
     assert rec.closed_stream is None  # the watch judges it from now on
+
+
+async def test_a_host_back_during_the_second_look_is_not_judged_by_it() -> None:
+    """The agent reconnects while its old connection is looked at again: the look gives up (``gone``), and even a
+    silent verdict would change nothing — the host is up on its new stream."""
+    lag = Lag(bound_s=0.05, hold_s=0.2)
+    looking, release = asyncio.Event(), asyncio.Event()
+    gave_up: list[bool] = []
+
+    async def peer_silent(_peer: str) -> bool:
+        return True
+
+    async def peer_silent_afresh(_peer: str, on_time, within_s: float, gone) -> bool | None:  # type: ignore[no-untyped-def]
+        looking.set()
+        await release.wait()
+        gave_up.append(gone())
+        return True
+    changes: list[str] = []
+
+    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append(new)
+    lv = Liveness(1.0, on_change, lag, heartbeat_s=3.0, peer_silent=peer_silent,
+                  peer_silent_afresh=peer_silent_afresh)
+    rec, s = lv.record("h"), object()
+    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
+    lv.lag.check()
+    time.sleep(0.2)  # the inspector's loop stalls (the behaviour under test, not a wait): 4× the lag bound
+    await lv.detach(rec, s)
+    await asyncio.wait_for(looking.wait(), 10)
+    await lv.attach(rec, object(), agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:6")  # back
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*lv._judging), 10)
+    assert gave_up == [True]
+    assert rec.liveness == UP and UNREACHABLE not in changes and rec.closed_stream is None
 
 
 async def test_a_close_left_unjudged_is_not_asked_again_past_the_silence_limit() -> None:
@@ -224,7 +258,7 @@ async def test_a_close_left_unjudged_is_not_asked_again_past_the_silence_limit()
     async def peer_silent(_peer: str) -> bool:
         return True
 
-    async def peer_silent_afresh(peer: str, on_time, within_s: float) -> bool | None:  # type: ignore[no-untyped-def]
+    async def peer_silent_afresh(peer: str, on_time, within_s: float, gone) -> bool | None:  # type: ignore[no-untyped-def]
         asked.append(peer)
         return True
     lv = Liveness(0.1, lambda *_: asyncio.sleep(0), Lag(bound_s=0.02, hold_s=60.0), heartbeat_s=0.1,
@@ -299,7 +333,7 @@ async def test_an_answered_close_is_an_agents_death_however_long_the_silence_bef
     rec.last_seen -= 10.0  # silent for 10 s (the behaviour under test, not a wait)
     await lv.detach(rec, s)
     assert rec.closed_stream is s  # being judged: the watch leaves it alone meanwhile
-    await asyncio.gather(*lv._judging)
+    await asyncio.wait_for(asyncio.gather(*lv._judging), 10)
     assert changes == [UP, AGENT_DOWN] and rec.closed_stream is None
 
 

@@ -76,10 +76,33 @@ def test_ipv6_connections() -> None:
 
 def test_where_sock_diag_cannot_be_asked_the_tables_are_read(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(sock_diag, "NETLINK_SOCK_DIAG", 99)  # no such netlink family: the socket is refused
+    monkeypatch.setattr(sock_diag, "_unavailable_until", 0.0)
     with connections(1) as (port, pairs):
         keys = proc_keys(_peer(pairs[0][0]))
         assert sock_diag.states(keys, {port}) is None
         assert tcp_peer.connection_states(keys, {port}) == read_states(keys, {port}) != {}
+        # and not asked again for a while (a sandbox that swallows requests would cost each look its timeout)
+        monkeypatch.setattr(sock_diag, "NETLINK_SOCK_DIAG", 4)
+        assert sock_diag.states(keys, {port}) is None
+        monkeypatch.setattr(sock_diag, "_unavailable_until", 0.0)
+        assert sock_diag.states(keys, {port}) == read_states(keys, {port})
+
+
+def test_a_reply_cut_short_is_not_trusted(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A message longer than what was received, or a dump that ends in an error: no answer (the tables are read),
+    never a partial one whose missing sockets would read as answered."""
+    monkeypatch.setattr(sock_diag, "_unavailable_until", 0.0)
+    real_recv = socket.socket.recv
+
+    class Short(socket.socket):
+        def recv(self, n: int) -> bytes:  # type: ignore[override]
+            data = real_recv(self, n)
+            return data[:-8] if len(data) > 40 else data
+    monkeypatch.setattr(sock_diag.socket, "socket", Short)
+    with connections(2) as (port, pairs):
+        keys = [k for client, _ in pairs for k in proc_keys(_peer(client))]
+        assert sock_diag.states(keys, {port}) is None
+    monkeypatch.setattr(sock_diag, "_unavailable_until", 0.0)
 
 
 def test_the_filter_is_one_condition_per_peer() -> None:

@@ -142,7 +142,7 @@ async def test_a_closed_connection_is_silent_only_with_retransmissions(monkeypat
     last = entries[-1]
 
     def states(keys, ports, tables=tcp_peer.TABLES):  # type: ignore[no-untyped-def]
-        return {key: next(looks, last) for key in keys}
+        return {list(keys)[0]: next(looks, last)}  # one entry per look, whatever the number of keys
     monkeypatch.setattr(tcp_peer, "connection_states", states)
     monkeypatch.setattr(tcp_peer, "LOOKS_S", (0.01, 0.01, 0.01))
     assert await PeerSilence(lambda: {9000}).silent("ipv4:127.0.0.1:41382") is silent
@@ -230,35 +230,66 @@ def test_the_tables_are_trusted_only_if_they_show_our_own_listener(tmp_path: Pat
         server.close()
 
 
-@pytest.mark.parametrize(("entries", "on_time", "verdict"), [
-    # a silent peer: retransmitted again after a look made on time, still unanswered
-    ([("FIN_WAIT1", 138, 3, 1, 0)] * 2 + [("FIN_WAIT1", 138, 4, 1, 0)], [True] * 8, True),
+W1 = "FIN_WAIT1"
+
+
+@pytest.mark.parametrize(("entries", "on_time", "closed", "verdict"), [
+    # silent: one retransmission more after a look on time, still unanswered past any delayed ACK
+    ([(W1, 138, 3, 1, 0), (W1, 138, 4, 1, 0)], [], None, True),
+    # silent: two more after a look on time (the first went unanswered until the next was sent)
+    ([(W1, 138, 3, 1, 0), (W1, 138, 5, 1, 0)], [], None, True),
+    # one more, then answered within a delayed ACK's time: a live peer
+    ([(W1, 138, 3, 1, 0), (W1, 138, 4, 1, 0), ("FIN_WAIT2", 0, 0, 0, 0)], [], None, False),
     # the peer's kernel acknowledged at last: the socket left FIN_WAIT1
-    ([("FIN_WAIT1", 138, 3, 1, 0), ("FIN_WAIT2", 0, 0, 0, 0)], [True] * 8, False),
+    ([(W1, 138, 3, 1, 0), ("FIN_WAIT2", 0, 0, 0, 0)], [], None, False),
     # the peer answered part of it: the count restarted
-    ([("FIN_WAIT1", 138, 3, 1, 0), ("FIN_WAIT1", 9, 0, 1, 0)], [True] * 8, False),
-    # the retransmission came while the inspector was behind again: not counted; nothing after it
-    ([("FIN_WAIT1", 138, 3, 1, 0)] * 2 + [("FIN_WAIT1", 138, 4, 1, 0)], [True, True, True, False] + [True] * 40,
-     None),
+    ([(W1, 138, 3, 1, 0), (W1, 9, 0, 1, 0)], [], None, False),
+    # lower than at the close's own look: the peer answered meanwhile
+    ([(W1, 9, 0, 1, 0)], [], (W1, 138, 2, 1, 0), False),
+    # a live host's frozen agent answers each window probe at once: 0, 1, 0 — answered, never silent
+    ([(W1, 0, 0, 4, 0), (W1, 0, 0, 4, 1), (W1, 0, 0, 4, 0)], [], None, False),
+    # the retransmission came while the inspector was behind again (its look untrusted): not counted
+    ([(W1, 138, 3, 1, 0), (W1, 138, 4, 1, 0)], [True, True, True, False], None, None),
     # nothing new at all within the time given
-    ([("FIN_WAIT1", 138, 3, 1, 0)], [True] * 40, None),
-    # behind a full window: a window probe more, unanswered
-    ([("FIN_WAIT1", 0, 0, 4, 1), ("FIN_WAIT1", 0, 0, 4, 2)], [True] * 8, True),
+    ([(W1, 138, 3, 1, 0)], [], None, None),
 ])
 async def test_a_close_judged_afresh_needs_something_unanswered_since_a_look_on_time(  # type: ignore[no-untyped-def]
-        monkeypatch, entries, on_time, verdict) -> None:
+        monkeypatch, entries, on_time, closed, verdict) -> None:
     """A close found unanswered while the inspector was behind: only what our kernel sent after a look made on
-    time, left unanswered with the inspector still on time, is silence; any answer is the agent's death."""
+    time, left unanswered longer than a delayed ACK (or until the next retransmission) with the inspector still
+    on time, is silence; any answer — against that look, the one before, or the close's own — is the agent's
+    death."""
     looks = iter(entries)
     last = entries[-1]
     times = iter(on_time)
 
-    def states(keys, ports, tables=tcp_peer.TABLES):  # type: ignore[no-untyped-def]
-        return {key: next(looks, last) for key in keys}
+    def states(keys, ports):  # type: ignore[no-untyped-def]
+        return {list(keys)[0]: next(looks, last)}  # one entry per look
     monkeypatch.setattr(tcp_peer, "connection_states", states)
     monkeypatch.setattr(tcp_peer, "AFRESH_LOOK_S", 0.01)
-    got = await PeerSilence(lambda: {9000}).silent_afresh("ipv4:127.0.0.1:41382", lambda: next(times, True), 0.15)
+    monkeypatch.setattr(tcp_peer, "AFRESH_CONFIRM_S", 0.05)
+    peers = PeerSilence(lambda: {9000})
+    peer = "ipv4:127.0.0.1:41382"
+    if closed is not None:
+        peers._closed[peer] = closed
+    got = await peers.silent_afresh(peer, lambda: next(times, True), 0.3)
     assert got is verdict
+
+
+async def test_a_close_judged_afresh_gives_up_when_the_host_is_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(tcp_peer, "connection_states", lambda keys, ports: {list(keys)[0]: (W1, 138, 3, 1, 0)})
+    monkeypatch.setattr(tcp_peer, "AFRESH_LOOK_S", 0.01)
+    back = iter([False, False, True])
+    assert await PeerSilence(lambda: {9000}).silent_afresh("ipv4:127.0.0.1:41382", lambda: True, 5.0,
+                                                           lambda: next(back, True)) is None
+
+
+async def test_a_silent_close_is_kept_for_its_second_look(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The close's verdict keeps what it saw, so a second look can tell an answer that came since."""
+    monkeypatch.setattr(tcp_peer, "connection_states", lambda keys, ports: {list(keys)[0]: (W1, 138, 2, 1, 0)})
+    peers = PeerSilence(lambda: {9000})
+    assert await peers.silent("ipv4:127.0.0.1:41382") is True
+    assert peers._closed == {"ipv4:127.0.0.1:41382": (W1, 138, 2, 1, 0)}
 
 
 async def test_a_close_judged_afresh_is_not_silent_once_the_peer_closed() -> None:
