@@ -56,7 +56,6 @@ class SimAgent(asyncio.Protocol):
         self.hello, self.opening = hello, opening
         self.ping_s = ping_s  # the agent's own keepalive (agent/transport.py): a PING every ping_s, 0 for none
         self.ping_always = ping_always  # even when the server pinged us within ping_s (grpclib's own keepalive)
-        self.pinged_at = -1.0  # when the server last pinged us (monotonic)
         self._ping_timer: asyncio.TimerHandle | None = None
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -72,12 +71,11 @@ class SimAgent(asyncio.Protocol):
             self._ping_timer = asyncio.get_running_loop().call_later(random.uniform(0, self.ping_s), self._ping)
 
     def _ping(self) -> None:
-        """As the real agent's keepalive: a PING every ``ping_s``, unless the server pinged us within it (the
-        server's keepalive already shows the path alive both ways: agent/transport.py)."""
+        """As the real agent's keepalive: a PING ``ping_s`` after the last ping either side sent (a server ping
+        re-arms it: agent/transport.py), or every ``ping_s`` whatever it receives with ``ping_always``."""
         if self.transport is None or self.ended.is_set():
             return
-        if self.ping_always or time.monotonic() - self.pinged_at >= self.ping_s:
-            self.transport.write(frame(PING, 0, 0, struct.pack(">Q", time.monotonic_ns())))
+        self.transport.write(frame(PING, 0, 0, struct.pack(">Q", time.monotonic_ns())))
         self._ping_timer = asyncio.get_running_loop().call_later(self.ping_s, self._ping)
 
     def data_received(self, data: bytes) -> None:
@@ -91,7 +89,9 @@ class SimAgent(asyncio.Protocol):
             kind, flags = buf[at + 3], buf[at + 4]
             if kind == PING and not flags & ACK:
                 assert self.transport is not None
-                self.pinged_at = time.monotonic()
+                if self._ping_timer is not None and not self.ping_always:
+                    self._ping_timer.cancel()
+                    self._ping_timer = asyncio.get_running_loop().call_later(self.ping_s, self._ping)
                 self.transport.write(frame(PING, ACK, 0, bytes(buf[at + 9:at + 17])))
             elif kind == SETTINGS and not flags & ACK:
                 assert self.transport is not None
