@@ -144,6 +144,10 @@ async def one_size(servers: int, runs: int, latency_ms: float, sdk_only: bool = 
         task = asyncio.create_task(consume())
         await asyncio.wait_for(ready.wait(), 10)
         insp, host = lab.inspector, "compute-1"
+        # the BMC's session warm, as a fault finds it in steady state: the inspector logs in ahead of faults
+        # (IpmiFencer.warm), and a cut while that login still runs made the first run's fence wait for it —
+        # a pyghmi login to a loopback BMC can take 0.5–1 s when it misses a reply (its own retransmit timeout)
+        await insp.fencer.power_state(insp.responder.bmc_for(host))
         for _ in range(runs):
             got.clear()
             lab.cut_link(host)
