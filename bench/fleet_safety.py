@@ -199,9 +199,20 @@ async def generate(endpoint: str, first: int, count: int, seconds: float, interv
 
     async def agent(i: int) -> None:
         stub = agent_pb2_grpc.AgentGatewayStub(channels[i % len(channels)])
-        call = stub.Connect()
-        await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
-            host_id=f"sim-{first + i}", boot_id=f"b{first + i}", agent_version="sim")))
+        backoff = 0.05
+        for _ in range(200):  # bounded: as the agent, retried with backoff while admission says busy
+            call = stub.Connect()
+            try:
+                await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+                    host_id=f"sim-{first + i}", boot_id=f"b{first + i}", agent_version="sim")))
+                await call.read()  # the inspector's answer to the Hello: admitted
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                call.cancel()
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 2.0)
         drain = asyncio.create_task(_drain(call))
         await asyncio.sleep(random.random() * interval_s)
         end = time.monotonic() + seconds
