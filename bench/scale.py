@@ -340,17 +340,26 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         detect_ms: list[float] = []
         closed_ms: list[int | None] = []  # cut → the stream's end read (the keepalive's part of each detection)
         rto_ms: list[int | None] = []     # the probe connection's retransmission timeout at each cut
-        for k in range(cuts):  # each cut falls at a different point of the keepalive's period
-            if k:
-                subprocess.run(["ip", "link", "set", link, "up"], check=True)
-                try:
-                    await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UP, 30, 0.01, "the probe back")
-                except TimeoutError:
-                    break  # its reconnects refused or timed out: the cuts measured so far are reported
-                await asyncio.sleep(random.uniform(0, insp.cfg.keepalive_ms / 1000))
-            rto_ms.append(probe_rto_ms(insp.liveness.hosts["probe"].peer))
+        async def probe_back() -> None:
+            """The link restored and the probe up again, then a random point of the keepalive's period (each cut
+            falls at a different one); TimeoutError: its reconnects were refused or timed out."""
+            subprocess.run(["ip", "link", "set", link, "up"], check=True)
+            await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UP, 30, 0.01, "the probe back")
+            await asyncio.sleep(random.uniform(0, insp.cfg.keepalive_ms / 1000))
+
+        def cut_link() -> float:
             cut = time.monotonic()
             subprocess.run(["ip", "link", "set", link, "down"], check=True)
+            return cut
+
+        for k in range(cuts):
+            if k:
+                try:
+                    await probe_back()
+                except TimeoutError:
+                    break  # the cuts measured so far are reported
+            rto_ms.append(probe_rto_ms(insp.liveness.hosts["probe"].peer))
+            cut = cut_link()
             try:
                 await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UNREACHABLE, 30, 0.002,
                                "the probe's silence")
@@ -362,12 +371,9 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         if len(detect_ms) == cuts:
             # a cut the inspector misses while stalled: its loop blocked past the keepalive's close (as a GC pause
             # or a storm does), so the close is read, unanswered, while it is behind — judged afresh once on time
-            subprocess.run(["ip", "link", "set", link, "up"], check=True)
             try:
-                await wait_for(lambda: insp.liveness.hosts["probe"].liveness == UP, 30, 0.01, "the probe back")
-                await asyncio.sleep(random.uniform(0, insp.cfg.keepalive_ms / 1000))
-                cut = time.monotonic()
-                subprocess.run(["ip", "link", "set", link, "down"], check=True)
+                await probe_back()
+                cut = cut_link()
                 time.sleep((insp.cfg.keepalive_ms + insp.cfg.ping_timeout_ms) / 1000 + 0.3)  # the stall itself
                 await wait_for(lambda: insp.liveness.hosts["probe"].liveness != UP, 30, 0.002, "the probe judged")
                 out["silence_detect_stalled_ms"] = round((time.monotonic() - cut) * 1000)

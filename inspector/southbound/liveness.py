@@ -199,8 +199,7 @@ class Liveness:
             if (rec.connected or not self.current(rec) or rec.liveness != UP or self.closing
                     or rec.closed_stream is not stream):
                 return  # back already (a newer stream, perhaps closed since: its own judgement counts), or judged
-            self.lag.check()  # a stall nobody has measured yet is measured before the verdict is trusted
-            if silent and self.lag.behind():
+            if silent and not self._on_time():  # a stall nobody has measured yet is measured before it is trusted
                 # the kernel's evidence may be our own stall's (ACKs read late, our segments retransmitted): not
                 # trusted as it stands. Looked at again once this inspector is on time; without fresh evidence, a
                 # host really gone is still found by the silence limit, which discounts the stall

@@ -60,7 +60,9 @@ def _peer(key: str) -> tuple[int, bytes, int]:
     return family, struct.pack(f"={len(words)}I", *words), int(port_hex, 16)
 
 
-def _key(family: int, addr: bytes, port: int) -> str:
+def table_key(family: int, addr: bytes, port: int) -> str:
+    """A connection's remote end as /proc's tables print it (and ``tcp_peer.proc_keys`` names peers): each 32-bit
+    word of the address in this machine's order, in hex, then the port."""
     count = 1 if family == socket.AF_INET else 4
     return "".join(f"{w:08X}" for w in struct.unpack(f"={count}I", addr[:4 * count])) + f":{port:04X}"
 
@@ -121,7 +123,7 @@ def _ask(sock: socket.socket, family: int, peers: list[tuple[int, bytes, int]], 
                         name = STATES.get(f"{state:02X}", f"{state:02X}")
                         # probing a full window (timer 4) or keeping alive (2), the kernel's count is of probes
                         # unanswered, not of retransmissions: where /proc's table shows it too
-                        out[_key(fam, dst, dport)] = ((name, wqueue, 0, timer, retrans) if timer in (2, 4)
+                        out[table_key(fam, dst, dport)] = ((name, wqueue, 0, timer, retrans) if timer in (2, 4)
                                                       else (name, wqueue, retrans, timer, 0))
             at += (length + 3) & ~3
 

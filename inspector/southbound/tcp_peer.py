@@ -65,13 +65,13 @@ import asyncio
 import ctypes
 import ipaddress
 import logging
-import struct
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
 from inspector.southbound import sock_diag
-from inspector.southbound.sock_diag import STATES, Entry
+from inspector.southbound.sock_diag import STATES, Entry, table_key
 
 log = logging.getLogger("doctor.inspector.tcp")
 
@@ -104,20 +104,12 @@ def proc_keys(peer: str) -> tuple[str, ...]:
         addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return ()
-    keys = []
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     if isinstance(addr, ipaddress.IPv4Address):
-        keys.append(f"{struct.unpack('=I', addr.packed)[0]:08X}:{port:04X}")
-        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
-        keys.append(_v6(mapped, port))
-    else:
-        keys.append(_v6(addr, port))
-    return tuple(keys)
-
-
-def _v6(addr: ipaddress.IPv6Address, port: int) -> str:
-    return "".join(f"{w:08X}" for w in struct.unpack("=4I", addr.packed)) + f":{port:04X}"
+        mapped = b"\0" * 10 + b"\xff\xff" + addr.packed
+        return table_key(socket.AF_INET, addr.packed, port), table_key(socket.AF_INET6, mapped, port)
+    return (table_key(socket.AF_INET6, addr.packed, port),)
 
 
 ZERO_WINDOW_PROBE = 4  # /proc/net/tcp's "tr": the peer's receive window was full, its window is being probed

@@ -143,3 +143,43 @@ async def test_a_stream_held_open_in_silence_while_its_kernel_answers_is_never_f
         call.cancel()
     await still(lambda: rec().liveness == "agent_down" and lab.power("compute-1") == ("on", 0), 2 * limit)
     assert lab.power("compute-2") == ("on", 0)
+
+
+def stall_the_inspector(seconds: float) -> None:
+    """The inspector runs on this test's event loop: blocking it is the inspector's own stall (a GC pause, an
+    overload) — the behaviour under test, not a wait."""
+    time.sleep(seconds)
+
+
+async def test_a_host_silent_through_an_inspector_stall_is_found_once_it_is_on_time(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """compute-1 vanishes and the inspector's loop stalls past the keepalive's close: the close is read while the
+    inspector is behind, so its evidence is not trusted as it stands. Once on time, a retransmission of ours
+    going unanswered again decides — unreachable and fenced once, before the silence limit (7.5 s of
+    heartbeats, plus the stall) would have."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",), **RARE)
+    cut = time.monotonic()
+    lab.silence_host("compute-1")
+    stall_the_inspector(1.3)  # keepalive 0.5 s + ping timeout 0.5 s: the connection ends during the stall
+    await wait_for(lambda: lab.inspector.liveness.hosts["compute-1"].liveness == "unreachable", 15, 0.005,
+                   "compute-1 declared unreachable")
+    found = time.monotonic() - cut
+    assert found < 7.0, f"found after {found:.2f}s: by the silence limit, not by the second look"
+    await wait_for(lambda: lab.power("compute-1") == ("off", 1), 15, what="compute-1 fenced")
+    assert lab.power("compute-2") == ("on", 0)
+
+
+async def test_a_host_back_right_after_an_inspector_stall_is_never_fenced(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """compute-1 goes silent during the inspector's stall and is back as it ends: what the kernel gathered
+    meanwhile (our retransmissions unanswered) is the only evidence of silence, and it is the stall's. The
+    second look sees the host answer (or its agent back first): no power-off, never unreachable."""
+    lab = await make_lab(hosts=2, servers_per_host=1, projects=("project-a",), **RARE)
+    changes = liveness_changes(lab)
+    rec = lab.inspector.liveness.hosts["compute-1"]
+    first = rec.stream
+    lab.silence_host("compute-1")
+    stall_the_inspector(1.3)  # the connection ends unanswered during the stall
+    lab.unsilence_host("compute-1")
+    await wait_for(lambda: rec.stream is not None and rec.stream is not first and rec.liveness == "up"
+                   and rec.closed_stream is None, 20, 0.01, "compute-1 back on a new stream, its old one judged")
+    assert ("compute-1", "unreachable") not in changes, changes
+    assert lab.power("compute-1") == ("on", 0) and lab.power("compute-2") == ("on", 0)

@@ -8,7 +8,7 @@ import pytest
 from doctor_common.api import agent_pb2
 from doctor_common.lab.cloud import wait_for
 from inspector.southbound.lag import Lag
-from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, Liveness
+from inspector.southbound.liveness import AGENT_DOWN, STOPPED, UNREACHABLE, UP, HostRecord, Liveness
 
 
 def _liveness(timeout: float = 0.2) -> tuple[Liveness, list[tuple[str, str, str]]]:
@@ -184,6 +184,26 @@ async def test_a_silent_verdict_reached_while_the_inspector_is_behind_is_not_tru
     assert rec.liveness == UP and changes == [UP]
 
 
+async def _closed_in_a_stall(peer_silent_afresh, lag: Lag, timeout_s: float = 1.0, heartbeat_s: float = 3.0,  # type: ignore[no-untyped-def]
+                             stall_s: float = 0.2) -> tuple[Liveness, HostRecord, list[str]]:
+    """A host whose stream ends, its peer silent by the kernel's word, just after the inspector's loop stalled
+    ``stall_s`` (so the close is read while it is behind): the liveness, the host, its transitions so far."""
+    async def peer_silent(_peer: str) -> bool:
+        return True
+    changes: list[str] = []
+
+    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
+        changes.append(new)
+    lv = Liveness(timeout_s, on_change, lag, heartbeat_s=heartbeat_s, peer_silent=peer_silent,
+                  peer_silent_afresh=peer_silent_afresh)
+    rec, s = lv.record("h"), object()
+    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
+    lv.lag.check()
+    time.sleep(stall_s)  # the inspector's loop stalls (the behaviour under test, not a wait)
+    await lv.detach(rec, s)
+    return lv, rec, changes
+
+
 @pytest.mark.parametrize(("afresh", "expected"), [(True, UNREACHABLE), (False, AGENT_DOWN), (None, UP)])
 async def test_a_close_left_unjudged_by_a_stall_is_judged_afresh_once_on_time(afresh, expected) -> None:  # type: ignore[no-untyped-def]
     """Unanswered while behind: asked again only once the inspector is on time. Fresh silence, unreachable; an
@@ -191,24 +211,11 @@ async def test_a_close_left_unjudged_by_a_stall_is_judged_afresh_once_on_time(af
     asked: list[bool] = []
     lag = Lag(bound_s=0.05, hold_s=0.3)
 
-    async def peer_silent(_peer: str) -> bool:
-        return True
-
     async def peer_silent_afresh(_peer: str, on_time, within_s: float, gone) -> bool | None:  # type: ignore[no-untyped-def]
         asked.append(lag.behind())
         assert on_time() and within_s > 0 and not gone()
         return afresh
-    changes: list[str] = []
-
-    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
-        changes.append(new)
-    lv = Liveness(1.0, on_change, lag, heartbeat_s=3.0, peer_silent=peer_silent,
-                  peer_silent_afresh=peer_silent_afresh)
-    rec, s = lv.record("h"), object()
-    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
-    lv.lag.check()
-    time.sleep(0.2)  # the inspector's loop stalls (the behaviour under test, not a wait): 4× the lag bound
-    await lv.detach(rec, s)
+    lv, rec, changes = await _closed_in_a_stall(peer_silent_afresh, lag)  # a stall of 4× the lag bound
     lv.lag.check()
     assert lv.lag.behind()
     await asyncio.wait_for(asyncio.gather(*lv._judging), 10)
@@ -220,29 +227,15 @@ async def test_a_close_left_unjudged_by_a_stall_is_judged_afresh_once_on_time(af
 async def test_a_host_back_during_the_second_look_is_not_judged_by_it() -> None:
     """The agent reconnects while its old connection is looked at again: the look gives up (``gone``), and even a
     silent verdict would change nothing — the host is up on its new stream."""
-    lag = Lag(bound_s=0.05, hold_s=0.2)
     looking, release = asyncio.Event(), asyncio.Event()
     gave_up: list[bool] = []
-
-    async def peer_silent(_peer: str) -> bool:
-        return True
 
     async def peer_silent_afresh(_peer: str, on_time, within_s: float, gone) -> bool | None:  # type: ignore[no-untyped-def]
         looking.set()
         await release.wait()
         gave_up.append(gone())
         return True
-    changes: list[str] = []
-
-    async def on_change(rec, old, new):  # type: ignore[no-untyped-def]
-        changes.append(new)
-    lv = Liveness(1.0, on_change, lag, heartbeat_s=3.0, peer_silent=peer_silent,
-                  peer_silent_afresh=peer_silent_afresh)
-    rec, s = lv.record("h"), object()
-    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
-    lv.lag.check()
-    time.sleep(0.2)  # the inspector's loop stalls (the behaviour under test, not a wait): 4× the lag bound
-    await lv.detach(rec, s)
+    lv, rec, changes = await _closed_in_a_stall(peer_silent_afresh, Lag(bound_s=0.05, hold_s=0.2))
     await asyncio.wait_for(looking.wait(), 10)
     await lv.attach(rec, object(), agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:6")  # back
     release.set()
@@ -255,19 +248,12 @@ async def test_a_close_left_unjudged_is_not_asked_again_past_the_silence_limit()
     """Still behind when the silence limit comes: no fresh look; the watch judges the host (as before)."""
     asked: list[str] = []
 
-    async def peer_silent(_peer: str) -> bool:
-        return True
-
     async def peer_silent_afresh(peer: str, on_time, within_s: float, gone) -> bool | None:  # type: ignore[no-untyped-def]
         asked.append(peer)
         return True
-    lv = Liveness(0.1, lambda *_: asyncio.sleep(0), Lag(bound_s=0.02, hold_s=60.0), heartbeat_s=0.1,
-                  peer_silent=peer_silent, peer_silent_afresh=peer_silent_afresh)
-    rec, s = lv.record("h"), object()
-    await lv.attach(rec, s, agent_pb2.Hello(host_id="h", boot_id="b"), "ipv4:10.0.0.1:5")
-    lv.lag.check()
-    time.sleep(0.1)  # a stall: behind for the next minute
-    await lv.detach(rec, s)
+    # a stall of 5× the lag bound, held as behind for the next minute
+    lv, rec, _ = await _closed_in_a_stall(peer_silent_afresh, Lag(bound_s=0.02, hold_s=60.0), timeout_s=0.1,
+                                          heartbeat_s=0.1, stall_s=0.1)
     await asyncio.wait_for(asyncio.gather(*lv._judging), 5.0)
     assert asked == [] and rec.liveness == UP and rec.closed_stream is None
 
