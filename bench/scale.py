@@ -23,7 +23,8 @@
   ``silence_closed_each_ms`` (when the stream's end was read) and
   ``silence_rto_each_ms`` (the connection's retransmission timeout).
   ``gc_thaw_pause_ms``: the full collection after a thaw of GC pacing
-  (``doctor_common/gc_pacing.py``, every 600 s), timed with every agent held;
+  (``doctor_common/gc_pacing.py``: once 1,000 streams ended, at most every
+  600 s, or once a day), forced and timed with every agent held;
   ``gc_frozen`` the objects it thawed, ``gc_thaw_swept`` the garbage it found.
 
 The inspector (standalone, embedded controller, no agents) runs in this
@@ -387,7 +388,7 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         out["silence_rto_each_ms"] = rto_ms
         out["silence_cuts"] = len(detect_ms)  # fewer than asked: the probe did not come back in time
         if insp.cfg.gc_freeze:
-            # what a thaw costs (every gc_pacing.THAW_S): one full collection walking every object once more
+            # what a thaw costs (gc_pacing.py): one full collection walking every object once more
             out["gc_frozen"] = gc.get_freeze_count()
             gc.unfreeze()
             t = time.perf_counter()

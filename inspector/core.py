@@ -233,6 +233,10 @@ class Inspector:
             return
         await self.require_leader(context, key)
 
+    def _subscription_ended(self) -> None:
+        self.heap_trim.ended()  # what its stream freed goes back to the system (doctor_common/heap_trim.py)
+        PACING.ended()          # what it left in cycles waits for a thaw (doctor_common/gc_pacing.py)
+
     def _position(self) -> int:
         """The last entry this replica's subscribers were offered (the log's end where it is written)."""
         return self.log.last_sequence if self.acting else self.registry.last_sequence
@@ -387,12 +391,12 @@ class Inspector:
         gateway = AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
             self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch,
-            admission=self.agent_admission)
+            admission=self.agent_admission, ended=PACING.ended)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(gateway, server)
         add_fault_management(FaultManagementServicer(
             self.auth, self.view, self.log, self.registry, self.book, self.serve_consumers,
             admission=self.subscription_admission, position=self._position,
-            following=lambda: not self.acting and self.feed is not None, ended=self.heap_trim.ended), server)
+            following=lambda: not self.acting and self.feed is not None, ended=self._subscription_ended), server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(self), server)
         diagnostics_pb2_grpc.add_HostsServicer_to_server(HostsServicer(self), server)
         maintenance_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(

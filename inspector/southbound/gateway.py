@@ -92,8 +92,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                  heartbeat_interval_ms: int, gate: LeaderGate | None = None,
                  is_switch: Callable[[str], bool] = lambda _name: False,
                  on_switch: Callable[[str, agent_pb2.ComponentState], None] = lambda _name, _state: None,
-                 admission: Admission = UNBOUNDED) -> None:
+                 admission: Admission = UNBOUNDED, ended: Callable[[], None] = lambda: None) -> None:
         self.auth = auth
+        self.ended = ended  # a Connect call ended (doctor_common/gc_pacing.py thaws after many)
         self.admission = admission  # Hellos reconciled at once (a reconnect storm converges, doctor_common/admission)
         self.liveness = liveness
         self.known_host = known_host  # coroutine: raises NotFound for an unknown host
@@ -209,6 +210,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 await self.liveness.detach(rec, stream)
         finally:
             ticket.done()
+            self.ended()
 
     def _restarted(self, rec: HostRecord) -> None:
         """The seeds' "host restarted" fault: raised (its owners' servers went down with it) and, the host being
