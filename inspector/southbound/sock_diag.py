@@ -51,6 +51,15 @@ STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WA
 Entry = tuple[str, int, int, int, int]  # (state, bytes not acknowledged, retransmissions, timer, probes unanswered)
 
 
+def livelier(a: Entry, b: Entry) -> Entry:
+    """Of two connections from one remote address and port (to two of our listening ports: grpc names a peer by
+    its address alone), the one showing more life speaks for it. Taken the other way, a dead twin could make a
+    live host's closed stream look unanswered, and a live host be fenced; this way the verdict only waits."""
+    def unanswered(e: Entry) -> tuple[int, bool]:
+        return (e[4] if e[3] == 4 else e[2]), e[1] > 0  # window probes behind a full window, else retransmissions
+    return a if unanswered(a) <= unanswered(b) else b
+
+
 def _peer(key: str) -> tuple[int, bytes, int]:
     """(family, address as the kernel holds it, port) of a table key: 8 hex digits (IPv4) or 32 (IPv6), each
     32-bit word in this machine's order, then the port."""
@@ -123,8 +132,10 @@ def _ask(sock: socket.socket, family: int, peers: list[tuple[int, bytes, int]], 
                         name = STATES.get(f"{state:02X}", f"{state:02X}")
                         # probing a full window (timer 4) or keeping alive (2), the kernel's count is of probes
                         # unanswered, not of retransmissions: where /proc's table shows it too
-                        out[table_key(fam, dst, dport)] = ((name, wqueue, 0, timer, retrans) if timer in (2, 4)
-                                                      else (name, wqueue, retrans, timer, 0))
+                        key = table_key(fam, dst, dport)
+                        entry = ((name, wqueue, 0, timer, retrans) if timer in (2, 4)
+                                 else (name, wqueue, retrans, timer, 0))
+                        out[key] = livelier(out[key], entry) if key in out else entry
             at += (length + 3) & ~3
 
 

@@ -71,7 +71,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
 from inspector.southbound import sock_diag
-from inspector.southbound.sock_diag import STATES, Entry, table_key
+from inspector.southbound.sock_diag import STATES, Entry, livelier, table_key
 
 log = logging.getLogger("doctor.inspector.tcp")
 
@@ -200,7 +200,7 @@ def _local_port(fields: list[str]) -> int:
 
 def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, Entry]:
     """The TCP state of each connection whose remote address is one of ``keys`` and whose local port is one of
-    ``local_ports`` (a key absent from the answer: no such socket)."""
+    ``local_ports`` (a key absent from the answer: no such socket; one with two connections: the livelier)."""
     wanted = set(keys)
     out: dict[str, Entry] = {}
     for fields in _rows(tables, wanted if len(wanted) <= FIND_KEYS_MAX else None):
@@ -208,8 +208,9 @@ def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, .
             continue  # the key was another column (a local address), or another listener's connection
         tx = int(fields[4].split(":", 1)[0], 16)
         timer = int(fields[5].split(":", 1)[0], 16)
-        out[fields[2]] = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer,
-                          int(fields[8]))  # icsk_probes_out, zeroed by any answer
+        entry = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer,
+                 int(fields[8]))  # icsk_probes_out, zeroed by any answer
+        out[fields[2]] = livelier(out[fields[2]], entry) if fields[2] in out else entry
     return out
 
 

@@ -60,6 +60,31 @@ def test_a_closed_connection_and_a_peer_not_asked() -> None:
         assert sock_diag.states(keys, {port + 1 if port < 65535 else port - 1}) == {}  # another listener's port
 
 
+def test_one_client_port_connected_to_two_of_our_listeners_is_answered_once() -> None:
+    """The kernel lets one local address and port connect to two destinations: both our listeners are asked, one
+    entry comes back (``livelier``), as from the tables."""
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    clients: list[socket.socket] = []
+    accepted: list[socket.socket] = []
+    try:
+        for server in servers:
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            client.bind(("127.0.0.1", clients[0].getsockname()[1] if clients else 0))
+            client.connect(server.getsockname())
+            clients.append(client)
+            accepted.append(server.accept()[0])
+        keys = list(proc_keys(_peer(clients[0])))
+        assert _peer(clients[0]) == _peer(clients[1])
+        ports = {s.getsockname()[1] for s in servers}
+        asked = sock_diag.states(keys, ports)
+        assert asked is not None and asked == read_states(keys, ports)
+        assert list(asked.values()) == [("ESTABLISHED", 0, 0, 0, 0)]
+    finally:
+        for s in [*clients, *accepted, *servers]:
+            s.close()
+
+
 def test_ipv6_connections() -> None:
     try:
         ctx = connections(2, "::1")

@@ -55,6 +55,31 @@ def test_tables_are_read_for_the_asked_peers_on_our_ports(tmp_path: Path) -> Non
     assert found == {"0200630A:9C4E": ("FIN_WAIT1", 0x8A, 2, 1, 0)}
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_one_peer_on_two_of_our_ports_is_judged_by_its_livelier_connection(tmp_path: Path, order: int) -> None:
+    """grpc names a peer by its address and port alone; the same pair may be connected to two of our listeners.
+    A dead twin must not make the live one look unanswered (a fence of a live host): the livelier speaks."""
+    table = tmp_path / "tcp"
+    rows = [
+        "   0: 0100630A:C737 0200630A:9C4E 04 0000008A:00000000 01:00000014 00000003     0        0 0 2 x\n",
+        "   1: 0100630A:C738 0200630A:9C4E 01 00000000:00000000 00:00000000 00000000     0        0 0 1 x\n",
+    ]
+    table.write_text(HEADER + "".join(rows[::order]))
+    found = read_states(["0200630A:9C4E"], {0xC737, 0xC738}, (str(table),))
+    assert found == {"0200630A:9C4E": ("ESTABLISHED", 0, 0, 0, 0)}
+    assert judge(found["0200630A:9C4E"]) is None  # not "silent": look again
+
+
+def test_the_livelier_of_two_entries() -> None:
+    silent_close = ("FIN_WAIT1", 10, 3, 1, 0)
+    answered = ("ESTABLISHED", 0, 0, 0, 0)
+    probed = ("FIN_WAIT1", 0, 0, tcp_peer.ZERO_WINDOW_PROBE, 2)  # two window probes unanswered
+    sent = ("ESTABLISHED", 20, 0, 1, 0)  # bytes in flight, not yet retransmitted
+    for a, b, best in ((silent_close, answered, answered), (probed, answered, answered), (sent, answered, answered),
+                       (silent_close, sent, sent), (probed, silent_close, probed)):
+        assert sock_diag.livelier(a, b) == best and sock_diag.livelier(b, a) == best
+
+
 @pytest.mark.parametrize("libc", [True, False])
 @pytest.mark.parametrize("asked", [1, tcp_peer.FIND_KEYS_MAX + 1])
 def test_a_table_is_searched_for_the_peer_in_its_remote_column_only(tmp_path: Path, monkeypatch, libc: bool,  # type: ignore[no-untyped-def]
