@@ -73,8 +73,8 @@ class SimAgent(asyncio.Protocol):
     def _ping(self) -> None:
         """As the real agent's keepalive: a PING ``ping_s`` after the last ping either side sent (a server ping
         re-arms it: agent/transport.py), or every ``ping_s`` whatever it receives with ``ping_always``."""
-        if self.transport is None or self.ended.is_set():
-            return
+        if self.transport is None or self.ended.is_set() or self.transport.is_closing():
+            return  # closing: connection_lost is on its way
         self.transport.write(frame(PING, 0, 0, struct.pack(">Q", time.monotonic_ns())))
         self._ping_timer = asyncio.get_running_loop().call_later(self.ping_s, self._ping)
 
@@ -89,7 +89,7 @@ class SimAgent(asyncio.Protocol):
             kind, flags = buf[at + 3], buf[at + 4]
             if kind == PING and not flags & ACK:
                 assert self.transport is not None
-                if self._ping_timer is not None and not self.ping_always:
+                if self._ping_timer is not None and not self.ping_always and not self.ended.is_set():
                     self._ping_timer.cancel()
                     self._ping_timer = asyncio.get_running_loop().call_later(self.ping_s, self._ping)
                 self.transport.write(frame(PING, ACK, 0, bytes(buf[at + 9:at + 17])))
@@ -110,7 +110,7 @@ class SimAgent(asyncio.Protocol):
         del buf[:at]
 
     def heartbeat(self) -> None:
-        if self.transport is not None and not self.ended.is_set():
+        if self.transport is not None and not self.ended.is_set() and not self.transport.is_closing():
             beat = grpc_message(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(sent_unix_nanos=time.time_ns())))
             self.transport.write(frame(DATA, 0, STREAM, beat))
 

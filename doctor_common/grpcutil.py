@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from typing import Any
@@ -49,6 +50,25 @@ def server_options(keepalive_ms: int = 1000, ping_timeout_ms: int = 1000) -> lis
         # answer every agent's heartbeat with a PING it must parse and acknowledge (docs/agent.md, Footprint)
         ("grpc.http2.bdp_probe", 0),
     ]
+
+
+class _StopCancellations(logging.Filter):
+    """grpc.aio logs an ERROR with a traceback for each call still open when its server stops: the task that
+    awaits the call's close is cancelled, and "Exception not handled by _handle_exceptions" is the CancelledError.
+    An inspector holding 10,000 agent streams logged about a hundred on a clean stop. Not errors: dropped; every
+    other record of that logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, asyncio.CancelledError)
+                    and str(record.msg).startswith("Exception not handled by _handle_exceptions"))
+
+
+def quiet_stop_cancellations() -> None:
+    """Install ``_StopCancellations`` on grpc.aio's server logger, once per process."""
+    logger = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _StopCancellations) for f in logger.filters):
+        logger.addFilter(_StopCancellations())
 
 
 def channel_options(keepalive_ms: int = 1000, ping_timeout_ms: int = 500) -> list[tuple[str, int]]:

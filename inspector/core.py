@@ -37,7 +37,8 @@ from doctor_common.audit import Audit
 from doctor_common.config import ConfigError
 from doctor_common.etcd_guard import NotLeader
 from doctor_common.gc_pacing import PACING
-from doctor_common.grpcutil import DecodeErrorInterceptor, add_health_and_reflection, server_options
+from doctor_common.grpcutil import (DecodeErrorInterceptor, add_health_and_reflection, quiet_stop_cancellations,
+                                     server_options)
 from doctor_common.heap_trim import HeapTrim
 from doctor_common.timeline import Stage, now_ns
 from inspector.config import InspectorConfig, load_inspector_config
@@ -388,6 +389,7 @@ class Inspector:
         # agent's death (southbound/tcp_peer.py): a live host too busy to answer in time is an agent alarm
         keepalive = server_options(keepalive_ms=self.cfg.keepalive_ms, ping_timeout_ms=self.cfg.ping_timeout_ms)
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
+        quiet_stop_cancellations()  # a stop cancels the agents' open streams: not an error each
         gateway = AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
             self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch,
