@@ -7,12 +7,18 @@ each other. Here each is one aiohttp request on the event loop (≈ 0.2 ms of
 CPU), up to ``max_in_flight`` at once over pooled keep-alive connections.
 
 The requests are the SDK's, byte for byte where it matters: method, URL,
-JSON body (``json.dumps`` as requests does), ``X-Auth-Token``, the compute
-microversion the SDK would negotiate for the resource (``OpenStack-API-Version``
-and ``X-OpenStack-Nova-API-Version``). The token, the endpoints and the
-microversions come from the SDK's own connection (keystoneauth), read once in
-a worker thread and again when a token is refused (401: re-authenticate,
-then one retry). Errors map as ``_openstack_errors`` maps the SDK's: 404
+JSON body (``json.dumps`` as requests does), ``X-Auth-Token``, ``Accept``,
+the compute microversion the SDK would negotiate for the resource
+(``OpenStack-API-Version`` and ``X-OpenStack-Nova-API-Version``), and the
+SDK's User-Agent after ``nfv-doctor`` (``test_openstack_same_requests``). The token, the endpoints and the
+microversions come from the SDK's own connection (keystoneauth), read in a
+worker thread: once, again in the background when the token nears its expiry
+(as keystoneauth renews it), and at once when a token is refused (401:
+re-authenticate, then one retry). TLS as the SDK's session has it: its CA
+bundle (``cacert``), or requests' own (``REQUESTS_CA_BUNDLE``, certifi),
+``verify: false``, a client certificate (``cert``/``key``); and the proxies
+of the environment (``HTTPS_PROXY``, ``NO_PROXY``), as requests honours
+them. Errors map as ``_openstack_errors`` maps the SDK's: 404
 NotFound, 502–504 and connection failures BackendUnavailable (retried for
 these absolute-state writes), 403 naming the policy rule, anything else a
 ControllerError with the status and the request id.
@@ -23,8 +29,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -45,6 +55,55 @@ class Endpoints:
     service_microversion: str    # the SDK's for Service (capped at 2.69)
     compute_max: tuple[int, int]  # the cloud's highest compute microversion
     user_agent: str
+    expires_at: float = 0.0      # the token's expiry (unix seconds); 0: none known
+    verify: bool | str = True    # the SDK session's: verify against requests' CA bundle, not at all, or this one
+    cert: str | tuple[str, str] | None = None  # the SDK session's client certificate (and key)
+
+
+# renewed in the background this long before the token expires (keystoneauth renews under 120 s)
+RENEW_BEFORE_S = 300.0
+RENEW_EVERY_S = 30.0  # at most this often, whatever the token says
+
+
+def ssl_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
+    """The TLS settings the SDK's session (requests) would use: ``verify`` True is requests' own bundle (the
+    environment's ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, else certifi's), a path is that bundle (file)
+    or directory, False checks nothing; ``cert`` a client certificate file, or (certificate, key)."""
+    if verify is True:
+        import certifi  # requests' own bundle (requests depends on it)
+
+        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    if verify is False:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif os.path.isdir(verify):
+        ctx = ssl.create_default_context(capath=verify)
+    else:
+        ctx = ssl.create_default_context(cafile=verify)
+    if cert:
+        certfile, keyfile = cert if isinstance(cert, tuple) else (cert, None)
+        ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def sdk_user_agent(session: Any) -> str:
+    """The User-Agent keystoneauth sends for the SDK (its session's, else built as keystoneauth builds it)."""
+    if session.user_agent:
+        return str(session.user_agent)
+    from keystoneauth1.session import DEFAULT_USER_AGENT
+
+    agent = [f"{session.app_name}/{session.app_version}" if session.app_version else session.app_name] \
+        if session.app_name else []
+    agent += [f"{name}/{version}" for name, version in session.additional_user_agent]
+    return " ".join([*agent, DEFAULT_USER_AGENT])
+
+
+def _expiry(conn: Any) -> float:
+    """The token's expiry as keystoneauth holds it (unix seconds), 0 when the plugin has none."""
+    auth_ref = getattr(getattr(conn.session, "auth", None), "auth_ref", None)
+    expires = getattr(auth_ref, "expires", None)
+    return expires.timestamp() if isinstance(expires, datetime) else 0.0
 
 
 def read_endpoints(conn: Any, reauthenticate: bool) -> Endpoints:
@@ -60,12 +119,16 @@ def read_endpoints(conn: Any, reauthenticate: bool) -> Endpoints:
         conn.session.invalidate()
     compute = conn.compute
     major, _, minor = compute_version(conn).partition(".")
+    token = conn.session.get_token()  # keystoneauth's, renewed by it when near its expiry
+    cert = conn.session.cert
     return Endpoints(
-        token=conn.session.get_token(), compute=compute.get_endpoint().rstrip("/"),
+        token=token, compute=compute.get_endpoint().rstrip("/"),
         server_microversion=Server._get_microversion(compute) or "",
         service_microversion=Service._get_microversion(compute) or "",
         compute_max=(int(major or 2), int(minor or 0)),
-        user_agent=f"nfv-doctor {conn.session.user_agent or 'keystoneauth1'}")
+        user_agent=f"nfv-doctor {sdk_user_agent(conn.session)}",
+        expires_at=_expiry(conn), verify=conn.session.verify,
+        cert=tuple(cert) if isinstance(cert, (list, tuple)) else cert)
 
 
 class HttpPath:
@@ -81,12 +144,36 @@ class HttpPath:
         self._network = ""
         self._lock = asyncio.Lock()
         self._network_lock = asyncio.Lock()
+        self._renewing: asyncio.Task[None] | None = None
+        self._renewed_at = 0.0
+        self.renewals = 0  # background renewals begun (tests, Diagnostics)
 
     async def endpoints(self, reauthenticate: bool = False, stale: Endpoints | None = None) -> Endpoints:
+        ep = self._endpoints
+        if ep is not None and not reauthenticate and ep.expires_at and time.time() > ep.expires_at - RENEW_BEFORE_S:
+            if time.time() >= ep.expires_at - 5.0:
+                reauthenticate, stale = True, ep  # (nearly) expired: no request with it, wait for the new one
+            else:
+                self._renew_soon()  # still good for minutes: renewed behind this call, not before it
         async with self._lock:  # one refresh at a time; the calls that saw the same refused token share it
             if self._endpoints is None or (reauthenticate and self._endpoints is stale):
                 self._endpoints = await self._refresh(reauthenticate)
             return self._endpoints
+
+    def _renew_soon(self) -> None:
+        now = time.monotonic()
+        if (self._renewing is not None and not self._renewing.done()) or now - self._renewed_at < RENEW_EVERY_S:
+            return
+        self._renewed_at = now
+        self.renewals += 1
+        self._renewing = asyncio.create_task(self._renew(), name="openstack token renewal")
+
+    async def _renew(self) -> None:
+        try:
+            async with self._lock:
+                self._endpoints = await self._refresh(False)  # keystoneauth re-authenticates near the expiry
+        except Exception as exc:  # noqa: BLE001 - the current token still serves; the next call tries again
+            log.warning("renewing the OpenStack token failed (the current one serves until it expires): %s", exc)
 
     async def network_endpoint(self) -> str:
         async with self._network_lock:
@@ -94,23 +181,26 @@ class HttpPath:
                 self._network = (await self._read_network()).rstrip("/")
             return self._network
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _client(self, ep: Endpoints) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=self.max_in_flight),
+                connector=aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=self.max_in_flight,
+                                               ssl=ssl_context(ep.verify, ep.cert)),
+                trust_env=True,  # HTTP(S)_PROXY, NO_PROXY: as requests (the SDK) honours them
                 # per connect and per read, not in total: a request queued behind max_in_flight others is not late
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s),
                 json_serialize=json.dumps)
         return self._session
 
     async def call(self, what: str, method: str, service: str, path: str, body: Any, *,
-                   microversion: str = "", policy: str | None = None) -> None:
+                   microversion: str = "", policy: str | None = None, accept: str = "*/*") -> None:
         """One request; retried on BackendUnavailable (these are writes of absolute state), re-authenticated
-        once on 401. ``microversion``: the resource whose SDK microversion to send ("server", "service")."""
+        once on 401. ``microversion``: the resource whose SDK microversion to send ("server", "service");
+        ``accept``: the SDK's Accept header for it (requests' ``*/*``; empty for a server action)."""
         attempts = 1 + self.retries
         for attempt in range(1, attempts + 1):
             try:
-                await self._once(what, method, service, path, body, microversion, policy)
+                await self._once(what, method, service, path, body, microversion, policy, accept)
                 return
             except BackendUnavailable as exc:
                 if attempt == attempts:
@@ -119,11 +209,11 @@ class HttpPath:
                 await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
 
     async def _once(self, what: str, method: str, service: str, path: str, body: Any, microversion: str,
-                    policy: str | None) -> None:
+                    policy: str | None, accept: str) -> None:
         ep = await self.endpoints()
         base = ep.compute if service == "compute" else await self.network_endpoint()
         for auth_attempt in (1, 2):
-            headers = {"X-Auth-Token": ep.token, "Accept": "application/json", "User-Agent": ep.user_agent}
+            headers = {"X-Auth-Token": ep.token, "Accept": accept, "User-Agent": ep.user_agent}
             mv = getattr(ep, f"{microversion}_microversion") if microversion else ""
             if mv:
                 headers["OpenStack-API-Version"] = f"compute {mv}"
@@ -131,19 +221,30 @@ class HttpPath:
             if service == "compute":
                 base = ep.compute
             try:
-                async with self._client().request(method, base + path, json=body, headers=headers) as resp:
+                client = self._client(ep)
+            except (OSError, ssl.SSLError) as exc:
+                raise ControllerError(f"{what}: the TLS settings of clouds.yaml (cacert, cert, key) cannot be used: "
+                                      f"{exc}") from exc
+            try:
+                async with client.request(method, base + path, json=body, headers=headers) as resp:
                     if resp.status == 401 and auth_attempt == 1:
                         ep = await self.endpoints(reauthenticate=True, stale=ep)
                         continue
                     if resp.status < 400:
                         return
                     raise http_error(what, policy, resp.status, _request_id(resp.headers), await _detail(resp))
+            except aiohttp.ClientConnectorCertificateError as exc:  # not transient: no retry
+                raise ControllerError(f"{what}: the cloud's TLS certificate is not trusted ({exc.certificate_error}): "
+                                      "check clouds.yaml's cacert (or verify)") from exc
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
                 raise BackendUnavailable(f"{what}: cannot reach the cloud: {exc or type(exc).__name__}") from exc
             except (aiohttp.ClientError, ValueError) as exc:  # a bad URL, an undecodable answer
                 raise ControllerError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None

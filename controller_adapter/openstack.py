@@ -242,7 +242,8 @@ class OpenStackController:
             if self._http is not None:
                 results = await asyncio.gather(*(
                     self._http.call(f"reset server {sid} to {state.value}", "POST", "compute", f"/servers/{sid}/action",
-                                    {"os-resetState": {"state": state.value}}, microversion="server", policy=policy)
+                                    {"os-resetState": {"state": state.value}}, microversion="server", policy=policy,
+                                    accept="")  # as the SDK's server actions send it
                     for sid in ids), return_exceptions=True)
             else:
                 results = await asyncio.gather(*(

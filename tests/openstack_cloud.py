@@ -38,6 +38,7 @@ import itertools
 import json
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -74,6 +75,7 @@ class Recorded:
     client_port: int
     status: int = 0
     request_id: str = ""  # the x-openstack-request-id of the answer
+    raw: bytes = b""  # the body as sent
 
     @property
     def service(self) -> str:
@@ -194,8 +196,11 @@ class FakeCloud:
     """The cloud. Thread-safe: the HTTP server answers each connection on its own thread."""
 
     def __init__(self, *, compute_max: str = "2.90", data_plane_status: bool = True,
-                 page_size: int = 1000, instant_migrations: bool = True) -> None:
+                 page_size: int = 1000, instant_migrations: bool = True,
+                 tls: tuple[Path, Path] | None = None, client_ca: Path | None = None) -> None:
         self.compute_max = compute_max
+        self.tls = tls              # (certificate, key): every endpoint over HTTPS
+        self.client_ca = client_ca  # with tls: clients must present a certificate this CA signed
         self.data_plane_status = data_plane_status
         self.page_size = page_size  # Nova's osapi_max_limit
         # True: a migration finishes within the request; False: it stays "running" until complete_migrations()
@@ -226,6 +231,14 @@ class FakeCloud:
     def start(self) -> "FakeCloud":
         handler = type("Handler", (_Handler,), {"cloud": self})
         self._httpd = _Server(("127.0.0.1", 0), handler)
+        if self.tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            if self.client_ca is not None:
+                ctx.load_verify_locations(self.client_ca)
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            # the handshake on each connection's first read, in its own thread: a stuck client holds no other
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                          name="fake-cloud", daemon=True)
         self._thread.start()
@@ -252,7 +265,7 @@ class FakeCloud:
     @property
     def url(self) -> str:
         assert self._httpd is not None, "start() the cloud first"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._httpd.server_address[1]}"
 
     @property
     def auth_url(self) -> str:
@@ -427,11 +440,11 @@ class FakeCloud:
     # -- request handling (called by the HTTP handler) -------------------------------------
 
     def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: Any,
-                client_port: int) -> tuple[int, dict[str, str], Any]:
+                client_port: int, raw: bytes = b"") -> tuple[int, dict[str, str], Any]:
         parts = urlsplit(raw_path)
         path = parts.path.rstrip("/") or "/"
         query = parse_qs(parts.query, keep_blank_values=True)
-        rec = Recorded(method, path, query, body, headers, client_port, request_id=f"req-{uuid.uuid4()}")
+        rec = Recorded(method, path, query, body, headers, client_port, request_id=f"req-{uuid.uuid4()}", raw=raw)
         rule = self._take_rule(method, path)
         api = path.startswith(("/compute", "/network"))
         if api:
@@ -942,7 +955,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = raw.decode(errors="replace")
         headers = {k.lower(): v for k, v in self.headers.items()}
-        status, extra, out = self.cloud._handle(self.command, self.path, headers, body, self.client_address[1])
+        status, extra, out = self.cloud._handle(self.command, self.path, headers, body, self.client_address[1], raw)
         data = b"" if out is None else json.dumps(out).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
