@@ -37,7 +37,7 @@ from doctor_common.api import (
     maintenance_pb2,
     maintenance_pb2_grpc,
 )
-from doctor_common.failover import Endpoints, Unreachable, leader_hint, leader_trailer
+from doctor_common.failover import Endpoints, Unreachable, leader_hint, leader_trailer, pause_s
 from doctor_common.grpcutil import auth_metadata
 from doctor_common.timeline import Stage, now_ns, stamp
 from doctor_common.grpc_tls import secure_channel
@@ -56,14 +56,18 @@ MAX_SESSION_RESUMES = 20  # a session's progress stream that broke this often is
 
 class DoctorClient:
     def __init__(self, endpoint: str | Sequence[str], token: str | None = None, *, deadline_s: float = 10.0,
-                 connect_timeout_s: float = 2.0, follow_leader: bool = True, tls: ClientTls | None = None) -> None:
-        self._eps = Endpoints([endpoint] if isinstance(endpoint, str) else endpoint, connect_timeout_s, tls)
+                 connect_timeout_s: float = 2.0, follow_leader: bool = True, tls: ClientTls | None = None,
+                 spread: bool = False) -> None:
+        # spread: open the first stream at a replica drawn at random (consumers given every replica spread over
+        # them); False: at the first listed, as gRPC's pick_first (a preferred, nearby replica first)
+        self._eps = Endpoints([endpoint] if isinstance(endpoint, str) else endpoint, connect_timeout_s, tls, spread)
         self.endpoints = self._eps.configured
         self.token = token
         self.tls = tls  # None: plaintext (docs/tls.md)
         self.deadline_s = deadline_s
         self.follow_leader = follow_leader
         self._md = auth_metadata(token)
+        self._streamed = False  # a stream was served (later ones reconnect where it was, or where sent)
 
     @property
     def endpoint(self) -> str:
@@ -107,8 +111,10 @@ class DoctorClient:
             except BaseException:
                 call.cancel()
                 raise
+        start = None if self._streamed else self._eps.streams_from  # the first stream: consumers spread
         call, msg = await self._eps.call(attempt, self.deadline_s, follow=self.follow_leader,
-                                         max_backoff_s=max_backoff_s)
+                                         max_backoff_s=max_backoff_s, start=start)
+        self._streamed = True
         try:
             while msg is not grpc.aio.EOF:
                 yield msg
@@ -174,6 +180,7 @@ class DoctorClient:
         backoff = 0.05
         served = False
         while True:
+            refused: grpc.aio.AioRpcError | None = None
             try:
                 async for msg in self.subscribe_once(flt, cursor, subscription_id, max_backoff_s):
                     served = True
@@ -194,6 +201,7 @@ class DoctorClient:
                     raise
                 log.info("subscription not resumed yet: %s", exc.details())
             except grpc.aio.AioRpcError as exc:
+                refused = exc
                 if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
                     log.warning("cannot resume after %d (%s): resynchronising with a new subscription and its "
                                 "snapshot", cursor, exc.details())
@@ -209,7 +217,7 @@ class DoctorClient:
                 if hint and hint != before:
                     continue  # sent to the leader: go at once
                 log.info("subscription interrupted (%s); resuming after %d", exc.code().name, cursor)
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(pause_s(backoff, refused))
             backoff = min(backoff * 2, max_backoff_s)
 
     # -- operators -----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -55,6 +56,21 @@ LEADER_KEY = "doctor-leader"
 LEADER_SERVICE = "doctor.v1.Hosts"  # in inspector/core.py LEADER_ONLY: NOT_SERVING unless this replica acts
 _CONNECTING = (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING)
 _NEVER_SENT = ("failed to connect", "errors resolving", "dns resolution failed")
+
+
+def pause_s(backoff_s: float, exc: BaseException | None = None) -> float:
+    """How long to wait before trying again: ``backoff_s`` jittered (half of it, plus up to the other half at
+    random, so clients turned away together do not come back together), and never less than a busy server's
+    ``retry-after-ms`` trailer (``doctor_common/admission.py``)."""
+    after = 0.0
+    if isinstance(exc, grpc.aio.AioRpcError):
+        for key, value in exc.trailing_metadata() or ():
+            if key == "retry-after-ms":
+                try:
+                    after = max(0.0, min(float(value) / 1000, 60.0))
+                except ValueError:
+                    pass
+    return max(backoff_s / 2 + random.uniform(0, backoff_s / 2), after * random.uniform(1.0, 1.5))
 
 
 def leader_trailer(exc: grpc.aio.AioRpcError) -> str | None:
@@ -110,11 +126,15 @@ async def _connects(channel: grpc.aio.Channel, timeout: float) -> bool:
 class Endpoints:
     """A client's inspector endpoints, a channel to each, and the one that served last (tried first)."""
 
-    def __init__(self, endpoints: Sequence[str], connect_timeout_s: float = 2.0, tls: ClientTls | None = None) -> None:
+    def __init__(self, endpoints: Sequence[str], connect_timeout_s: float = 2.0, tls: ClientTls | None = None,
+                 spread: bool = False) -> None:
         self.configured = list(dict.fromkeys(endpoints))
         if not self.configured or not all(self.configured):
             raise ValueError(f"give at least one inspector endpoint (got {list(endpoints)!r})")
         self.current = self.configured[0]
+        # where this client's first stream is opened: any replica serves Subscribe, so with ``spread`` consumers
+        # given every replica spread over them instead of all starting at the first one listed
+        self.streams_from = random.choice(self.configured) if spread else self.current
         self.connect_timeout_s = connect_timeout_s
         self.tls = tls  # None: plaintext (docs/tls.md)
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -154,17 +174,19 @@ class Endpoints:
 
     async def call(self, attempt: Callable[[grpc.aio.Channel, float], Awaitable[T]], deadline_s: float, *,
                    follow: bool = True, at_leader: bool = False, metadata: Metadata = (),
-                   max_backoff_s: float = 1.0) -> T:
-        """``attempt(channel, seconds left)`` at one replica after another until one serves it (see the module)."""
+                   max_backoff_s: float = 1.0, start: str | None = None) -> T:
+        """``attempt(channel, seconds left)`` at one replica after another until one serves it (see the module),
+        from ``start`` (default: the one that served last)."""
         if not follow:
-            return await attempt(self.channel(), deadline_s)
+            return await attempt(self.channel(start), deadline_s)
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
         tried: dict[str, str] = {}
         unreachable: set[str] = set()
         answered = False  # some replica answered: an election may be settling, worth waiting for
         backoff = 0.05
-        target = self.current
+        target = start or self.current
+        refused: BaseException | None = None
         while True:
             left = end - loop.time()
             if left <= 0:
@@ -187,6 +209,7 @@ class Endpoints:
                         raise  # the answer
                     never = why is not None
                     tried[target] = why or _refusal(exc, hint, target)
+                    refused = exc
             if never:
                 unreachable.add(target)
                 await self._forget(target)
@@ -201,7 +224,7 @@ class Endpoints:
                 target = self.after(target)
             # else: it names itself, it is taking over: ask it again
             if target in tried:  # been there in this call: pace the rounds while the election settles
-                await asyncio.sleep(min(backoff, max(end - loop.time(), 0)))
+                await asyncio.sleep(min(pause_s(backoff, refused), max(end - loop.time(), 0)))
                 backoff = min(backoff * 2, max_backoff_s)
 
     async def _leads(self, target: str, left: float, metadata: Metadata) -> None:

@@ -4,12 +4,15 @@ where a broken stream reconnects."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from doctor_common.client import DoctorClient
 from doctor_common.ctl_shell import DEFAULT_ENDPOINT, UsageError, endpoint_list, endpoints_from
-from doctor_common.failover import Endpoints, Unreachable, leader_hint, leader_trailer, never_connected
+from doctor_common.failover import Endpoints, Unreachable, leader_hint, leader_trailer, never_connected, pause_s
 
 
 def error(code: grpc.StatusCode, details: str, trailer: tuple[tuple[str, str], ...] = ()) -> grpc.aio.AioRpcError:
@@ -81,3 +84,56 @@ def test_unreachable_is_an_unavailable_naming_each_endpoint() -> None:
     exc = Unreachable("no inspector could be reached", {"a:1": "connection refused", "b:1": "a follower"})
     assert isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
     assert exc.details() == "no inspector could be reached (tried a:1: connection refused; b:1: a follower)"
+
+
+def test_a_pause_is_jittered_and_never_shorter_than_a_busy_servers_retry_after() -> None:
+    pauses = [pause_s(0.4) for _ in range(200)]
+    assert all(0.2 <= p <= 0.4 for p in pauses) and len(set(pauses)) > 100  # clients turned away together spread
+    busy = error(grpc.StatusCode.UNAVAILABLE, "busy", (("retry-after-ms", "200"),))
+    assert all(0.2 <= pause_s(0.05, busy) <= 0.3 for _ in range(100))
+    garbled = error(grpc.StatusCode.UNAVAILABLE, "busy", (("retry-after-ms", "soon"),))
+    assert all(0.025 <= pause_s(0.05, garbled) <= 0.05 for _ in range(100))
+
+
+async def test_consumers_given_every_replica_open_their_streams_across_them() -> None:
+    """Any replica serves Subscribe: clients given the same list with ``spread`` start their first stream at a
+    replica drawn at random (``Endpoints.streams_from``); unary calls still start at the first listed, and
+    without ``spread`` streams do too (gRPC's pick_first)."""
+    servers, ports, streams = [], [], [0, 0, 0]
+
+    class Counting(health.aio.HealthServicer):  # type: ignore[misc]
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+
+        async def Watch(self, request, context):  # type: ignore[no-untyped-def]
+            streams[self.index] += 1
+            await context.write(health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING))
+            await asyncio.Event().wait()  # held open until the client leaves
+
+    try:
+        for i in range(3):
+            server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(Counting(i), server)
+            ports.append(server.add_insecure_port("127.0.0.1:0"))
+            await server.start()
+            servers.append(server)
+        replicas = [f"127.0.0.1:{p}" for p in ports]
+        for _ in range(30):  # each starts at one of three: all at one replica has odds of 3 in 3**30
+            async with DoctorClient(replicas, "token", spread=True) as client:
+                assert client.endpoint == replicas[0]  # unary calls: the list's order
+                stream = client._stream(lambda ch: health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest()))
+                assert (await anext(stream)).status == health_pb2.HealthCheckResponse.SERVING
+                assert client.endpoint == client._eps.streams_from  # it was served there
+                await stream.aclose()
+        assert sum(streams) == 30 and sum(1 for n in streams if n) >= 2, streams
+        before = list(streams)
+        for _ in range(5):
+            async with DoctorClient(replicas, "token") as client:
+                stream = client._stream(lambda ch: health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest()))
+                await anext(stream)
+                await stream.aclose()
+        assert streams == [before[0] + 5, before[1], before[2]]  # without spread: the first listed
+    finally:
+        for server in servers:
+            await server.stop(0)
