@@ -144,6 +144,7 @@ class HttpPath:
         self._network = ""
         self._lock = asyncio.Lock()
         self._network_lock = asyncio.Lock()
+        self._proxies: dict[str, str | None] = {}  # endpoint -> the proxy requests would use for it
         self._renewing: asyncio.Task[None] | None = None
         self._renewed_at = 0.0
         self.renewals = 0  # background renewals begun (tests, Diagnostics)
@@ -186,11 +187,26 @@ class HttpPath:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=self.max_in_flight,
                                                ssl=ssl_context(ep.verify, ep.cert)),
-                trust_env=True,  # HTTP(S)_PROXY, NO_PROXY: as requests (the SDK) honours them
                 # per connect and per read, not in total: a request queued behind max_in_flight others is not late
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s),
                 json_serialize=json.dumps)
         return self._session
+
+    async def warm(self) -> None:
+        """Read the endpoints and set up the HTTP client (TLS context included) now, not at the first fault."""
+        ep = await self.endpoints()
+        self._client(ep)
+        self._proxy(ep.compute)
+
+    def _proxy(self, base: str) -> str | None:
+        """The proxy requests (the SDK) would take for ``base`` from the environment (``HTTPS_PROXY``,
+        ``NO_PROXY``...), found once per endpoint: aiohttp's own ``trust_env`` looks again at every request
+        (0.8 ms of CPU each, measured: 50 resets paid 40 ms for it)."""
+        if base not in self._proxies:
+            from requests.utils import get_environ_proxies, select_proxy
+
+            self._proxies[base] = select_proxy(base, get_environ_proxies(base))
+        return self._proxies[base]
 
     async def call(self, what: str, method: str, service: str, path: str, body: Any, *,
                    microversion: str = "", policy: str | None = None, accept: str = "*/*") -> None:
@@ -226,7 +242,8 @@ class HttpPath:
                 raise ControllerError(f"{what}: the TLS settings of clouds.yaml (cacert, cert, key) cannot be used: "
                                       f"{exc}") from exc
             try:
-                async with client.request(method, base + path, json=body, headers=headers) as resp:
+                async with client.request(method, base + path, json=body, headers=headers,
+                                          proxy=self._proxy(base)) as resp:
                     if resp.status == 401 and auth_attempt == 1:
                         ep = await self.endpoints(reauthenticate=True, stale=ep)
                         continue

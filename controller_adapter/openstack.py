@@ -155,8 +155,11 @@ class OpenStackController:
         return await self._call("discover Neutron", lambda conn: sdk.network(conn).get_endpoint(), retry=False)
 
     async def connect(self) -> None:
-        """Authenticate and discover the endpoints now (otherwise the first call does it)."""
+        """Authenticate and discover the endpoints now (otherwise the first call does it), and set up the fault
+        path's HTTP client: the first fault then pays for none of it."""
         await self._call("connect", lambda conn: None, retry=True)
+        if self._http is not None:
+            await self._http.warm()
 
     # -- hosts -----------------------------------------------------------------------------
 

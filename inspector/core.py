@@ -301,6 +301,7 @@ class Inspector:
         for session in sessions:
             self.maintenance.resume(session)
         self._warm_bmcs()
+        self._warm_controller()
         log.warning("%s leads (token %d), ready in %.0f ms: %d alarms, %d incidents to finish, %d subscriptions, "
                     "log at %d; waiting up to %.1fs for %d agents", self.cfg.node_id, term.token,
                     (time.monotonic() - started) * 1e3, len(self.alarms), len(incidents), len(self.book.records),
@@ -451,6 +452,7 @@ class Inspector:
                         "log at %d; waiting up to %.1fs for %d agents", len(self.alarms), len(incidents),
                         len(self.book.records), self.log.last_sequence, self.cfg.takeover_grace_s, len(expected))
         self._warm_bmcs()
+        self._warm_controller()
         self._loops = self._leader_loops()
         log.warning("STANDALONE MODE: one inspector, its state on this machine only"
                     + (f" (notifications and subscriptions in {self.cfg.notifier_state})" if self.local else
@@ -626,6 +628,20 @@ class Inspector:
             bmc = self.responder.bmc_for(host)
             if bmc is not None:
                 self._spawn(self.fencer.warm(bmc), f"warm BMC of {host}")
+
+    def _warm_controller(self) -> None:
+        """A controller that connects ahead (OpenStack: authenticate, discover, the fault path's HTTP client) does
+        so now: the first fault pays for none of it."""
+        connect = getattr(self.controller, "connect", None)
+        if connect is None:
+            return
+
+        async def warm() -> None:
+            try:
+                await connect()
+            except Exception as exc:  # noqa: BLE001 - best effort: the first call connects for real, and reports
+                log.warning("the controller is not reachable yet: %s", exc or type(exc).__name__)
+        self._spawn(warm(), "connect the controller")
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.create_task(coro)

@@ -60,6 +60,8 @@ class Observed(Protocol):
     controller: Any
     leadership: Any
     cfg: Any
+    agent_admission: Any
+    subscription_admission: Any
 
     def leader_token(self) -> int: ...
 
@@ -287,3 +289,13 @@ class _StateCollector(Collector):
                                   value=i.registry.cut_off)
         yield GaugeMetricFamily("doctor_notification_log_sequence", "The notification log's last sequence",
                                 value=i.log.last_sequence)
+        busy = GaugeMetricFamily("doctor_handshakes_in_progress", "Stream handshakes admitted and not over, by stream",
+                                 labels=["stream"])
+        refused = CounterMetricFamily("doctor_handshakes_refused", "Stream handshakes turned away (UNAVAILABLE, "
+                                      "retry-after-ms) because max_handshakes were in progress, by stream",
+                                      labels=["stream"])
+        for stream, admission in (("agent", i.agent_admission), ("subscription", i.subscription_admission)):
+            busy.add_metric([stream], admission.active)
+            refused.add_metric([stream], admission.refused)
+        yield busy
+        yield refused

@@ -324,5 +324,21 @@ async def test_a_reconnect_storm_is_admitted_at_the_rate_handshakes_finish() -> 
                 assert msg.WhichOneof("kind") == "subscribed"
         assert lab.inspector.subscription_admission.active <= 1
         assert lab.inspector.agent_admission.refused == 1
+        subs = lab.inspector.subscription_admission
+        await wait_for(lambda: subs.active == 0, 5, 0.01, "every subscription set up")
+        assert subs.enter()  # a subscription being set up (its snapshot being written)
+        async with grpc.aio.insecure_channel(lab.endpoint) as ch:
+            refused = fault_pb2_grpc.FaultManagementStub(ch).Subscribe(
+                fault_pb2.SubscribeRequest(), metadata=auth_metadata(lab.tokens["admin"]))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await refused.read()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "busy" in (err.value.details() or "")
+            assert ("retry-after-ms", "200") in tuple(err.value.trailing_metadata() or ())
+            subs.leave()
+            admitted = fault_pb2_grpc.FaultManagementStub(ch).Subscribe(
+                fault_pb2.SubscribeRequest(), metadata=auth_metadata(lab.tokens["admin"]))
+            assert (await admitted.read()).WhichOneof("kind") == "subscribed"
+            admitted.cancel()
+        assert subs.refused == 1
     finally:
         await lab.close()

@@ -1,5 +1,6 @@
 """The fault path's raw HTTP (``_openstack_http``) takes clouds.yaml's TLS settings as the SDK does: a private
-CA (``cacert``), ``verify: false``, a client certificate (``cert``/``key``). Against the test cloud over HTTPS."""
+CA (``cacert``), ``verify: false``, a client certificate (``cert``/``key``) — against the test cloud over HTTPS —
+and the environment's proxies as requests does; it is set up when the controller connects."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from controller_adapter._openstack_http import HttpPath
 from controller_adapter.base import BackendUnavailable, ControllerError, ServerState
 from controller_adapter.openstack import OpenStackController, Settings
 from tests.openstack_cloud import FakeCloud
@@ -66,6 +68,7 @@ async def test_a_cloud_whose_certificate_is_not_trusted_is_refused_with_a_clear_
         ep = await ctl._http.endpoints()
         from dataclasses import replace
         ctl._http._endpoints = replace(ep, verify=str(other.ca_file))
+        await ctl._http.close()  # its client is made again, with that bundle
         with pytest.raises(ControllerError, match="certificate is not trusted") as refused:
             await ctl.force_down("c1")
         assert not isinstance(refused.value, BackendUnavailable)  # not retried: it will not pass by itself
@@ -83,4 +86,31 @@ def test_clouds_yaml_written_for_tls(tmp_path: Path) -> None:
         entry = json.loads(cloud.write_clouds_yaml(tmp_path, cacert="/x/ca.pem", verify=False).read_text())
         assert entry["clouds"]["fake"]["cacert"] == "/x/ca.pem" and entry["clouds"]["fake"]["verify"] is False
     finally:
+        cloud.stop()
+
+
+def test_the_proxy_is_the_one_requests_would_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY/HTTP_PROXY and NO_PROXY as requests (the SDK) reads them, found once per endpoint."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "neutron.example")
+    path = HttpPath(None, None, 1.0, 1, 0)  # type: ignore[arg-type]
+    assert path._proxy("https://nova.example:8774/v2.1") == "http://proxy.example:3128"
+    assert path._proxy("https://neutron.example:9696") is None
+    assert path._proxy("http://nova.example:8774/v2.1") is None  # no HTTP_PROXY given
+    monkeypatch.setenv("HTTPS_PROXY", "http://other.example:3128")
+    assert path._proxy("https://nova.example:8774/v2.1") == "http://proxy.example:3128"  # found once
+
+
+async def test_connecting_sets_up_the_fault_path_ahead_of_the_first_fault(tmp_path: Path) -> None:
+    cloud = seed(FakeCloud().start())
+    ctl = OpenStackController(Settings(cloud="fake", clouds_yaml=cloud.write_clouds_yaml(tmp_path), timeout_s=5.0))
+    try:
+        assert ctl._http is not None and ctl._http._session is None
+        await ctl.connect()
+        assert ctl._http._endpoints is not None and ctl._http._session is not None
+    finally:
+        await ctl.close()
         cloud.stop()
