@@ -8,7 +8,9 @@
   keepalive at 750 ms (the default), plus one real agent in a network namespace over its
   own veth. ``connect_all_s``: until every agent is in (admission bounds the
   handshakes); ``inspector_cpu_pct`` over a steady window; ``false_unreachable``
-  healthy hosts declared unreachable meanwhile; ``silence_detect_ms`` (median)
+  healthy hosts declared unreachable from the first connection on, the connect
+  storm included (``false_unreachable_connect`` of them during it; likewise
+  ``false_agent_down``: healthy agents' streams judged dead); ``silence_detect_ms`` (median)
   and ``silence_detect_max_ms`` from cutting the real agent's link to its host
   being unreachable, over 7 cuts (3 with ``--quick``) at random points of the
   keepalive's period (the link restored and the agent back in between).
@@ -326,6 +328,9 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
         except TimeoutError:
             print((d / "probe.log").read_text()[-3000:], file=sys.stderr)
             raise
+        # the connect storm's own verdicts, counted before the steady phase starts its count
+        connect_false = sum(1 for h, new, _ in changes if new == UNREACHABLE and h != "probe")
+        connect_agent_down = sum(1 for h, new, _ in changes if new == "agent_down")
         changes.clear()
         lag_connect_s, insp.lag.worst_s = insp.lag.worst_s, 0.0  # the connect storm's lag, apart from the steady one
         cpu0, w0, threads0 = me.cpu_times(), time.monotonic(), thread_cpu_s()
@@ -394,8 +399,11 @@ async def run_agents(n: int, procs: int, seconds: float, keepalive_ms: int = 300
             t = time.perf_counter()
             out["gc_thaw_swept"] = gc.collect()  # gc_pacing freezes what survives, as after any full collection
             out["gc_thaw_pause_ms"] = round((time.perf_counter() - t) * 1000)
-        out["false_unreachable"] = sum(1 for h, new, _ in changes if new == UNREACHABLE and h != "probe")
-        out["false_agent_down"] = sum(1 for h, new, _ in changes if new == "agent_down")
+        # from the first connection on: the connect storm, the steady state and the cuts (the probe's are not false)
+        out["false_unreachable"] = connect_false + sum(1 for h, new, _ in changes if new == UNREACHABLE and h != "probe")
+        out["false_unreachable_connect"] = connect_false
+        out["false_agent_down"] = connect_agent_down + sum(1 for h, new, _ in changes if new == "agent_down")
+        out["false_agent_down_connect"] = connect_agent_down
         out["lag_worst_ms"] = round(max(lag_connect_s, insp.lag.worst_s) * 1000, 1)
         out["lag_worst_connect_ms"] = round(lag_connect_s * 1000, 1)
     finally:
