@@ -75,7 +75,10 @@ class SimAgent(asyncio.Protocol):
         re-arms it: agent/transport.py), or every ``ping_s`` whatever it receives with ``ping_always``."""
         if self.transport is None or self.ended.is_set() or self.transport.is_closing():
             return  # closing: connection_lost is on its way
-        self.transport.write(frame(PING, 0, 0, struct.pack(">Q", time.monotonic_ns())))
+        try:
+            self.transport.write(frame(PING, 0, 0, struct.pack(">Q", time.monotonic_ns())))
+        except RuntimeError:  # uvloop closed the handle after an error (EPIPE) before saying so: lost, on its way
+            return
         self._ping_timer = asyncio.get_running_loop().call_later(self.ping_s, self._ping)
 
     def data_received(self, data: bytes) -> None:
