@@ -82,6 +82,7 @@ class OpenStackController:
         self._conn_lock = threading.Lock()
         self._ids = sdk.ServiceIds()
         self._dps: tuple[float, bool] | None = None  # (checked at, extension present)
+        self._dps_check: asyncio.Task[None] | None = None  # a check running behind a fault's port updates
         self._warned_switches = False  # the aggregates could not be read: said once
         self._servers: dict[str, tuple[float, list[Server]]] = {}  # host -> (fetched at, servers)
         self._generation = 0  # bumped by our own writes to servers: a listing begun before must not be cached
@@ -160,6 +161,10 @@ class OpenStackController:
         await self._call("connect", lambda conn: None, retry=True)
         if self._http is not None:
             await self._http.warm()
+        try:
+            await self._check_dps()
+        except ControllerError as exc:  # Neutron not there yet: the first port update asks again
+            log.info("Neutron's extensions not read yet: %s", exc)
 
     # -- hosts -----------------------------------------------------------------------------
 
@@ -346,12 +351,7 @@ class OpenStackController:
         ids = list(dict.fromkeys(port_ids))
         if not ids:
             return {}
-        now = time.monotonic()
-        if self._dps is None or now - self._dps[0] > _EXTENSION_CACHE_S:
-            present = await self._call("look up Neutron extension data-plane-status", sdk.has_extension,
-                                       "data-plane-status", retry=True)
-            self._dps = (now, present)
-        if not self._dps[1]:
+        if not await self._has_data_plane_status():
             raise Unsupported(_DPS_MISSING)
         policy = "update_port:data_plane_status (role admin or data_plane_integrator)"
         if self._http is not None:
@@ -365,7 +365,35 @@ class OpenStackController:
                            retry=True, policy=policy) for pid in ids), return_exceptions=True)
         return _failures(ids, results)
 
+    async def _has_data_plane_status(self) -> bool:
+        """Whether Neutron has the extension. Known present, it is trusted and checked again behind the call once
+        ``_EXTENSION_CACHE_S`` old (a fault's port updates never wait for that GET); unknown or missing, checked
+        before the call once that old (it may have been enabled since)."""
+        now = time.monotonic()
+        if self._dps is not None and self._dps[1]:
+            if now - self._dps[0] > _EXTENSION_CACHE_S and (self._dps_check is None or self._dps_check.done()):
+                self._dps_check = asyncio.create_task(self._recheck_dps(), name="neutron extensions")
+            return True
+        if self._dps is None or now - self._dps[0] > _EXTENSION_CACHE_S:
+            await self._check_dps()
+        assert self._dps is not None
+        return self._dps[1]
+
+    async def _check_dps(self) -> None:
+        present = await self._call("look up Neutron extension data-plane-status", sdk.has_extension,
+                                   "data-plane-status", retry=True)
+        self._dps = (time.monotonic(), present)
+
+    async def _recheck_dps(self) -> None:
+        try:
+            await self._check_dps()
+        except ControllerError as exc:  # the last answer stands until one comes
+            log.warning("Neutron's extensions could not be read again: %s", exc)
+
     async def close(self) -> None:
+        if self._dps_check is not None:
+            self._dps_check.cancel()
+            await asyncio.gather(self._dps_check, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
         conn, self._conn = self._conn, None

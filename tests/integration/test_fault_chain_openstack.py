@@ -169,3 +169,20 @@ async def test_enable_host_forces_it_up_in_nova(openstack_lab: Any) -> None:
     await lab.inspector.responder.enable_host("compute-1")
     assert [r.body for r in api_calls(cloud, "PUT", r"^/compute/v2\.1/os-services/")] == [{"forced_down": False}]
     assert not cloud.service("compute-1").forced_down
+
+
+async def test_the_cloud_calls_of_a_fault_leave_together(openstack_lab: Any) -> None:
+    """Once fencing is confirmed (and the owners' fenced notice published), the force-down, every server's reset
+    and every port's update are in flight at once: with each call answered only after 0.3 s, the cloud holds all
+    five of compute-1's (1 + 2 + 2) at the same time, and the incident ends in well under five calls' time."""
+    lab, cloud = await openstack_lab(hosts=2, servers_per_host=2, projects=PROJECTS[:1])
+    admin = await openstack_lab.consumer(lab, "admin")
+    assert lab.inspector.controller._ids.get("compute-1") is not None  # its service id known from the listing
+    cloud.latency_s = 0.3
+    with cloud._lock:
+        cloud.max_in_flight = 0
+    lab.cut_link("compute-1")
+    await wait_for(lambda: admin.of_phase(MARKED_DOWN), 15, what="the marked-down notice")
+    assert cloud.max_in_flight == 5, cloud.max_in_flight
+    stamps = as_dict(admin.of_phase(MARKED_DOWN)[0].timeline)
+    assert (stamps[Stage.STAGE_MARKED_DOWN] - stamps[Stage.STAGE_FENCED]) / 1e9 < 2 * 0.3 + 0.25  # not 5 × 0.3 s

@@ -7,6 +7,8 @@ every Nova/Neutron call, and the state the cloud ends in.
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -290,7 +292,8 @@ async def test_ports_on_host(make_cloud: MakeCloud, make_controller: MakeControl
 
 
 async def test_port_data_plane_status(make_cloud: MakeCloud, make_controller: MakeController) -> None:
-    """One PUT per port with data_plane_status; the extension is checked once; an unknown port is NotFound."""
+    """One PUT per port with data_plane_status; the extension is checked once, when connecting; an unknown port is
+    NotFound."""
     cloud = seed(make_cloud())
     ctl = await make_controller(cloud)
     failed = await ctl.set_ports_data_plane_status(["port-1", "port-2", "ghost"], "DOWN")
@@ -300,14 +303,13 @@ async def test_port_data_plane_status(make_cloud: MakeCloud, make_controller: Ma
     assert await ctl.set_ports_data_plane_status(["port-1"], "ACTIVE") == {}
     assert cloud.port("port-1").data_plane_status == "ACTIVE"
     got = calls(cloud)
-    assert got[0] == ("GET", "/network/v2.0/extensions", {}, None, None)
     puts = [c for c in got if c[0] == "PUT"]
     assert sorted((c[1], str(c[3])) for c in puts) == [
         ("/network/v2.0/ports/ghost", "{'port': {'data_plane_status': 'DOWN'}}"),
         ("/network/v2.0/ports/port-1", "{'port': {'data_plane_status': 'ACTIVE'}}"),
         ("/network/v2.0/ports/port-1", "{'port': {'data_plane_status': 'DOWN'}}"),
         ("/network/v2.0/ports/port-2", "{'port': {'data_plane_status': 'DOWN'}}")]
-    assert len([c for c in got if "extensions" in c[1]]) == 1  # cached
+    assert [c for c in got if "extensions" in c[1]] == []  # read when connecting (make_controller), not again
 
 
 async def test_data_plane_status_without_extension(make_cloud: MakeCloud, make_controller: MakeController) -> None:
@@ -316,8 +318,36 @@ async def test_data_plane_status_without_extension(make_cloud: MakeCloud, make_c
     ctl = await make_controller(cloud)
     with pytest.raises(Unsupported, match=r"extension_drivers = \.\.\.,data_plane_status"):
         await ctl.set_ports_data_plane_status(["port-1"], "DOWN")
-    assert calls(cloud) == [("GET", "/network/v2.0/extensions", {}, None, None)]
+    assert calls(cloud) == []  # the extensions were read when connecting: no port is touched
     assert [p.data_plane_status for p in await ctl.ports_on_host("c1")] == [None, None]
+
+
+async def test_a_known_extension_is_checked_again_behind_the_port_updates(
+        make_cloud: MakeCloud, make_controller: MakeController) -> None:
+    """Once the check is old, a fault's port updates do not wait for the GET of Neutron's extensions: they leave
+    at once and the check runs behind them; a missing extension is checked again before (it may be enabled)."""
+    cloud = seed(make_cloud())
+    ctl = await make_controller(cloud)
+    assert ctl._dps is not None and ctl._dps[1]
+    ctl._dps = (ctl._dps[0] - 3600, True)  # an hour old (the case under test, not a wait)
+    cloud.latency_s = 0.2
+    with cloud._lock:
+        cloud.max_in_flight = 0
+    assert await ctl.set_ports_data_plane_status(["port-1"], "DOWN") == {}
+    assert ctl._dps_check is not None
+    await ctl._dps_check
+    got = [(r.method, r.path) for r in cloud.requests() if r.service == "network"]
+    assert sorted(got) == [("GET", "/network/v2.0/extensions"), ("PUT", "/network/v2.0/ports/port-1")]
+    assert cloud.max_in_flight == 2  # at the cloud together: the update did not wait for the check
+    assert time.monotonic() - ctl._dps[0] < 60  # checked again
+    cloud.latency_s = 0.0
+    cloud.set_data_plane_status(False)
+    ctl._dps = (ctl._dps[0] - 3600, False)  # known missing, and old: asked again before
+    cloud.set_data_plane_status(True)
+    cloud.clear_requests()
+    assert await ctl.set_ports_data_plane_status(["port-1"], "ACTIVE") == {}
+    assert [(r.method, r.path) for r in cloud.requests() if r.service == "network"][:2] == [
+        ("GET", "/network/v2.0/extensions"), ("PUT", "/network/v2.0/ports/port-1")]
 
 
 async def test_data_plane_status_value_checked(make_cloud: MakeCloud, make_controller: MakeController) -> None:
