@@ -20,7 +20,7 @@ then re-arms (link up, BMC on, ``EnableHost``, the servers and ports active
 again). Needs root (network namespaces).
 
     sudo .venv/bin/python bench/openstack_path.py            # N = 1, 10, 50; 15 runs each
-    sudo .venv/bin/python bench/openstack_path.py --quick    # N = 1, 50; 5 runs each
+    sudo .venv/bin/python bench/openstack_path.py --quick    # N = 1, 50; 5 runs each: 7 s here
 
 The last line printed is one JSON object, per N: ``owner_notified_p50_ms``,
 ``cloud_updated_p50_ms`` (and p99s).

@@ -54,10 +54,11 @@ notification path from the log append to the consumer's socket.
   events, the next once the last is acknowledged, for 8 s: ``events_per_s``
   acknowledged, and per second of the inspector's CPU.
 
-    python bench/scale.py              # 10,000 agents, 10,000 subscribers
-    python bench/scale.py --quick      # 2,000 of each, about a minute
-    python bench/scale.py --only agents --agent-count 10000
-    python bench/scale.py --metrics    # with the metrics listener on, scraped every second throughout
+    sudo .venv/bin/python bench/scale.py              # 10,000 agents, 10,000 subscribers
+    sudo .venv/bin/python bench/scale.py --quick      # 2,000 of each: 43 s here
+    sudo .venv/bin/python bench/scale.py --only agents --agent-count 10000
+    sudo .venv/bin/python bench/scale.py --metrics    # the metrics listener on, scraped every second throughout
+    .venv/bin/python bench/scale.py --only subscribers   # no root needed (no namespace)
 
 The generators share this machine's cores with the inspector (at lower
 priority). The last line printed is one JSON object.
