@@ -203,8 +203,8 @@ def load_inspector_config(path: Path | str, *, build_controller: bool = True) ->
         log_format=i.choice("log_format", FORMATS, "text"),
         resource_refresh_s=i.float("resource_refresh_s", 30.0, min=1.0),
     )
-    # the transport's keepalive: a ping this often, answered in gRPC's core; a peer silent for the liveness
-    # timeout after a ping is found (southbound/tcp_peer.py), so silence shows within timeout + keepalive
+    # the transport's keepalive: a ping this often, answered in gRPC's core; one unanswered for ping_timeout_ms
+    # ends the connection, judged by the kernel (southbound/tcp_peer.py): silence shows within keepalive + ping timeout
     # (default: half the timeout, at most a second — each ping costs the inspector ≈ 40 µs in gRPC's core)
     opts["keepalive_ms"] = i.int("keepalive_ms", min(1000, int(opts["liveness_timeout_s"] * 500)), min=50,
                                  max=60_000)
