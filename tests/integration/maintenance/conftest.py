@@ -44,7 +44,14 @@ class Owner:
         return self
 
     def states(self, session_id: str) -> list[int]:
+        self._alive()
         return [n.state for n in self.notices if n.session_id == session_id]
+
+    def _alive(self) -> None:
+        """A subscription loop that ended (an error DoctorClient does not retry) fails the wait at once, saying
+        why, instead of letting it time out."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            raise AssertionError(f"{self.principal}'s subscription ended: {self._task.exception()!r}")
 
     async def notice(self, session_id: str, state: int, timeout: float = 10.0) -> mpb.MaintenanceNotification:
         await wait_for(lambda: state in self.states(session_id), timeout, 0.01,
@@ -53,7 +60,7 @@ class Owner:
 
     async def notice_any(self, state: int, timeout: float = 15.0) -> mpb.MaintenanceNotification:
         """The first notice in ``state`` of any session (when the test does not know the session yet)."""
-        await wait_for(lambda: any(n.state == state for n in self.notices), timeout, 0.01,
+        await wait_for(lambda: self._alive() or any(n.state == state for n in self.notices), timeout, 0.01,
                        f"{self.principal}'s {mpb.SessionState.Name(state)} notice")
         return next(n for n in self.notices if n.state == state)
 
