@@ -51,13 +51,22 @@ STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WA
 Entry = tuple[str, int, int, int, int]  # (state, bytes not acknowledged, retransmissions, timer, probes unanswered)
 
 
-def livelier(a: Entry, b: Entry) -> Entry:
-    """Of two connections from one remote address and port (to two of our listening ports: grpc names a peer by
-    its address alone), the one showing more life speaks for it. Taken the other way, a dead twin could make a
-    live host's closed stream look unanswered, and a live host be fenced; this way the verdict only waits."""
-    def unanswered(e: Entry) -> tuple[int, bool]:
-        return (e[4] if e[3] == 4 else e[2]), e[1] > 0  # window probes behind a full window, else retransmissions
-    return a if unanswered(a) <= unanswered(b) else b
+class Twins(tuple):  # type: ignore[type-arg]
+    """Several connections from one remote address and port, to several of our listening ports (grpc names a
+    peer by its address alone, and the kernel may give two connections one source port): each kept, in a stable
+    order, for the question asked to choose from (``tcp_peer.for_closed``, ``for_open``)."""
+
+
+State = Entry | Twins  # what the tables say of one remote address and port
+
+
+def add(out: dict[str, State], key: str, entry: Entry) -> None:
+    """Record ``entry`` under ``key``; a second connection of the same key makes them ``Twins``."""
+    old = out.get(key)
+    if old is None:
+        out[key] = entry
+    else:
+        out[key] = Twins(sorted([*(old if isinstance(old, Twins) else (old,)), entry]))
 
 
 def _peer(key: str) -> tuple[int, bytes, int]:
@@ -103,7 +112,7 @@ def _request(family: int, code: bytes, seq: int) -> bytes:
 
 
 def _ask(sock: socket.socket, family: int, peers: list[tuple[int, bytes, int]], seq: int,
-         local_ports: set[int], out: dict[str, Entry]) -> None:
+         local_ports: set[int], out: dict[str, State]) -> None:
     sock.send(_request(family, bytecode(peers), seq))
     while True:  # bounded: the kernel ends every dump with NLMSG_DONE (or an error)
         data = sock.recv(RECV_BYTES)
@@ -132,14 +141,12 @@ def _ask(sock: socket.socket, family: int, peers: list[tuple[int, bytes, int]], 
                         name = STATES.get(f"{state:02X}", f"{state:02X}")
                         # probing a full window (timer 4) or keeping alive (2), the kernel's count is of probes
                         # unanswered, not of retransmissions: where /proc's table shows it too
-                        key = table_key(fam, dst, dport)
-                        entry = ((name, wqueue, 0, timer, retrans) if timer in (2, 4)
-                                 else (name, wqueue, retrans, timer, 0))
-                        out[key] = livelier(out[key], entry) if key in out else entry
+                        add(out, table_key(fam, dst, dport), (name, wqueue, 0, timer, retrans) if timer in (2, 4)
+                            else (name, wqueue, retrans, timer, 0))
             at += (length + 3) & ~3
 
 
-def states(keys: Iterable[str], local_ports: set[int]) -> dict[str, Entry] | None:
+def states(keys: Iterable[str], local_ports: set[int]) -> dict[str, State] | None:
     """The state of each connection whose remote end is one of ``keys`` and whose local port is one of
     ``local_ports`` (absent: no such socket); None when sock_diag cannot be asked here."""
     by_family: dict[int, list[tuple[int, bytes, int]]] = {}
@@ -152,7 +159,7 @@ def states(keys: Iterable[str], local_ports: set[int]) -> dict[str, Entry] | Non
     global _unavailable_until
     if time.monotonic() < _unavailable_until:
         return None
-    out: dict[str, Entry] = {}
+    out: dict[str, State] = {}
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
             sock.settimeout(2.0)  # the kernel answers at once; a sandbox that swallows the request must not hang

@@ -71,7 +71,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
 from inspector.southbound import sock_diag
-from inspector.southbound.sock_diag import STATES, Entry, livelier, table_key
+from inspector.southbound.sock_diag import STATES, Entry, State, Twins, add, table_key
 
 log = logging.getLogger("doctor.inspector.tcp")
 
@@ -198,23 +198,22 @@ def _local_port(fields: list[str]) -> int:
     return int(fields[1].rsplit(":", 1)[1], 16)
 
 
-def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, Entry]:
+def read_states(keys: Iterable[str], local_ports: set[int], tables: tuple[str, ...] = TABLES) -> dict[str, State]:
     """The TCP state of each connection whose remote address is one of ``keys`` and whose local port is one of
-    ``local_ports`` (a key absent from the answer: no such socket; one with two connections: the livelier)."""
+    ``local_ports`` (a key absent from the answer: no such socket; several connections: ``Twins``)."""
     wanted = set(keys)
-    out: dict[str, Entry] = {}
+    out: dict[str, State] = {}
     for fields in _rows(tables, wanted if len(wanted) <= FIND_KEYS_MAX else None):
         if len(fields) < 9 or fields[2] not in wanted or _local_port(fields) not in local_ports:
             continue  # the key was another column (a local address), or another listener's connection
         tx = int(fields[4].split(":", 1)[0], 16)
         timer = int(fields[5].split(":", 1)[0], 16)
-        entry = (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer,
-                 int(fields[8]))  # icsk_probes_out, zeroed by any answer
-        out[fields[2]] = livelier(out[fields[2]], entry) if fields[2] in out else entry
+        add(out, fields[2], (STATES.get(fields[3], fields[3]), tx, int(fields[6], 16), timer,
+                             int(fields[8])))  # icsk_probes_out, zeroed by any answer
     return out
 
 
-def connection_states(keys: Iterable[str], local_ports: set[int]) -> dict[str, Entry]:
+def connection_states(keys: Iterable[str], local_ports: set[int]) -> dict[str, State]:
     """``read_states`` through sock_diag (the kernel answers only the connections asked: ``sock_diag.py``), or
     from the tables where it cannot be asked."""
     keys = list(keys)
@@ -283,6 +282,25 @@ def _unanswered(entry: Entry) -> int:
     return entry[4] if entry[3] == ZERO_WINDOW_PROBE else entry[2]
 
 
+def for_closed(state: State | None) -> Entry | None:
+    """The socket of a stream that ended, among twins: not an ESTABLISHED one (that is another connection, and an
+    idle one shows nothing either way); of several closing, the one the peer answered most (an answer anywhere is
+    its kernel speaking). Only ESTABLISHED twins: ours is gone, as when it has no twin."""
+    if not isinstance(state, Twins):
+        return state
+    closing = [e for e in state if e[0] != "ESTABLISHED"]
+    return min(closing, key=_unanswered) if closing else None
+
+
+def for_open(state: State | None) -> Entry | None:
+    """The socket of a stream still open, among twins: an ESTABLISHED one, the one the peer answered most (a
+    dead twin must not make a live peer look silent); with none established, as ``for_closed``."""
+    if not isinstance(state, Twins):
+        return state
+    established = [e for e in state if e[0] == "ESTABLISHED"]
+    return min(established, key=_unanswered) if established else for_closed(state)
+
+
 def _behind_full_window(entry: Entry | None) -> bool:
     return entry is not None and entry[0] == "FIN_WAIT1" and entry[3] == ZERO_WINDOW_PROBE
 
@@ -300,12 +318,12 @@ class PeerSilence:
         keys = proc_keys(peer)
         if not keys:
             return False
-        entry = await self._state(keys)
+        entry = for_closed(await self._state(keys))
         looks, probing = list(LOOKS_S), False
         verdict = judge(entry)
         while verdict is None and looks:  # bounded: a verdict, or the last look decides
             await asyncio.sleep(looks.pop(0))
-            entry = await self._state(keys)
+            entry = for_closed(await self._state(keys))
             verdict = judge(entry)
             if verdict is None and not looks and not probing and _behind_full_window(entry):
                 looks, probing = list(PROBE_LOOKS_S), True  # probes back off: give them time to go unanswered
@@ -345,9 +363,15 @@ class PeerSilence:
         entry = previous = None
         while not gone():  # bounded by the deadline
             trusted = on_time()
-            entry = await self._state(keys)
+            state = await self._state(keys)
             trusted = trusted and on_time()
             now = time.monotonic()
+            if isinstance(state, Twins) and len([e for e in state if e[0] != "ESTABLISHED"]) > 1:
+                # several closing connections of one peer: their counts cannot be compared look to look (which
+                # is which?), and this look is only ever a reason to fence: nothing new to judge by
+                entry = None
+                break
+            entry = for_closed(state)
             if entry is None or entry[0] != "FIN_WAIT1":
                 verdict = False  # acknowledged (gone, FIN_WAIT2, TIME_WAIT...): its kernel spoke
                 break
@@ -382,14 +406,14 @@ class PeerSilence:
         keys = proc_keys(peer)
         if not keys:
             return None
-        entry = await self._state(keys)
+        entry = for_open(await self._state(keys))
         verdict = judge_open(entry)
         log.debug("the open connection of %s: %s (%s)", peer, {True: "unanswered: its peer is silent",
                                                              False: "answered: its peer's kernel speaks",
                                                              None: "undecided"}[verdict], entry)
         return verdict
 
-    async def _state(self, keys: tuple[str, ...]) -> Entry | None:
+    async def _state(self, keys: tuple[str, ...]) -> State | None:
         loop = asyncio.get_running_loop()
         futures = []
         for key in keys:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -61,8 +62,9 @@ def test_a_closed_connection_and_a_peer_not_asked() -> None:
 
 
 def test_one_client_port_connected_to_two_of_our_listeners_is_answered_once() -> None:
-    """The kernel lets one local address and port connect to two destinations: both our listeners are asked, one
-    entry comes back (``livelier``), as from the tables."""
+    """The kernel lets one local address and port connect to two destinations: both our listeners are asked, and
+    both connections come back (``Twins``, in a stable order), as from the tables; one closed at our end since
+    shows in its own state."""
     servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
     clients: list[socket.socket] = []
     accepted: list[socket.socket] = []
@@ -79,7 +81,18 @@ def test_one_client_port_connected_to_two_of_our_listeners_is_answered_once() ->
         ports = {s.getsockname()[1] for s in servers}
         asked = sock_diag.states(keys, ports)
         assert asked is not None and asked == read_states(keys, ports)
-        assert list(asked.values()) == [("ESTABLISHED", 0, 0, 0, 0)]
+        assert list(asked.values()) == [sock_diag.Twins([("ESTABLISHED", 0, 0, 0, 0)] * 2)]
+        accepted[0].close()  # our end of one closes: FIN_WAIT2 once the peer acknowledged
+        deadline = time.monotonic() + 5
+        while "FIN_WAIT2" not in str(read_states(keys, ports)) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the peer's ACK of our FIN is on its way
+        asked = sock_diag.states(keys, ports)
+        assert asked is not None and asked == read_states(keys, ports)
+        [state] = asked.values()
+        assert isinstance(state, sock_diag.Twins) and sorted(e[0] for e in state)[0] == "ESTABLISHED"
+        closing = tcp_peer.for_closed(state)
+        assert closing is not None and closing[0] in ("FIN_WAIT1", "FIN_WAIT2")  # (the peer's ACK on its way)
+        assert tcp_peer.for_open(state)[0] == "ESTABLISHED"
     finally:
         for s in [*clients, *accepted, *servers]:
             s.close()

@@ -56,9 +56,10 @@ def test_tables_are_read_for_the_asked_peers_on_our_ports(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("order", [1, -1])
-def test_one_peer_on_two_of_our_ports_is_judged_by_its_livelier_connection(tmp_path: Path, order: int) -> None:
+def test_one_peer_on_two_of_our_ports_is_kept_twice_and_judged_by_the_question(tmp_path: Path, order: int) -> None:
     """grpc names a peer by its address and port alone; the same pair may be connected to two of our listeners.
-    A dead twin must not make the live one look unanswered (a fence of a live host): the livelier speaks."""
+    Both connections are kept (``Twins``, in a stable order). A closed stream is judged by the closing one (the
+    established twin is another connection, and idle it shows nothing); an open stream by an established one."""
     table = tmp_path / "tcp"
     rows = [
         "   0: 0100630A:C737 0200630A:9C4E 04 0000008A:00000000 01:00000014 00000003     0        0 0 2 x\n",
@@ -66,18 +67,33 @@ def test_one_peer_on_two_of_our_ports_is_judged_by_its_livelier_connection(tmp_p
     ]
     table.write_text(HEADER + "".join(rows[::order]))
     found = read_states(["0200630A:9C4E"], {0xC737, 0xC738}, (str(table),))
-    assert found == {"0200630A:9C4E": ("ESTABLISHED", 0, 0, 0, 0)}
-    assert judge(found["0200630A:9C4E"]) is None  # not "silent": look again
+    state = found["0200630A:9C4E"]
+    assert isinstance(state, sock_diag.Twins) and sorted(state) == list(state)
+    assert set(state) == {("FIN_WAIT1", 0x8A, 3, 1, 0), ("ESTABLISHED", 0, 0, 0, 0)}
+    assert judge(tcp_peer.for_closed(state)) is True  # the closed stream's own socket: unanswered
+    assert judge_open(tcp_peer.for_open(state)) is False  # the open one: established, nothing unanswered
 
 
-def test_the_livelier_of_two_entries() -> None:
+def test_which_twin_answers_which_question() -> None:
     silent_close = ("FIN_WAIT1", 10, 3, 1, 0)
-    answered = ("ESTABLISHED", 0, 0, 0, 0)
-    probed = ("FIN_WAIT1", 0, 0, tcp_peer.ZERO_WINDOW_PROBE, 2)  # two window probes unanswered
-    sent = ("ESTABLISHED", 20, 0, 1, 0)  # bytes in flight, not yet retransmitted
-    for a, b, best in ((silent_close, answered, answered), (probed, answered, answered), (sent, answered, answered),
-                       (silent_close, sent, sent), (probed, silent_close, probed)):
-        assert sock_diag.livelier(a, b) == best and sock_diag.livelier(b, a) == best
+    answered_close = ("FIN_WAIT2", 0, 0, 0, 0)
+    idle = ("ESTABLISHED", 0, 0, 0, 0)
+    unanswered_open = ("ESTABLISHED", 20, 2, 1, 0)
+    twins = sock_diag.Twins
+    assert tcp_peer.for_closed(twins((silent_close, idle))) == silent_close  # an idle twin is no evidence
+    assert tcp_peer.for_closed(twins((silent_close, answered_close))) == answered_close  # its kernel answered
+    assert tcp_peer.for_closed(twins((idle, unanswered_open))) is None  # ours is gone: as without a twin
+    assert tcp_peer.for_open(twins((unanswered_open, idle))) == idle  # a dead twin: the live one speaks
+    assert tcp_peer.for_open(twins((silent_close, answered_close))) == answered_close
+    assert tcp_peer.for_closed(silent_close) == silent_close and tcp_peer.for_open(None) is None
+
+
+async def test_a_second_look_is_not_made_between_several_closing_twins(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Their counts cannot be compared look to look (which is which?): no verdict, never a reason to fence."""
+    twins = sock_diag.Twins(sorted([("FIN_WAIT1", 10, 1, 1, 0), ("FIN_WAIT1", 10, 4, 1, 0)]))
+    monkeypatch.setattr(tcp_peer, "connection_states", lambda keys, ports: {k: twins for k in keys})
+    peers = PeerSilence(lambda: {1})
+    assert await peers.silent_afresh("ipv4:10.99.0.2:40014", lambda: True, 1.0) is None
 
 
 @pytest.mark.parametrize("libc", [True, False])
