@@ -60,8 +60,9 @@ class Endpoints:
     cert: str | tuple[str, str] | None = None  # the SDK session's client certificate (and key)
 
 
-# renewed in the background this long before the token expires (keystoneauth renews under 120 s)
-RENEW_BEFORE_S = 300.0
+# renewed in the background this long before the token expires: keystoneauth, asked, gives a new one once less
+# than 120 s remain (before that it hands the same one back)
+RENEW_BEFORE_S = 110.0
 RENEW_EVERY_S = 30.0  # at most this often, whatever the token says
 
 
@@ -150,14 +151,19 @@ class HttpPath:
         self.renewals = 0  # background renewals begun (tests, Diagnostics)
 
     async def endpoints(self, reauthenticate: bool = False, stale: Endpoints | None = None) -> Endpoints:
+        """The endpoints and token to send with. ``reauthenticate`` with the ``stale`` ones a request was refused
+        with: authenticate again, unless another call already did (the token changed since)."""
         ep = self._endpoints
-        if ep is not None and not reauthenticate and ep.expires_at and time.time() > ep.expires_at - RENEW_BEFORE_S:
-            if time.time() >= ep.expires_at - 5.0:
-                reauthenticate, stale = True, ep  # (nearly) expired: no request with it, wait for the new one
-            else:
-                self._renew_soon()  # still good for minutes: renewed behind this call, not before it
+        if ep is not None and not reauthenticate:
+            if not ep.expires_at or time.time() < ep.expires_at - RENEW_BEFORE_S:
+                return ep  # no lock: a renewal running behind never holds a fault's calls
+            if time.time() < ep.expires_at - 5.0:
+                self._renew_soon()  # still good for a while: renewed behind this call, not before it
+                return ep
+            reauthenticate, stale = True, ep  # (nearly) expired: no request with it, wait for the new one
         async with self._lock:  # one refresh at a time; the calls that saw the same refused token share it
-            if self._endpoints is None or (reauthenticate and self._endpoints is stale):
+            current = self._endpoints
+            if current is None or (reauthenticate and stale is not None and current.token == stale.token):
                 self._endpoints = await self._refresh(reauthenticate)
             return self._endpoints
 
@@ -170,11 +176,14 @@ class HttpPath:
         self._renewing = asyncio.create_task(self._renew(), name="openstack token renewal")
 
     async def _renew(self) -> None:
+        started = self._endpoints
         try:
-            async with self._lock:
-                self._endpoints = await self._refresh(False)  # keystoneauth re-authenticates near the expiry
+            fresh = await self._refresh(False)  # keystoneauth re-authenticates near the expiry; outside the lock
         except Exception as exc:  # noqa: BLE001 - the current token still serves; the next call tries again
             log.warning("renewing the OpenStack token failed (the current one serves until it expires): %s", exc)
+            return
+        if self._endpoints is started:  # not replaced meanwhile (a re-authentication after a 401 is newer)
+            self._endpoints = fresh
 
     async def network_endpoint(self) -> str:
         async with self._network_lock:
