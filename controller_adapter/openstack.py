@@ -387,8 +387,8 @@ class OpenStackController:
     async def _recheck_dps(self) -> None:
         try:
             await self._check_dps()
-        except ControllerError as exc:  # the last answer stands until one comes
-            log.warning("Neutron's extensions could not be read again: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - behind a fault: the last answer stands until one comes
+            log.warning("Neutron's extensions could not be read again: %s: %s", type(exc).__name__, exc)
 
     async def close(self) -> None:
         if self._dps_check is not None:

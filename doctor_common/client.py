@@ -111,7 +111,7 @@ class DoctorClient:
             except BaseException:
                 call.cancel()
                 raise
-        start = None if self._streamed else self._eps.streams_from  # the first stream: consumers spread
+        start = None if self._streamed else self._eps.streams_from  # the first stream, with spread: at random
         call, msg = await self._eps.call(attempt, self.deadline_s, follow=self.follow_leader,
                                          max_backoff_s=max_backoff_s, start=start)
         self._streamed = True

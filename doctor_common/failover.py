@@ -134,7 +134,7 @@ class Endpoints:
         self.current = self.configured[0]
         # where this client's first stream is opened: any replica serves Subscribe, so with ``spread`` consumers
         # given every replica spread over them instead of all starting at the first one listed
-        self.streams_from = random.choice(self.configured) if spread else self.current
+        self.streams_from = random.choice(self.configured) if spread else None  # None: where calls go
         self.connect_timeout_s = connect_timeout_s
         self.tls = tls  # None: plaintext (docs/tls.md)
         self._channels: dict[str, grpc.aio.Channel] = {}

@@ -65,7 +65,8 @@ class _StopCancellations(logging.Filter):
 
 
 def quiet_stop_cancellations() -> None:
-    """Install ``_StopCancellations`` on grpc.aio's server logger, once per process."""
+    """Install ``_StopCancellations`` on grpc.aio's server logger, once per process: when a server stops (before
+    that, a cancelled handler is logged as grpc.aio logs it)."""
     logger = logging.getLogger("grpc._cython.cygrpc")
     if not any(isinstance(f, _StopCancellations) for f in logger.filters):
         logger.addFilter(_StopCancellations())

@@ -390,7 +390,6 @@ class Inspector:
         # agent's death (southbound/tcp_peer.py): a live host too busy to answer in time is an agent alarm
         keepalive = server_options(keepalive_ms=self.cfg.keepalive_ms, ping_timeout_ms=self.cfg.ping_timeout_ms)
         server = grpc.aio.server(options=keepalive, interceptors=[DecodeErrorInterceptor()])
-        quiet_stop_cancellations()  # a stop cancels the agents' open streams: not an error each
         gateway = AgentGatewayServicer(
             self.auth, self.liveness, self.resources.ensure_host, self._on_state,
             self.cfg.heartbeat_interval_ms, self, self.guard.is_switch, self._on_switch,
@@ -477,6 +476,7 @@ class Inspector:
         if self.http_events is not None:
             await self.http_events.stop()
         if self.server is not None:
+            quiet_stop_cancellations()  # the stop cancels the streams still open: not an error each
             await self.server.stop(grace)
         if self.metrics is not None:
             await self.metrics.stop()
@@ -640,7 +640,7 @@ class Inspector:
             try:
                 await connect()
             except Exception as exc:  # noqa: BLE001 - best effort: the first call connects for real, and reports
-                log.warning("the controller is not reachable yet: %s", exc or type(exc).__name__)
+                log.warning("the controller could not be connected ahead of faults: %s: %s", type(exc).__name__, exc)
         self._spawn(warm(), "connect the controller")
 
     def _spawn(self, coro: Any, what: str) -> None:

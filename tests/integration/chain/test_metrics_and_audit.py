@@ -80,6 +80,9 @@ async def test_a_fenced_fault_moves_the_counters_and_is_audited(make_lab, trail:
     assert value(before, "doctor_hosts", liveness="up") == 2
     assert value(before, "doctor_fence_attempts_total") == 0
     assert value(before, "doctor_handshakes_in_progress", stream="agent") == 0  # both agents set up
+    assert lab.inspector.subscription_admission.enter()  # a subscription being set up
+    assert value(await scrape(lab), "doctor_handshakes_in_progress", stream="subscription") == 1
+    lab.inspector.subscription_admission.leave()
     lab.inspector.agent_admission.refused += 2  # as if a storm had been turned away twice (what is under test: the scrape)
     assert value(await scrape(lab), "doctor_handshakes_refused_total", stream="agent") == 2
     assert value(before, "doctor_handshakes_refused_total", stream="subscription") == 0
