@@ -55,6 +55,7 @@ Metadata = Sequence[tuple[str, str]]
 LEADER_KEY = "doctor-leader"
 LEADER_SERVICE = "doctor.v1.Hosts"  # in inspector/core.py LEADER_ONLY: NOT_SERVING unless this replica acts
 _CONNECTING = (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING)
+RETIRE_S = 15.0  # a dropped channel is closed this long after: past any call's first message on it
 _NEVER_SENT = ("failed to connect", "errors resolving", "dns resolution failed")
 
 
@@ -138,6 +139,8 @@ class Endpoints:
         self.connect_timeout_s = connect_timeout_s
         self.tls = tls  # None: plaintext (docs/tls.md)
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: list[grpc.aio.Channel] = []  # dropped, closed a little later (``_forget``)
 
     def channel(self, endpoint: str | None = None) -> grpc.aio.Channel:
         ep = endpoint or self.current
@@ -146,15 +149,30 @@ class Endpoints:
             ch = self._channels[ep] = secure_channel(ep, self.tls, channel_options())
         return ch
 
-    async def _forget(self, endpoint: str) -> None:
+    async def _forget(self, endpoint: str, channel: grpc.aio.Channel) -> None:
         """Drop a channel that could not connect: a new one dials at once, the old one would wait out its
-        reconnect backoff."""
-        ch = self._channels.pop(endpoint, None)
-        if ch is not None:
-            await ch.close()
+        reconnect backoff. Only if it is still the one in use (another call may have replaced it already), and
+        closed ``RETIRE_S`` later: other calls of this client may be on it (a stream opening beside a retried
+        unary call); closed under them, a stream waited out its whole deadline for a first message."""
+        if self._channels.get(endpoint) is not channel:
+            return
+        del self._channels[endpoint]
+        self._retired.append(channel)
+
+        async def retire() -> None:
+            await asyncio.sleep(RETIRE_S)
+            if channel in self._retired:
+                self._retired.remove(channel)
+                await channel.close()
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
-        channels, self._channels = list(self._channels.values()), {}
+        for task in list(self._retiring):
+            task.cancel()
+        channels, self._channels = [*self._channels.values(), *self._retired], {}
+        self._retired = []
         for ch in channels:
             await ch.close()
 
@@ -192,14 +210,15 @@ class Endpoints:
             if left <= 0:
                 raise Unreachable(f"no inspector served the call within {deadline_s:g} s", tried)
             connect_s = min(self.connect_timeout_s, left)
-            if not await _connects(self.channel(target), connect_s):
+            channel = self.channel(target)
+            if not await _connects(channel, connect_s):
                 tried[target], never = f"no connection within {connect_s:.1f} s", True
                 hint = None
             else:
                 try:
                     if at_leader:
                         await self._leads(target, end - loop.time(), metadata)
-                    result = await attempt(self.channel(target), max(end - loop.time(), 0.001))
+                    result = await attempt(channel, max(end - loop.time(), 0.001))
                     self.current = target
                     return result
                 except grpc.aio.AioRpcError as exc:
@@ -212,7 +231,7 @@ class Endpoints:
                     refused = exc
             if never:
                 unreachable.add(target)
-                await self._forget(target)
+                await self._forget(target, channel)
                 if not answered and unreachable >= set(self.configured):
                     raise Unreachable("no inspector could be reached", tried)
             else:
