@@ -139,8 +139,7 @@ class Endpoints:
         self.connect_timeout_s = connect_timeout_s
         self.tls = tls  # None: plaintext (docs/tls.md)
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._retired: list[grpc.aio.Channel] = []  # dropped, closed a little later (``_forget``)
+        self._retiring: set[asyncio.Task[None]] = set()  # dropped channels, closed a little later (``_forget``)
 
     def channel(self, endpoint: str | None = None) -> grpc.aio.Channel:
         ep = endpoint or self.current
@@ -149,7 +148,7 @@ class Endpoints:
             ch = self._channels[ep] = secure_channel(ep, self.tls, channel_options())
         return ch
 
-    async def _forget(self, endpoint: str, channel: grpc.aio.Channel) -> None:
+    def _forget(self, endpoint: str, channel: grpc.aio.Channel) -> None:
         """Drop a channel that could not connect: a new one dials at once, the old one would wait out its
         reconnect backoff. Only if it is still the one in use (another call may have replaced it already), and
         closed ``RETIRE_S`` later: other calls of this client may be on it (a stream opening beside a retried
@@ -157,22 +156,22 @@ class Endpoints:
         if self._channels.get(endpoint) is not channel:
             return
         del self._channels[endpoint]
-        self._retired.append(channel)
 
         async def retire() -> None:
-            await asyncio.sleep(RETIRE_S)
-            if channel in self._retired:
-                self._retired.remove(channel)
+            try:
+                await asyncio.sleep(RETIRE_S)
+            finally:  # then, or at once when the client closes
                 await channel.close()
         task = asyncio.get_running_loop().create_task(retire())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
-        for task in list(self._retiring):
+        retiring = list(self._retiring)
+        for task in retiring:
             task.cancel()
-        channels, self._channels = [*self._channels.values(), *self._retired], {}
-        self._retired = []
+        await asyncio.gather(*retiring, return_exceptions=True)
+        channels, self._channels = list(self._channels.values()), {}
         for ch in channels:
             await ch.close()
 
@@ -231,7 +230,7 @@ class Endpoints:
                     refused = exc
             if never:
                 unreachable.add(target)
-                await self._forget(target, channel)
+                self._forget(target, channel)
                 if not answered and unreachable >= set(self.configured):
                     raise Unreachable("no inspector could be reached", tried)
             else:

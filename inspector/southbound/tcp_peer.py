@@ -282,13 +282,17 @@ def _unanswered(entry: Entry) -> int:
     return entry[4] if entry[3] == ZERO_WINDOW_PROBE else entry[2]
 
 
+def _closing(twins: Twins) -> list[Entry]:
+    return [e for e in twins if e[0] != "ESTABLISHED"]
+
+
 def for_closed(state: State | None) -> Entry | None:
     """The socket of a stream that ended, among twins: not an ESTABLISHED one (that is another connection, and an
     idle one shows nothing either way); of several closing, the one the peer answered most (an answer anywhere is
     its kernel speaking). Only ESTABLISHED twins: ours is gone, as when it has no twin."""
     if not isinstance(state, Twins):
         return state
-    closing = [e for e in state if e[0] != "ESTABLISHED"]
+    closing = _closing(state)
     return min(closing, key=_unanswered) if closing else None
 
 
@@ -366,7 +370,7 @@ class PeerSilence:
             state = await self._state(keys)
             trusted = trusted and on_time()
             now = time.monotonic()
-            if isinstance(state, Twins) and len([e for e in state if e[0] != "ESTABLISHED"]) > 1:
+            if isinstance(state, Twins) and len(_closing(state)) > 1:
                 # several closing connections of one peer: their counts cannot be compared look to look (which
                 # is which?), and this look is only ever a reason to fence: nothing new to judge by
                 entry = None
